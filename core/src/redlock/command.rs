@@ -1,0 +1,80 @@
+//! What the RedLock machine asks of a Redis node, and what it hears back.
+
+use alloc::string::String;
+use bytes::Bytes;
+
+/// Release script: delete the key only while it still holds our value (compare-and-delete).
+/// Returns 1 when it deleted our key, 0 otherwise.
+pub const RELEASE_SCRIPT: &str =
+    r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
+/// SHA1 of [`RELEASE_SCRIPT`], for `EVALSHA` (fall back to `EVAL` on `NOSCRIPT`).
+pub const RELEASE_SHA1: &str = "b70c2384248f88e6b75b9f89241a180f856ad852";
+
+/// Extend script: reset the key's expiry only while it still holds our value
+/// (compare-and-PEXPIRE). A missing key stays missing: an expired lock is never resurrected.
+/// Returns 1 when it extended our key, 0 otherwise.
+pub const EXTEND_SCRIPT: &str =
+    r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("pexpire",KEYS[1],ARGV[2]) else return 0 end"#;
+/// SHA1 of [`EXTEND_SCRIPT`].
+pub const EXTEND_SHA1: &str = "36e94d1c6e02fcefaa7ee5d79eee614dbac55f10";
+
+/// A command for one Redis node. Each maps to exactly one Redis call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `SET key value NX PX ttl_ms`. Expects `+OK` (granted) or nil (taken).
+    Acquire {
+        /// The lock key.
+        key: Bytes,
+        /// This attempt's random value.
+        value: Bytes,
+        /// Time to live in milliseconds.
+        ttl_ms: u64,
+    },
+    /// `EVALSHA EXTEND_SHA1 1 key value ttl_ms`. Expects integer 1 (extended) or 0 (not ours).
+    Extend {
+        /// The lock key.
+        key: Bytes,
+        /// The value we hold it with.
+        value: Bytes,
+        /// New time to live in milliseconds.
+        ttl_ms: u64,
+    },
+    /// `EVALSHA RELEASE_SHA1 1 key value`. Expects integer 1 (deleted) or 0 (not ours).
+    Release {
+        /// The lock key.
+        key: Bytes,
+        /// The value we hold it with.
+        value: Bytes,
+    },
+}
+
+impl Command {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Acquire { .. } => "SET NX PX",
+            Command::Extend { .. } => "extend script",
+            Command::Release { .. } => "release script",
+        }
+    }
+}
+
+/// A Redis reply as the driver read it, in RESP terms. The machine, not the driver, decides
+/// what each shape means for the protocol; anything unexpected becomes a backend error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A simple string, e.g. `+OK`.
+    Status(Bytes),
+    /// An integer.
+    Int(i64),
+    /// A bulk string.
+    Bulk(Bytes),
+    /// A nil reply.
+    Nil,
+    /// An error reply (`-ERR ...`, `-NOSCRIPT ...` after the fallback failed, `-READONLY ...`).
+    Error(Bytes),
+    /// Any other shape (array, map, double, ...), described for the error message.
+    Other(String),
+    /// The driver could not deliver the command or read its reply (refused, reset, closed).
+    Unavailable(String),
+}

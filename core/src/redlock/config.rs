@@ -1,0 +1,290 @@
+//! RedLock configuration: validated once, shared by every lock of a client.
+
+use bytes::Bytes;
+
+use crate::error::UsageError;
+use crate::quorum::Tally;
+use crate::time::{drift_allowance, Duration};
+
+/// Most nodes a RedLock may span.
+pub const MAX_NODES: usize = 255;
+/// Longest ttl accepted: one year. Longer leases are almost surely a unit mistake, and the
+/// value stays far inside Redis's PX range and our nanosecond arithmetic.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest key (prefix + name) accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+/// Default ttl.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Default clock drift rate bound, in parts per million (1%, as the Redis page suggests).
+pub const DEFAULT_DRIFT_PPM: u32 = 10_000;
+/// Default constant added to the drift allowance (timer and scheduling slack).
+pub const DEFAULT_DRIFT_FLOOR: Duration = Duration::from_millis(2);
+
+/// How long an acquisition keeps trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// One attempt only.
+    None,
+    /// Start attempts until this long after `acquire` was called.
+    For(Duration),
+    /// Keep trying until acquired or cancelled.
+    Forever,
+}
+
+/// Delay between attempts: `delay + uniform(0..=jitter)`, from the caller-given seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Fixed part of the delay.
+    pub delay: Duration,
+    /// Upper bound of the random part.
+    pub jitter: Duration,
+}
+
+impl Default for Retry {
+    /// 50 to 250 ms, as go-redsync.
+    fn default() -> Self {
+        Retry { delay: Duration::from_millis(50), jitter: Duration::from_millis(200) }
+    }
+}
+
+/// Automatic extension of a held lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoExtend {
+    /// Time between extensions, counted from the start of the last successful round.
+    pub every: Duration,
+    /// Stop after this many successful extensions (then the lock expires), or never.
+    pub max_extensions: Option<u32>,
+}
+
+/// A validated RedLock configuration. Build it with [`RedLockConfig::builder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedLockConfig {
+    pub(crate) nodes: u16,
+    pub(crate) quorum: u16,
+    pub(crate) ttl: Duration,
+    pub(crate) drift: Duration,
+    pub(crate) node_timeout: Duration,
+    pub(crate) retry: Retry,
+    pub(crate) wait: Wait,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) auto_extend: Option<AutoExtend>,
+    pub(crate) key_prefix: Bytes,
+}
+
+impl RedLockConfig {
+    /// Starts a configuration with the defaults: ttl 30 s, drift 10 000 ppm + 2 ms, per-node
+    /// timeout ttl/20, wait 10 s, retry 50-250 ms, no auto-extension, no key prefix.
+    pub fn builder() -> RedLockConfigBuilder {
+        RedLockConfigBuilder::default()
+    }
+
+    /// Number of nodes.
+    pub fn nodes(&self) -> usize {
+        usize::from(self.nodes)
+    }
+    /// Votes needed: `nodes / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        usize::from(self.quorum)
+    }
+    /// Time to live of the key on each node.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    /// Drift allowance subtracted from the ttl: `ttl * drift_ppm / 1e6 + floor`.
+    pub fn drift(&self) -> Duration {
+        self.drift
+    }
+    /// How long a lock is held after the round that won it started: `ttl - drift`.
+    pub fn validity(&self) -> Duration {
+        self.ttl - self.drift
+    }
+    /// How long one round waits for a node before counting it as failed.
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+    /// Retry delay policy.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+    /// How long an acquisition keeps trying.
+    pub fn wait(&self) -> Wait {
+        self.wait
+    }
+    /// Attempt limit, if any.
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+    /// Auto-extension, if enabled.
+    pub fn auto_extend(&self) -> Option<AutoExtend> {
+        self.auto_extend
+    }
+    /// Prefix put before every lock name to form the key.
+    pub fn key_prefix(&self) -> &[u8] {
+        &self.key_prefix
+    }
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Builder for [`RedLockConfig`]; every check happens in [`build`](Self::build).
+#[derive(Clone, Debug)]
+pub struct RedLockConfigBuilder {
+    nodes: Result<usize, UsageError>,
+    ttl: Duration,
+    drift_ppm: u32,
+    drift_floor: Duration,
+    node_timeout: Option<Duration>,
+    retry: Retry,
+    wait: Wait,
+    max_attempts: Option<u32>,
+    auto_extend: Option<(Option<Duration>, Option<u32>)>,
+    key_prefix: Bytes,
+}
+
+impl Default for RedLockConfigBuilder {
+    fn default() -> Self {
+        RedLockConfigBuilder {
+            nodes: Err(UsageError::NoNodes),
+            ttl: DEFAULT_TTL,
+            drift_ppm: DEFAULT_DRIFT_PPM,
+            drift_floor: DEFAULT_DRIFT_FLOOR,
+            node_timeout: None,
+            retry: Retry::default(),
+            wait: Wait::For(Duration::from_secs(10)),
+            max_attempts: None,
+            auto_extend: None,
+            key_prefix: Bytes::new(),
+        }
+    }
+}
+
+impl RedLockConfigBuilder {
+    /// The nodes, by whatever identifies them to the caller (URLs, addresses). Only their
+    /// count and distinctness matter here; node `i` of the machine is the `i`-th given.
+    pub fn nodes<T: PartialEq>(mut self, nodes: &[T]) -> Self {
+        self.nodes = check_nodes(nodes);
+        self
+    }
+    /// `n` distinct nodes, when the caller has already checked their identities.
+    pub fn node_count(mut self, n: usize) -> Self {
+        self.nodes = if n == 0 {
+            Err(UsageError::NoNodes)
+        } else if n > MAX_NODES {
+            Err(UsageError::TooManyNodes { count: n, max: MAX_NODES })
+        } else {
+            Ok(n)
+        };
+        self
+    }
+    /// Time to live: positive, whole milliseconds, at most [`MAX_TTL`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Clock drift rate bound in parts per million and the constant floor added to it.
+    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
+        self.drift_ppm = ppm;
+        self.drift_floor = floor;
+        self
+    }
+    /// Per-node timeout of each round; must be shorter than the validity.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+    /// Delay between attempts.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+    /// How long to keep trying.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// At most this many attempts (in addition to the wait bound).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+    /// Extend automatically every `every` (default: ttl / 3), at most `max_extensions` times.
+    pub fn auto_extend(mut self, every: Option<Duration>, max_extensions: Option<u32>) -> Self {
+        self.auto_extend = Some((every, max_extensions));
+        self
+    }
+    /// Prefix put before every lock name (default none: the key is the name, as in redsync,
+    /// node-redlock and rslock, so Lucky and those clients exclude each other).
+    pub fn key_prefix(mut self, prefix: impl Into<Bytes>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Checks everything and returns the configuration, or the first problem found.
+    pub fn build(self) -> Result<RedLockConfig, UsageError> {
+        let nodes = self.nodes?;
+        let ttl = self.ttl;
+        if ttl.is_zero() {
+            return Err(UsageError::TtlZero);
+        }
+        if ttl > MAX_TTL {
+            return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
+        }
+        if ttl.subsec_nanos() % 1_000_000 != 0 {
+            return Err(UsageError::TtlNotWholeMillis(ttl));
+        }
+        let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
+        if drift >= ttl {
+            return Err(UsageError::DriftTooLarge { drift, ttl });
+        }
+        let validity = ttl - drift;
+        let node_timeout = self.node_timeout.unwrap_or_else(|| (ttl / 20).min(validity / 2));
+        if node_timeout.is_zero() {
+            return Err(UsageError::NodeTimeoutZero);
+        }
+        if node_timeout >= validity {
+            return Err(UsageError::NodeTimeoutTooLarge { timeout: node_timeout, validity });
+        }
+        let auto_extend = match self.auto_extend {
+            None => None,
+            Some((every, max_extensions)) => {
+                let every = every.unwrap_or(ttl / 3);
+                if every.is_zero() || every >= validity {
+                    return Err(UsageError::BadExtendInterval { every, validity });
+                }
+                Some(AutoExtend { every, max_extensions })
+            }
+        };
+        if self.key_prefix.len() >= MAX_KEY_LEN {
+            return Err(UsageError::KeyTooLong { len: self.key_prefix.len(), max: MAX_KEY_LEN });
+        }
+        let nodes = u16::try_from(nodes).unwrap_or(u16::MAX);
+        Ok(RedLockConfig {
+            nodes,
+            quorum: Tally::majority(nodes),
+            ttl,
+            drift,
+            node_timeout,
+            retry: self.retry,
+            wait: self.wait,
+            max_attempts: self.max_attempts,
+            auto_extend,
+            key_prefix: self.key_prefix,
+        })
+    }
+}
+
+fn check_nodes<T: PartialEq>(nodes: &[T]) -> Result<usize, UsageError> {
+    if nodes.is_empty() {
+        return Err(UsageError::NoNodes);
+    }
+    if nodes.len() > MAX_NODES {
+        return Err(UsageError::TooManyNodes { count: nodes.len(), max: MAX_NODES });
+    }
+    for (second, node) in nodes.iter().enumerate() {
+        if let Some(first) = nodes[..second].iter().position(|n| n == node) {
+            return Err(UsageError::DuplicateNode { first, second });
+        }
+    }
+    Ok(nodes.len())
+}

@@ -1,0 +1,611 @@
+//! RedLock: one lock over N independent Redis nodes (the algorithm of the Redis page
+//! "Distributed Locks with Redis"), as a sans-IO machine.
+//!
+//! One machine serves one lock name, for any number of successive acquisitions. Each round
+//! (acquire, extend, release) sends one command to every node at once and counts the replies
+//! with a [`Tally`]; a round is decided as soon as a quorum is won or has become impossible.
+//!
+//! Safety rules kept here:
+//! - validity: a round that starts at `t` can hold the lock only until `t + ttl - drift`;
+//!   it is never reported acquired or extended at or after that instant.
+//! - every attempt that does not end acquired releases on all nodes, not only those that said
+//!   OK (a late SET may still land on a node that timed out).
+//! - each attempt stores a fresh value (`token` in hex, then `.` and an attempt serial), so a
+//!   late release of an earlier attempt can never delete a later attempt's key.
+//! - a failed extension deletes nothing; the lock is reported lost exactly at the old deadline.
+
+mod command;
+mod config;
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub use command::{Command, Reply, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_SCRIPT, RELEASE_SHA1};
+pub use config::{
+    AutoExtend, RedLockConfig, RedLockConfigBuilder, Retry, Wait, DEFAULT_DRIFT_FLOOR,
+    DEFAULT_DRIFT_PPM, DEFAULT_TTL, MAX_KEY_LEN, MAX_NODES, MAX_TTL,
+};
+
+use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
+use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
+use crate::quorum::{Decision, Tally};
+use crate::rng::SplitMix64;
+use crate::time::Instant;
+
+/// Minimum length of the caller's random token, in bytes (128 bits).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The RedLock machine for one lock name.
+#[derive(Debug)]
+pub struct RedLock {
+    cfg: RedLockConfig,
+    key: Bytes,
+    /// Hex of the caller's token followed by `.`; each attempt appends its serial.
+    token_hex: Bytes,
+    /// The value of the current (or last) attempt.
+    value: Bytes,
+    now: Instant,
+    next_op: u64,
+    serial: u64,
+    rng: SplitMix64,
+    phase: Phase,
+    /// One slot per node for the round in flight.
+    slots: Vec<Slot>,
+    out: VecDeque<Output<Command>>,
+    attempts: u32,
+    wait_until: Instant,
+    extensions: u32,
+    last_extend_error: Option<LockError>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// The op this node's reply must carry to count; `None` once counted or when idle.
+    op: Option<OpId>,
+    outcome: NodeOutcome,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    /// When the first command of the round was handed out.
+    start: Instant,
+    /// Per-node timeout of this round.
+    deadline: Instant,
+    /// `start + ttl - drift`: the most this round can hold the lock until.
+    valid_until: Instant,
+    tally: Tally,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Idle,
+    Acquiring(Round),
+    Waiting { retry_at: Instant },
+    Held { valid_until: Instant, next_extend: Option<Instant>, extending: Option<Round> },
+    Releasing { deadline: Instant },
+    Done,
+}
+
+impl RedLock {
+    /// A machine for the lock `name` (the key is the configured prefix followed by `name`).
+    ///
+    /// `token` is at least 128 random bits from a CSPRNG (the simulator passes seeded ones);
+    /// `seed` drives the retry jitter.
+    pub fn new(
+        cfg: &RedLockConfig,
+        name: &[u8],
+        token: &[u8],
+        seed: u64,
+    ) -> Result<RedLock, UsageError> {
+        if name.is_empty() {
+            return Err(UsageError::EmptyKey);
+        }
+        let len = cfg.key_prefix.len() + name.len();
+        if len > MAX_KEY_LEN {
+            return Err(UsageError::KeyTooLong { len, max: MAX_KEY_LEN });
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(UsageError::TokenTooShort { len: token.len(), min: MIN_TOKEN_LEN });
+        }
+        let mut key = BytesMut::with_capacity(len);
+        key.put_slice(&cfg.key_prefix);
+        key.put_slice(name);
+        let mut token_hex = BytesMut::with_capacity(token.len() * 2 + 1);
+        for b in token {
+            token_hex.put_u8(HEX[usize::from(b >> 4)]);
+            token_hex.put_u8(HEX[usize::from(b & 15)]);
+        }
+        token_hex.put_u8(b'.');
+        let n = cfg.nodes();
+        Ok(RedLock {
+            cfg: cfg.clone(),
+            key: key.freeze(),
+            token_hex: token_hex.freeze(),
+            value: Bytes::new(),
+            now: Instant::ZERO,
+            next_op: 0,
+            serial: 0,
+            rng: SplitMix64::new(seed),
+            phase: Phase::Idle,
+            slots: alloc::vec![Slot::default(); n],
+            out: VecDeque::with_capacity(2 * n + 2),
+            attempts: 0,
+            wait_until: Instant::ZERO,
+            extensions: 0,
+            last_extend_error: None,
+        })
+    }
+
+    /// The key this machine locks on every node.
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+
+    /// The value stored by the current (or last) attempt.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedLockConfig {
+        &self.cfg
+    }
+
+    /// Successful extensions of the current hold.
+    pub fn extensions(&self) -> u32 {
+        self.extensions
+    }
+
+    /// Every node's outcome in the round in flight or the last one.
+    pub fn node_outcomes(&self) -> impl Iterator<Item = &NodeOutcome> {
+        self.slots.iter().map(|s| &s.outcome)
+    }
+
+    // ----- time -----
+
+    /// Moves the clock (never backwards) and fires every deadline reached.
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        // Each step either changes phase or returns; a round's deadline fires once.
+        loop {
+            let now = self.now;
+            match self.phase {
+                Phase::Acquiring(mut r) if now >= r.deadline || now >= r.valid_until => {
+                    self.time_out_pending(&mut r.tally);
+                    self.finish_acquire_round(r);
+                }
+                Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
+                Phase::Held { valid_until, .. } if now >= valid_until => self.lose(),
+                Phase::Held { extending: Some(mut r), valid_until, next_extend }
+                    if now >= r.deadline =>
+                {
+                    self.time_out_pending(&mut r.tally);
+                    self.finish_extend_round(r, valid_until, next_extend);
+                }
+                Phase::Held { extending: None, next_extend: Some(at), .. } if now >= at => {
+                    self.start_extend();
+                }
+                Phase::Releasing { deadline } if now >= deadline => {
+                    self.time_out_pending(&mut Tally::new(self.cfg.nodes, self.cfg.quorum));
+                    self.finish_release();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Counts every node that has not answered as timed out (a no vote).
+    fn time_out_pending(&mut self, tally: &mut Tally) {
+        for s in &mut self.slots {
+            if s.op.take().is_some() {
+                s.outcome = NodeOutcome::TimedOut;
+                tally.no();
+            }
+        }
+    }
+
+    // ----- rounds -----
+
+    fn round(&self) -> Round {
+        let cfg = &self.cfg;
+        Round {
+            start: self.now,
+            deadline: self.now + cfg.node_timeout,
+            valid_until: self.now + cfg.validity(),
+            tally: Tally::new(cfg.nodes, cfg.quorum),
+        }
+    }
+
+    /// Sends `command(node)` to every node, arming one slot per node.
+    fn broadcast(&mut self, command: impl Fn(&RedLock) -> Command) {
+        for i in 0..self.slots.len() {
+            self.next_op += 1;
+            let op = OpId(self.next_op);
+            self.slots[i] = Slot { op: Some(op), outcome: NodeOutcome::Pending };
+            let node = NodeId(i as u16);
+            let command = command(self);
+            self.out.push_back(Output::Transmit(Transmit { node, op, command }));
+        }
+    }
+
+    /// Sends a release to every node without waiting for the replies (after a failed attempt).
+    fn release_unwatched(&mut self) {
+        for i in 0..self.slots.len() {
+            self.next_op += 1;
+            let command = Command::Release { key: self.key.clone(), value: self.value.clone() };
+            let t = Transmit { node: NodeId(i as u16), op: OpId(self.next_op), command };
+            self.out.push_back(Output::Transmit(t));
+            self.slots[i].op = None;
+        }
+    }
+
+    fn start_attempt(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.serial += 1;
+        let mut value = BytesMut::with_capacity(self.token_hex.len() + 20);
+        value.put_slice(&self.token_hex);
+        push_decimal(&mut value, self.serial);
+        self.value = value.freeze();
+        let round = self.round();
+        let ttl_ms = self.cfg.ttl_ms();
+        self.broadcast(|m| Command::Acquire {
+            key: m.key.clone(),
+            value: m.value.clone(),
+            ttl_ms,
+        });
+        self.phase = Phase::Acquiring(round);
+    }
+
+    fn finish_acquire_round(&mut self, r: Round) {
+        match r.tally.decision() {
+            Decision::Pending => self.phase = Phase::Acquiring(r),
+            Decision::Won if self.now < r.valid_until => {
+                self.extensions = 0;
+                self.last_extend_error = None;
+                let next_extend = self.cfg.auto_extend.map(|a| r.start + a.every);
+                self.phase =
+                    Phase::Held { valid_until: r.valid_until, next_extend, extending: None };
+                self.emit(Event::Acquired { fence: None, valid_until: r.valid_until });
+            }
+            decision => {
+                let error = self.round_error(decision == Decision::Won);
+                self.release_unwatched();
+                let retry_at = self.next_retry();
+                match retry_at {
+                    Some(retry_at) => {
+                        self.phase = Phase::Waiting { retry_at };
+                        self.emit(Event::Retrying { attempt: self.attempts, retry_at });
+                    }
+                    None => {
+                        self.phase = Phase::Done;
+                        self.emit(Event::Failed(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next attempt may start, if the wait and attempt limits allow one.
+    fn next_retry(&mut self) -> Option<Instant> {
+        if self.cfg.max_attempts.is_some_and(|max| self.attempts >= max) {
+            return None;
+        }
+        if self.now >= self.wait_until {
+            return None;
+        }
+        let retry = self.cfg.retry;
+        let jitter = self.rng.below_or_eq(crate::time::nanos(retry.jitter));
+        let at = self.now + retry.delay + crate::time::Duration::from_nanos(jitter);
+        Some(at.min(self.wait_until))
+    }
+
+    /// Classifies a lost round: no quorum if failures and timeouts alone made a quorum
+    /// impossible, else taken (refusals by another owner were needed to lose).
+    fn round_error(&self, won_too_late: bool) -> LockError {
+        let nodes: Vec<NodeOutcome> = self.slots.iter().map(|s| s.outcome.clone()).collect();
+        let attempts = self.attempts;
+        let failed = nodes
+            .iter()
+            .filter(|o| matches!(o, NodeOutcome::Failed(_) | NodeOutcome::TimedOut))
+            .count();
+        if won_too_late {
+            LockError::TooSlow { attempts, nodes }
+        } else if failed <= self.cfg.nodes() - self.cfg.quorum() {
+            LockError::Taken { attempts, nodes }
+        } else {
+            LockError::NoQuorum { attempts, nodes }
+        }
+    }
+
+    fn start_extend(&mut self) {
+        if let Phase::Held { valid_until, next_extend, .. } = self.phase {
+            let round = self.round();
+            let ttl_ms = self.cfg.ttl_ms();
+            self.broadcast(|m| Command::Extend {
+                key: m.key.clone(),
+                value: m.value.clone(),
+                ttl_ms,
+            });
+            self.phase = Phase::Held { valid_until, next_extend, extending: Some(round) };
+        }
+    }
+
+    fn finish_extend_round(
+        &mut self,
+        r: Round,
+        valid_until: Instant,
+        next_extend: Option<Instant>,
+    ) {
+        match r.tally.decision() {
+            Decision::Pending => {
+                self.phase = Phase::Held { valid_until, next_extend, extending: Some(r) };
+            }
+            // `advance` fires the old deadline before any reply, so a win here is inside the
+            // current validity, and `r.valid_until > valid_until` since the round started later.
+            Decision::Won => {
+                self.extensions = self.extensions.saturating_add(1);
+                self.last_extend_error = None;
+                let capped = self
+                    .cfg
+                    .auto_extend
+                    .and_then(|a| a.max_extensions)
+                    .is_some_and(|max| self.extensions >= max);
+                let next_extend = match self.cfg.auto_extend {
+                    Some(a) if !capped => Some(r.start + a.every),
+                    _ => None,
+                };
+                let valid_until = r.valid_until.max(valid_until);
+                self.phase = Phase::Held { valid_until, next_extend, extending: None };
+                self.emit(Event::Extended { valid_until });
+            }
+            Decision::Lost => {
+                let error = self.round_error(false);
+                // Auto mode tries again after the retry delay while time remains.
+                let next_extend = self
+                    .cfg
+                    .auto_extend
+                    .map(|_| self.now + self.cfg.retry.delay)
+                    .filter(|at| *at < valid_until);
+                self.last_extend_error = Some(error.clone());
+                self.phase = Phase::Held { valid_until, next_extend, extending: None };
+                self.emit(Event::ExtendFailed { valid_until, error });
+            }
+        }
+    }
+
+    fn lose(&mut self) {
+        let reason = match self.last_extend_error.take() {
+            Some(e) => LostReason::ExtendFailed(e),
+            None => LostReason::Expired,
+        };
+        self.emit(Event::Lost { reason });
+        self.start_release();
+    }
+
+    fn start_release(&mut self) {
+        let deadline = self.now + self.cfg.node_timeout;
+        self.broadcast(|m| Command::Release { key: m.key.clone(), value: m.value.clone() });
+        self.phase = Phase::Releasing { deadline };
+    }
+
+    fn finish_release(&mut self) {
+        if self.slots.iter().any(|s| s.op.is_some()) {
+            return;
+        }
+        self.phase = Phase::Done;
+        let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();
+        self.emit(Event::Released { nodes });
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// Interprets `reply` to the command kind of the round in flight.
+    fn outcome(&self, reply: Reply) -> NodeOutcome {
+        let (command, granted, refused) = match self.phase {
+            Phase::Acquiring(_) => ("SET NX PX", Expect::Ok, Expect::Nil),
+            Phase::Held { .. } => ("extend script", Expect::One, Expect::Zero),
+            _ => ("release script", Expect::One, Expect::Zero),
+        };
+        if granted.matches(&reply) {
+            return NodeOutcome::Granted;
+        }
+        if refused.matches(&reply) {
+            return NodeOutcome::Refused;
+        }
+        NodeOutcome::Failed(match reply {
+            Reply::Error(e) => BackendError::ErrorReply(lossy(&e)),
+            Reply::Unavailable(e) => BackendError::Unavailable(e),
+            other => BackendError::UnexpectedReply { command, got: describe(&other) },
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    Ok,
+    Nil,
+    One,
+    Zero,
+}
+
+impl Expect {
+    fn matches(self, reply: &Reply) -> bool {
+        match (self, reply) {
+            (Expect::Ok, Reply::Status(s)) => s.as_ref() == b"OK",
+            (Expect::Nil, Reply::Nil) => true,
+            (Expect::One, Reply::Int(1)) => true,
+            (Expect::Zero, Reply::Int(0)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl LockMachine for RedLock {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn node_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn acquire(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        if !matches!(self.phase, Phase::Idle | Phase::Done) {
+            return Err(UsageError::Busy);
+        }
+        self.attempts = 0;
+        self.wait_until = match self.cfg.wait {
+            Wait::None => self.now,
+            Wait::For(d) => self.now + d,
+            Wait::Forever => Instant::MAX,
+        };
+        self.start_attempt();
+        Ok(())
+    }
+
+    fn extend(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        match self.phase {
+            Phase::Held { extending: None, .. } => {
+                self.start_extend();
+                Ok(())
+            }
+            Phase::Held { extending: Some(_), .. } => Ok(()),
+            _ => Err(UsageError::NotHeld),
+        }
+    }
+
+    fn release(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        match self.phase {
+            Phase::Idle => Err(UsageError::NotHeld),
+            Phase::Acquiring(_) | Phase::Waiting { .. } | Phase::Held { .. } => {
+                self.start_release();
+                Ok(())
+            }
+            Phase::Releasing { .. } => Ok(()),
+            Phase::Done => {
+                let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();
+                self.emit(Event::Released { nodes });
+                Ok(())
+            }
+        }
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.advance(now);
+        if let Phase::Waiting { .. } = self.phase {
+            self.start_attempt();
+        }
+    }
+
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) {
+        self.advance(now);
+        let Some(slot) = self.slots.get(node.index()) else { return };
+        if slot.op != Some(op) {
+            return; // late, duplicated, or for a round no longer in flight
+        }
+        let outcome = self.outcome(reply);
+        let granted = outcome == NodeOutcome::Granted;
+        let slot = &mut self.slots[node.index()];
+        slot.op = None;
+        slot.outcome = outcome;
+        match &mut self.phase {
+            Phase::Acquiring(r) => {
+                vote(&mut r.tally, granted);
+                let r = *r;
+                self.finish_acquire_round(r);
+            }
+            Phase::Held { extending: Some(r), valid_until, next_extend } => {
+                vote(&mut r.tally, granted);
+                let (r, v, n) = (*r, *valid_until, *next_extend);
+                self.finish_extend_round(r, v, n);
+            }
+            Phase::Releasing { .. } => self.finish_release(),
+            _ => {}
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Command>> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle | Phase::Done => None,
+            Phase::Acquiring(r) => Some(r.deadline.min(r.valid_until)),
+            Phase::Waiting { retry_at } => Some(retry_at),
+            Phase::Held { valid_until, next_extend, extending } => {
+                let mut at = valid_until;
+                if let Some(r) = extending {
+                    at = at.min(r.deadline);
+                } else if let Some(n) = next_extend {
+                    at = at.min(n);
+                }
+                Some(at)
+            }
+            Phase::Releasing { deadline } => Some(deadline),
+        }
+    }
+
+    fn state(&self) -> State {
+        match self.phase {
+            Phase::Idle => State::Idle,
+            Phase::Acquiring(_) => State::Acquiring,
+            Phase::Waiting { .. } => State::Waiting,
+            Phase::Held { valid_until, .. } => State::Held { valid_until },
+            Phase::Releasing { .. } => State::Releasing,
+            Phase::Done => State::Done,
+        }
+    }
+}
+
+fn vote(tally: &mut Tally, granted: bool) {
+    if granted {
+        tally.yes();
+    } else {
+        tally.no();
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_decimal(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[i..]);
+}
+
+fn lossy(b: &[u8]) -> alloc::string::String {
+    alloc::string::String::from_utf8_lossy(b).into_owned()
+}
+
+fn describe(reply: &Reply) -> alloc::string::String {
+    use alloc::format;
+    match reply {
+        Reply::Status(s) => format!("status {:?}", lossy(s)),
+        Reply::Int(i) => format!("integer {i}"),
+        Reply::Bulk(b) => format!("bulk string of {} bytes", b.len()),
+        Reply::Nil => "nil".into(),
+        Reply::Error(e) => format!("error {:?}", lossy(e)),
+        Reply::Other(s) => s.clone(),
+        Reply::Unavailable(s) => format!("unavailable: {s}"),
+    }
+}

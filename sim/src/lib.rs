@@ -1,0 +1,1 @@
+//! Deterministic simulation of Lucky's lock machines against faulty server models.
