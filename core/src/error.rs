@@ -29,7 +29,10 @@ pub enum UsageError {
     #[error("per-node timeout is zero")]
     NodeTimeoutZero,
     #[error("per-node timeout {timeout:?} must be shorter than the lock's validity {validity:?}")]
-    NodeTimeoutTooLarge { timeout: Duration, validity: Duration },
+    NodeTimeoutTooLarge {
+        timeout: Duration,
+        validity: Duration,
+    },
     #[error("auto-extend interval {every:?} must be positive and shorter than the validity {validity:?}")]
     BadExtendInterval { every: Duration, validity: Duration },
     #[error("lock name is empty")]
@@ -89,14 +92,32 @@ impl NodeOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     /// Enough nodes answered, and too many of them said someone else holds the lock.
-    #[error("lock is taken by someone else after {attempts} attempt(s) ({})", Summary(nodes))]
-    Taken { attempts: u32, nodes: Vec<NodeOutcome> },
+    #[error(
+        "lock is taken by someone else after {attempts} attempt(s) ({})",
+        Summary(nodes)
+    )]
+    Taken {
+        attempts: u32,
+        nodes: Vec<NodeOutcome>,
+    },
     /// Too many nodes failed or timed out for a quorum to be possible.
-    #[error("no quorum of nodes reachable after {attempts} attempt(s) ({})", Summary(nodes))]
-    NoQuorum { attempts: u32, nodes: Vec<NodeOutcome> },
+    #[error(
+        "no quorum of nodes reachable after {attempts} attempt(s) ({})",
+        Summary(nodes)
+    )]
+    NoQuorum {
+        attempts: u32,
+        nodes: Vec<NodeOutcome>,
+    },
     /// A quorum answered yes, but only after the lock's validity had run out.
-    #[error("a quorum answered only after the validity ran out ({})", Summary(nodes))]
-    TooSlow { attempts: u32, nodes: Vec<NodeOutcome> },
+    #[error(
+        "a quorum answered only after the validity ran out ({})",
+        Summary(nodes)
+    )]
+    TooSlow {
+        attempts: u32,
+        nodes: Vec<NodeOutcome>,
+    },
 }
 
 impl LockError {

@@ -32,7 +32,12 @@ impl Tally {
 
     /// A fresh tally of `n` voters needing `quorum` yes votes.
     pub const fn new(n: u16, quorum: u16) -> Tally {
-        Tally { n, quorum, yes: 0, no: 0 }
+        Tally {
+            n,
+            quorum,
+            yes: 0,
+            no: 0,
+        }
     }
 
     /// Records one yes vote.

@@ -46,12 +46,18 @@ impl FakeRedis {
 
     /// The value stored under `key` at `now`, if any.
     pub fn get(&self, now: Instant, key: &[u8]) -> Option<&Bytes> {
-        self.keys.get(key).filter(|(_, exp)| *exp > now).map(|(v, _)| v)
+        self.keys
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v)
     }
 
     /// Stores `value` under `key` until `until`, as another client would.
     pub fn put(&mut self, key: &[u8], value: &[u8], until: Instant) {
-        self.keys.insert(Bytes::copy_from_slice(key), (Bytes::copy_from_slice(value), until));
+        self.keys.insert(
+            Bytes::copy_from_slice(key),
+            (Bytes::copy_from_slice(value), until),
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! Table-driven and scenario tests of the RedLock machine: quorum and validity arithmetic,
 //! configuration errors, and the behaviours the protocol promises.
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the report
 
 use bytes::Bytes;
 use lucky_core::redlock::{
@@ -25,22 +26,44 @@ fn ok() -> Reply {
     Reply::Status(Bytes::from_static(b"OK"))
 }
 fn config(n: usize) -> RedLockConfig {
-    RedLockConfig::builder().node_count(n).ttl(ms(10_000)).wait(Wait::None).build().unwrap()
+    RedLockConfig::builder()
+        .node_count(n)
+        .ttl(ms(10_000))
+        .wait(Wait::None)
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn quorum_table() {
     // (nodes, quorum, failures tolerated)
-    for (n, q, f) in [(1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2), (6, 4, 2), (7, 4, 3)] {
+    for (n, q, f) in [
+        (1, 1, 0),
+        (2, 2, 0),
+        (3, 2, 1),
+        (4, 3, 1),
+        (5, 3, 2),
+        (6, 4, 2),
+        (7, 4, 3),
+    ] {
         assert_eq!(Tally::majority(n), q, "quorum of {n}");
         let mut t = Tally::new(n, q);
         for _ in 0..f {
             t.no();
         }
-        assert_eq!(t.decision(), Decision::Pending, "{n} nodes survive {f} failures");
+        assert_eq!(
+            t.decision(),
+            Decision::Pending,
+            "{n} nodes survive {f} failures"
+        );
         let mut lost = t;
         lost.no();
-        assert_eq!(lost.decision(), Decision::Lost, "{n} nodes lose at {} failures", f + 1);
+        assert_eq!(
+            lost.decision(),
+            Decision::Lost,
+            "{n} nodes lose at {} failures",
+            f + 1
+        );
         let mut won = Tally::new(n, q);
         for _ in 0..q - 1 {
             won.yes();
@@ -85,14 +108,23 @@ fn bad_configuration_is_a_clear_usage_error() {
     let no_nodes: [&str; 0] = [];
     let table: Vec<(Result<RedLockConfig, UsageError>, UsageError)> = vec![
         (RedLockConfig::builder().build(), UsageError::NoNodes),
-        (RedLockConfig::builder().nodes(&no_nodes).build(), UsageError::NoNodes),
+        (
+            RedLockConfig::builder().nodes(&no_nodes).build(),
+            UsageError::NoNodes,
+        ),
         (
             RedLockConfig::builder().nodes(&["a", "b", "a"]).build(),
-            UsageError::DuplicateNode { first: 0, second: 2 },
+            UsageError::DuplicateNode {
+                first: 0,
+                second: 2,
+            },
         ),
         (
             RedLockConfig::builder().node_count(300).build(),
-            UsageError::TooManyNodes { count: 300, max: 255 },
+            UsageError::TooManyNodes {
+                count: 300,
+                max: 255,
+            },
         ),
         (b().ttl(Duration::ZERO).build(), UsageError::TtlZero),
         (
@@ -108,16 +140,28 @@ fn bad_configuration_is_a_clear_usage_error() {
         ),
         (
             b().ttl(ms(2)).build(),
-            UsageError::DriftTooLarge { drift: Duration::from_micros(2020), ttl: ms(2) },
+            UsageError::DriftTooLarge {
+                drift: Duration::from_micros(2020),
+                ttl: ms(2),
+            },
         ),
-        (b().node_timeout(Duration::ZERO).build(), UsageError::NodeTimeoutZero),
+        (
+            b().node_timeout(Duration::ZERO).build(),
+            UsageError::NodeTimeoutZero,
+        ),
         (
             b().ttl(ms(1000)).node_timeout(ms(990)).build(),
-            UsageError::NodeTimeoutTooLarge { timeout: ms(990), validity: ms(988) },
+            UsageError::NodeTimeoutTooLarge {
+                timeout: ms(990),
+                validity: ms(988),
+            },
         ),
         (
             b().ttl(ms(1000)).auto_extend(Some(ms(0)), None).build(),
-            UsageError::BadExtendInterval { every: ms(0), validity: ms(988) },
+            UsageError::BadExtendInterval {
+                every: ms(0),
+                validity: ms(988),
+            },
         ),
     ];
     for (got, want) in table {
@@ -126,7 +170,10 @@ fn bad_configuration_is_a_clear_usage_error() {
         assert!(!err.to_string().is_empty());
     }
     let cfg = config(3);
-    assert_eq!(RedLock::new(&cfg, b"", &TOKEN, 0).unwrap_err(), UsageError::EmptyKey);
+    assert_eq!(
+        RedLock::new(&cfg, b"", &TOKEN, 0).unwrap_err(),
+        UsageError::EmptyKey
+    );
     assert_eq!(
         RedLock::new(&cfg, &[b'k'; 513], &TOKEN, 0).unwrap_err(),
         UsageError::KeyTooLong { len: 513, max: 512 }
@@ -136,7 +183,11 @@ fn bad_configuration_is_a_clear_usage_error() {
         RedLock::new(&cfg, b"k", &[1; 8], 0).unwrap_err(),
         UsageError::TokenTooShort { len: 8, min: 16 }
     );
-    let prefixed = RedLockConfig::builder().node_count(1).key_prefix("app:").build().unwrap();
+    let prefixed = RedLockConfig::builder()
+        .node_count(1)
+        .key_prefix("app:")
+        .build()
+        .unwrap();
     let m = RedLock::new(&prefixed, b"job", &TOKEN, 0).unwrap();
     assert_eq!(&m.key()[..], b"app:job");
 }
@@ -152,13 +203,22 @@ fn even_node_counts_are_allowed_and_need_a_strict_majority() {
     m.acquire(at_ms(1)).unwrap();
     let events = run_instant(&mut m, &mut nodes, at_ms(1));
     // 2 of 4 is not a majority: a 2-2 split must not be a win for either side.
-    assert!(matches!(events.as_slice(), [Event::Failed(LockError::Taken { .. })]), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [Event::Failed(LockError::Taken { .. })]),
+        "{events:?}"
+    );
 }
 
 #[test]
 fn script_sha1_constants_match_the_scripts() {
-    assert_eq!(sha1_smol::Sha1::from(RELEASE_SCRIPT).digest().to_string(), RELEASE_SHA1);
-    assert_eq!(sha1_smol::Sha1::from(EXTEND_SCRIPT).digest().to_string(), EXTEND_SHA1);
+    assert_eq!(
+        sha1_smol::Sha1::from(RELEASE_SCRIPT).digest().to_string(),
+        RELEASE_SHA1
+    );
+    assert_eq!(
+        sha1_smol::Sha1::from(EXTEND_SCRIPT).digest().to_string(),
+        EXTEND_SHA1
+    );
 }
 
 #[test]
@@ -170,7 +230,9 @@ fn acquires_early_with_a_quorum_and_validity_starts_at_the_first_send() {
     assert!(events.is_empty());
     assert_eq!(sent.len(), 5);
     for t in &sent {
-        assert!(matches!(&t.command, Command::Acquire { key, ttl_ms: 10_000, .. } if &key[..] == b"k"));
+        assert!(
+            matches!(&t.command, Command::Acquire { key, ttl_ms: 10_000, .. } if &key[..] == b"k")
+        );
     }
     m.handle_reply(at_ms(101), sent[0].node, sent[0].op, ok());
     m.handle_reply(at_ms(102), sent[3].node, sent[3].op, ok());
@@ -180,13 +242,27 @@ fn acquires_early_with_a_quorum_and_validity_starts_at_the_first_send() {
     // 10 s ttl, drift 10 000 ppm + 2 ms = 102 ms; counted from the first send at 100 ms.
     assert_eq!(
         events,
-        vec![Event::Acquired { fence: None, valid_until: at_ms(100 + 10_000 - 102) }]
+        vec![Event::Acquired {
+            fence: None,
+            valid_until: at_ms(100 + 10_000 - 102)
+        }]
     );
     // Late replies from the other two nodes change nothing.
     m.handle_reply(at_ms(104), sent[1].node, sent[1].op, Reply::Nil);
     m.handle_reply(at_ms(104), sent[2].node, sent[2].op, ok());
     assert!(drain(&mut m).1.is_empty());
-    assert_eq!(m.state(), State::Held { valid_until: at_ms(9998) });
+    assert_eq!(
+        m.state(),
+        State::Held {
+            valid_until: at_ms(9998)
+        }
+    );
+    let outcomes: Vec<_> = m.node_outcomes().cloned().collect();
+    assert_eq!(
+        outcomes[1],
+        NodeOutcome::Pending,
+        "the round was decided before node 1 answered"
+    );
 }
 
 #[test]
@@ -203,23 +279,48 @@ fn taken_and_no_quorum_are_told_apart_and_every_node_is_released() {
     let Some(Event::Failed(LockError::Taken { attempts: 1, nodes })) = events.first() else {
         panic!("expected Taken, got {events:?}")
     };
-    assert_eq!(nodes.iter().filter(|o| **o == NodeOutcome::Refused).count(), 3);
-    assert_eq!(rel.len(), 5, "release goes to all nodes, not only those that said OK");
-    assert!(rel.iter().all(|t| matches!(&t.command, Command::Release { value, .. } if value == m.value())));
+    assert_eq!(
+        nodes.iter().filter(|o| **o == NodeOutcome::Refused).count(),
+        3
+    );
+    assert_eq!(
+        rel.len(),
+        5,
+        "release goes to all nodes, not only those that said OK"
+    );
+    assert!(rel
+        .iter()
+        .all(|t| matches!(&t.command, Command::Release { value, .. } if value == m.value())));
 
     // No quorum: three nodes fail in different ways.
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(0)).unwrap();
     let (sent, _) = drain(&mut m);
-    m.handle_reply(at_ms(1), sent[0].node, sent[0].op, Reply::Error("READONLY replica".into()));
+    m.handle_reply(
+        at_ms(1),
+        sent[0].node,
+        sent[0].op,
+        Reply::Error("READONLY replica".into()),
+    );
     m.handle_reply(at_ms(1), sent[1].node, sent[1].op, Reply::Int(7));
-    m.handle_reply(at_ms(1), sent[2].node, sent[2].op, Reply::Unavailable("refused".into()));
+    m.handle_reply(
+        at_ms(1),
+        sent[2].node,
+        sent[2].op,
+        Reply::Unavailable("refused".into()),
+    );
     let (_, events) = drain(&mut m);
     let Some(Event::Failed(err @ LockError::NoQuorum { nodes, .. })) = events.first() else {
         panic!("expected NoQuorum, got {events:?}")
     };
-    assert_eq!(nodes[0], NodeOutcome::Failed(BackendError::ErrorReply("READONLY replica".into())));
-    assert!(matches!(&nodes[1], NodeOutcome::Failed(BackendError::UnexpectedReply { .. })));
+    assert_eq!(
+        nodes[0],
+        NodeOutcome::Failed(BackendError::ErrorReply("READONLY replica".into()))
+    );
+    assert!(matches!(
+        &nodes[1],
+        NodeOutcome::Failed(BackendError::UnexpectedReply { .. })
+    ));
     assert!(err.to_string().contains("no quorum"), "{err}");
 }
 
@@ -241,8 +342,10 @@ fn silent_nodes_time_out_at_the_per_node_timeout() {
     assert!(drain(&mut m).1.is_empty());
     m.handle_timeout(at_ms(50));
     let (_, events) = drain(&mut m);
-    assert!(matches!(&events[0], Event::Failed(LockError::NoQuorum { nodes, .. })
-        if nodes[1] == NodeOutcome::TimedOut && nodes[2] == NodeOutcome::TimedOut));
+    assert!(
+        matches!(&events[0], Event::Failed(LockError::NoQuorum { nodes, .. })
+        if nodes[1] == NodeOutcome::TimedOut && nodes[2] == NodeOutcome::TimedOut)
+    );
     // A reply after the timeout is ignored.
     m.handle_reply(at_ms(51), sent[1].node, sent[1].op, ok());
     assert!(drain(&mut m).1.is_empty());
@@ -300,24 +403,40 @@ fn retries_with_jitter_until_the_wait_deadline_with_fresh_values() {
             _ => break,
         }
     }
-    assert!(matches!(last.as_slice(), [Event::Failed(LockError::Taken { attempts, .. })] if *attempts >= 5));
+    assert!(
+        matches!(last.as_slice(), [Event::Failed(LockError::Taken { attempts, .. })] if *attempts >= 5)
+    );
     values.dedup();
     let distinct: std::collections::BTreeSet<_> = values.iter().collect();
-    assert_eq!(distinct.len(), values.len(), "each attempt stores a value of its own");
+    assert_eq!(
+        distinct.len(),
+        values.len(),
+        "each attempt stores a value of its own"
+    );
     assert!(now <= at_ms(1_000));
 }
 
 #[test]
 fn wake_retries_at_once() {
-    let cfg = RedLockConfig::builder().node_count(1).wait(Wait::Forever).build().unwrap();
+    let cfg = RedLockConfig::builder()
+        .node_count(1)
+        .wait(Wait::Forever)
+        .build()
+        .unwrap();
     let mut nodes = vec![FakeRedis::default()];
     nodes[0].put(b"k", b"holder", at_ms(1_000_000));
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 7).unwrap();
     m.acquire(at_ms(0)).unwrap();
-    assert!(matches!(run_instant(&mut m, &mut nodes, at_ms(0))[..], [Event::Retrying { .. }]));
+    assert!(matches!(
+        run_instant(&mut m, &mut nodes, at_ms(0))[..],
+        [Event::Retrying { .. }]
+    ));
     nodes[0] = FakeRedis::default();
     m.wake(at_ms(1));
-    assert!(matches!(run_instant(&mut m, &mut nodes, at_ms(1))[..], [Event::Acquired { .. }]));
+    assert!(matches!(
+        run_instant(&mut m, &mut nodes, at_ms(1))[..],
+        [Event::Acquired { .. }]
+    ));
 }
 
 #[test]
@@ -329,23 +448,44 @@ fn extend_moves_the_deadline_and_never_resurrects() {
     run_instant(&mut m, &mut nodes, at_ms(0));
     m.extend(at_ms(5_000)).unwrap();
     let ev = run_instant(&mut m, &mut nodes, at_ms(5_000));
-    assert_eq!(ev, vec![Event::Extended { valid_until: at_ms(5_000 + 9_898) }]);
+    assert_eq!(
+        ev,
+        vec![Event::Extended {
+            valid_until: at_ms(5_000 + 9_898)
+        }]
+    );
     // Let the key expire on two nodes (another node's clock ran fast): extend must fail, and
     // must not bring the key back.
     nodes[0] = FakeRedis::default();
     nodes[1] = FakeRedis::default();
     m.extend(at_ms(6_000)).unwrap();
     let ev = run_instant(&mut m, &mut nodes, at_ms(6_000));
-    assert!(matches!(&ev[..], [Event::ExtendFailed { valid_until, .. }] if *valid_until == at_ms(14_898)));
-    assert!(nodes[0].get(at_ms(6_000), b"k").is_none(), "an expired key is never resurrected");
-    assert!(nodes[2].get(at_ms(6_000), b"k").is_some(), "a failed extend deletes nothing");
+    assert!(
+        matches!(&ev[..], [Event::ExtendFailed { valid_until, .. }] if *valid_until == at_ms(14_898))
+    );
+    assert!(
+        nodes[0].get(at_ms(6_000), b"k").is_none(),
+        "an expired key is never resurrected"
+    );
+    assert!(
+        nodes[2].get(at_ms(6_000), b"k").is_some(),
+        "a failed extend deletes nothing"
+    );
     // Lost exactly at the old deadline, not a nanosecond earlier.
     assert_eq!(m.poll_timeout(), Some(at_ms(14_898)));
     m.handle_timeout(Instant::from_nanos(at_ms(14_898).as_nanos() - 1));
     assert!(drain(&mut m).1.is_empty());
     m.handle_timeout(at_ms(14_898));
     let (rel, ev) = drain(&mut m);
-    assert!(matches!(&ev[..], [Event::Lost { reason: LostReason::ExtendFailed(_) }]), "{ev:?}");
+    assert!(
+        matches!(
+            &ev[..],
+            [Event::Lost {
+                reason: LostReason::ExtendFailed(_)
+            }]
+        ),
+        "{ev:?}"
+    );
     assert_eq!(rel.len(), 3, "a lost lock is cleaned up on every node");
     assert!(m.extend(at_ms(14_898)).is_err());
 }
@@ -375,14 +515,24 @@ fn auto_extend_keeps_the_lock_and_stops_at_the_cap() {
         .map(|e| match e {
             Event::Acquired { .. } => "acquired",
             Event::Extended { .. } => "extended",
-            Event::Lost { reason: LostReason::Expired } => "lost",
+            Event::Lost {
+                reason: LostReason::Expired,
+            } => "lost",
             Event::Released { .. } => "released",
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["acquired", "extended", "extended", "lost", "released"]);
+    assert_eq!(
+        kinds,
+        ["acquired", "extended", "extended", "lost", "released"]
+    );
     // Extensions at 1 s and 2 s; the last one holds until 2 s + 3 s - 32 ms.
-    assert_eq!(all[2], Event::Extended { valid_until: at_ms(2_000 + 2_968) });
+    assert_eq!(
+        all[2],
+        Event::Extended {
+            valid_until: at_ms(2_000 + 2_968)
+        }
+    );
 }
 
 #[test]
@@ -398,11 +548,21 @@ fn cancel_mid_acquire_releases_every_node_touched() {
     // The late OK of the acquire round does not count.
     m.handle_reply(at_ms(3), sent[1].node, sent[1].op, ok());
     for t in &rel {
-        m.handle_reply(at_ms(3), t.node, t.op, Reply::Int(if t.node.0 < 2 { 1 } else { 0 }));
+        m.handle_reply(
+            at_ms(3),
+            t.node,
+            t.op,
+            Reply::Int(if t.node.0 < 2 { 1 } else { 0 }),
+        );
     }
     let (_, ev) = drain(&mut m);
-    let [Event::Released { nodes }] = &ev[..] else { panic!("{ev:?}") };
-    assert_eq!(nodes.iter().filter(|o| **o == NodeOutcome::Granted).count(), 2);
+    let [Event::Released { nodes }] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        nodes.iter().filter(|o| **o == NodeOutcome::Granted).count(),
+        2
+    );
     assert_eq!(m.state(), State::Done);
 }
 
@@ -429,13 +589,21 @@ fn release_is_bounded_idempotent_and_misuse_is_an_error() {
     assert_eq!(m.poll_timeout(), Some(at_ms(501)));
     m.handle_timeout(at_ms(501));
     let (_, ev) = drain(&mut m);
-    let [Event::Released { nodes: outcome }] = &ev[..] else { panic!("{ev:?}") };
+    let [Event::Released { nodes: outcome }] = &ev[..] else {
+        panic!("{ev:?}")
+    };
     assert_eq!(outcome[1], NodeOutcome::TimedOut);
     m.release(at_ms(600)).unwrap();
-    assert!(matches!(&drain(&mut m).1[..], [Event::Released { .. }]), "idempotent");
+    assert!(
+        matches!(&drain(&mut m).1[..], [Event::Released { .. }]),
+        "idempotent"
+    );
     // The machine can acquire again after it is done.
     m.acquire(at_ms(700)).unwrap();
-    assert!(matches!(run_instant(&mut m, &mut nodes, at_ms(700))[..], [Event::Acquired { .. }]));
+    assert!(matches!(
+        run_instant(&mut m, &mut nodes, at_ms(700))[..],
+        [Event::Acquired { .. }]
+    ));
 }
 
 #[test]
@@ -447,5 +615,11 @@ fn time_never_goes_backwards() {
     // A reply stamped earlier than the send is treated as arriving at the latest time seen.
     m.handle_reply(at_ms(10), sent[0].node, sent[0].op, ok());
     let (_, ev) = drain(&mut m);
-    assert_eq!(ev, vec![Event::Acquired { fence: None, valid_until: at_ms(1_000 + 9_898) }]);
+    assert_eq!(
+        ev,
+        vec![Event::Acquired {
+            fence: None,
+            valid_until: at_ms(1_000 + 9_898)
+        }]
+    );
 }

@@ -5,16 +5,14 @@ use bytes::Bytes;
 
 /// Release script: delete the key only while it still holds our value (compare-and-delete).
 /// Returns 1 when it deleted our key, 0 otherwise.
-pub const RELEASE_SCRIPT: &str =
-    r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
+pub const RELEASE_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
 /// SHA1 of [`RELEASE_SCRIPT`], for `EVALSHA` (fall back to `EVAL` on `NOSCRIPT`).
 pub const RELEASE_SHA1: &str = "b70c2384248f88e6b75b9f89241a180f856ad852";
 
 /// Extend script: reset the key's expiry only while it still holds our value
 /// (compare-and-PEXPIRE). A missing key stays missing: an expired lock is never resurrected.
 /// Returns 1 when it extended our key, 0 otherwise.
-pub const EXTEND_SCRIPT: &str =
-    r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("pexpire",KEYS[1],ARGV[2]) else return 0 end"#;
+pub const EXTEND_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("pexpire",KEYS[1],ARGV[2]) else return 0 end"#;
 /// SHA1 of [`EXTEND_SCRIPT`].
 pub const EXTEND_SHA1: &str = "36e94d1c6e02fcefaa7ee5d79eee614dbac55f10";
 

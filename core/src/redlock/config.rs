@@ -43,7 +43,10 @@ pub struct Retry {
 impl Default for Retry {
     /// 50 to 250 ms, as go-redsync.
     fn default() -> Self {
-        Retry { delay: Duration::from_millis(50), jitter: Duration::from_millis(200) }
+        Retry {
+            delay: Duration::from_millis(50),
+            jitter: Duration::from_millis(200),
+        }
     }
 }
 
@@ -171,7 +174,10 @@ impl RedLockConfigBuilder {
         self.nodes = if n == 0 {
             Err(UsageError::NoNodes)
         } else if n > MAX_NODES {
-            Err(UsageError::TooManyNodes { count: n, max: MAX_NODES })
+            Err(UsageError::TooManyNodes {
+                count: n,
+                max: MAX_NODES,
+            })
         } else {
             Ok(n)
         };
@@ -238,12 +244,17 @@ impl RedLockConfigBuilder {
             return Err(UsageError::DriftTooLarge { drift, ttl });
         }
         let validity = ttl - drift;
-        let node_timeout = self.node_timeout.unwrap_or_else(|| (ttl / 20).min(validity / 2));
+        let node_timeout = self
+            .node_timeout
+            .unwrap_or_else(|| (ttl / 20).min(validity / 2));
         if node_timeout.is_zero() {
             return Err(UsageError::NodeTimeoutZero);
         }
         if node_timeout >= validity {
-            return Err(UsageError::NodeTimeoutTooLarge { timeout: node_timeout, validity });
+            return Err(UsageError::NodeTimeoutTooLarge {
+                timeout: node_timeout,
+                validity,
+            });
         }
         let auto_extend = match self.auto_extend {
             None => None,
@@ -252,11 +263,17 @@ impl RedLockConfigBuilder {
                 if every.is_zero() || every >= validity {
                     return Err(UsageError::BadExtendInterval { every, validity });
                 }
-                Some(AutoExtend { every, max_extensions })
+                Some(AutoExtend {
+                    every,
+                    max_extensions,
+                })
             }
         };
         if self.key_prefix.len() >= MAX_KEY_LEN {
-            return Err(UsageError::KeyTooLong { len: self.key_prefix.len(), max: MAX_KEY_LEN });
+            return Err(UsageError::KeyTooLong {
+                len: self.key_prefix.len(),
+                max: MAX_KEY_LEN,
+            });
         }
         let nodes = u16::try_from(nodes).unwrap_or(u16::MAX);
         Ok(RedLockConfig {
@@ -279,7 +296,10 @@ fn check_nodes<T: PartialEq>(nodes: &[T]) -> Result<usize, UsageError> {
         return Err(UsageError::NoNodes);
     }
     if nodes.len() > MAX_NODES {
-        return Err(UsageError::TooManyNodes { count: nodes.len(), max: MAX_NODES });
+        return Err(UsageError::TooManyNodes {
+            count: nodes.len(),
+            max: MAX_NODES,
+        });
     }
     for (second, node) in nodes.iter().enumerate() {
         if let Some(first) = nodes[..second].iter().position(|n| n == node) {

@@ -81,9 +81,17 @@ struct Round {
 enum Phase {
     Idle,
     Acquiring(Round),
-    Waiting { retry_at: Instant },
-    Held { valid_until: Instant, next_extend: Option<Instant>, extending: Option<Round> },
-    Releasing { deadline: Instant },
+    Waiting {
+        retry_at: Instant,
+    },
+    Held {
+        valid_until: Instant,
+        next_extend: Option<Instant>,
+        extending: Option<Round>,
+    },
+    Releasing {
+        deadline: Instant,
+    },
     Done,
 }
 
@@ -103,10 +111,16 @@ impl RedLock {
         }
         let len = cfg.key_prefix.len() + name.len();
         if len > MAX_KEY_LEN {
-            return Err(UsageError::KeyTooLong { len, max: MAX_KEY_LEN });
+            return Err(UsageError::KeyTooLong {
+                len,
+                max: MAX_KEY_LEN,
+            });
         }
         if token.len() < MIN_TOKEN_LEN {
-            return Err(UsageError::TokenTooShort { len: token.len(), min: MIN_TOKEN_LEN });
+            return Err(UsageError::TokenTooShort {
+                len: token.len(),
+                min: MIN_TOKEN_LEN,
+            });
         }
         let mut key = BytesMut::with_capacity(len);
         key.put_slice(&cfg.key_prefix);
@@ -179,13 +193,19 @@ impl RedLock {
                 }
                 Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
                 Phase::Held { valid_until, .. } if now >= valid_until => self.lose(),
-                Phase::Held { extending: Some(mut r), valid_until, next_extend }
-                    if now >= r.deadline =>
-                {
+                Phase::Held {
+                    extending: Some(mut r),
+                    valid_until,
+                    next_extend,
+                } if now >= r.deadline => {
                     self.time_out_pending(&mut r.tally);
                     self.finish_extend_round(r, valid_until, next_extend);
                 }
-                Phase::Held { extending: None, next_extend: Some(at), .. } if now >= at => {
+                Phase::Held {
+                    extending: None,
+                    next_extend: Some(at),
+                    ..
+                } if now >= at => {
                     self.start_extend();
                 }
                 Phase::Releasing { deadline } if now >= deadline => {
@@ -224,10 +244,14 @@ impl RedLock {
         for i in 0..self.slots.len() {
             self.next_op += 1;
             let op = OpId(self.next_op);
-            self.slots[i] = Slot { op: Some(op), outcome: NodeOutcome::Pending };
+            self.slots[i] = Slot {
+                op: Some(op),
+                outcome: NodeOutcome::Pending,
+            };
             let node = NodeId(i as u16);
             let command = command(self);
-            self.out.push_back(Output::Transmit(Transmit { node, op, command }));
+            self.out
+                .push_back(Output::Transmit(Transmit { node, op, command }));
         }
     }
 
@@ -235,10 +259,16 @@ impl RedLock {
     fn release_unwatched(&mut self) {
         for i in 0..self.slots.len() {
             self.next_op += 1;
-            let command = Command::Release { key: self.key.clone(), value: self.value.clone() };
-            let t = Transmit { node: NodeId(i as u16), op: OpId(self.next_op), command };
+            let command = Command::Release {
+                key: self.key.clone(),
+                value: self.value.clone(),
+            };
+            let t = Transmit {
+                node: NodeId(i as u16),
+                op: OpId(self.next_op),
+                command,
+            };
             self.out.push_back(Output::Transmit(t));
-            self.slots[i].op = None;
         }
     }
 
@@ -259,16 +289,32 @@ impl RedLock {
         self.phase = Phase::Acquiring(round);
     }
 
+    /// Ends the round in flight: replies still to come are stale from now on.
+    fn disarm(&mut self) {
+        for s in &mut self.slots {
+            s.op = None;
+        }
+    }
+
     fn finish_acquire_round(&mut self, r: Round) {
+        if r.tally.decision() != Decision::Pending {
+            self.disarm();
+        }
         match r.tally.decision() {
             Decision::Pending => self.phase = Phase::Acquiring(r),
             Decision::Won if self.now < r.valid_until => {
                 self.extensions = 0;
                 self.last_extend_error = None;
                 let next_extend = self.cfg.auto_extend.map(|a| r.start + a.every);
-                self.phase =
-                    Phase::Held { valid_until: r.valid_until, next_extend, extending: None };
-                self.emit(Event::Acquired { fence: None, valid_until: r.valid_until });
+                self.phase = Phase::Held {
+                    valid_until: r.valid_until,
+                    next_extend,
+                    extending: None,
+                };
+                self.emit(Event::Acquired {
+                    fence: None,
+                    valid_until: r.valid_until,
+                });
             }
             decision => {
                 let error = self.round_error(decision == Decision::Won);
@@ -277,7 +323,10 @@ impl RedLock {
                 match retry_at {
                     Some(retry_at) => {
                         self.phase = Phase::Waiting { retry_at };
-                        self.emit(Event::Retrying { attempt: self.attempts, retry_at });
+                        self.emit(Event::Retrying {
+                            attempt: self.attempts,
+                            retry_at,
+                        });
                     }
                     None => {
                         self.phase = Phase::Done;
@@ -290,7 +339,11 @@ impl RedLock {
 
     /// When the next attempt may start, if the wait and attempt limits allow one.
     fn next_retry(&mut self) -> Option<Instant> {
-        if self.cfg.max_attempts.is_some_and(|max| self.attempts >= max) {
+        if self
+            .cfg
+            .max_attempts
+            .is_some_and(|max| self.attempts >= max)
+        {
             return None;
         }
         if self.now >= self.wait_until {
@@ -321,7 +374,12 @@ impl RedLock {
     }
 
     fn start_extend(&mut self) {
-        if let Phase::Held { valid_until, next_extend, .. } = self.phase {
+        if let Phase::Held {
+            valid_until,
+            next_extend,
+            ..
+        } = self.phase
+        {
             let round = self.round();
             let ttl_ms = self.cfg.ttl_ms();
             self.broadcast(|m| Command::Extend {
@@ -329,7 +387,11 @@ impl RedLock {
                 value: m.value.clone(),
                 ttl_ms,
             });
-            self.phase = Phase::Held { valid_until, next_extend, extending: Some(round) };
+            self.phase = Phase::Held {
+                valid_until,
+                next_extend,
+                extending: Some(round),
+            };
         }
     }
 
@@ -339,9 +401,16 @@ impl RedLock {
         valid_until: Instant,
         next_extend: Option<Instant>,
     ) {
+        if r.tally.decision() != Decision::Pending {
+            self.disarm();
+        }
         match r.tally.decision() {
             Decision::Pending => {
-                self.phase = Phase::Held { valid_until, next_extend, extending: Some(r) };
+                self.phase = Phase::Held {
+                    valid_until,
+                    next_extend,
+                    extending: Some(r),
+                };
             }
             // `advance` fires the old deadline before any reply, so a win here is inside the
             // current validity, and `r.valid_until > valid_until` since the round started later.
@@ -358,7 +427,11 @@ impl RedLock {
                     _ => None,
                 };
                 let valid_until = r.valid_until.max(valid_until);
-                self.phase = Phase::Held { valid_until, next_extend, extending: None };
+                self.phase = Phase::Held {
+                    valid_until,
+                    next_extend,
+                    extending: None,
+                };
                 self.emit(Event::Extended { valid_until });
             }
             Decision::Lost => {
@@ -370,7 +443,11 @@ impl RedLock {
                     .map(|_| self.now + self.cfg.retry.delay)
                     .filter(|at| *at < valid_until);
                 self.last_extend_error = Some(error.clone());
-                self.phase = Phase::Held { valid_until, next_extend, extending: None };
+                self.phase = Phase::Held {
+                    valid_until,
+                    next_extend,
+                    extending: None,
+                };
                 self.emit(Event::ExtendFailed { valid_until, error });
             }
         }
@@ -387,7 +464,10 @@ impl RedLock {
 
     fn start_release(&mut self) {
         let deadline = self.now + self.cfg.node_timeout;
-        self.broadcast(|m| Command::Release { key: m.key.clone(), value: m.value.clone() });
+        self.broadcast(|m| Command::Release {
+            key: m.key.clone(),
+            value: m.value.clone(),
+        });
         self.phase = Phase::Releasing { deadline };
     }
 
@@ -420,7 +500,10 @@ impl RedLock {
         NodeOutcome::Failed(match reply {
             Reply::Error(e) => BackendError::ErrorReply(lossy(&e)),
             Reply::Unavailable(e) => BackendError::Unavailable(e),
-            other => BackendError::UnexpectedReply { command, got: describe(&other) },
+            other => BackendError::UnexpectedReply {
+                command,
+                got: describe(&other),
+            },
         })
     }
 }
@@ -471,11 +554,15 @@ impl LockMachine for RedLock {
     fn extend(&mut self, now: Instant) -> Result<(), UsageError> {
         self.advance(now);
         match self.phase {
-            Phase::Held { extending: None, .. } => {
+            Phase::Held {
+                extending: None, ..
+            } => {
                 self.start_extend();
                 Ok(())
             }
-            Phase::Held { extending: Some(_), .. } => Ok(()),
+            Phase::Held {
+                extending: Some(_), ..
+            } => Ok(()),
             _ => Err(UsageError::NotHeld),
         }
     }
@@ -506,7 +593,9 @@ impl LockMachine for RedLock {
 
     fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) {
         self.advance(now);
-        let Some(slot) = self.slots.get(node.index()) else { return };
+        let Some(slot) = self.slots.get(node.index()) else {
+            return;
+        };
         if slot.op != Some(op) {
             return; // late, duplicated, or for a round no longer in flight
         }
@@ -521,7 +610,11 @@ impl LockMachine for RedLock {
                 let r = *r;
                 self.finish_acquire_round(r);
             }
-            Phase::Held { extending: Some(r), valid_until, next_extend } => {
+            Phase::Held {
+                extending: Some(r),
+                valid_until,
+                next_extend,
+            } => {
                 vote(&mut r.tally, granted);
                 let (r, v, n) = (*r, *valid_until, *next_extend);
                 self.finish_extend_round(r, v, n);
@@ -544,7 +637,11 @@ impl LockMachine for RedLock {
             Phase::Idle | Phase::Done => None,
             Phase::Acquiring(r) => Some(r.deadline.min(r.valid_until)),
             Phase::Waiting { retry_at } => Some(retry_at),
-            Phase::Held { valid_until, next_extend, extending } => {
+            Phase::Held {
+                valid_until,
+                next_extend,
+                extending,
+            } => {
                 let mut at = valid_until;
                 if let Some(r) = extending {
                     at = at.min(r.deadline);

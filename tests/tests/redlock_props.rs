@@ -1,0 +1,274 @@
+//! Property suite: random interleavings of user requests, replies (well-formed, malformed,
+//! duplicated, stale) and time steps against the RedLock machine, checking its invariants
+//! after every step. Built from the strategies that lucky-core exports (feature `proptest`).
+//!
+//! Cases per run: `PROPTEST_CASES` (default 512).
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the report
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use lucky_core::redlock::{Command, RedLock, RedLockConfig, Reply};
+use lucky_core::strategies::{redis_reply, redlock_config, time_step};
+use lucky_core::{Duration, Event, Instant, LockMachine, Output, State, Transmit};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Action {
+    Acquire,
+    Extend,
+    Release,
+    Wake,
+    /// Answer the `pick`-th command ever sent (modulo the count): may be stale or a duplicate.
+    Reply {
+        pick: usize,
+        reply: Reply,
+    },
+    /// Answer the oldest unanswered command with a well-formed, positive reply.
+    Grant,
+    /// Let time pass and tell the machine.
+    Tick(Duration),
+    /// Wake exactly at the machine's deadline.
+    Timeout,
+    /// An input stamped earlier than the last one.
+    Backwards(Duration),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        2 => Just(Action::Acquire),
+        1 => Just(Action::Extend),
+        1 => Just(Action::Release),
+        1 => Just(Action::Wake),
+        6 => (any::<usize>(), redis_reply()).prop_map(|(pick, reply)| Action::Reply { pick, reply }),
+        4 => Just(Action::Grant),
+        2 => time_step().prop_map(Action::Tick),
+        2 => Just(Action::Timeout),
+        1 => (0u64..50).prop_map(|ms| Action::Backwards(Duration::from_millis(ms))),
+    ]
+}
+
+/// Everything the harness has seen, to check the machine against.
+struct Harness {
+    m: RedLock,
+    cfg: RedLockConfig,
+    now: Instant,
+    sent: Vec<Transmit<Command>>,
+    answered: BTreeSet<usize>,
+    ops: BTreeSet<u64>,
+    /// Per attempt value: nodes an Acquire went to, nodes a Release went to.
+    acquire_to: BTreeMap<Bytes, BTreeSet<u16>>,
+    release_to: BTreeMap<Bytes, BTreeSet<u16>>,
+    /// Per attempt value: nodes whose Acquire op we answered `+OK` while it was in flight.
+    granted: BTreeMap<Bytes, BTreeSet<u16>>,
+}
+
+impl Harness {
+    fn new(cfg: RedLockConfig) -> Self {
+        let m = RedLock::new(&cfg, b"lock", &[9; 16], 1).unwrap();
+        Harness {
+            m,
+            cfg,
+            now: Instant::from_nanos(1),
+            sent: Vec::new(),
+            answered: BTreeSet::new(),
+            ops: BTreeSet::new(),
+            acquire_to: BTreeMap::new(),
+            release_to: BTreeMap::new(),
+            granted: BTreeMap::new(),
+        }
+    }
+
+    fn step(&mut self, action: Action) -> Result<(), TestCaseError> {
+        let before = self.m.state();
+        let mut input_now = self.now;
+        match action {
+            Action::Acquire => drop(self.m.acquire(self.now)),
+            Action::Extend => drop(self.m.extend(self.now)),
+            Action::Release => drop(self.m.release(self.now)),
+            Action::Wake => self.m.wake(self.now),
+            Action::Reply { pick, reply } => {
+                if self.sent.is_empty() {
+                    return Ok(());
+                }
+                let i = pick % self.sent.len();
+                self.reply(i, reply);
+            }
+            Action::Grant => {
+                let Some(i) = (0..self.sent.len()).find(|i| !self.answered.contains(i)) else {
+                    return Ok(());
+                };
+                let reply = match self.sent[i].command {
+                    Command::Acquire { .. } => Reply::Status("OK".into()),
+                    _ => Reply::Int(1),
+                };
+                self.reply(i, reply);
+            }
+            Action::Tick(d) => {
+                self.now = self.now + d;
+                input_now = self.now;
+                self.m.handle_timeout(self.now);
+            }
+            Action::Timeout => {
+                if let Some(t) = self.m.poll_timeout() {
+                    prop_assert!(t > self.now, "deadline {t:?} not after now {:?}", self.now);
+                    self.now = self.now.max(t);
+                    input_now = self.now;
+                    self.m.handle_timeout(self.now);
+                }
+            }
+            Action::Backwards(d) => {
+                let earlier = Instant::from_nanos(
+                    self.now
+                        .as_nanos()
+                        .saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                );
+                self.m.handle_timeout(earlier);
+            }
+        }
+        self.check(before, input_now)
+    }
+
+    fn reply(&mut self, i: usize, reply: Reply) {
+        let t = self.sent[i].clone();
+        let live = !self.answered.contains(&i) && self.is_current(&t);
+        if live && matches!(&reply, Reply::Status(s) if &s[..] == b"OK") {
+            if let Command::Acquire { value, .. } = &t.command {
+                self.granted
+                    .entry(value.clone())
+                    .or_default()
+                    .insert(t.node.0);
+            }
+        }
+        self.answered.insert(i);
+        self.m.handle_reply(self.now, t.node, t.op, reply);
+    }
+
+    /// Whether `t` belongs to the machine's round in flight (its newest command to the node).
+    fn is_current(&self, t: &Transmit<Command>) -> bool {
+        self.sent
+            .iter()
+            .rev()
+            .find(|s| s.node == t.node)
+            .is_some_and(|s| s.op == t.op)
+    }
+
+    fn check(&mut self, before: State, input_now: Instant) -> Result<(), TestCaseError> {
+        let now = self.now;
+        let mut events = Vec::new();
+        while let Some(out) = self.m.poll_output() {
+            match out {
+                Output::Transmit(t) => {
+                    prop_assert!(self.ops.insert(t.op.0), "op id {} used twice", t.op.0);
+                    prop_assert!(t.node.index() < self.cfg.nodes(), "node out of range");
+                    match &t.command {
+                        Command::Acquire { value, .. } => {
+                            self.acquire_to
+                                .entry(value.clone())
+                                .or_default()
+                                .insert(t.node.0);
+                        }
+                        Command::Release { value, .. } => {
+                            self.release_to
+                                .entry(value.clone())
+                                .or_default()
+                                .insert(t.node.0);
+                        }
+                        Command::Extend { value, .. } => {
+                            prop_assert!(
+                                self.granted
+                                    .get(value)
+                                    .is_some_and(|g| g.len() >= self.cfg.quorum()),
+                                "extend sent for a value that never won"
+                            );
+                        }
+                    }
+                    self.sent.push(t);
+                }
+                Output::Event(e) => events.push(e),
+            }
+        }
+        for e in &events {
+            match e {
+                Event::Acquired { valid_until, .. } => {
+                    prop_assert!(
+                        *valid_until > now,
+                        "Acquired with valid_until {valid_until:?} <= now {now:?}"
+                    );
+                    let won = self.granted.get(self.m.value()).map_or(0, BTreeSet::len);
+                    prop_assert!(
+                        won >= self.cfg.quorum(),
+                        "Acquired with {won} live grants, quorum {}",
+                        self.cfg.quorum()
+                    );
+                    prop_assert!(
+                        *valid_until <= now + self.cfg.validity(),
+                        "validity longer than ttl - drift from now"
+                    );
+                }
+                Event::Extended { valid_until } => {
+                    prop_assert!(*valid_until > now, "Extended into the past");
+                }
+                _ => {}
+            }
+        }
+        // A held lock is always inside its validity after an input.
+        if let State::Held { valid_until } = self.m.state() {
+            prop_assert!(
+                valid_until > now,
+                "Held at {now:?} past valid_until {valid_until:?}"
+            );
+        }
+        // A deadline reached while held ends the hold with Lost in that same input, unless
+        // the user released first.
+        if let State::Held { valid_until } = before {
+            if input_now >= valid_until {
+                let lost = events.iter().any(|e| matches!(e, Event::Lost { .. }));
+                prop_assert!(
+                    lost,
+                    "deadline {valid_until:?} passed at {input_now:?} without Lost"
+                );
+            }
+        }
+        // Every attempt that is not live has released on every node it touched.
+        let live = match self.m.state() {
+            State::Acquiring | State::Held { .. } => Some(self.m.value().clone()),
+            _ => None,
+        };
+        for (value, nodes) in &self.acquire_to {
+            if Some(value) == live.as_ref() {
+                continue;
+            }
+            let released = self.release_to.get(value);
+            for n in nodes {
+                prop_assert!(
+                    released.is_some_and(|r| r.contains(n)),
+                    "attempt {value:?} touched node {n} and never released it"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn redlock_keeps_its_invariants(
+        cfg in redlock_config(),
+        actions in proptest::collection::vec(action(), 1..200),
+    ) {
+        let mut h = Harness::new(cfg);
+        for a in actions {
+            h.step(a)?;
+        }
+    }
+}
