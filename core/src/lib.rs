@@ -89,6 +89,8 @@
 
 extern crate alloc;
 
+#[doc(hidden)]
+pub mod bugs;
 pub mod error;
 pub mod fence;
 pub mod machine;

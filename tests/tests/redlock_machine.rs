@@ -12,7 +12,8 @@ use lucky_core::{
     BackendError, Decision, Duration, Event, Instant, LockError, LockMachine, LostReason,
     NodeOutcome, State, Tally, UsageError,
 };
-use lucky_tests::{drain, run_instant, FakeRedis};
+use lucky_sim::Server;
+use lucky_tests::{drain, run_instant, RedisNode};
 
 const TOKEN: [u8; 16] = [0xab; 16];
 
@@ -196,9 +197,9 @@ fn bad_configuration_is_a_clear_usage_error() {
 fn even_node_counts_are_allowed_and_need_a_strict_majority() {
     let cfg = config(4);
     assert_eq!(cfg.quorum(), 3);
-    let mut nodes = vec![FakeRedis::default(); 4];
-    nodes[0].put(b"k", b"other", at_ms(60_000));
-    nodes[1].put(b"k", b"other", at_ms(60_000));
+    let mut nodes = vec![RedisNode::new(); 4];
+    nodes[0].put(b"k", b"other", at_ms(60_000).as_nanos());
+    nodes[1].put(b"k", b"other", at_ms(60_000).as_nanos());
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(1)).unwrap();
     let events = run_instant(&mut m, &mut nodes, at_ms(1));
@@ -381,9 +382,9 @@ fn retries_with_jitter_until_the_wait_deadline_with_fresh_values() {
         .wait(Wait::For(ms(1_000)))
         .build()
         .unwrap();
-    let mut nodes = vec![FakeRedis::default(); 3];
+    let mut nodes = vec![RedisNode::new(); 3];
     for n in &mut nodes {
-        n.put(b"k", b"holder", at_ms(1_000_000));
+        n.put(b"k", b"holder", at_ms(1_000_000).as_nanos());
     }
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 7).unwrap();
     m.acquire(at_ms(0)).unwrap();
@@ -423,15 +424,15 @@ fn wake_retries_at_once() {
         .wait(Wait::Forever)
         .build()
         .unwrap();
-    let mut nodes = vec![FakeRedis::default()];
-    nodes[0].put(b"k", b"holder", at_ms(1_000_000));
+    let mut nodes = vec![RedisNode::new()];
+    nodes[0].put(b"k", b"holder", at_ms(1_000_000).as_nanos());
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 7).unwrap();
     m.acquire(at_ms(0)).unwrap();
     assert!(matches!(
         run_instant(&mut m, &mut nodes, at_ms(0))[..],
         [Event::Retrying { .. }]
     ));
-    nodes[0] = FakeRedis::default();
+    nodes[0] = RedisNode::new();
     m.wake(at_ms(1));
     assert!(matches!(
         run_instant(&mut m, &mut nodes, at_ms(1))[..],
@@ -442,7 +443,7 @@ fn wake_retries_at_once() {
 #[test]
 fn extend_moves_the_deadline_and_never_resurrects() {
     let cfg = config(3);
-    let mut nodes = vec![FakeRedis::default(); 3];
+    let mut nodes = vec![RedisNode::new(); 3];
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(0)).unwrap();
     run_instant(&mut m, &mut nodes, at_ms(0));
@@ -456,19 +457,19 @@ fn extend_moves_the_deadline_and_never_resurrects() {
     );
     // Let the key expire on two nodes (another node's clock ran fast): extend must fail, and
     // must not bring the key back.
-    nodes[0] = FakeRedis::default();
-    nodes[1] = FakeRedis::default();
+    nodes[0] = RedisNode::new();
+    nodes[1] = RedisNode::new();
     m.extend(at_ms(6_000)).unwrap();
     let ev = run_instant(&mut m, &mut nodes, at_ms(6_000));
     assert!(
         matches!(&ev[..], [Event::ExtendFailed { valid_until, .. }] if *valid_until == at_ms(14_898))
     );
     assert!(
-        nodes[0].get(at_ms(6_000), b"k").is_none(),
+        nodes[0].get(at_ms(6_000).as_nanos(), b"k").is_none(),
         "an expired key is never resurrected"
     );
     assert!(
-        nodes[2].get(at_ms(6_000), b"k").is_some(),
+        nodes[2].get(at_ms(6_000).as_nanos(), b"k").is_some(),
         "a failed extend deletes nothing"
     );
     // Lost exactly at the old deadline, not a nanosecond earlier.
@@ -499,7 +500,7 @@ fn auto_extend_keeps_the_lock_and_stops_at_the_cap() {
         .wait(Wait::None)
         .build()
         .unwrap();
-    let mut nodes = vec![FakeRedis::default(); 3];
+    let mut nodes = vec![RedisNode::new(); 3];
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(0)).unwrap();
     let mut all = run_instant(&mut m, &mut nodes, at_ms(0));
@@ -572,7 +573,7 @@ fn release_is_bounded_idempotent_and_misuse_is_an_error() {
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     assert_eq!(m.release(at_ms(0)), Err(UsageError::NotHeld));
     assert_eq!(m.extend(at_ms(0)), Err(UsageError::NotHeld));
-    let mut nodes = vec![FakeRedis::default(); 3];
+    let mut nodes = vec![RedisNode::new(); 3];
     m.acquire(at_ms(0)).unwrap();
     assert_eq!(m.acquire(at_ms(0)), Err(UsageError::Busy));
     run_instant(&mut m, &mut nodes, at_ms(0));
@@ -582,7 +583,7 @@ fn release_is_bounded_idempotent_and_misuse_is_an_error() {
     assert!(drain(&mut m).0.is_empty());
     // Every release reaches its node, but only node 0's reply comes back.
     for t in &rel {
-        nodes[t.node.index()].apply(at_ms(2), &t.command);
+        nodes[t.node.index()].apply(at_ms(2).as_nanos(), &t.command);
     }
     m.handle_reply(at_ms(2), rel[0].node, rel[0].op, Reply::Int(1));
     // Two nodes never answer: the release ends at the per-node timeout (500 ms).

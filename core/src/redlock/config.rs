@@ -72,6 +72,8 @@ pub struct RedLockConfig {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) auto_extend: Option<AutoExtend>,
     pub(crate) key_prefix: Bytes,
+    #[cfg(feature = "bugs")]
+    pub(crate) bugs: crate::bugs::Bugs,
 }
 
 impl RedLockConfig {
@@ -143,6 +145,8 @@ pub struct RedLockConfigBuilder {
     max_attempts: Option<u32>,
     auto_extend: Option<(Option<Duration>, Option<u32>)>,
     key_prefix: Bytes,
+    #[cfg(feature = "bugs")]
+    bugs: crate::bugs::Bugs,
 }
 
 impl Default for RedLockConfigBuilder {
@@ -158,6 +162,8 @@ impl Default for RedLockConfigBuilder {
             max_attempts: None,
             auto_extend: None,
             key_prefix: Bytes::new(),
+            #[cfg(feature = "bugs")]
+            bugs: crate::bugs::Bugs::default(),
         }
     }
 }
@@ -226,6 +232,13 @@ impl RedLockConfigBuilder {
         self
     }
 
+    /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
+    #[cfg(feature = "bugs")]
+    pub fn inject_bug(mut self, bug: crate::bugs::Bug) -> Self {
+        self.bugs.insert(bug);
+        self
+    }
+
     /// Checks everything and returns the configuration, or the first problem found.
     pub fn build(self) -> Result<RedLockConfig, UsageError> {
         let nodes = self.nodes?;
@@ -287,6 +300,8 @@ impl RedLockConfigBuilder {
             max_attempts: self.max_attempts,
             auto_extend,
             key_prefix: self.key_prefix,
+            #[cfg(feature = "bugs")]
+            bugs: self.bugs,
         })
     }
 }

@@ -33,6 +33,8 @@ use crate::quorum::{Decision, Tally};
 use crate::rng::SplitMix64;
 use crate::time::Instant;
 
+use crate::bugs::Bug;
+
 /// Minimum length of the caller's random token, in bytes (128 bits).
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -176,6 +178,15 @@ impl RedLock {
         self.slots.iter().map(|s| &s.outcome)
     }
 
+    /// Whether a deliberately injected bug is on (feature `bugs`, simulator only).
+    #[inline]
+    fn bug(&self, _bug: Bug) -> bool {
+        #[cfg(feature = "bugs")]
+        return self.cfg.bugs.contains(_bug);
+        #[cfg(not(feature = "bugs"))]
+        false
+    }
+
     // ----- time -----
 
     /// Moves the clock (never backwards) and fires every deadline reached.
@@ -192,7 +203,15 @@ impl RedLock {
                     self.finish_acquire_round(r);
                 }
                 Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
-                Phase::Held { valid_until, .. } if now >= valid_until => self.lose(),
+                Phase::Held {
+                    valid_until,
+                    extending,
+                    ..
+                } if now >= valid_until
+                    && !(extending.is_some() && self.bug(Bug::ExtendAfterExpiry)) =>
+                {
+                    self.lose()
+                }
                 Phase::Held {
                     extending: Some(mut r),
                     valid_until,
@@ -234,7 +253,11 @@ impl RedLock {
         Round {
             start: self.now,
             deadline: self.now + cfg.node_timeout,
-            valid_until: self.now + cfg.validity(),
+            valid_until: if self.bug(Bug::IgnoreDrift) {
+                self.now + cfg.ttl
+            } else {
+                self.now + cfg.validity()
+            },
             tally: Tally::new(cfg.nodes, cfg.quorum),
         }
     }
@@ -257,6 +280,9 @@ impl RedLock {
 
     /// Sends a release to every node without waiting for the replies (after a failed attempt).
     fn release_unwatched(&mut self) {
+        if self.bug(Bug::NoReleaseOnFailure) {
+            return;
+        }
         for i in 0..self.slots.len() {
             self.next_op += 1;
             let command = Command::Release {
@@ -596,7 +622,8 @@ impl LockMachine for RedLock {
         let Some(slot) = self.slots.get(node.index()) else {
             return;
         };
-        if slot.op != Some(op) {
+        let stale_ok = slot.op.is_some() && self.bug(Bug::CountStaleReplies);
+        if slot.op != Some(op) && !stale_ok {
             return; // late, duplicated, or for a round no longer in flight
         }
         let outcome = self.outcome(reply);
@@ -637,6 +664,9 @@ impl LockMachine for RedLock {
             Phase::Idle | Phase::Done => None,
             Phase::Acquiring(r) => Some(r.deadline.min(r.valid_until)),
             Phase::Waiting { retry_at } => Some(retry_at),
+            Phase::Held {
+                extending: Some(r), ..
+            } if self.bug(Bug::ExtendAfterExpiry) => Some(r.deadline),
             Phase::Held {
                 valid_until,
                 next_extend,

@@ -1,0 +1,51 @@
+//! Deliberate protocol bugs, compiled in only with the `bugs` feature, so the simulator can
+//! prove that its oracle catches each one. Never enable this feature in production.
+
+/// A deliberately wrong behaviour of a machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// Validity is `start + ttl`: no allowance for clock drift.
+    IgnoreDrift,
+    /// A reply counts for a node's pending slot whatever op it answers (stale or duplicated).
+    CountStaleReplies,
+    /// A failed attempt does not release the nodes that granted it.
+    NoReleaseOnFailure,
+    /// The hold goes on past its deadline while an extension is in flight, and an extension
+    /// won after the deadline revives it.
+    ExtendAfterExpiry,
+}
+
+impl Bug {
+    /// Every bug, in a stable order.
+    pub const ALL: [Bug; 4] = [
+        Bug::IgnoreDrift,
+        Bug::CountStaleReplies,
+        Bug::NoReleaseOnFailure,
+        Bug::ExtendAfterExpiry,
+    ];
+
+    /// The name used on the command line, e.g. `ignore-drift`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bug::IgnoreDrift => "ignore-drift",
+            Bug::CountStaleReplies => "count-stale-replies",
+            Bug::NoReleaseOnFailure => "no-release-on-failure",
+            Bug::ExtendAfterExpiry => "extend-after-expiry",
+        }
+    }
+}
+
+/// A set of [`Bug`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs(u32);
+
+impl Bugs {
+    /// Adds `bug`.
+    pub fn insert(&mut self, bug: Bug) {
+        self.0 |= 1 << bug as u32;
+    }
+    /// Whether `bug` is in the set.
+    pub const fn contains(self, bug: Bug) -> bool {
+        self.0 & (1 << bug as u32) != 0
+    }
+}

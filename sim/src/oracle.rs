@@ -1,0 +1,313 @@
+//! The oracle: sees true time and true state, and judges a run.
+//!
+//! It records every client's *claim* (the true-time interval during which that client's
+//! machine said it held the lock) and every write that reached the resource, then checks:
+//! - mutual exclusion: no two clients' claims overlap;
+//! - stale writes: no write reaches the resource after a later holder's claim began (without
+//!   fencing this is what a paused holder does, and only a fence can stop it);
+//! - fences: the resource never accepts a fence at or below one it accepted before;
+//! - liveness: once faults stop, some client acquires within a bound;
+//! - cleanup: no key is left on any node once every client has stopped.
+//!
+//! A violation is *excused* when the run broke an assumption the protocol states (a node
+//! clock jump, drift beyond the bound, a node that lost its state and came back before the
+//! ttl ran out, a holder paused or delayed past its validity); the run reports it as expected.
+
+use std::fmt;
+
+/// Assumptions a run may break on purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Broken {
+    /// A node's clock jumped.
+    pub node_clock_jump: bool,
+    /// Relative clock drift between two actors exceeded the configured bound.
+    pub drift_beyond_bound: bool,
+    /// A node lost its state and restarted before the ttl ran out.
+    pub fast_restart_without_state: bool,
+    /// A holder was paused (or its write delayed) past its validity.
+    pub holder_stalled: bool,
+    /// Messages could overtake each other on a link or arrive twice. A release can then land
+    /// before the SET it undoes, leaving a key until its ttl; cleanup cannot be judged.
+    pub reordered: bool,
+}
+
+impl Broken {
+    /// Whether mutual exclusion may fail.
+    pub fn exclusion(&self) -> bool {
+        self.node_clock_jump || self.drift_beyond_bound || self.fast_restart_without_state
+    }
+    /// Whether an unfenced resource may see stale writes.
+    pub fn writes(&self) -> bool {
+        self.exclusion() || self.holder_stalled
+    }
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.node_clock_jump {
+            parts.push("node-clock-jump");
+        }
+        if self.drift_beyond_bound {
+            parts.push("drift-beyond-bound");
+        }
+        if self.fast_restart_without_state {
+            parts.push("fast-restart-without-state");
+        }
+        if self.holder_stalled {
+            parts.push("holder-stalled");
+        }
+        if self.reordered {
+            parts.push("reordered");
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+/// What went wrong, with true times in nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Two clients claimed the lock at once.
+    MutualExclusion {
+        /// Earlier claimant and its claim interval.
+        a: (usize, u64, u64),
+        /// Later claimant and its claim interval.
+        b: (usize, u64, u64),
+    },
+    /// A machine said Held at or after its own deadline (on its own clock).
+    HeldPastDeadline {
+        /// Which client.
+        client: usize,
+        /// True time of the observation.
+        at: u64,
+        /// How far past its deadline, in local nanoseconds.
+        late_ns: u64,
+    },
+    /// A write of an earlier holder reached the resource after a later holder began.
+    StaleWrite {
+        /// The writer.
+        writer: usize,
+        /// When the write arrived.
+        at: u64,
+        /// The later holder and when its claim began.
+        later: (usize, u64),
+    },
+    /// The resource accepted a fence not above the last one it accepted.
+    FenceOrder {
+        /// The fence accepted before.
+        before: u64,
+        /// The fence accepted after it.
+        after: u64,
+    },
+    /// No client acquired within the bound after faults stopped.
+    NoProgress {
+        /// When faults stopped.
+        since: u64,
+        /// The bound.
+        within: u64,
+    },
+    /// The run did not finish within its event budget (a livelock or a timer storm).
+    Stuck {
+        /// The budget.
+        events: u64,
+    },
+    /// A key was still on a node after every client stopped.
+    LeftoverLock {
+        /// The node.
+        node: usize,
+        /// How many keys.
+        keys: usize,
+    },
+}
+
+impl Violation {
+    /// Whether `broken` assumptions excuse this violation.
+    pub fn excused_by(&self, broken: &Broken) -> bool {
+        match self {
+            Violation::MutualExclusion { .. } => broken.exclusion(),
+            Violation::StaleWrite { .. } => broken.writes(),
+            Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
+            Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
+            Violation::LeftoverLock { .. } => broken.reordered,
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |t: u64| t as f64 / 1e6;
+        match self {
+            Violation::MutualExclusion { a, b } => write!(
+                f,
+                "mutual exclusion: client {} held [{:.3}, {:.3}) ms and client {} held [{:.3}, {:.3}) ms",
+                a.0, ms(a.1), ms(a.2), b.0, ms(b.1), ms(b.2)
+            ),
+            Violation::StaleWrite { writer, at, later } => write!(
+                f,
+                "stale write: client {writer}'s write reached the resource at {:.3} ms, after client {} began holding at {:.3} ms",
+                ms(*at), later.0, ms(later.1)
+            ),
+            Violation::FenceOrder { before, after } => {
+                write!(f, "fence order: accepted {after} after {before}")
+            }
+            Violation::NoProgress { since, within } => write!(
+                f,
+                "liveness: no acquisition within {:.3} ms after faults stopped at {:.3} ms",
+                ms(*within), ms(*since)
+            ),
+            Violation::HeldPastDeadline { client, at, late_ns } => write!(
+                f,
+                "deadline: client {client} still said Held at {:.3} ms, {:.3} ms past its own deadline",
+                ms(*at), ms(*late_ns)
+            ),
+            Violation::Stuck { events } => {
+                write!(f, "stuck: the run did not finish within {events} events")
+            }
+            Violation::LeftoverLock { node, keys } => {
+                write!(f, "cleanup: node {node} still holds {keys} key(s) after every client stopped")
+            }
+        }
+    }
+}
+
+/// One client's claim on the lock, in true time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Which client.
+    pub client: usize,
+    /// When its machine reported Acquired.
+    pub start: u64,
+    /// The latest instant its machine still said it held the lock.
+    pub end: u64,
+}
+
+/// A write that reached the resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// Which claim it was made under (index into the claims).
+    pub claim: usize,
+    /// When it arrived.
+    pub at: u64,
+    /// Its fence, if the protocol gave one.
+    pub fence: Option<u64>,
+    /// Whether the resource accepted it.
+    pub accepted: bool,
+}
+
+/// The oracle's record of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Oracle {
+    /// Every claim, in order of start.
+    pub claims: Vec<Claim>,
+    /// Per client, its open claim.
+    open: Vec<Option<usize>>,
+    /// Every write that reached the resource.
+    pub writes: Vec<Write>,
+    /// Violations found as the run went (fence order, liveness, cleanup).
+    pub found: Vec<Violation>,
+}
+
+impl Oracle {
+    /// An oracle for `clients` clients.
+    pub fn new(clients: usize) -> Oracle {
+        Oracle {
+            open: vec![None; clients],
+            ..Oracle::default()
+        }
+    }
+
+    /// `client` reported Acquired at `now`, valid until true time `end`. Returns the claim id.
+    pub fn acquired(&mut self, client: usize, now: u64, end: u64) -> usize {
+        let id = self.claims.len();
+        self.claims.push(Claim {
+            client,
+            start: now,
+            end: end.max(now),
+        });
+        self.open[client] = Some(id);
+        id
+    }
+
+    /// `client`'s machine moved its deadline to true time `end` (an extension).
+    pub fn extended(&mut self, client: usize, end: u64) {
+        if let Some(id) = self.open[client] {
+            let c = &mut self.claims[id];
+            c.end = c.end.max(end);
+        }
+    }
+
+    /// `client`'s machine still said Held at `now`: the claim reaches at least there.
+    pub fn observed_held(&mut self, client: usize, now: u64) {
+        self.extended(client, now);
+    }
+
+    /// `client` stopped claiming at `now` (release called, or lock lost).
+    pub fn ended(&mut self, client: usize, now: u64, released: bool) {
+        if let Some(id) = self.open[client].take() {
+            if released {
+                let c = &mut self.claims[id];
+                c.end = c.end.min(now).max(c.start);
+            }
+        }
+    }
+
+    /// The open claim of `client`, if any.
+    pub fn open_claim(&self, client: usize) -> Option<usize> {
+        self.open[client]
+    }
+
+    /// A write under `claim` reached the resource at `now`.
+    pub fn write(&mut self, claim: usize, now: u64, fence: Option<u64>, accepted: bool) {
+        self.writes.push(Write {
+            claim,
+            at: now,
+            fence,
+            accepted,
+        });
+    }
+
+    /// Every violation of the run: those found as it went, then overlaps and stale writes.
+    pub fn violations(&self) -> Vec<Violation> {
+        let mut out = self.found.clone();
+        // Mutual exclusion: claims sorted by start; each must begin after every earlier
+        // claim of another client has ended.
+        let mut order: Vec<usize> = (0..self.claims.len()).collect();
+        order.sort_by_key(|&i| (self.claims[i].start, i));
+        let mut reported = 0;
+        for (k, &j) in order.iter().enumerate() {
+            let b = self.claims[j];
+            for &i in &order[..k] {
+                let a = self.claims[i];
+                if a.client != b.client && a.end > b.start && reported < 8 {
+                    out.push(Violation::MutualExclusion {
+                        a: (a.client, a.start, a.end),
+                        b: (b.client, b.start, b.end),
+                    });
+                    reported += 1;
+                }
+            }
+        }
+        // Stale writes: an accepted write of claim k arriving after a later claim of another
+        // client began.
+        for w in self.writes.iter().filter(|w| w.accepted) {
+            let k = self.claims[w.claim];
+            if let Some(later) = self
+                .claims
+                .iter()
+                .find(|c| c.client != k.client && c.start > k.start && c.start <= w.at)
+            {
+                out.push(Violation::StaleWrite {
+                    writer: k.client,
+                    at: w.at,
+                    later: (later.client, later.start),
+                });
+                break;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,97 @@
+//! A Redis node model: keys with PX expiry judged on the node's own clock, and the semantics of
+//! `SET NX PX` and Lucky's two Lua scripts (compare-and-PEXPIRE, compare-and-DEL).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use lucky_core::redlock::{Command, Reply};
+
+use crate::Server;
+
+/// One Redis node's keyspace. Time is the node's local clock, in nanoseconds.
+#[derive(Clone, Debug, Default)]
+pub struct RedisNode {
+    keys: BTreeMap<Bytes, (Bytes, u64)>,
+}
+
+const OK: Bytes = Bytes::from_static(b"OK");
+
+impl RedisNode {
+    /// An empty node.
+    pub fn new() -> RedisNode {
+        RedisNode::default()
+    }
+
+    /// The live value of `key` at local time `now`.
+    pub fn get(&self, now: u64, key: &[u8]) -> Option<&Bytes> {
+        self.keys
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v)
+    }
+
+    /// Sets `key` to `value` until local time `until`, as another client would.
+    pub fn put(&mut self, key: &[u8], value: &[u8], until: u64) {
+        self.keys.insert(
+            Bytes::copy_from_slice(key),
+            (Bytes::copy_from_slice(value), until),
+        );
+    }
+
+    fn live(&mut self, now: u64, key: &Bytes) -> Option<&mut (Bytes, u64)> {
+        // Lazy expiry, as Redis does on access.
+        if self.keys.get(key).is_some_and(|(_, exp)| *exp <= now) {
+            self.keys.remove(key);
+        }
+        self.keys.get_mut(key)
+    }
+}
+
+fn px(now: u64, ttl_ms: u64) -> u64 {
+    now.saturating_add(ttl_ms.saturating_mul(1_000_000))
+}
+
+impl Server for RedisNode {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn apply(&mut self, now: u64, command: &Command) -> Reply {
+        match command {
+            Command::Acquire { key, value, ttl_ms } => {
+                if self.live(now, key).is_some() {
+                    Reply::Nil
+                } else {
+                    self.keys
+                        .insert(key.clone(), (value.clone(), px(now, *ttl_ms)));
+                    Reply::Status(OK)
+                }
+            }
+            Command::Extend { key, value, ttl_ms } => match self.live(now, key) {
+                Some((v, exp)) if v == value => {
+                    *exp = px(now, *ttl_ms);
+                    Reply::Int(1)
+                }
+                _ => Reply::Int(0),
+            },
+            Command::Release { key, value } => match self.live(now, key) {
+                Some((v, _)) if v == value => {
+                    self.keys.remove(key);
+                    Reply::Int(1)
+                }
+                _ => Reply::Int(0),
+            },
+        }
+    }
+
+    fn wipe(&mut self) {
+        self.keys.clear();
+    }
+
+    fn live_keys(&self, now: u64) -> usize {
+        self.keys.values().filter(|(_, exp)| *exp > now).count()
+    }
+
+    fn unavailable() -> Reply {
+        Reply::Unavailable("connection refused".into())
+    }
+}

@@ -1,0 +1,615 @@
+//! Named scenarios: each draws a setup (configuration, workload, network, fault schedule) from
+//! its seed. Scenarios that break an assumption on purpose must find the violation it allows.
+
+use lucky_core::bugs::Bug;
+use lucky_core::redlock::{RedLockConfig, Retry, Wait};
+use lucky_core::Duration;
+
+use crate::net::{Cut, NetParams};
+use crate::redlock::RedLockSim;
+use crate::rng::Rng;
+use crate::world::{Fault, Report, Workload, World};
+
+const MS: u64 = 1_000_000;
+
+/// Everything one run needs.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Redis nodes.
+    pub nodes: usize,
+    /// Lease ttl (ms).
+    pub ttl_ms: u64,
+    /// Drift bound the client is configured with (ppm).
+    pub drift_ppm: u32,
+    /// Retry delay and jitter.
+    pub retry: Retry,
+    /// How long an acquisition keeps trying.
+    pub wait: Wait,
+    /// Auto-extension interval (None = ttl/3) and cap, if on.
+    pub auto_extend: Option<(Option<Duration>, Option<u32>)>,
+    /// The clients' workload.
+    pub work: Workload,
+    /// Initial link behaviour.
+    pub net: NetParams,
+    /// Fault schedule (true time ns, fault).
+    pub faults: Vec<(u64, Fault)>,
+    /// Whether this run breaks an assumption on purpose and must find a violation.
+    pub must_violate: bool,
+}
+
+impl Setup {
+    /// The common shape: 5 nodes, 3 clients, ttl 400 ms, drift bound 10 000 ppm, clocks within
+    /// ±2 000 ppm, a calm LAN, faults for 1.2 s, then 1.2 s of quiet.
+    pub fn base(_rng: &mut Rng) -> Setup {
+        let ttl_ms = 400;
+        Setup {
+            nodes: 5,
+            ttl_ms,
+            drift_ppm: 10_000,
+            retry: Retry {
+                delay: Duration::from_millis(2),
+                jitter: Duration::from_millis(20),
+            },
+            wait: Wait::For(Duration::from_millis(300)),
+            auto_extend: None,
+            work: Workload {
+                clients: 3,
+                hold_ns: Some((5 * MS, 60 * MS)),
+                think_ns: (0, 30 * MS),
+                write_delay_ns: (0, 3 * MS),
+                write_every_ns: (5 * MS, 20 * MS),
+                pause_after_check_ns: None,
+                cancel: None,
+                clock_ppm: 2_000,
+                client_ppm: None,
+                quiet_at: 1_200 * MS,
+                stop_at: 2_400 * MS,
+                progress_within: Some(ttl_ms * MS * 11 / 10 + 300 * MS),
+            },
+            net: NetParams {
+                delay_ns: (100_000, 1_500_000),
+                drop_ppm: 0,
+                dup_ppm: 0,
+                reorder: false,
+            },
+            faults: Vec::new(),
+            must_violate: false,
+        }
+    }
+
+    /// The ttl in nanoseconds.
+    pub fn ttl(&self) -> u64 {
+        self.ttl_ms * MS
+    }
+
+    /// Random instants within the faulty phase.
+    fn at(&self, rng: &mut Rng) -> u64 {
+        rng.range(50 * MS, self.work.quiet_at - 50 * MS)
+    }
+
+    /// Runs this setup (its fault schedule as it stands) with the simulation seed `seed`.
+    pub fn run(&self, seed: u64, bug: Option<Bug>) -> Outcome {
+        let protocol = self.protocol(bug);
+        let world = World::new(&protocol, self.work.clone(), self.net, &self.faults, seed);
+        Outcome {
+            must_violate: self.must_violate,
+            report: world.run(EVENT_LIMIT),
+        }
+    }
+
+    /// The RedLock configuration of this setup, with `bug` injected.
+    pub fn protocol(&self, bug: Option<Bug>) -> RedLockSim {
+        let mut b = RedLockConfig::builder()
+            .node_count(self.nodes)
+            .ttl(Duration::from_millis(self.ttl_ms))
+            .drift(self.drift_ppm, Duration::from_millis(2))
+            .retry(self.retry)
+            .wait(self.wait);
+        if let Some((every, cap)) = self.auto_extend {
+            b = b.auto_extend(every, cap);
+        }
+        if let Some(bug) = bug {
+            b = b.inject_bug(bug);
+        }
+        let cfg = b.build().expect("scenario configurations are valid");
+        RedLockSim {
+            cfg,
+            drift_ppm: self.drift_ppm,
+        }
+    }
+}
+
+/// A named scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+    /// Draws a setup from the scenario's stream.
+    pub draw: fn(&mut Rng) -> Setup,
+}
+
+impl Scenario {
+    /// Runs one seed, with `bug` injected.
+    pub fn run(&self, seed: u64, bug: Option<Bug>) -> Outcome {
+        self.setup(seed).run(seed, bug)
+    }
+
+    /// The setup this scenario draws for `seed`.
+    pub fn setup(&self, seed: u64) -> Setup {
+        let mut rng = Rng::stream(seed, self.name);
+        (self.draw)(&mut rng)
+    }
+
+    /// Looks a scenario up by name.
+    pub fn by_name(name: &str) -> Option<&'static Scenario> {
+        SCENARIOS.iter().find(|s| s.name == name)
+    }
+}
+
+/// Events one run may process before it is cut off (a run that long is itself a bug).
+pub const EVENT_LIMIT: u64 = 5_000_000;
+
+/// One run's result and verdict.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Whether the run had to find a violation.
+    pub must_violate: bool,
+    /// What the run saw.
+    pub report: Report,
+}
+
+impl Outcome {
+    /// A run passes when it found no unexpected violation and, if it broke an assumption on
+    /// purpose, found the violation that allows.
+    pub fn passed(&self) -> bool {
+        self.report.unexpected().next().is_none()
+            && (!self.must_violate || self.report.expected().next().is_some())
+    }
+    /// Whether it found the violation it had to.
+    pub fn expected_found(&self) -> bool {
+        self.must_violate && self.report.expected().next().is_some()
+    }
+}
+
+/// Injectable bugs by command-line name.
+pub fn bug_by_name(name: &str) -> Option<Bug> {
+    Bug::ALL.into_iter().find(|b| b.name() == name)
+}
+
+/// Every scenario.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "split-vote", about: "4 clients ask at the same instant again and again; votes split", draw: split_vote },
+    Scenario { name: "blackhole-node", about: "one or two nodes swallow every message until quiet", draw: blackhole_node },
+    Scenario { name: "slow-links", about: "delays up to 30 ms against a 20 ms per-node timeout; heavy reordering", draw: slow_links },
+    Scenario { name: "pause-after-reply", about: "clients pause up to 2 ttl while replies are in flight", draw: pause_after_reply },
+    Scenario { name: "holder-pause", about: "holder pauses 2 ttl between its check and its write (no fencing): stale write expected", draw: holder_pause },
+    Scenario { name: "clock-jump-node", about: "three node clocks jump forward by the ttl under a holder: overlap expected", draw: clock_jump_node },
+    Scenario { name: "client-drift-sweep", about: "client clocks drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: client_drift_sweep },
+    Scenario { name: "restart-without-persistence", about: "a node of the holder's bare quorum restarts empty at once: overlap expected", draw: restart_without_persistence },
+    Scenario { name: "rolling-restarts-with-extend", about: "nodes restart one by one (state kept, or lost with a delayed restart) under auto-extended holds", draw: rolling_restarts },
+    Scenario { name: "extend-after-expiry", about: "extensions sent just before the deadline reply after it", draw: extend_after_expiry },
+    Scenario { name: "partial-extend", about: "renewals reach only a minority for a while", draw: partial_extend },
+    Scenario { name: "starved-renewal", about: "a client's requests are cut for longer than the ttl", draw: starved_renewal },
+    Scenario { name: "unlock-races-renewal", about: "frequent auto-extension racing releases", draw: unlock_races_renewal },
+    Scenario { name: "cancel-mid-acquire", about: "acquisitions cancelled while their requests are in flight", draw: cancel_mid_acquire },
+    Scenario { name: "release-with-node-down", about: "nodes crash (state kept) around releases", draw: release_with_node_down },
+    Scenario { name: "late-duplicate-replies", about: "20% duplicates and delays beyond the per-node timeout", draw: late_duplicate_replies },
+    Scenario { name: "holder-partitioned", about: "a client is cut off from every node for 1.5 ttl", draw: holder_partitioned },
+    Scenario { name: "minority-alive", about: "three of five nodes down until quiet: no quorum, no false grant", draw: minority_alive },
+    Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
+];
+
+fn split_vote(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.clients = 4;
+    s.work.think_ns = (0, 500_000);
+    s.work.hold_ns = Some((MS, 5 * MS));
+    s.net.delay_ns = (100_000, 3 * MS);
+    s.retry = Retry {
+        delay: Duration::from_millis(1),
+        jitter: Duration::from_millis(4),
+    };
+    s.work.quiet_at = 500 * MS;
+    s.work.stop_at = 1_000 * MS;
+    s
+}
+
+fn blackhole_node(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    let holes = 1 + rng.range(0, 1) as usize;
+    for node in 0..holes {
+        s.faults.push((
+            0,
+            Fault::Partition {
+                client: None,
+                node,
+                cut: Cut::Both,
+            },
+        ));
+    }
+    s
+}
+
+fn slow_links(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.net.delay_ns = (MS, 30 * MS);
+    s.net.reorder = true;
+    s
+}
+
+fn pause_after_reply(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    for _ in 0..8 {
+        let client = rng.range(0, 2) as usize;
+        let for_ns = rng.range(s.ttl() / 10, 2 * s.ttl());
+        s.faults.push((s.at(rng), Fault::Pause { client, for_ns }));
+    }
+    s
+}
+
+fn holder_pause(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.pause_after_check_ns = Some(2 * s.ttl());
+    s.work.quiet_at = 2_000 * MS;
+    s.work.stop_at = 2_000 * MS;
+    s.work.progress_within = None;
+    s.must_violate = true;
+    s
+}
+
+fn clock_jump_node(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    let mut t = 200 * MS;
+    while t < s.work.quiet_at {
+        for node in 0..3 {
+            s.faults.push((
+                t,
+                Fault::ClockJump {
+                    node,
+                    by_ns: s.ttl() as i64,
+                },
+            ));
+        }
+        t += rng.range(80 * MS, 200 * MS);
+    }
+    s.must_violate = true;
+    s
+}
+
+fn client_drift_sweep(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.hold_ns = None; // hold until the deadline: the drift decides who is right
+    s.work.think_ns = (0, MS);
+    s.retry = Retry {
+        delay: Duration::from_millis(2),
+        jitter: Duration::from_millis(6),
+    };
+    s.wait = Wait::Forever;
+    let bound = s.drift_ppm as i32;
+    if rng.range(0, 1) == 0 {
+        // Within the bound: every actor within ±bound/2 (spread <= bound).
+        s.work.clock_ppm = bound / 2;
+    } else {
+        // Beyond: clients run slow by 4-6x the bound, so they believe past the node expiry.
+        s.work.clock_ppm = 0;
+        s.work.client_ppm = Some((-6 * bound, -4 * bound));
+        s.must_violate = true;
+    }
+    s
+}
+
+fn restart_without_persistence(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
+    s.work.think_ns = (0, MS);
+    // Clients 0 and 1 reach only nodes {0, 1, 2}, client 2 only {0, 3, 4}: every quorum is
+    // bare and node 0 is in all of them. When node 0 forgets the holder's key and comes back
+    // at once, the other side wins its own quorum while the holder still holds.
+    for client in 0..2 {
+        for node in 3..5 {
+            s.faults.push((
+                0,
+                Fault::Partition {
+                    client: Some(client),
+                    node,
+                    cut: Cut::Both,
+                },
+            ));
+        }
+    }
+    for node in 1..3 {
+        s.faults.push((
+            0,
+            Fault::Partition {
+                client: Some(2),
+                node,
+                cut: Cut::Both,
+            },
+        ));
+    }
+    let mut t = 100 * MS;
+    while t < s.work.quiet_at {
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node: 0,
+                lose_state: true,
+            },
+        ));
+        s.faults.push((t + MS, Fault::Restart { node: 0 }));
+        t += rng.range(40 * MS, 120 * MS);
+    }
+    s.must_violate = true;
+    s
+}
+
+fn rolling_restarts(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.auto_extend = Some((None, None));
+    s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
+    s.work.quiet_at = 2_000 * MS;
+    s.work.stop_at = 3_200 * MS;
+    let mut t = 100 * MS;
+    let mut node = 0;
+    while t < s.work.quiet_at - 600 * MS {
+        let lose = rng.range(0, 1) == 0;
+        let down = if lose {
+            s.ttl() * 11 / 10 + rng.range(0, 50 * MS)
+        } else {
+            rng.range(MS, 80 * MS)
+        };
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node,
+                lose_state: lose,
+            },
+        ));
+        s.faults.push((t + down, Fault::Restart { node }));
+        t += down + rng.range(10 * MS, 100 * MS);
+        node = (node + 1) % s.nodes;
+    }
+    s
+}
+
+fn extend_after_expiry(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.drift_ppm = 1_000;
+    s.work.clock_ppm = 400;
+    // Validity 400 - 0.4 - 2 = 397.6 ms; extend 3-6 ms before the deadline.
+    let every = Duration::from_micros(397_600 - rng.range(3_000, 6_000));
+    s.auto_extend = Some((Some(every), None));
+    s.net.delay_ns = (2 * MS, 12 * MS);
+    s.work.hold_ns = Some((2 * s.ttl(), 3 * s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.work.write_every_ns = (MS, 3 * MS);
+    s.retry = Retry {
+        delay: Duration::from_millis(1),
+        jitter: Duration::from_millis(2),
+    };
+    s.wait = Wait::Forever;
+    s
+}
+
+fn partial_extend(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.auto_extend = Some((None, None));
+    s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
+    for _ in 0..4 {
+        let client = rng.range(0, 2) as usize;
+        let t = s.at(rng);
+        for node in 0..3 {
+            s.faults.push((
+                t,
+                Fault::Partition {
+                    client: Some(client),
+                    node,
+                    cut: Cut::ToNode,
+                },
+            ));
+            s.faults.push((
+                t + s.ttl() / 2,
+                Fault::Heal {
+                    client: Some(client),
+                    node,
+                },
+            ));
+        }
+    }
+    s
+}
+
+fn starved_renewal(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.auto_extend = Some((None, None));
+    s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
+    for _ in 0..3 {
+        let client = rng.range(0, 2) as usize;
+        let t = s.at(rng);
+        for node in 0..s.nodes {
+            s.faults.push((
+                t,
+                Fault::Partition {
+                    client: Some(client),
+                    node,
+                    cut: Cut::ToNode,
+                },
+            ));
+            s.faults.push((
+                t + s.ttl() * 3 / 2,
+                Fault::Heal {
+                    client: Some(client),
+                    node,
+                },
+            ));
+        }
+    }
+    s
+}
+
+fn unlock_races_renewal(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.auto_extend = Some((Some(Duration::from_millis(rng.range(2, 10))), None));
+    s.work.hold_ns = Some((MS, 80 * MS));
+    s.net.delay_ns = (100_000, 5 * MS);
+    s
+}
+
+fn cancel_mid_acquire(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.cancel = Some((400_000, (0, 3 * MS)));
+    s.net.delay_ns = (100_000, 4 * MS);
+    let _ = rng;
+    s
+}
+
+fn release_with_node_down(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    for _ in 0..6 {
+        let node = rng.range(0, s.nodes as u64 - 1) as usize;
+        let t = s.at(rng);
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node,
+                lose_state: false,
+            },
+        ));
+        s.faults
+            .push((t + rng.range(5 * MS, 100 * MS), Fault::Restart { node }));
+    }
+    s
+}
+
+fn late_duplicate_replies(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.net = NetParams {
+        delay_ns: (100_000, 40 * MS),
+        drop_ppm: 20_000,
+        dup_ppm: 200_000,
+        reorder: true,
+    };
+    s.work.clients = 4;
+    let _ = rng;
+    s
+}
+
+fn holder_partitioned(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.clients = 2;
+    s.auto_extend = Some((None, None));
+    s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
+    for _ in 0..2 {
+        let client = rng.range(0, 1) as usize;
+        let t = s.at(rng);
+        for node in 0..s.nodes {
+            s.faults.push((
+                t,
+                Fault::Partition {
+                    client: Some(client),
+                    node,
+                    cut: Cut::Both,
+                },
+            ));
+            s.faults.push((
+                t + s.ttl() * 3 / 2,
+                Fault::Heal {
+                    client: Some(client),
+                    node,
+                },
+            ));
+        }
+    }
+    s
+}
+
+fn minority_alive(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    let t = rng.range(100 * MS, 400 * MS);
+    for node in 0..3 {
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node,
+                lose_state: false,
+            },
+        ));
+    }
+    s
+}
+
+fn random_chaos(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.work.clients = 2 + rng.range(0, 2) as usize;
+    s.nodes = [3, 5, 5, 7][rng.range(0, 3) as usize];
+    if rng.range(0, 1) == 1 {
+        s.auto_extend = Some((None, None));
+        s.work.hold_ns = Some((MS, 2 * s.ttl()));
+    }
+    let on = |rng: &mut Rng| rng.range(0, 1) == 1;
+    if on(rng) {
+        s.net.drop_ppm = rng.range(0, 200_000) as u32;
+    }
+    if on(rng) {
+        s.net.dup_ppm = rng.range(0, 200_000) as u32;
+    }
+    s.net.reorder = on(rng);
+    if on(rng) {
+        s.net.delay_ns = (100_000, rng.range(MS, 40 * MS));
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 6) {
+            let t = s.at(rng);
+            let client = if on(rng) {
+                None
+            } else {
+                Some(rng.range(0, s.work.clients as u64 - 1) as usize)
+            };
+            let node = rng.range(0, s.nodes as u64 - 1) as usize;
+            let cut = [Cut::Both, Cut::ToNode, Cut::FromNode][rng.range(0, 2) as usize];
+            s.faults.push((t, Fault::Partition { client, node, cut }));
+            s.faults
+                .push((t + rng.range(MS, s.ttl() * 2), Fault::Heal { client, node }));
+        }
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 4) {
+            let t = s.at(rng);
+            let node = rng.range(0, s.nodes as u64 - 1) as usize;
+            let lose = on(rng);
+            // Without persistence, a node stays down longer than the ttl (the RedLock rule).
+            let down = if lose {
+                s.ttl() * 11 / 10 + rng.range(0, 100 * MS)
+            } else {
+                rng.range(MS, 200 * MS)
+            };
+            s.faults.push((
+                t,
+                Fault::Crash {
+                    node,
+                    lose_state: lose,
+                },
+            ));
+            s.faults.push((t + down, Fault::Restart { node }));
+        }
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 4) {
+            let t = s.at(rng);
+            let client = rng.range(0, s.work.clients as u64 - 1) as usize;
+            s.faults.push((
+                t,
+                Fault::Pause {
+                    client,
+                    for_ns: rng.range(MS, s.ttl()),
+                },
+            ));
+        }
+    }
+    s
+}
