@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as README.md states it: unit, property and scenario tests, then the
+# The whole test suite, as README.md states it: starts the servers, runs unit, property,
+# scenario and real-server tests, then the
 # simulator's CI sweep (2000 seeds per scenario), a determinism check, and proof that every
 # injectable bug is caught.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SEEDS="${LUCKY_SIM_CI_SEEDS:-2000}"
+
+# Real servers for the adapter tests (installed from Debian when missing).
+bash scripts/services.sh start
 
 cargo test --workspace --all-features
 

@@ -1,6 +1,35 @@
 //! Lucky: distributed locks on the servers you already run.
 //!
-//! This crate re-exports the sans-IO protocol machines of [`lucky_core`]; the tokio drivers
-//! for each backend (Redis, etcd, ...) arrive behind cargo features of the same names.
+//! Every protocol is a sans-IO state machine in [`lucky_core`] (re-exported here); this crate
+//! adds thin tokio drivers, one module per backend behind a cargo feature:
+//! - `redis`: [`redis::RedLock`], RedLock over independent Redis nodes.
+//!
+//! A driver owns the connections, sends what the machine asks, stamps each reply with the
+//! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
 
 pub use lucky_core::*;
+
+#[cfg(feature = "redis")]
+mod clock;
+#[cfg(feature = "redis")]
+mod driver;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// Errors shared by every backend's driver.
+#[cfg(feature = "redis")]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input from the caller; nothing was sent.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The lock was not acquired.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A backend problem outside the protocol (connection setup).
+    #[error("{0}")]
+    Backend(String),
+    /// The background driver stopped.
+    #[error("the lock driver stopped")]
+    DriverGone,
+}

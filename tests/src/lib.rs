@@ -36,3 +36,157 @@ where
     }
     events
 }
+
+/// Real servers for the adapter tests.
+#[allow(clippy::disallowed_methods)] // tests wait for real processes
+pub mod servers {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    /// The Redis node URLs: `LUCKY_REDIS_URLS` (comma-separated), else the five nodes that
+    /// `scripts/services.sh start` runs on 127.0.0.1:7001-7005.
+    pub fn redis_urls() -> Vec<String> {
+        match std::env::var("LUCKY_REDIS_URLS") {
+            Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_owned()).collect(),
+            _ => (7001..=7005)
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        }
+    }
+
+    /// Whether a missing server fails the test (`LUCKY_REQUIRE_SERVERS=1`, set in CI) rather
+    /// than skipping it.
+    pub fn required() -> bool {
+        std::env::var("LUCKY_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+    }
+
+    /// Whether every URL answers PING; if not, panics when servers are required, else prints
+    /// why the test is skipped and returns false.
+    pub async fn redis_available(urls: &[String]) -> bool {
+        for u in urls {
+            let ok = async {
+                let client = redis::Client::open(u.as_str()).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), ok)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                assert!(
+                    !required(),
+                    "Redis at {u} is not reachable and LUCKY_REQUIRE_SERVERS=1"
+                );
+                eprintln!(
+                    "skipping: Redis at {u} is not reachable (run scripts/services.sh start)"
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A redis-server process of the test's own, for real faults (SIGSTOP, kill, restart).
+    #[derive(Debug)]
+    pub struct RedisProcess {
+        /// Its port on 127.0.0.1.
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    impl RedisProcess {
+        /// Starts `redis-server` on `port` without persistence, or None if it is not installed
+        /// (panics instead when servers are required).
+        pub fn start(port: u16) -> Option<RedisProcess> {
+            let mut p = RedisProcess { port, child: None };
+            if !p.spawn() {
+                assert!(
+                    !required(),
+                    "cannot start redis-server (LUCKY_REQUIRE_SERVERS=1)"
+                );
+                eprintln!("skipping: redis-server not installed (run scripts/services.sh start)");
+                return None;
+            }
+            Some(p)
+        }
+
+        fn spawn(&mut self) -> bool {
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args([
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(child) = child else { return false };
+            self.child = Some(child);
+            // Wait until it accepts connections.
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+
+        /// Its URL.
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        fn signal(&self, sig: &str) {
+            if let Some(c) = &self.child {
+                let _ = Command::new("kill")
+                    .args([sig, &c.id().to_string()])
+                    .status();
+            }
+        }
+
+        /// SIGSTOP: the process stays, its socket stays open, it answers nothing.
+        pub fn pause(&self) {
+            self.signal("-STOP");
+        }
+
+        /// SIGCONT.
+        pub fn resume(&self) {
+            self.signal("-CONT");
+        }
+
+        /// SIGKILL, losing every key.
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts it again on the same port (empty).
+        pub fn restart(&mut self) -> bool {
+            self.kill();
+            self.spawn()
+        }
+    }
+
+    impl Drop for RedisProcess {
+        fn drop(&mut self) {
+            self.resume();
+            self.kill();
+        }
+    }
+}

@@ -649,6 +649,8 @@ impl LockMachine for RedLock {
             Phase::Releasing { .. } => self.finish_release(),
             _ => {}
         }
+        // A decision may schedule work for `now` (a zero retry delay): fire it before returning.
+        self.advance(self.now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {

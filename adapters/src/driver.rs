@@ -1,0 +1,314 @@
+//! The generic tokio driver: runs any lucky-core [`LockMachine`] over a [`Transport`]. It owns
+//! no protocol decision: it sends what the machine says, stamps replies with the clock, sleeps
+//! until the machine's deadline, and turns events into guard state.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lucky_core::{Event, Fence, LockError, LockMachine, NodeId, NodeOutcome, OpId, Output, State};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
+
+use crate::clock::Clock;
+use crate::Error;
+
+/// A boxed, sendable future.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Sends one command to one node and reads its reply. Transport failures are replies too (the
+/// protocol's "unavailable" reply); timeouts are the machine's business, not the transport's.
+pub(crate) trait Transport: Send + Sync + 'static {
+    type Command: Send + 'static;
+    type Reply: Send + 'static;
+    fn send(self: &Arc<Self>, node: usize, command: Self::Command) -> BoxFuture<Self::Reply>;
+}
+
+/// What the guard and the driver share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The local deadline, as nanoseconds of [`Clock`].
+    pub valid_until: AtomicU64,
+}
+
+enum Control {
+    Release(oneshot::Sender<Vec<NodeOutcome>>),
+    Extend,
+}
+
+struct Acquired {
+    fence: Option<Fence>,
+}
+
+/// Starts a driver task for `machine` and waits until it holds the lock or gives up.
+/// Dropping the returned future before it resolves releases whatever was taken.
+pub(crate) async fn acquire<M, T>(
+    mut machine: M,
+    transport: Arc<T>,
+    clock: Clock,
+    name: String,
+) -> Result<Guard, Error>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    machine.acquire(clock.now())?;
+    let shared = Arc::new(Shared {
+        valid_until: AtomicU64::new(0),
+    });
+    let (acq_tx, acq_rx) = oneshot::channel();
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let span = tracing::info_span!("lucky.lock", name = %name);
+    let driver = Driver {
+        machine,
+        transport,
+        clock,
+        shared: shared.clone(),
+        lost: lost_tx,
+    };
+    tokio::spawn(driver.run(acq_tx, ctl_rx).instrument(span));
+    match acq_rx.await {
+        Ok(Ok(a)) => Ok(Guard {
+            name,
+            fence: a.fence,
+            shared,
+            clock,
+            ctl: ctl_tx,
+            lost: lost_rx,
+        }),
+        Ok(Err(e)) => Err(Error::Lock(e)),
+        Err(_) => Err(Error::DriverGone),
+    }
+}
+
+struct Driver<M, T> {
+    machine: M,
+    transport: Arc<T>,
+    clock: Clock,
+    shared: Arc<Shared>,
+    lost: watch::Sender<bool>,
+}
+
+impl<M, T> Driver<M, T>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    async fn run(
+        mut self,
+        acq_tx: oneshot::Sender<Result<Acquired, LockError>>,
+        mut ctl: mpsc::Receiver<Control>,
+    ) {
+        let (rep_tx, mut replies) = mpsc::unbounded_channel::<(NodeId, OpId, T::Reply)>();
+        let mut acq_tx = Some(acq_tx);
+        let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
+        let mut guard_open = true;
+        tracing::debug!("acquiring");
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    Output::Transmit(t) => {
+                        let transport = self.transport.clone();
+                        let tx = rep_tx.clone();
+                        tokio::spawn(async move {
+                            let reply = transport.send(t.node.index(), t.command).await;
+                            let _ = tx.send((t.node, t.op, reply));
+                        });
+                    }
+                    Output::Event(e) => self.event(e, &mut acq_tx, &mut waiters),
+                }
+            }
+            let state = self.machine.state();
+            // Done, nobody waiting, and no guard that could still ask: the task ends.
+            let idle = matches!(state, State::Done | State::Idle);
+            if idle && acq_tx.is_none() && waiters.is_empty() && !guard_open {
+                break;
+            }
+            let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
+            tokio::select! {
+                biased;
+                Some((node, op, reply)) = replies.recv() => {
+                    self.machine.handle_reply(self.clock.now(), node, op, reply);
+                }
+                c = ctl.recv(), if guard_open => match c {
+                    Some(Control::Release(w)) => {
+                        waiters.push(w);
+                        let _ = self.machine.release(self.clock.now());
+                    }
+                    Some(Control::Extend) => {
+                        let _ = self.machine.extend(self.clock.now());
+                    }
+                    None => {
+                        // The guard was dropped: release in the background.
+                        guard_open = false;
+                        let _ = self.machine.release(self.clock.now());
+                    }
+                },
+                () = closed(&mut acq_tx) => {
+                    // The acquire future was dropped mid-flight: release what it took.
+                    acq_tx = None;
+                    guard_open = false;
+                    tracing::debug!("acquisition cancelled");
+                    let _ = self.machine.release(self.clock.now());
+                }
+                () = sleep_until(deadline) => {
+                    // Judge by the clock, not by the timer: it may have fired late.
+                    self.machine.handle_timeout(self.clock.now());
+                }
+            }
+        }
+        let _ = self.lost.send(true);
+    }
+
+    fn event(
+        &mut self,
+        e: Event,
+        acq_tx: &mut Option<oneshot::Sender<Result<Acquired, LockError>>>,
+        waiters: &mut Vec<oneshot::Sender<Vec<NodeOutcome>>>,
+    ) {
+        match e {
+            Event::Acquired { fence, valid_until } => {
+                self.shared
+                    .valid_until
+                    .store(valid_until.as_nanos(), Ordering::Release);
+                let valid_ms = valid_until
+                    .saturating_duration_since(self.clock.now())
+                    .as_millis();
+                tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
+                let delivered = acq_tx
+                    .take()
+                    .is_some_and(|tx| tx.send(Ok(Acquired { fence })).is_ok());
+                if !delivered {
+                    // Nobody is waiting for it any more: give it back at once.
+                    let _ = self.machine.release(self.clock.now());
+                }
+            }
+            Event::Retrying { attempt, .. } => tracing::debug!(attempt, "lock busy, waiting"),
+            Event::Extended { valid_until } => {
+                self.shared
+                    .valid_until
+                    .store(valid_until.as_nanos(), Ordering::Release);
+                tracing::debug!("extended");
+            }
+            Event::ExtendFailed { error, .. } => tracing::warn!(%error, "extension failed"),
+            Event::Lost { reason } => {
+                tracing::warn!(?reason, "lock lost");
+                let _ = self.lost.send(true);
+            }
+            Event::Released { nodes } => {
+                let _ = self.lost.send(true);
+                tracing::info!("released");
+                for w in waiters.drain(..) {
+                    let _ = w.send(nodes.clone());
+                }
+            }
+            Event::Failed(error) => {
+                tracing::info!(%error, "not acquired");
+                if let Some(tx) = acq_tx.take() {
+                    let _ = tx.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+async fn closed<T>(tx: &mut Option<oneshot::Sender<T>>) {
+    match tx {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A held lock. Keeps the lease alive in the background (when auto-extension is on) and
+/// releases on [`release`](Guard::release) or, in the background, on drop.
+#[derive(Debug)]
+pub struct Guard {
+    name: String,
+    fence: Option<Fence>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    ctl: mpsc::Sender<Control>,
+    lost: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Control::Release(_) => "Release",
+            Control::Extend => "Extend",
+        })
+    }
+}
+
+impl Guard {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The fencing token, when the backend provides one.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence
+    }
+
+    /// The local deadline: the lock must not be relied on at or after it. Moves forward with
+    /// each successful extension.
+    pub fn valid_until(&self) -> std::time::Instant {
+        self.clock.to_std(self.deadline())
+    }
+
+    fn deadline(&self) -> lucky_core::Instant {
+        lucky_core::Instant::from_nanos(self.shared.valid_until.load(Ordering::Acquire))
+    }
+
+    /// Whether the lock is still held now (not lost, deadline not reached).
+    pub fn is_held(&self) -> bool {
+        !*self.lost.borrow() && self.clock.now() < self.deadline()
+    }
+
+    /// Resolves when the lock is lost: when renewal did not succeed, at the local deadline at
+    /// the latest (even if the driver task is late), or once released.
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        loop {
+            let deadline = self.deadline();
+            if *rx.borrow_and_update() || self.clock.now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                biased;
+                r = rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(self.clock.to_tokio(deadline)) => {}
+            }
+        }
+    }
+
+    /// Asks for an extension now (auto-extension does this by itself).
+    pub async fn extend(&self) -> Result<(), Error> {
+        self.ctl
+            .send(Control::Extend)
+            .await
+            .map_err(|_| Error::DriverGone)
+    }
+
+    /// Releases the lock on every node and returns each node's outcome (`Granted`: our key
+    /// was deleted; `Refused`: it was not there; or why the node failed). Bounded by the
+    /// per-node timeout.
+    pub async fn release(self) -> Result<Vec<NodeOutcome>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl
+            .send(Control::Release(tx))
+            .await
+            .map_err(|_| Error::DriverGone)?;
+        rx.await.map_err(|_| Error::DriverGone)
+    }
+}

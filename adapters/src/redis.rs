@@ -1,0 +1,590 @@
+//! RedLock over independent Redis nodes (feature `redis`).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), lucky::redis::Error> {
+//! use std::time::Duration;
+//! let locks = lucky::redis::RedLock::connect([
+//!     "redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003",
+//! ]).await?;
+//! let guard = locks.lock("jobs/nightly").ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).await?;
+//! tokio::select! {
+//!     _ = guard.lost() => eprintln!("lock lost: stop writing"),
+//!     _ = tokio::time::sleep(Duration::from_secs(1)) => {} // the work
+//! }
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lucky_core::redlock::{
+    Command, RedLockConfig, Reply, Retry, Wait, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_SCRIPT,
+    RELEASE_SHA1,
+};
+use lucky_core::{LockError, UsageError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+use tokio::sync::OnceCell;
+
+use crate::clock::Clock;
+pub use crate::driver::Guard;
+use crate::driver::{self, Transport};
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's input was invalid (bad name, ttl, node list, ...). Nothing was sent.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// A node URL could not be used.
+    #[error("bad Redis URL {url}: {reason}")]
+    BadUrl {
+        /// The URL, password removed.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Fewer than a quorum of nodes could be reached when connecting.
+    #[error("only {reachable} of {total} Redis nodes reachable, {needed} needed: {details}")]
+    Unreachable {
+        /// Nodes that answered.
+        reachable: usize,
+        /// Nodes configured.
+        total: usize,
+        /// The quorum.
+        needed: usize,
+        /// Per failing node, why (passwords removed).
+        details: String,
+    },
+    /// The lock was not acquired: taken by someone else, or no quorum of nodes reachable
+    /// (see [`LockError`]; every node's outcome is inside).
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The OS random source failed; no token could be made.
+    #[error("the OS random source failed: {0}")]
+    Random(String),
+    /// The background driver stopped (the runtime is shutting down).
+    #[error("the lock driver stopped")]
+    DriverGone,
+}
+
+impl Error {
+    /// Whether someone else holds the lock.
+    pub fn is_taken(&self) -> bool {
+        matches!(self, Error::Lock(LockError::Taken { .. }))
+    }
+    /// Whether too few nodes could be reached for a quorum.
+    pub fn is_no_quorum(&self) -> bool {
+        matches!(
+            self,
+            Error::Lock(LockError::NoQuorum { .. }) | Error::Unreachable { .. }
+        )
+    }
+}
+
+impl From<Error> for crate::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Usage(u) => crate::Error::Usage(u),
+            Error::Lock(l) => crate::Error::Lock(l),
+            Error::DriverGone => crate::Error::DriverGone,
+            other => crate::Error::Backend(other.to_string()),
+        }
+    }
+}
+
+/// Per-lock settings; defaults come from [`RedLockBuilder`].
+#[derive(Clone, Debug)]
+struct Options {
+    ttl: Duration,
+    wait: Wait,
+    drift_ppm: u32,
+    drift_floor: Duration,
+    node_timeout: Option<Duration>,
+    retry: Retry,
+    auto_extend: bool,
+    extend_every: Option<Duration>,
+    max_extensions: Option<u32>,
+    key_prefix: Bytes,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ttl: Duration::from_secs(30),
+            wait: Wait::For(Duration::from_secs(10)),
+            drift_ppm: lucky_core::redlock::DEFAULT_DRIFT_PPM,
+            drift_floor: lucky_core::redlock::DEFAULT_DRIFT_FLOOR,
+            node_timeout: None,
+            retry: Retry::default(),
+            auto_extend: true,
+            extend_every: None,
+            max_extensions: None,
+            key_prefix: Bytes::new(),
+        }
+    }
+}
+
+impl Options {
+    fn config(&self, nodes: usize) -> Result<RedLockConfig, UsageError> {
+        let mut b = RedLockConfig::builder()
+            .node_count(nodes)
+            .ttl(self.ttl)
+            .drift(self.drift_ppm, self.drift_floor)
+            .retry(self.retry)
+            .wait(self.wait)
+            .key_prefix(self.key_prefix.clone());
+        if let Some(t) = self.node_timeout {
+            b = b.node_timeout(t);
+        }
+        if self.auto_extend {
+            b = b.auto_extend(self.extend_every, self.max_extensions);
+        }
+        b.build()
+    }
+}
+
+/// A RedLock client over N independent Redis nodes. Cheap to clone; share one per process.
+#[derive(Clone, Debug)]
+pub struct RedLock {
+    nodes: Arc<Nodes>,
+    clock: Clock,
+    defaults: Options,
+}
+
+/// Configures a [`RedLock`] before connecting.
+#[derive(Clone, Debug)]
+pub struct RedLockBuilder {
+    urls: Vec<String>,
+    defaults: Options,
+    connect_timeout: Duration,
+}
+
+impl RedLock {
+    /// Connects to the nodes with the default settings (ttl 30 s, wait 10 s, auto-extension
+    /// every ttl/3, per-node timeout ttl/20).
+    pub async fn connect<I, S>(urls: I) -> Result<RedLock, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        RedLock::builder(urls).connect().await
+    }
+
+    /// Starts configuring a client for these node URLs (`redis://` or `rediss://`, with
+    /// optional `user:password@`).
+    pub fn builder<I, S>(urls: I) -> RedLockBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        RedLockBuilder {
+            urls: urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
+            defaults: Options::default(),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Asks for the lock `name`; configure it, then `.await` it.
+    pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
+        LockRequest {
+            client: self,
+            name: name.into(),
+            options: self.defaults.clone(),
+        }
+    }
+
+    /// Number of nodes.
+    pub fn nodes(&self) -> usize {
+        self.nodes.nodes.len()
+    }
+}
+
+impl RedLockBuilder {
+    /// Default time to live of each lock.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.defaults.ttl = ttl;
+        self
+    }
+    /// Default wait for a lock.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.defaults.wait = Wait::For(wait);
+        self
+    }
+    /// Clock drift bound (ppm) and constant floor.
+    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
+        self.defaults.drift_ppm = ppm;
+        self.defaults.drift_floor = floor;
+        self
+    }
+    /// Per-node timeout of each round (default ttl/20).
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.node_timeout = Some(timeout);
+        self
+    }
+    /// Delay between attempts.
+    pub fn retry(mut self, delay: Duration, jitter: Duration) -> Self {
+        self.defaults.retry = Retry { delay, jitter };
+        self
+    }
+    /// Keep held locks alive in the background (default on, every ttl/3).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.defaults.auto_extend = on;
+        self
+    }
+    /// Stop auto-extending after this many extensions.
+    pub fn max_extensions(mut self, n: u32) -> Self {
+        self.defaults.max_extensions = Some(n);
+        self
+    }
+    /// Prefix every key (default none: the key is the lock name, as other Redlock clients).
+    pub fn key_prefix(mut self, prefix: impl Into<Bytes>) -> Self {
+        self.defaults.key_prefix = prefix.into();
+        self
+    }
+    /// How long connecting to one node may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Validates the URLs and settings, then connects to every node at once. Succeeds when a
+    /// quorum answered; the others are retried on use.
+    pub async fn connect(self) -> Result<RedLock, Error> {
+        let mut nodes = Vec::with_capacity(self.urls.len());
+        for url in &self.urls {
+            nodes.push(Node::new(url, self.connect_timeout)?);
+        }
+        // Configuration errors (no nodes, duplicates, bad ttl) surface before any IO.
+        let displays: Vec<&str> = nodes.iter().map(|n| n.display.as_str()).collect();
+        RedLockConfig::builder().nodes(&displays).build()?;
+        self.defaults.config(nodes.len())?;
+        let nodes = Arc::new(Nodes { nodes });
+        let results = futures_join(
+            nodes
+                .nodes
+                .iter()
+                .map(|n| async move { n.conn().await.map(|_| ()) }),
+        )
+        .await;
+        let total = results.len();
+        let needed = total / 2 + 1;
+        let reachable = results.iter().filter(|r| r.is_ok()).count();
+        if reachable < needed {
+            let details = results
+                .iter()
+                .zip(&nodes.nodes)
+                .filter_map(|(r, n)| r.as_ref().err().map(|e| format!("{}: {}", n.display, e)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Error::Unreachable {
+                reachable,
+                total,
+                needed,
+                details,
+            });
+        }
+        Ok(RedLock {
+            nodes,
+            clock: Clock::new(),
+            defaults: self.defaults,
+        })
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    for f in set {
+        out.push(f.await);
+    }
+    out
+}
+
+/// One lock request; `.await` it to acquire.
+#[derive(Debug)]
+pub struct LockRequest<'a> {
+    client: &'a RedLock,
+    name: String,
+    options: Options,
+}
+
+impl LockRequest<'_> {
+    /// Time to live.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options.ttl = ttl;
+        self
+    }
+    /// Keep trying for this long.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.options.wait = Wait::For(wait);
+        self
+    }
+    /// One attempt only.
+    pub fn no_wait(mut self) -> Self {
+        self.options.wait = Wait::None;
+        self
+    }
+    /// Keep trying until acquired (or the future is dropped).
+    pub fn wait_forever(mut self) -> Self {
+        self.options.wait = Wait::Forever;
+        self
+    }
+    /// Keep the lock alive in the background (default on).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.options.auto_extend = on;
+        self
+    }
+    /// Extend every `every` instead of ttl/3.
+    pub fn extend_every(mut self, every: Duration) -> Self {
+        self.options.extend_every = Some(every);
+        self
+    }
+    /// Stop auto-extending after `n` extensions.
+    pub fn max_extensions(mut self, n: u32) -> Self {
+        self.options.max_extensions = Some(n);
+        self
+    }
+    /// Per-node timeout of each round.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.options.node_timeout = Some(timeout);
+        self
+    }
+    /// Delay between attempts.
+    pub fn retry(mut self, delay: Duration, jitter: Duration) -> Self {
+        self.options.retry = Retry { delay, jitter };
+        self
+    }
+
+    async fn run(self) -> Result<Guard, Error> {
+        let n = self.client.nodes();
+        let cfg = self.options.config(n)?;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
+        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x9E37_79B9;
+        let machine = lucky_core::redlock::RedLock::new(&cfg, self.name.as_bytes(), &token, seed)?;
+        driver::acquire(
+            machine,
+            self.client.nodes.clone(),
+            self.client.clock,
+            self.name,
+        )
+        .await
+        .map_err(Error::from_driver)
+    }
+}
+
+impl Error {
+    fn from_driver(e: crate::Error) -> Error {
+        match e {
+            crate::Error::Usage(u) => Error::Usage(u),
+            crate::Error::Lock(l) => Error::Lock(l),
+            _ => Error::DriverGone,
+        }
+    }
+}
+
+impl<'a> IntoFuture for LockRequest<'a> {
+    type Output = Result<Guard, Error>;
+    type IntoFuture = LockFuture<'a>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// The future of a [`LockRequest`].
+pub type LockFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Guard, Error>> + Send + 'a>>;
+
+/// The connections to every node.
+struct Nodes {
+    nodes: Vec<Node>,
+}
+
+impl std::fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.nodes.iter().map(|n| &n.display))
+            .finish()
+    }
+}
+
+struct Node {
+    /// The URL with any password replaced by `***`: the only form ever printed.
+    display: String,
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    connect_timeout: Duration,
+}
+
+impl Node {
+    fn new(url: &str, connect_timeout: Duration) -> Result<Node, Error> {
+        let display = redact(url);
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(Error::BadUrl {
+                url: display,
+                reason: "scheme must be redis:// or rediss://".into(),
+            });
+        }
+        let client = redis::Client::open(url).map_err(|e| Error::BadUrl {
+            url: display.clone(),
+            reason: redact(&e.to_string()),
+        })?;
+        Ok(Node {
+            display,
+            client,
+            conn: OnceCell::new(),
+            connect_timeout,
+        })
+    }
+
+    /// The node's connection, made on first use (and retried on later uses if that failed).
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(1);
+        let client = self.client.clone();
+        let init = async move {
+            match tokio::time::timeout(
+                self.connect_timeout * 2,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(redact(&e.to_string())),
+                Err(_) => Err("connect timed out".to_owned()),
+            }
+        };
+        self.conn.get_or_try_init(|| init).await.cloned()
+    }
+
+    async fn send(&self, command: Command) -> Reply {
+        let mut conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return Reply::Unavailable(e),
+        };
+        let result = match &command {
+            Command::Acquire { key, value, ttl_ms } => {
+                redis::cmd("SET")
+                    .arg(&key[..])
+                    .arg(&value[..])
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(*ttl_ms)
+                    .query_async::<Value>(&mut conn)
+                    .await
+            }
+            Command::Extend { key, value, ttl_ms } => {
+                script(
+                    &mut conn,
+                    EXTEND_SHA1,
+                    EXTEND_SCRIPT,
+                    key,
+                    value,
+                    Some(*ttl_ms),
+                )
+                .await
+            }
+            Command::Release { key, value } => {
+                script(&mut conn, RELEASE_SHA1, RELEASE_SCRIPT, key, value, None).await
+            }
+        };
+        match result {
+            Ok(v) => reply(v),
+            Err(e) if is_transport(&e) => Reply::Unavailable(redact(&e.to_string())),
+            Err(e) => Reply::Error(Bytes::from(redact(&e.to_string()))),
+        }
+    }
+}
+
+/// EVALSHA, falling back to EVAL when the server does not have the script cached.
+async fn script(
+    conn: &mut ConnectionManager,
+    sha: &str,
+    body: &str,
+    key: &[u8],
+    value: &[u8],
+    ttl_ms: Option<u64>,
+) -> Result<Value, RedisError> {
+    let build = |verb: &str, first: &str| {
+        let mut c = redis::cmd(verb);
+        c.arg(first).arg(1).arg(key).arg(value);
+        if let Some(t) = ttl_ms {
+            c.arg(t);
+        }
+        c
+    };
+    match build("EVALSHA", sha).query_async::<Value>(conn).await {
+        Err(e) if e.code() == Some("NOSCRIPT") => build("EVAL", body).query_async(conn).await,
+        other => other,
+    }
+}
+
+fn is_transport(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped()
+}
+
+/// A RESP value as the machine's [`Reply`]; the machine decides what it means.
+fn reply(v: Value) -> Reply {
+    match v {
+        Value::Okay => Reply::Status(Bytes::from_static(b"OK")),
+        Value::SimpleString(s) => Reply::Status(Bytes::from(s)),
+        Value::Int(i) => Reply::Int(i),
+        Value::BulkString(b) => Reply::Bulk(Bytes::from(b)),
+        Value::Nil => Reply::Nil,
+        other => Reply::Other(format!("{other:?}")),
+    }
+}
+
+impl Transport for Nodes {
+    type Command = Command;
+    type Reply = Reply;
+    fn send(self: &Arc<Self>, node: usize, command: Command) -> driver::BoxFuture<Reply> {
+        let nodes = self.clone();
+        Box::pin(async move {
+            match nodes.nodes.get(node) {
+                Some(n) => n.send(command).await,
+                None => Reply::Unavailable(format!("no node {node}")),
+            }
+        })
+    }
+}
+
+/// Replaces the password of every `scheme://user:password@host` in `s` with `***`.
+pub(crate) fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(['/', ' ', ';', ',']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(c) => {
+                        out.push_str(&userinfo[..c]);
+                        out.push_str(":***");
+                    }
+                    None if !userinfo.is_empty() => out.push_str("***"),
+                    None => {}
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts (or stops) the servers Lucky's tests use, on loopback only:
+#   five redis-server nodes on 127.0.0.1:7001-7005, no persistence.
+# Installs redis-server from Debian when it is missing. Idempotent.
+set -euo pipefail
+DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
+PORTS="7001 7002 7003 7004 7005"
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "installing $2 from Debian" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  else
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+
+start() {
+  need redis-server redis-server
+  need redis-cli redis-tools
+  mkdir -p "$DIR"
+  for p in $PORTS; do
+    if redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null 2>&1; then continue; fi
+    mkdir -p "$DIR/redis-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+      --dir "$DIR/redis-$p" --pidfile "$DIR/redis-$p.pid" --logfile "$DIR/redis-$p.log"
+  done
+  for p in $PORTS; do
+    for _ in $(seq 50); do
+      redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null || { echo "redis on $p did not start" >&2; exit 1; }
+  done
+  echo "redis nodes up on 127.0.0.1:${PORTS// /,}"
+}
+
+stop() {
+  for p in $PORTS; do
+    if [ -f "$DIR/redis-$p.pid" ]; then
+      kill "$(cat "$DIR/redis-$p.pid")" 2>/dev/null || true
+      rm -f "$DIR/redis-$p.pid"
+    fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 64 ;;
+esac

@@ -1,0 +1,296 @@
+//! The Redis adapter against real redis-server nodes (`scripts/services.sh start`; URLs from
+//! `LUCKY_REDIS_URLS`). Skips when the nodes are absent, unless `LUCKY_REQUIRE_SERVERS=1`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and read the clock
+
+use std::future::IntoFuture as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lucky::redis::{Error, RedLock};
+use lucky::{NodeOutcome, UsageError};
+use lucky_tests::servers::{redis_available, redis_urls};
+
+fn unique(name: &str) -> String {
+    format!("lucky-test/{name}/{}", std::process::id())
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn get(url: &str, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut raw(url).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_holds_the_key_on_every_node_and_release_deletes_it() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("basic");
+    let guard = locks.lock(&name).ttl(Duration::from_secs(5)).await.unwrap();
+    assert!(guard.is_held());
+    let left = guard.valid_until() - std::time::Instant::now();
+    assert!(
+        left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+        "{left:?}"
+    );
+    let mut values = Vec::new();
+    for u in &urls {
+        values.push(
+            get(u, &name)
+                .await
+                .expect("key set on every reachable node"),
+        );
+    }
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "one value on every node"
+    );
+    assert!(values[0].len() >= 32, "the value carries a 128-bit token");
+    let outcome = guard.release().await.unwrap();
+    assert!(
+        outcome.iter().all(|o| *o == NodeOutcome::Granted),
+        "{outcome:?}"
+    );
+    for u in &urls {
+        assert_eq!(get(u, &name).await, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_is_taken_for_others_and_free_after_release() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("taken");
+    let guard = locks.lock(&name).await.unwrap();
+    let err = locks.lock(&name).no_wait().await.unwrap_err();
+    assert!(err.is_taken(), "{err}");
+    assert!(!err.is_no_quorum());
+    // A waiter gets it once the holder releases.
+    let locks2 = locks.clone();
+    let name2 = name.clone();
+    let waiter =
+        tokio::spawn(async move { locks2.lock(&name2).wait(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    guard.release().await.unwrap();
+    let g2 = waiter.await.unwrap().unwrap();
+    g2.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contending_tasks_never_overlap() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("contend");
+    let inside = Arc::new(AtomicBool::new(false));
+    let entries = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (locks, name, inside, entries) =
+            (locks.clone(), name.clone(), inside.clone(), entries.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let g = locks
+                    .lock(&name)
+                    .retry(Duration::from_millis(1), Duration::from_millis(10))
+                    .wait(Duration::from_secs(20))
+                    .await
+                    .unwrap();
+                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                entries.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                inside.store(false, Ordering::SeqCst);
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(entries.load(Ordering::SeqCst), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_with_plain_set_nx() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    // A lock taken with plain SET NX PX (as redsync / node-redlock / rslock do) excludes Lucky.
+    let name = unique("interop-a");
+    for u in &urls {
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&name)
+            .arg("their-token")
+            .arg("NX")
+            .arg("PX")
+            .arg(10_000)
+            .query_async(&mut raw(u).await)
+            .await
+            .unwrap();
+    }
+    assert!(locks.lock(&name).no_wait().await.unwrap_err().is_taken());
+    for u in &urls {
+        assert_eq!(
+            get(u, &name).await.as_deref(),
+            Some(&b"their-token"[..]),
+            "theirs untouched"
+        );
+    }
+    // And Lucky's lock excludes a plain SET NX.
+    let name = unique("interop-b");
+    let g = locks.lock(&name).await.unwrap();
+    for u in &urls {
+        let r: Option<String> = redis::cmd("SET")
+            .arg(&name)
+            .arg("their-token")
+            .arg("NX")
+            .arg("PX")
+            .arg(10_000)
+            .query_async(&mut raw(u).await)
+            .await
+            .unwrap();
+        assert_eq!(r, None);
+    }
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_releases_in_the_background_and_cancel_releases_what_it_took() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("drop");
+    let g = locks
+        .lock(&name)
+        .ttl(Duration::from_secs(30))
+        .await
+        .unwrap();
+    drop(g);
+    // Far sooner than the 30 s ttl, the lock is free again.
+    let g = locks
+        .lock(&name)
+        .wait(Duration::from_secs(2))
+        .await
+        .unwrap();
+    // Cancel a waiter mid-flight: it must leave nothing behind.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        locks.lock(&name).wait_forever().into_future(),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the waiter cannot have acquired");
+    g.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for u in &urls {
+        assert_eq!(get(u, &name).await, None, "nothing left on {u}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_extension_keeps_the_lock_past_its_ttl() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("extend");
+    let g = locks
+        .lock(&name)
+        .ttl(Duration::from_millis(300))
+        .await
+        .unwrap();
+    let first = g.valid_until();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(g.is_held(), "still held after more than two ttls");
+    assert!(g.valid_until() > first + Duration::from_millis(300));
+    assert!(locks.lock(&name).no_wait().await.unwrap_err().is_taken());
+    g.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_error() {
+    let e = RedLock::connect(["http://127.0.0.1:7001"])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::BadUrl { .. }), "{e}");
+    let e = RedLock::connect(["redis://:s3cret@127.0.0.1:1"])
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains("s3cret"), "password leaked: {e}");
+    assert!(
+        !format!("{e:?}").contains("s3cret"),
+        "password leaked: {e:?}"
+    );
+    let none: [&str; 0] = [];
+    assert!(matches!(
+        RedLock::connect(none).await.unwrap_err(),
+        Error::Usage(UsageError::NoNodes)
+    ));
+    let dup = ["redis://127.0.0.1:7001", "redis://127.0.0.1:7001"];
+    assert!(matches!(
+        RedLock::connect(dup).await.unwrap_err(),
+        Error::Usage(UsageError::DuplicateNode { .. })
+    ));
+    // Unreachable nodes: a clear error, quickly, no hang.
+    let t = std::time::Instant::now();
+    let e = RedLock::builder([
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:2",
+        "redis://127.0.0.1:3",
+    ])
+    .connect_timeout(Duration::from_millis(300))
+    .connect()
+    .await
+    .unwrap_err();
+    assert!(e.is_no_quorum(), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn bad_lock_requests_are_usage_errors() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let e = locks.lock("").await.unwrap_err();
+    assert!(matches!(e, Error::Usage(UsageError::EmptyKey)), "{e}");
+    let e = locks.lock("x".repeat(600)).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Usage(UsageError::KeyTooLong { .. })),
+        "{e}"
+    );
+    let e = locks.lock("k").ttl(Duration::ZERO).await.unwrap_err();
+    assert!(matches!(e, Error::Usage(UsageError::TtlZero)), "{e}");
+    let e = locks
+        .lock("k")
+        .ttl(Duration::from_secs(86_400 * 400))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Usage(UsageError::TtlTooLarge { .. })),
+        "{e}"
+    );
+}
