@@ -624,3 +624,24 @@ fn time_never_goes_backwards() {
         }]
     );
 }
+
+#[test]
+fn a_late_grant_of_an_abandoned_attempt_is_released_again() {
+    let cfg = config(3);
+    let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
+    m.acquire(at_ms(0)).unwrap();
+    let (sent, _) = drain(&mut m);
+    m.release(at_ms(1)).unwrap(); // cancel: releases go out while the SETs are in flight
+    let (rel, _) = drain(&mut m);
+    assert_eq!(rel.len(), 3);
+    // The release overtook the SET on node 2, which then granted it: release node 2 again.
+    m.handle_reply(at_ms(2), sent[2].node, sent[2].op, ok());
+    let (again, _) = drain(&mut m);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].node, sent[2].node);
+    assert!(matches!(&again[0].command, Command::Release { value, .. } if value == m.value()));
+    // A refusal needs nothing; a duplicate of the late grant is ignored.
+    m.handle_reply(at_ms(2), sent[1].node, sent[1].op, Reply::Nil);
+    m.handle_reply(at_ms(2), sent[2].node, sent[2].op, ok());
+    assert!(drain(&mut m).0.is_empty());
+}

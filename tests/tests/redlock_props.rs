@@ -59,7 +59,7 @@ struct Harness {
     /// Per attempt value: nodes an Acquire went to, nodes a Release went to.
     acquire_to: BTreeMap<Bytes, BTreeSet<u16>>,
     release_to: BTreeMap<Bytes, BTreeSet<u16>>,
-    /// Per attempt value: nodes whose Acquire op we answered `+OK` while it was in flight.
+    /// Per attempt value: nodes whose Acquire op we answered `+OK` (first answer only).
     granted: BTreeMap<Bytes, BTreeSet<u16>>,
 }
 
@@ -131,7 +131,9 @@ impl Harness {
 
     fn reply(&mut self, i: usize, reply: Reply) {
         let t = self.sent[i].clone();
-        let live = !self.answered.contains(&i) && self.is_current(&t);
+        // Values are unique per attempt, so a first OK to an Acquire is a grant of exactly
+        // that attempt's value.
+        let live = !self.answered.contains(&i);
         if live && matches!(&reply, Reply::Status(s) if &s[..] == b"OK") {
             if let Command::Acquire { value, .. } = &t.command {
                 self.granted
@@ -142,15 +144,6 @@ impl Harness {
         }
         self.answered.insert(i);
         self.m.handle_reply(self.now, t.node, t.op, reply);
-    }
-
-    /// Whether `t` belongs to the machine's round in flight (its newest command to the node).
-    fn is_current(&self, t: &Transmit<Command>) -> bool {
-        self.sent
-            .iter()
-            .rev()
-            .find(|s| s.node == t.node)
-            .is_some_and(|s| s.op == t.op)
     }
 
     fn check(&mut self, before: State, input_now: Instant) -> Result<(), TestCaseError> {

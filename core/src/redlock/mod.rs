@@ -55,6 +55,9 @@ pub struct RedLock {
     /// One slot per node for the round in flight.
     slots: Vec<Slot>,
     out: VecDeque<Output<Command>>,
+    /// Per node, the unanswered SET of the last abandoned attempt and its value: if it is
+    /// granted late (after the attempt's release overtook it), that node is released again.
+    orphans: Vec<Option<(OpId, Bytes)>>,
     attempts: u32,
     wait_until: Instant,
     extensions: u32,
@@ -145,6 +148,7 @@ impl RedLock {
             rng: SplitMix64::new(seed),
             phase: Phase::Idle,
             slots: alloc::vec![Slot::default(); n],
+            orphans: alloc::vec![None; n],
             out: VecDeque::with_capacity(2 * n + 2),
             attempts: 0,
             wait_until: Instant::ZERO,
@@ -199,6 +203,7 @@ impl RedLock {
             let now = self.now;
             match self.phase {
                 Phase::Acquiring(mut r) if now >= r.deadline || now >= r.valid_until => {
+                    self.orphan_pending();
                     self.time_out_pending(&mut r.tally);
                     self.finish_acquire_round(r);
                 }
@@ -278,23 +283,37 @@ impl RedLock {
         }
     }
 
+    /// Remembers the SETs of an abandoned attempt that have not been answered yet.
+    fn orphan_pending(&mut self) {
+        for (slot, orphan) in self.slots.iter().zip(self.orphans.iter_mut()) {
+            if let Some(op) = slot.op {
+                *orphan = Some((op, self.value.clone()));
+            }
+        }
+    }
+
+    /// Sends one release to `node` for `value`, without waiting for the reply.
+    fn release_one(&mut self, node: usize, value: Bytes) {
+        self.next_op += 1;
+        let command = Command::Release {
+            key: self.key.clone(),
+            value,
+        };
+        let t = Transmit {
+            node: NodeId(node as u16),
+            op: OpId(self.next_op),
+            command,
+        };
+        self.out.push_back(Output::Transmit(t));
+    }
+
     /// Sends a release to every node without waiting for the replies (after a failed attempt).
     fn release_unwatched(&mut self) {
         if self.bug(Bug::NoReleaseOnFailure) {
             return;
         }
         for i in 0..self.slots.len() {
-            self.next_op += 1;
-            let command = Command::Release {
-                key: self.key.clone(),
-                value: self.value.clone(),
-            };
-            let t = Transmit {
-                node: NodeId(i as u16),
-                op: OpId(self.next_op),
-                command,
-            };
-            self.out.push_back(Output::Transmit(t));
+            self.release_one(i, self.value.clone());
         }
     }
 
@@ -323,8 +342,13 @@ impl RedLock {
     }
 
     fn finish_acquire_round(&mut self, r: Round) {
-        if r.tally.decision() != Decision::Pending {
-            self.disarm();
+        match r.tally.decision() {
+            Decision::Pending => {}
+            Decision::Won if self.now < r.valid_until => self.disarm(),
+            _ => {
+                self.orphan_pending();
+                self.disarm();
+            }
         }
         match r.tally.decision() {
             Decision::Pending => self.phase = Phase::Acquiring(r),
@@ -598,6 +622,9 @@ impl LockMachine for RedLock {
         match self.phase {
             Phase::Idle => Err(UsageError::NotHeld),
             Phase::Acquiring(_) | Phase::Waiting { .. } | Phase::Held { .. } => {
+                if let Phase::Acquiring(_) = self.phase {
+                    self.orphan_pending();
+                }
                 self.start_release();
                 Ok(())
             }
@@ -622,6 +649,19 @@ impl LockMachine for RedLock {
         let Some(slot) = self.slots.get(node.index()) else {
             return;
         };
+        if self.orphans[node.index()]
+            .as_ref()
+            .is_some_and(|(o, _)| *o == op)
+        {
+            // A SET of an abandoned attempt answered late. If it took the key, its release
+            // may have arrived first (reordered): release that node again.
+            if let Some((_, value)) = self.orphans[node.index()].take() {
+                if Expect::Ok.matches(&reply) && !self.bug(Bug::NoReleaseOnFailure) {
+                    self.release_one(node.index(), value);
+                }
+            }
+            return;
+        }
         let stale_ok = slot.op.is_some() && self.bug(Bug::CountStaleReplies);
         if slot.op != Some(op) && !stale_ok {
             return; // late, duplicated, or for a round no longer in flight

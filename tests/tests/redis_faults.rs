@@ -1,0 +1,113 @@
+//! Real faults on real redis-server processes: each test starts five nodes of its own and
+//! stops (SIGSTOP), kills and restarts them. Skips when redis-server is not installed, unless
+//! `LUCKY_REQUIRE_SERVERS=1`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and read the clock
+
+use std::time::{Duration, Instant};
+
+use lucky::redis::RedLock;
+use lucky_tests::servers::RedisProcess;
+
+fn cluster(base: u16) -> Option<Vec<RedisProcess>> {
+    (0..5).map(|i| RedisProcess::start(base + i)).collect()
+}
+
+fn urls(nodes: &[RedisProcess]) -> Vec<String> {
+    nodes.iter().map(RedisProcess::url).collect()
+}
+
+async fn client(nodes: &[RedisProcess]) -> RedLock {
+    RedLock::builder(urls(nodes))
+        .ttl(Duration::from_secs(2))
+        .node_timeout(Duration::from_millis(100))
+        .retry(Duration::from_millis(20), Duration::from_millis(20))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_costs_at_most_the_per_node_timeout() {
+    let Some(nodes) = cluster(7111) else { return };
+    let locks = client(&nodes).await;
+    nodes[0].pause();
+    let t = Instant::now();
+    let g = locks.lock("stopped").no_wait().await.unwrap();
+    let took = t.elapsed();
+    // 4 of 5 answer at once; the stopped one is not waited for (quorum decided early).
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    g.release().await.unwrap();
+    nodes[0].resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_down_still_works_three_down_is_no_quorum_and_restart_recovers() {
+    let Some(mut nodes) = cluster(7121) else {
+        return;
+    };
+    let locks = client(&nodes).await;
+    nodes[0].kill();
+    nodes[1].kill();
+    let g = locks.lock("quorum").no_wait().await.unwrap();
+    g.release().await.unwrap();
+
+    nodes[2].kill();
+    let e = locks.lock("quorum").no_wait().await.unwrap_err();
+    assert!(e.is_no_quorum() && !e.is_taken(), "{e}");
+    assert!(e.to_string().contains("no quorum"), "{e}");
+
+    for n in &mut nodes[..3] {
+        assert!(n.restart());
+    }
+    // Connections come back on their own.
+    let mut acquired = false;
+    for _ in 0..50 {
+        if let Ok(g) = locks.lock("quorum").no_wait().await {
+            g.release().await.unwrap();
+            acquired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(acquired, "no recovery after restarting the nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_renewal_fires_lost_at_the_deadline_and_only_then_can_another_acquire() {
+    let Some(nodes) = cluster(7131) else { return };
+    let holder = client(&nodes).await;
+    let other = client(&nodes).await;
+    let g = holder
+        .lock("renewal")
+        .ttl(Duration::from_millis(1_000))
+        .await
+        .unwrap();
+    // Let one extension happen, then stop a majority: renewal can no longer win.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for n in &nodes[..3] {
+        n.pause();
+    }
+    let deadline = g.valid_until();
+    g.lost().await;
+    let lost_at = Instant::now();
+    assert!(lost_at >= deadline, "lost {:?} early", deadline - lost_at);
+    assert!(
+        lost_at < deadline + Duration::from_millis(100),
+        "lost {:?} late",
+        lost_at - deadline
+    );
+    assert!(!g.is_held());
+    for n in &nodes[..3] {
+        n.resume();
+    }
+    // Another client gets the lock, but never before the holder's deadline.
+    let g2 = other
+        .lock("renewal")
+        .wait(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(Instant::now() >= deadline);
+    g2.release().await.unwrap();
+    drop(g);
+}
