@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md states it: starts the servers, runs unit, property,
-# scenario and real-server tests, then the
-# simulator's CI sweep (2000 seeds per scenario), a determinism check, and proof that every
-# injectable bug is caught.
+# scenario and real-server tests, then the simulator's CI sweep (2000 seeds per scenario), a
+# determinism check, and proof that every injectable bug is caught.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +11,9 @@ SEEDS="${LUCKY_SIM_CI_SEEDS:-2000}"
 bash scripts/services.sh start
 
 cargo test --workspace --all-features
+
+echo "== the RedLock machine from plain threads, no async runtime"
+cargo run -q -p lucky --features redis --example redlock_blocking
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim

@@ -26,9 +26,6 @@ pub enum Error {
     /// The lock was not acquired.
     #[error(transparent)]
     Lock(#[from] LockError),
-    /// A backend problem outside the protocol (connection setup).
-    #[error("{0}")]
-    Backend(String),
     /// The background driver stopped.
     #[error("the lock driver stopped")]
     DriverGone,

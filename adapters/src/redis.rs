@@ -85,17 +85,6 @@ impl Error {
     }
 }
 
-impl From<Error> for crate::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Usage(u) => crate::Error::Usage(u),
-            Error::Lock(l) => crate::Error::Lock(l),
-            Error::DriverGone => crate::Error::DriverGone,
-            other => crate::Error::Backend(other.to_string()),
-        }
-    }
-}
-
 /// Per-lock settings; defaults come from [`RedLockBuilder`].
 #[derive(Clone, Debug)]
 struct Options {
@@ -377,16 +366,16 @@ impl LockRequest<'_> {
             self.name,
         )
         .await
-        .map_err(Error::from_driver)
+        .map_err(Error::from)
     }
 }
 
-impl Error {
-    fn from_driver(e: crate::Error) -> Error {
+impl From<crate::Error> for Error {
+    fn from(e: crate::Error) -> Error {
         match e {
             crate::Error::Usage(u) => Error::Usage(u),
             crate::Error::Lock(l) => Error::Lock(l),
-            _ => Error::DriverGone,
+            crate::Error::DriverGone => Error::DriverGone,
         }
     }
 }
