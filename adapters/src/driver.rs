@@ -101,7 +101,8 @@ where
         acq_tx: oneshot::Sender<Result<Acquired, LockError>>,
         mut ctl: mpsc::Receiver<Control>,
     ) {
-        let (rep_tx, mut replies) = mpsc::unbounded_channel::<(NodeId, OpId, T::Reply)>();
+        // Commands in flight, polled inside this task (no task spawned per command).
+        let mut inflight: Vec<BoxFuture<(NodeId, OpId, T::Reply)>> = Vec::new();
         let mut acq_tx = Some(acq_tx);
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
         let mut guard_open = true;
@@ -110,12 +111,8 @@ where
             while let Some(out) = self.machine.poll_output() {
                 match out {
                     Output::Transmit(t) => {
-                        let transport = self.transport.clone();
-                        let tx = rep_tx.clone();
-                        tokio::spawn(async move {
-                            let reply = transport.send(t.node.index(), t.command).await;
-                            let _ = tx.send((t.node, t.op, reply));
-                        });
+                        let send = self.transport.send(t.node.index(), t.command);
+                        inflight.push(Box::pin(async move { (t.node, t.op, send.await) }));
                     }
                     Output::Event(e) => self.event(e, &mut acq_tx, &mut waiters),
                 }
@@ -129,7 +126,7 @@ where
             let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
             tokio::select! {
                 biased;
-                Some((node, op, reply)) = replies.recv() => {
+                (node, op, reply) = next_reply(&mut inflight) => {
                     self.machine.handle_reply(self.clock.now(), node, op, reply);
                 }
                 c = ctl.recv(), if guard_open => match c {
@@ -212,6 +209,20 @@ where
             }
         }
     }
+}
+
+/// The first reply among the commands in flight (pending forever when none is).
+async fn next_reply<R>(inflight: &mut Vec<BoxFuture<R>>) -> R {
+    std::future::poll_fn(|cx| {
+        for i in 0..inflight.len() {
+            if let std::task::Poll::Ready(r) = inflight[i].as_mut().poll(cx) {
+                drop(inflight.swap_remove(i));
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn closed<T>(tx: &mut Option<oneshot::Sender<T>>) {

@@ -1,0 +1,294 @@
+//! Lucky's Redis adapter against the floor (raw commands over the same client) and a peer
+//! library (rslock), in the same run, on the five nodes of `scripts/services.sh start`.
+//! Run: `cargo bench -p lucky-tests --bench redis_bench` (`LUCKY_BENCH_SECS`, default 3).
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lucky::redis::RedLock;
+use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
+use redis::aio::ConnectionManager;
+
+fn secs() -> Duration {
+    let s = std::env::var("LUCKY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+/// The floor: `SET NX PX` to every node at once, then the release script to every node.
+async fn raw_cycle(conns: &[ConnectionManager], key: &str, token: &str) {
+    let (key, token) = (key.to_owned(), token.to_owned());
+    let sets = conns.iter().map(|c| {
+        let mut c = c.clone();
+        let (key, token) = (key.clone(), token.clone());
+        async move {
+            let _: redis::Value = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    });
+    join(sets).await;
+    let dels = conns.iter().map(|c| {
+        let mut c = c.clone();
+        let (key, token) = (key.clone(), token.clone());
+        async move {
+            let r: Result<redis::Value, _> = redis::cmd("EVALSHA")
+                .arg(RELEASE_SHA1)
+                .arg(1)
+                .arg(&key)
+                .arg(&token)
+                .query_async(&mut c)
+                .await;
+            if r.is_err() {
+                let _: redis::Value = redis::cmd("EVAL")
+                    .arg(RELEASE_SCRIPT)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&token)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    join(dels).await;
+}
+
+/// Polls every future in place until all are done (no task spawned: the tightest floor).
+async fn join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut futs: Vec<Option<std::pin::Pin<Box<F>>>> = futs.map(|f| Some(Box::pin(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in futs.iter_mut() {
+            if let Some(f) = slot {
+                if f.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs `tasks` tasks doing `cycle(task, i)` for the bench duration; returns cycles/s.
+async fn throughput<F, Fut>(tasks: usize, cycle: F) -> f64
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let cycle = Arc::new(cycle);
+    let end = Instant::now() + secs();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let cycle = cycle.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    cycle(t, n).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn serial_p50<F, Fut>(iters: usize, cycle: F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut lat = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let t = Instant::now();
+        cycle(i as u64).await;
+        lat.push(t.elapsed());
+    }
+    percentile(&mut lat, 0.5)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let urls: Vec<String> = (7001..=7005)
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let Ok(locks) = RedLock::builder(&urls).auto_extend(false).connect().await else {
+        eprintln!("skipping: Redis nodes on 7001-7005 not reachable (scripts/services.sh start)");
+        return;
+    };
+    let mut conns = Vec::new();
+    for u in &urls {
+        conns.push(
+            redis::Client::open(u.as_str())
+                .unwrap()
+                .get_connection_manager()
+                .await
+                .unwrap(),
+        );
+    }
+    let conns = Arc::new(conns);
+    let rsl = Arc::new(rslock::LockManager::new(urls.clone()));
+    let pid = std::process::id();
+    println!(
+        "Redis adapter, 5 local nodes, {:?} per throughput run",
+        secs()
+    );
+
+    // Serial acquire+release latency.
+    let iters = 2_000;
+    let c = conns.clone();
+    let floor = serial_p50(iters, |i| {
+        let c = c.clone();
+        async move { raw_cycle(&c, &format!("bench/{pid}/serial-raw/{i}"), "tok").await }
+    })
+    .await;
+    let l = &locks;
+    let lucky = serial_p50(iters, |i| async move {
+        let g = l
+            .lock(format!("bench/{pid}/serial-lucky/{i}"))
+            .no_wait()
+            .await
+            .unwrap();
+        g.release().await.unwrap();
+    })
+    .await;
+    let r = rsl.clone();
+    let peer = serial_p50(iters, |i| {
+        let r = r.clone();
+        async move {
+            let name = format!("bench/{pid}/serial-rslock/{i}");
+            let lock = r
+                .lock(name.as_bytes(), Duration::from_secs(30))
+                .await
+                .unwrap();
+            r.unlock(&lock).await;
+        }
+    })
+    .await;
+    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({:.2}x floor), rslock {peer:?} ({:.2}x floor)",
+        lucky.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
+
+    // Throughput: 32 tasks, distinct names.
+    let c = conns.clone();
+    let floor = throughput(32, move |t, n| {
+        let c = c.clone();
+        async move { raw_cycle(&c, &format!("bench/{pid}/tp-raw/{t}/{n}"), "tok").await }
+    })
+    .await;
+    let l = locks.clone();
+    let lucky = throughput(32, move |t, n| {
+        let l = l.clone();
+        async move {
+            let g = l
+                .lock(format!("bench/{pid}/tp-lucky/{t}/{n}"))
+                .no_wait()
+                .await
+                .unwrap();
+            g.release().await.unwrap();
+        }
+    })
+    .await;
+    let r = rsl.clone();
+    let peer = throughput(32, move |t, n| {
+        let r = r.clone();
+        async move {
+            let name = format!("bench/{pid}/tp-rslock/{t}/{n}");
+            let lock = r
+                .lock(name.as_bytes(), Duration::from_secs(30))
+                .await
+                .unwrap();
+            r.unlock(&lock).await;
+        }
+    })
+    .await;
+    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({:.2}x floor), rslock {peer:.0}/s ({:.2}x floor)",
+        lucky / floor, peer / floor);
+
+    // Contended hand-off: 8 tasks, one name, hold 1 ms, ask again at once.
+    for (label, use_lucky) in [("lucky", true), ("rslock", false)] {
+        let name = format!("bench/{pid}/handoff-{label}");
+        let end = Instant::now() + secs();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (l, r, name) = (locks.clone(), rsl.clone(), name.clone());
+                tokio::spawn(async move {
+                    let mut waits = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        if use_lucky {
+                            let Ok(g) = l.lock(&name).wait(secs() * 2).await else {
+                                continue;
+                            };
+                            waits.push(t.elapsed());
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            g.release().await.unwrap();
+                        } else {
+                            let lock = loop {
+                                if let Ok(lock) =
+                                    r.lock(name.as_bytes(), Duration::from_secs(10)).await
+                                {
+                                    break lock;
+                                }
+                            };
+                            waits.push(t.elapsed());
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            r.unlock(&lock).await;
+                        }
+                    }
+                    waits
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut counts = Vec::new();
+        for h in handles {
+            let w = h.await.unwrap();
+            counts.push(w.len());
+            all.extend(w);
+        }
+        let n = all.len();
+        let p99 = percentile(&mut all, 0.99);
+        let max = *all.last().unwrap_or(&Duration::ZERO);
+        let (mn, mx) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(1),
+        );
+        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {:.2}",
+            mn as f64 / mx.max(1) as f64);
+    }
+}
