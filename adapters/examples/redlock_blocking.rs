@@ -42,7 +42,7 @@ fn node_thread(url: String, jobs: mpsc::Receiver<Job>, answers: mpsc::Sender<Ans
                             .arg(*ttl_ms);
                         cmd
                     }
-                    Command::Release { key, value } => {
+                    Command::Release { key, value, .. } => {
                         let mut cmd = redis::cmd("EVAL");
                         cmd.arg(RELEASE_SCRIPT).arg(1).arg(&key[..]).arg(&value[..]);
                         cmd

@@ -23,6 +23,16 @@ pub(crate) trait Transport: Send + Sync + 'static {
     type Command: Send + 'static;
     type Reply: Send + 'static;
     fn send(self: &Arc<Self>, node: usize, command: Self::Command) -> BoxFuture<Self::Reply>;
+    /// A source of "the lock may be free now" hints for `channel`, if the backend has one.
+    fn subscribe(self: &Arc<Self>, _channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
+        Box::pin(async { None })
+    }
+}
+
+/// Hints that a lock may have been released; unsubscribes when dropped.
+pub(crate) struct Subscription {
+    pub notify: Arc<tokio::sync::Notify>,
+    pub _keep: Box<dyn Send + Sync>,
 }
 
 /// What the guard and the driver share.
@@ -48,6 +58,7 @@ pub(crate) async fn acquire<M, T>(
     transport: Arc<T>,
     clock: Clock,
     name: String,
+    wake_channel: Option<Vec<u8>>,
 ) -> Result<Guard, Error>
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
@@ -67,6 +78,8 @@ where
         clock,
         shared: shared.clone(),
         lost: lost_tx,
+        wake_channel,
+        subscription: None,
     };
     tokio::spawn(driver.run(acq_tx, ctl_rx).instrument(span));
     match acq_rx.await {
@@ -89,6 +102,9 @@ struct Driver<M, T> {
     clock: Clock,
     shared: Arc<Shared>,
     lost: watch::Sender<bool>,
+    /// Where release hints for this lock arrive, subscribed once the lock is found busy.
+    wake_channel: Option<Vec<u8>>,
+    subscription: Option<Subscription>,
 }
 
 impl<M, T> Driver<M, T>
@@ -123,6 +139,21 @@ where
             if idle && acq_tx.is_none() && waiters.is_empty() && !guard_open {
                 break;
             }
+            let waiting = matches!(state, State::Waiting);
+            if waiting && self.subscription.is_none() {
+                if let Some(channel) = self.wake_channel.take() {
+                    self.subscription = self.transport.subscribe(channel).await;
+                    // A release may have happened before the subscription took: try now.
+                    if self.subscription.is_some() {
+                        self.machine.wake(self.clock.now());
+                        continue;
+                    }
+                }
+            }
+            if !matches!(state, State::Waiting | State::Acquiring) {
+                self.subscription = None;
+            }
+            let notify = self.subscription.as_ref().map(|s| s.notify.clone());
             let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
             tokio::select! {
                 biased;
@@ -149,6 +180,9 @@ where
                     guard_open = false;
                     tracing::debug!("acquisition cancelled");
                     let _ = self.machine.release(self.clock.now());
+                }
+                () = notified(notify.as_deref()), if waiting => {
+                    self.machine.wake(self.clock.now());
                 }
                 () = sleep_until(deadline) => {
                     // Judge by the clock, not by the timer: it may have fired late.
@@ -208,6 +242,13 @@ where
                 }
             }
         }
+    }
+}
+
+async fn notified(n: Option<&tokio::sync::Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

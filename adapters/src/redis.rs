@@ -21,17 +21,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lucky_core::redlock::{
-    Command, RedLockConfig, Reply, Retry, Wait, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_SCRIPT,
-    RELEASE_SHA1,
+    Command, RedLockConfig, Reply, Retry, Wait, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_QUIET_SCRIPT,
+    RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
 };
 use lucky_core::{LockError, UsageError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{RedisError, Value};
+use tokio::sync::Notify;
 use tokio::sync::OnceCell;
 
 use crate::clock::Clock;
 pub use crate::driver::Guard;
-use crate::driver::{self, Transport};
+use crate::driver::{self, Subscription, Transport};
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +255,10 @@ impl RedLockBuilder {
         let displays: Vec<&str> = nodes.iter().map(|n| n.display.as_str()).collect();
         RedLockConfig::builder().nodes(&displays).build()?;
         self.defaults.config(nodes.len())?;
-        let nodes = Arc::new(Nodes { nodes });
+        let nodes = Arc::new(Nodes {
+            nodes,
+            wake: Arc::default(),
+        });
         let results = futures_join(
             nodes
                 .nodes
@@ -359,14 +366,14 @@ impl LockRequest<'_> {
         getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
         let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x9E37_79B9;
         let machine = lucky_core::redlock::RedLock::new(&cfg, self.name.as_bytes(), &token, seed)?;
-        driver::acquire(
-            machine,
-            self.client.nodes.clone(),
-            self.client.clock,
-            self.name,
-        )
-        .await
-        .map_err(Error::from)
+        let mut channel = lucky_core::redlock::RELEASE_CHANNEL_PREFIX
+            .as_bytes()
+            .to_vec();
+        channel.extend_from_slice(machine.key());
+        let (nodes, clock) = (self.client.nodes.clone(), self.client.clock);
+        driver::acquire(machine, nodes, clock, self.name, Some(channel))
+            .await
+            .map_err(Error::from)
     }
 }
 
@@ -395,6 +402,57 @@ pub type LockFuture<'a> =
 /// The connections to every node.
 struct Nodes {
     nodes: Vec<Node>,
+    wake: Arc<Wake>,
+}
+
+/// Release notifications: one pub/sub connection per node, shared by every waiter of the
+/// client; each message wakes the waiters of its channel. A channel stays subscribed once a
+/// waiter needed it (an UNSUBSCRIBE racing the next waiter's SUBSCRIBE would silently cost
+/// that waiter its wake-ups), up to [`MAX_CHANNELS`]; past that, waiters fall back to
+/// jittered retries.
+#[derive(Default)]
+struct Wake {
+    waiters: std::sync::Mutex<BTreeMap<Vec<u8>, Vec<(u64, Arc<Notify>)>>>,
+    subscribed: tokio::sync::Mutex<BTreeSet<Vec<u8>>>,
+    next_id: AtomicU64,
+}
+
+/// Most lock names one client keeps subscribed for release notifications.
+const MAX_CHANNELS: usize = 4096;
+
+impl Wake {
+    fn notify(&self, channel: &[u8]) {
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Wake the longest-waiting local waiter only: one contender per process, in order,
+        // instead of a stampede of every waiter into a split vote.
+        if let Some((_, n)) = waiters.get(channel).and_then(|list| list.first()) {
+            n.notify_one();
+        }
+    }
+}
+
+/// Unregisters a waiter when dropped.
+struct Unsubscribe {
+    nodes: Arc<Nodes>,
+    channel: Vec<u8>,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let mut w = self
+            .nodes
+            .wake
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = w.get_mut(&self.channel) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                w.remove(&self.channel);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Nodes {
@@ -410,6 +468,7 @@ struct Node {
     display: String,
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
+    pubsub: OnceCell<PubSubSink>,
     connect_timeout: Duration,
 }
 
@@ -430,6 +489,7 @@ impl Node {
             display,
             client,
             conn: OnceCell::new(),
+            pubsub: OnceCell::new(),
             connect_timeout,
         })
     }
@@ -454,6 +514,31 @@ impl Node {
             }
         };
         self.conn.get_or_try_init(|| init).await.cloned()
+    }
+
+    /// The node's pub/sub sink, connected on first use; its stream feeds `wake`.
+    async fn pubsub(&self, wake: &Arc<Wake>) -> Option<PubSubSink> {
+        let init = async {
+            let connect = self.client.get_async_pubsub();
+            let pubsub = match tokio::time::timeout(self.connect_timeout, connect).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(()),
+            };
+            let (sink, mut stream) = pubsub.split();
+            let wake = Arc::downgrade(wake);
+            tokio::spawn(async move {
+                while let Some(msg) = std::future::poll_fn(|cx| {
+                    futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+                })
+                .await
+                {
+                    let Some(wake) = wake.upgrade() else { return };
+                    wake.notify(msg.get_channel_name().as_bytes());
+                }
+            });
+            Ok(sink)
+        };
+        self.pubsub.get_or_try_init(|| init).await.ok().cloned()
     }
 
     async fn send(&self, command: Command) -> Reply {
@@ -483,8 +568,25 @@ impl Node {
                 )
                 .await
             }
-            Command::Release { key, value } => {
-                script(&mut conn, RELEASE_SHA1, RELEASE_SCRIPT, key, value, None).await
+            Command::Release {
+                key,
+                value,
+                notify: true,
+            } => script(&mut conn, RELEASE_SHA1, RELEASE_SCRIPT, key, value, None).await,
+            Command::Release {
+                key,
+                value,
+                notify: false,
+            } => {
+                script(
+                    &mut conn,
+                    RELEASE_QUIET_SHA1,
+                    RELEASE_QUIET_SCRIPT,
+                    key,
+                    value,
+                    None,
+                )
+                .await
             }
         };
         match result {
@@ -537,6 +639,48 @@ fn reply(v: Value) -> Reply {
 impl Transport for Nodes {
     type Command = Command;
     type Reply = Reply;
+
+    fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> driver::BoxFuture<Option<Subscription>> {
+        let nodes = self.clone();
+        Box::pin(async move {
+            let notify = Arc::new(Notify::new());
+            let id = nodes.wake.next_id.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut w = nodes.wake.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                w.entry(channel.clone())
+                    .or_default()
+                    .push((id, notify.clone()));
+            }
+            let keep = Unsubscribe {
+                nodes: nodes.clone(),
+                channel: channel.clone(),
+                id,
+            };
+            // Held across the SUBSCRIBEs: a second waiter of the channel waits until they took.
+            let mut subscribed = nodes.wake.subscribed.lock().await;
+            if !subscribed.contains(&channel) {
+                if subscribed.len() >= MAX_CHANNELS {
+                    return None;
+                }
+                let mut any = false;
+                for n in &nodes.nodes {
+                    if let Some(mut sink) = n.pubsub(&nodes.wake).await {
+                        let sub =
+                            tokio::time::timeout(n.connect_timeout, sink.subscribe(&channel[..]));
+                        any |= sub.await.is_ok_and(|r| r.is_ok());
+                    }
+                }
+                if !any {
+                    return None; // no node can notify: jittered retries only
+                }
+                subscribed.insert(channel);
+            }
+            Some(Subscription {
+                notify,
+                _keep: Box::new(keep),
+            })
+        })
+    }
     fn send(self: &Arc<Self>, node: usize, command: Command) -> driver::BoxFuture<Reply> {
         let nodes = self.clone();
         Box::pin(async move {

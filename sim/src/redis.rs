@@ -73,7 +73,7 @@ impl Server for RedisNode {
                 }
                 _ => Reply::Int(0),
             },
-            Command::Release { key, value } => match self.live(now, key) {
+            Command::Release { key, value, .. } => match self.live(now, key) {
                 Some((v, _)) if v == value => {
                     self.keys.remove(key);
                     Reply::Int(1)

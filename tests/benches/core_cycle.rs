@@ -115,6 +115,7 @@ fn main() {
             black_box(Command::Release {
                 key: key.clone(),
                 value: value.clone(),
+                notify: true,
             });
         }
     });

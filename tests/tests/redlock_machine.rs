@@ -220,6 +220,12 @@ fn script_sha1_constants_match_the_scripts() {
         sha1_smol::Sha1::from(EXTEND_SCRIPT).digest().to_string(),
         EXTEND_SHA1
     );
+    assert_eq!(
+        sha1_smol::Sha1::from(lucky_core::redlock::RELEASE_QUIET_SCRIPT)
+            .digest()
+            .to_string(),
+        lucky_core::redlock::RELEASE_QUIET_SHA1
+    );
 }
 
 #[test]

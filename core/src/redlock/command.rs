@@ -3,11 +3,19 @@
 use alloc::string::String;
 use bytes::Bytes;
 
-/// Release script: delete the key only while it still holds our value (compare-and-delete).
-/// Returns 1 when it deleted our key, 0 otherwise.
-pub const RELEASE_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
+/// Release script: delete the key only while it still holds our value (compare-and-delete),
+/// then publish on [`RELEASE_CHANNEL_PREFIX`] + key so waiters retry at once instead of
+/// polling. Returns 1 when it deleted our key, 0 otherwise.
+pub const RELEASE_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then local n = redis.call("del",KEYS[1]) redis.call("publish","lucky:released:"..KEYS[1],"") return n else return 0 end"#;
 /// SHA1 of [`RELEASE_SCRIPT`], for `EVALSHA` (fall back to `EVAL` on `NOSCRIPT`).
-pub const RELEASE_SHA1: &str = "b70c2384248f88e6b75b9f89241a180f856ad852";
+pub const RELEASE_SHA1: &str = "2adaa963e365842708e536e536d26c44052c4375";
+/// The release script publishes on this prefix followed by the key.
+pub const RELEASE_CHANNEL_PREFIX: &str = "lucky:released:";
+
+/// Release script without the notification, for cleanup after failed attempts.
+pub const RELEASE_QUIET_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end"#;
+/// SHA1 of [`RELEASE_QUIET_SCRIPT`].
+pub const RELEASE_QUIET_SHA1: &str = "b70c2384248f88e6b75b9f89241a180f856ad852";
 
 /// Extend script: reset the key's expiry only while it still holds our value
 /// (compare-and-PEXPIRE). A missing key stays missing: an expired lock is never resurrected.
@@ -37,12 +45,16 @@ pub enum Command {
         /// New time to live in milliseconds.
         ttl_ms: u64,
     },
-    /// `EVALSHA RELEASE_SHA1 1 key value`. Expects integer 1 (deleted) or 0 (not ours).
+    /// `EVALSHA RELEASE_SHA1 1 key value` when `notify`, else `EVALSHA RELEASE_QUIET_SHA1 ...`.
+    /// Expects integer 1 (deleted) or 0 (not ours).
     Release {
         /// The lock key.
         key: Bytes,
         /// The value we hold it with.
         value: Bytes,
+        /// Whether waiters should be told (a lock that was held or asked for is given back),
+        /// or not (cleanup after a failed attempt: waking everyone would only stampede).
+        notify: bool,
     },
 }
 

@@ -21,7 +21,10 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub use command::{Command, Reply, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_SCRIPT, RELEASE_SHA1};
+pub use command::{
+    Command, Reply, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_CHANNEL_PREFIX, RELEASE_QUIET_SCRIPT,
+    RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
+};
 pub use config::{
     AutoExtend, RedLockConfig, RedLockConfigBuilder, Retry, Wait, DEFAULT_DRIFT_FLOOR,
     DEFAULT_DRIFT_PPM, DEFAULT_TTL, MAX_KEY_LEN, MAX_NODES, MAX_TTL,
@@ -295,9 +298,11 @@ impl RedLock {
     /// Sends one release to `node` for `value`, without waiting for the reply.
     fn release_one(&mut self, node: usize, value: Bytes) {
         self.next_op += 1;
+        // Cleanup of an attempt that never held the lock: nobody waits on it.
         let command = Command::Release {
             key: self.key.clone(),
             value,
+            notify: false,
         };
         let t = Transmit {
             node: NodeId(node as u16),
@@ -517,6 +522,7 @@ impl RedLock {
         self.broadcast(|m| Command::Release {
             key: m.key.clone(),
             value: m.value.clone(),
+            notify: true,
         });
         self.phase = Phase::Releasing { deadline };
     }
