@@ -412,10 +412,13 @@ struct Nodes {
 /// jittered retries.
 #[derive(Default)]
 struct Wake {
-    waiters: std::sync::Mutex<BTreeMap<Vec<u8>, Vec<(u64, Arc<Notify>)>>>,
+    waiters: std::sync::Mutex<Waiters>,
     subscribed: tokio::sync::Mutex<BTreeSet<Vec<u8>>>,
     next_id: AtomicU64,
 }
+
+/// Per channel, its local waiters in arrival order (id, wake-up).
+type Waiters = BTreeMap<Vec<u8>, Vec<(u64, Arc<Notify>)>>;
 
 /// Most lock names one client keeps subscribed for release notifications.
 const MAX_CHANNELS: usize = 4096;
