@@ -257,7 +257,9 @@ async fn next_reply<R>(inflight: &mut Vec<BoxFuture<R>>) -> R {
     std::future::poll_fn(|cx| {
         for i in 0..inflight.len() {
             if let std::task::Poll::Ready(r) = inflight[i].as_mut().poll(cx) {
-                drop(inflight.swap_remove(i));
+                // `remove`, not `swap_remove`: commands not yet polled keep their order, so
+                // each node receives them in the order the machine emitted them.
+                drop(inflight.remove(i));
                 return std::task::Poll::Ready(r);
             }
         }

@@ -294,3 +294,37 @@ async fn bad_lock_requests_are_usage_errors() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_the_release_not_by_its_retry_timer() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("wake");
+    let g = locks.lock(&name).await.unwrap();
+    let waiter = {
+        let (locks, name) = (locks.clone(), name.clone());
+        tokio::spawn(async move {
+            // Retries 10 s apart: only the release notification can hand it the lock sooner.
+            let g = locks
+                .lock(&name)
+                .retry(Duration::from_secs(10), Duration::ZERO)
+                .wait(Duration::from_secs(30))
+                .await
+                .unwrap();
+            let at = std::time::Instant::now();
+            g.release().await.unwrap();
+            at
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = std::time::Instant::now();
+    g.release().await.unwrap();
+    let acquired = waiter.await.unwrap();
+    assert!(
+        acquired - released < Duration::from_secs(5),
+        "woken by the timer, not the release"
+    );
+}
