@@ -12,6 +12,9 @@ bash scripts/services.sh start
 
 cargo test --workspace --all-features
 
+echo "== loom model of the guard/driver shared state"
+RUSTFLAGS="--cfg lucky_loom" CARGO_TARGET_DIR=target/loom cargo test -p lucky --features redis --lib loom
+
 echo "== the RedLock machine from plain threads, no async runtime"
 cargo run -q -p lucky --features redis --example redlock_blocking
 

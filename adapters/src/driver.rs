@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lucky_core::{Event, Fence, LockError, LockMachine, NodeId, NodeOutcome, OpId, Output, State};
@@ -12,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::clock::Clock;
+use crate::hold::{End, Hold};
 use crate::Error;
 
 /// A boxed, sendable future.
@@ -33,13 +33,6 @@ pub(crate) trait Transport: Send + Sync + 'static {
 pub(crate) struct Subscription {
     pub notify: Arc<tokio::sync::Notify>,
     pub _keep: Box<dyn Send + Sync>,
-}
-
-/// What the guard and the driver share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The local deadline, as nanoseconds of [`Clock`].
-    pub valid_until: AtomicU64,
 }
 
 enum Control {
@@ -65,9 +58,7 @@ where
     T: Transport,
 {
     machine.acquire(clock.now())?;
-    let shared = Arc::new(Shared {
-        valid_until: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Hold::new(0));
     let (acq_tx, acq_rx) = oneshot::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let (lost_tx, lost_rx) = watch::channel(false);
@@ -100,7 +91,7 @@ struct Driver<M, T> {
     machine: M,
     transport: Arc<T>,
     clock: Clock,
-    shared: Arc<Shared>,
+    shared: Arc<Hold>,
     lost: watch::Sender<bool>,
     /// Where release hints for this lock arrive, subscribed once the lock is found busy.
     wake_channel: Option<Vec<u8>>,
@@ -190,7 +181,9 @@ where
                 }
             }
         }
-        let _ = self.lost.send(true);
+        if self.shared.end(End::Released) {
+            let _ = self.lost.send(true);
+        }
     }
 
     fn event(
@@ -201,9 +194,7 @@ where
     ) {
         match e {
             Event::Acquired { fence, valid_until } => {
-                self.shared
-                    .valid_until
-                    .store(valid_until.as_nanos(), Ordering::Release);
+                self.shared.extend(valid_until.as_nanos());
                 let valid_ms = valid_until
                     .saturating_duration_since(self.clock.now())
                     .as_millis();
@@ -218,18 +209,20 @@ where
             }
             Event::Retrying { attempt, .. } => tracing::debug!(attempt, "lock busy, waiting"),
             Event::Extended { valid_until } => {
-                self.shared
-                    .valid_until
-                    .store(valid_until.as_nanos(), Ordering::Release);
+                self.shared.extend(valid_until.as_nanos());
                 tracing::debug!("extended");
             }
             Event::ExtendFailed { error, .. } => tracing::warn!(%error, "extension failed"),
             Event::Lost { reason } => {
                 tracing::warn!(?reason, "lock lost");
-                let _ = self.lost.send(true);
+                if self.shared.end(End::Lost) {
+                    let _ = self.lost.send(true);
+                }
             }
             Event::Released { nodes } => {
-                let _ = self.lost.send(true);
+                if self.shared.end(End::Released) {
+                    let _ = self.lost.send(true);
+                }
                 tracing::info!("released");
                 for w in waiters.drain(..) {
                     let _ = w.send(nodes.clone());
@@ -288,7 +281,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 pub struct Guard {
     name: String,
     fence: Option<Fence>,
-    shared: Arc<Shared>,
+    shared: Arc<Hold>,
     clock: Clock,
     ctl: mpsc::Sender<Control>,
     lost: watch::Receiver<bool>,
@@ -321,12 +314,12 @@ impl Guard {
     }
 
     fn deadline(&self) -> lucky_core::Instant {
-        lucky_core::Instant::from_nanos(self.shared.valid_until.load(Ordering::Acquire))
+        lucky_core::Instant::from_nanos(self.shared.deadline())
     }
 
     /// Whether the lock is still held now (not lost, deadline not reached).
     pub fn is_held(&self) -> bool {
-        !*self.lost.borrow() && self.clock.now() < self.deadline()
+        self.shared.is_held(self.clock.now().as_nanos())
     }
 
     /// Resolves when the lock is lost: when renewal did not succeed, at the local deadline at
@@ -335,7 +328,8 @@ impl Guard {
         let mut rx = self.lost.clone();
         loop {
             let deadline = self.deadline();
-            if *rx.borrow_and_update() || self.clock.now() >= deadline {
+            rx.borrow_and_update();
+            if self.shared.ended() || self.clock.now() >= deadline {
                 return;
             }
             tokio::select! {

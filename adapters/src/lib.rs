@@ -14,6 +14,8 @@ mod clock;
 #[cfg(feature = "redis")]
 mod driver;
 #[cfg(feature = "redis")]
+mod hold;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 /// Errors shared by every backend's driver.

@@ -67,7 +67,7 @@
 //!                     Reply::Status("OK".into())
 //!                 }
 //!                 Command::Acquire { .. } => Reply::Nil,
-//!                 Command::Release { key, value } | Command::Extend { key, value, .. } => {
+//!                 Command::Release { key, value, .. } | Command::Extend { key, value, .. } => {
 //!                     let ours = db.get(&key[..]) == Some(&value.to_vec());
 //!                     Reply::Int(i64::from(ours))
 //!                 }
