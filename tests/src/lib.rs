@@ -93,6 +93,7 @@ pub mod servers {
     pub struct RedisProcess {
         /// Its port on 127.0.0.1.
         pub port: u16,
+        extra: Vec<String>,
         child: Option<Child>,
     }
 
@@ -100,7 +101,16 @@ pub mod servers {
         /// Starts `redis-server` on `port` without persistence, or None if it is not installed
         /// (panics instead when servers are required).
         pub fn start(port: u16) -> Option<RedisProcess> {
-            let mut p = RedisProcess { port, child: None };
+            RedisProcess::start_with(port, &[])
+        }
+
+        /// Like [`start`](Self::start), with extra `redis-server` arguments.
+        pub fn start_with(port: u16, extra: &[&str]) -> Option<RedisProcess> {
+            let mut p = RedisProcess {
+                port,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
             if !p.spawn() {
                 assert!(
                     !required(),
@@ -130,6 +140,7 @@ pub mod servers {
                     "--loglevel",
                     "warning",
                 ])
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();

@@ -111,3 +111,30 @@ async fn cut_renewal_fires_lost_at_the_deadline_and_only_then_can_another_acquir
     g2.release().await.unwrap();
     drop(g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_clear_error_and_never_printed() {
+    let Some(node) = RedisProcess::start_with(7141, &["--requirepass", "right-horse"]) else {
+        return;
+    };
+    let wrong = format!("redis://:wrong-battery@127.0.0.1:{}", node.port);
+    let e = RedLock::builder([wrong])
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(e.is_no_quorum(), "{e}");
+    assert!(!shown.contains("wrong-battery"), "password leaked: {shown}");
+    assert!(
+        shown.to_lowercase().contains("auth") || shown.contains("WRONGPASS"),
+        "{shown}"
+    );
+    let right = format!("redis://:right-horse@127.0.0.1:{}", node.port);
+    let locks = RedLock::connect([right]).await.unwrap();
+    assert!(
+        !format!("{locks:?}").contains("right-horse"),
+        "password in Debug: {locks:?}"
+    );
+    locks.lock("auth").await.unwrap().release().await.unwrap();
+}
