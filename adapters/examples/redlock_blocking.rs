@@ -9,7 +9,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
-use lucky::redlock::{Command, RedLock, RedLockConfig, Reply, EXTEND_SCRIPT, RELEASE_SCRIPT};
+use lucky::redlock::{
+    Command, RedLock, RedLockConfig, Reply, ACQUIRE_FENCED_SCRIPT, EXTEND_SCRIPT, FENCE_SCRIPT,
+    RELEASE_SCRIPT,
+};
 use lucky::{Event, Instant, LockMachine, NodeId, OpId, Output};
 
 type Job = (NodeId, OpId, Command);
@@ -31,6 +34,35 @@ fn node_thread(url: String, jobs: mpsc::Receiver<Job>, answers: mpsc::Sender<Ans
                             .arg("NX")
                             .arg("PX")
                             .arg(*ttl_ms);
+                        cmd
+                    }
+                    Command::AcquireFenced {
+                        key,
+                        fence_key,
+                        value,
+                        ttl_ms,
+                        ..
+                    } => {
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(ACQUIRE_FENCED_SCRIPT)
+                            .arg(2)
+                            .arg(&key[..])
+                            .arg(&fence_key[..]);
+                        cmd.arg(&value[..]).arg(*ttl_ms);
+                        cmd
+                    }
+                    Command::Fence {
+                        key,
+                        fence_key,
+                        value,
+                        fence,
+                    } => {
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(FENCE_SCRIPT)
+                            .arg(2)
+                            .arg(&key[..])
+                            .arg(&fence_key[..]);
+                        cmd.arg(&value[..]).arg(*fence);
                         cmd
                     }
                     Command::Extend { key, value, ttl_ms } => {
@@ -74,6 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = RedLockConfig::builder()
         .nodes(&urls)
         .ttl(Duration::from_secs(5))
+        .fencing(true)
         .build()?;
     let token: [u8; 16] = {
         let mut t = [0u8; 16];
@@ -102,9 +135,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(out) = lock.poll_output() {
             match out {
                 Output::Transmit(t) => nodes[t.node.index()].send((t.node, t.op, t.command))?,
-                Output::Event(Event::Acquired { valid_until, .. }) => {
+                Output::Event(Event::Acquired { valid_until, fence }) => {
                     let left = valid_until.saturating_duration_since(now());
-                    println!("acquired, valid for {left:?}; working for 100 ms");
+                    println!("acquired with fence {fence:?}, valid for {left:?}; working 100 ms");
                     thread::sleep(Duration::from_millis(100));
                     lock.release(now())?;
                 }

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lucky_core::redlock::{
-    Command, RedLockConfig, Reply, Retry, Wait, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_QUIET_SCRIPT,
-    RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
+    Command, RedLockConfig, Reply, Retry, Wait, ACQUIRE_FENCED_SCRIPT, ACQUIRE_FENCED_SHA1,
+    EXTEND_SCRIPT, EXTEND_SHA1, FENCE_SCRIPT, FENCE_SHA1, RELEASE_QUIET_SCRIPT, RELEASE_QUIET_SHA1,
+    RELEASE_SCRIPT, RELEASE_SHA1,
 };
 use lucky_core::{LockError, UsageError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,6 +103,7 @@ struct Options {
     extend_every: Option<Duration>,
     max_extensions: Option<u32>,
     key_prefix: Bytes,
+    fencing: bool,
 }
 
 impl Default for Options {
@@ -117,6 +119,7 @@ impl Default for Options {
             extend_every: None,
             max_extensions: None,
             key_prefix: Bytes::new(),
+            fencing: true,
         }
     }
 }
@@ -129,7 +132,8 @@ impl Options {
             .drift(self.drift_ppm, self.drift_floor)
             .retry(self.retry)
             .wait(self.wait)
-            .key_prefix(self.key_prefix.clone());
+            .key_prefix(self.key_prefix.clone())
+            .fencing(self.fencing);
         if let Some(t) = self.node_timeout {
             b = b.node_timeout(t);
         }
@@ -236,6 +240,12 @@ impl RedLockBuilder {
     /// Prefix every key (default none: the key is the lock name, as other Redlock clients).
     pub fn key_prefix(mut self, prefix: impl Into<Bytes>) -> Self {
         self.defaults.key_prefix = prefix.into();
+        self
+    }
+    /// Fencing tokens on every lock (default on; off saves one round trip per acquisition
+    /// and makes [`Guard::fence`] `None`).
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.defaults.fencing = on;
         self
     }
     /// How long connecting to one node may take.
@@ -351,6 +361,11 @@ impl LockRequest<'_> {
     /// Per-node timeout of each round.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.options.node_timeout = Some(timeout);
+        self
+    }
+    /// Fencing token on this lock (default: the client's setting, on unless turned off).
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.options.fencing = on;
         self
     }
     /// Delay between attempts.
@@ -549,6 +564,14 @@ impl Node {
             Ok(c) => c,
             Err(e) => return Reply::Unavailable(e),
         };
+        let (sha, body) = match &command {
+            Command::Acquire { .. } => ("", ""),
+            Command::AcquireFenced { .. } => (ACQUIRE_FENCED_SHA1, ACQUIRE_FENCED_SCRIPT),
+            Command::Fence { .. } => (FENCE_SHA1, FENCE_SCRIPT),
+            Command::Extend { .. } => (EXTEND_SHA1, EXTEND_SCRIPT),
+            Command::Release { notify: true, .. } => (RELEASE_SHA1, RELEASE_SCRIPT),
+            Command::Release { notify: false, .. } => (RELEASE_QUIET_SHA1, RELEASE_QUIET_SCRIPT),
+        };
         let result = match &command {
             Command::Acquire { key, value, ttl_ms } => {
                 redis::cmd("SET")
@@ -560,36 +583,51 @@ impl Node {
                     .query_async::<Value>(&mut conn)
                     .await
             }
-            Command::Extend { key, value, ttl_ms } => {
+            // The naive INCR scheme exists only as a simulator bug.
+            Command::AcquireFenced { incr: true, .. } => {
+                return Reply::Error(Bytes::from_static(
+                    b"ERR naive INCR fencing is not supported",
+                ));
+            }
+            Command::AcquireFenced {
+                key,
+                fence_key,
+                value,
+                ttl_ms,
+                ..
+            } => {
+                let ttl = ttl_ms.to_string();
                 script(
                     &mut conn,
-                    EXTEND_SHA1,
-                    EXTEND_SCRIPT,
-                    key,
-                    value,
-                    Some(*ttl_ms),
+                    sha,
+                    body,
+                    &[key, fence_key],
+                    &[value, ttl.as_bytes()],
                 )
                 .await
             }
-            Command::Release {
+            Command::Fence {
                 key,
+                fence_key,
                 value,
-                notify: true,
-            } => script(&mut conn, RELEASE_SHA1, RELEASE_SCRIPT, key, value, None).await,
-            Command::Release {
-                key,
-                value,
-                notify: false,
+                fence,
             } => {
+                let fence = fence.to_string();
                 script(
                     &mut conn,
-                    RELEASE_QUIET_SHA1,
-                    RELEASE_QUIET_SCRIPT,
-                    key,
-                    value,
-                    None,
+                    sha,
+                    body,
+                    &[key, fence_key],
+                    &[value, fence.as_bytes()],
                 )
                 .await
+            }
+            Command::Extend { key, value, ttl_ms } => {
+                let ttl = ttl_ms.to_string();
+                script(&mut conn, sha, body, &[key], &[value, ttl.as_bytes()]).await
+            }
+            Command::Release { key, value, .. } => {
+                script(&mut conn, sha, body, &[key], &[value]).await
             }
         };
         match result {
@@ -605,15 +643,17 @@ async fn script(
     conn: &mut ConnectionManager,
     sha: &str,
     body: &str,
-    key: &[u8],
-    value: &[u8],
-    ttl_ms: Option<u64>,
+    keys: &[&[u8]],
+    args: &[&[u8]],
 ) -> Result<Value, RedisError> {
     let build = |verb: &str, first: &str| {
         let mut c = redis::cmd(verb);
-        c.arg(first).arg(1).arg(key).arg(value);
-        if let Some(t) = ttl_ms {
-            c.arg(t);
+        c.arg(first).arg(keys.len());
+        for k in keys {
+            c.arg(*k);
+        }
+        for a in args {
+            c.arg(*a);
         }
         c
     };

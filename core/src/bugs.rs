@@ -13,15 +13,19 @@ pub enum Bug {
     /// The hold goes on past its deadline while an extension is in flight, and an extension
     /// won after the deadline revives it.
     ExtendAfterExpiry,
+    /// The naive RedLock fence: each granting node INCRs its counter and the fence is the max
+    /// of the quorum's, with no write-back (not monotonic across quorums).
+    FenceMaxOfIncr,
 }
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
         Bug::ExtendAfterExpiry,
+        Bug::FenceMaxOfIncr,
     ];
 
     /// The name used on the command line, e.g. `ignore-drift`.
@@ -31,6 +35,7 @@ impl Bug {
             Bug::CountStaleReplies => "count-stale-replies",
             Bug::NoReleaseOnFailure => "no-release-on-failure",
             Bug::ExtendAfterExpiry => "extend-after-expiry",
+            Bug::FenceMaxOfIncr => "fence-max-of-incr",
         }
     }
 }

@@ -71,6 +71,8 @@
 //!                     let ours = db.get(&key[..]) == Some(&value.to_vec());
 //!                     Reply::Int(i64::from(ours))
 //!                 }
+//!                 // Fencing is off in this configuration (see `RedLockConfigBuilder::fencing`).
+//!                 Command::AcquireFenced { .. } | Command::Fence { .. } => unreachable!(),
 //!             };
 //!             now = now + Duration::from_micros(200); // one round trip later
 //!             lock.handle_reply(now, t.node, t.op, reply);

@@ -8,7 +8,7 @@ use crate::redlock::{RedLockConfig, Reply, Retry, Wait};
 use crate::time::Duration;
 
 /// Valid RedLock configurations: 1 to 7 nodes, ttl 10 ms to 60 s, drift 0 to 5 %, every wait
-/// mode, with and without auto-extension.
+/// mode, with and without auto-extension, with and without fencing.
 pub fn redlock_config() -> impl Strategy<Value = RedLockConfig> {
     (
         1usize..=7,
@@ -23,15 +23,17 @@ pub fn redlock_config() -> impl Strategy<Value = RedLockConfig> {
         proptest::option::of(1u32..=5),
         proptest::option::of(proptest::option::of(0u32..=4)),
         (0u64..=100, 0u64..=100),
+        any::<bool>(),
     )
         .prop_filter_map(
             "drift or timeouts leave no validity",
-            |(n, ttl_ms, ppm, floor_ms, wait, max_attempts, auto, (delay, jitter))| {
+            |(n, ttl_ms, ppm, floor_ms, wait, max_attempts, auto, (delay, jitter), fencing)| {
                 let mut b = RedLockConfig::builder()
                     .node_count(n)
                     .ttl(Duration::from_millis(ttl_ms))
                     .drift(ppm, Duration::from_millis(floor_ms))
                     .wait(wait)
+                    .fencing(fencing)
                     .retry(Retry {
                         delay: Duration::from_millis(delay),
                         jitter: Duration::from_millis(jitter),
@@ -62,6 +64,8 @@ pub fn redis_reply() -> impl Strategy<Value = Reply> {
         1 => Just(Reply::Error("READONLY You can't write against a read only replica.".into())),
         1 => any::<String>().prop_map(Reply::Other),
         1 => Just(Reply::Unavailable("connection reset by peer".into())),
+        2 => (0i64..1_000).prop_map(Reply::Int),
+        1 => Just(Reply::Int(-1)),
     ]
 }
 

@@ -22,6 +22,14 @@ impl Clock {
 
     /// Local time at true time `t`, clamped at zero.
     pub fn local(&self, t: u64) -> u64 {
+        // i64 arithmetic when it cannot overflow (every simulated run), i128 otherwise.
+        if let (Ok(ti), true) = (
+            i64::try_from(t),
+            t < 1 << 44 && self.ppm.unsigned_abs() < 1 << 18,
+        ) {
+            let l = ti + ti * i64::from(self.ppm) / 1_000_000 + self.offset;
+            return u64::try_from(l.max(0)).unwrap_or(0);
+        }
         let t = i128::from(t);
         let l = t + t * i128::from(self.ppm) / MILLION + i128::from(self.offset);
         u64::try_from(l.max(0)).unwrap_or(u64::MAX)

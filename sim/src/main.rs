@@ -3,8 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
-use lucky_core::bugs::Bug;
-use lucky_sim::scenario::{bug_by_name, Scenario, SCENARIOS};
+use lucky_sim::scenario::{bug_by_name, Injected, Scenario, SCENARIOS};
 use lucky_sim::sweep::sweep;
 
 const USAGE: &str = "usage:
@@ -28,7 +27,7 @@ struct Opts {
     seed: Option<u64>,
     seeds: Option<u64>,
     start: u64,
-    bug: Option<Bug>,
+    bug: Option<Injected>,
     threads: Option<usize>,
 }
 
@@ -72,7 +71,7 @@ fn scenario(name: &str) -> Result<&'static Scenario, String> {
         .ok_or_else(|| format!("unknown scenario {name:?} (see `lucky-sim list`)"))
 }
 
-fn replay(name: &str, seed: u64, bug: Option<Bug>) -> String {
+fn replay(name: &str, seed: u64, bug: Option<Injected>) -> String {
     match bug {
         Some(b) => format!(
             "lucky-sim run --scenario {name} --seed {seed} --inject-bug {}",
@@ -93,7 +92,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             }
             println!();
             println!("injectable bugs (--inject-bug):");
-            for b in Bug::ALL {
+            for b in Injected::all() {
                 println!("{}", b.name());
             }
             Ok(ExitCode::SUCCESS)

@@ -26,6 +26,9 @@ pub struct Broken {
     pub fast_restart_without_state: bool,
     /// A holder was paused (or its write delayed) past its validity.
     pub holder_stalled: bool,
+    /// A node lost its state (keys and fence counters), however late it came back: fence
+    /// counters may go backwards.
+    pub state_lost: bool,
     /// Messages could overtake each other on a link or arrive twice. A release can then land
     /// before the SET it undoes, leaving a key until its ttl; cleanup cannot be judged.
     pub reordered: bool,
@@ -56,6 +59,9 @@ impl fmt::Display for Broken {
         }
         if self.holder_stalled {
             parts.push("holder-stalled");
+        }
+        if self.state_lost {
+            parts.push("state-lost");
         }
         if self.reordered {
             parts.push("reordered");
@@ -96,7 +102,15 @@ pub enum Violation {
         /// The later holder and when its claim began.
         later: (usize, u64),
     },
-    /// The resource accepted a fence not above the last one it accepted.
+    /// A later holder got a fence not above an earlier holder's.
+    FenceRegression {
+        /// Earlier claimant and its fence.
+        earlier: (usize, u64),
+        /// Later claimant and its fence.
+        later: (usize, u64),
+    },
+    /// The resource accepted a fence below one it accepted before (a stale holder's write
+    /// over a newer holder's data).
     FenceOrder {
         /// The fence accepted before.
         before: u64,
@@ -130,6 +144,7 @@ impl Violation {
         match self {
             Violation::MutualExclusion { .. } => broken.exclusion(),
             Violation::StaleWrite { .. } => broken.writes(),
+            Violation::FenceRegression { .. } => broken.state_lost,
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
             Violation::LeftoverLock { .. } => broken.reordered,
@@ -151,8 +166,13 @@ impl fmt::Display for Violation {
                 "stale write: client {writer}'s write reached the resource at {:.3} ms, after client {} began holding at {:.3} ms",
                 ms(*at), later.0, ms(later.1)
             ),
+            Violation::FenceRegression { earlier, later } => write!(
+                f,
+                "fence regression: client {} got fence {} after client {} got {}",
+                later.0, later.1, earlier.0, earlier.1
+            ),
             Violation::FenceOrder { before, after } => {
-                write!(f, "fence order: accepted {after} after {before}")
+                write!(f, "fence order: the resource accepted fence {after} after fence {before}")
             }
             Violation::NoProgress { since, within } => write!(
                 f,
@@ -183,6 +203,8 @@ pub struct Claim {
     pub start: u64,
     /// The latest instant its machine still said it held the lock.
     pub end: u64,
+    /// Its fencing token, if the protocol gave one.
+    pub fence: Option<u64>,
 }
 
 /// A write that reached the resource.
@@ -221,12 +243,13 @@ impl Oracle {
     }
 
     /// `client` reported Acquired at `now`, valid until true time `end`. Returns the claim id.
-    pub fn acquired(&mut self, client: usize, now: u64, end: u64) -> usize {
+    pub fn acquired(&mut self, client: usize, now: u64, end: u64, fence: Option<u64>) -> usize {
         let id = self.claims.len();
         self.claims.push(Claim {
             client,
             start: now,
             end: end.max(now),
+            fence,
         });
         self.open[client] = Some(id);
         id
@@ -291,9 +314,30 @@ impl Oracle {
                 }
             }
         }
-        // Stale writes: an accepted write of claim k arriving after a later claim of another
-        // client began.
-        for w in self.writes.iter().filter(|w| w.accepted) {
+        // Fences: in order of acquisition, every fence is above every earlier one.
+        let mut best: Option<(usize, u64)> = None;
+        for &j in &order {
+            let c = self.claims[j];
+            let Some(f) = c.fence else { continue };
+            if let Some((client, top)) = best {
+                if f <= top {
+                    out.push(Violation::FenceRegression {
+                        earlier: (client, top),
+                        later: (c.client, f),
+                    });
+                    break;
+                }
+            }
+            best = Some((c.client, f));
+        }
+        // Stale writes: an accepted unfenced write of claim k arriving after a later claim of
+        // another client began. (A fenced resource orders writes itself: what it must never do
+        // is accept a fence below one it accepted, checked as it happens.)
+        for w in self
+            .writes
+            .iter()
+            .filter(|w| w.accepted && w.fence.is_none())
+        {
             let k = self.claims[w.claim];
             if let Some(later) = self
                 .claims

@@ -12,6 +12,8 @@ use crate::Server;
 #[derive(Clone, Debug, Default)]
 pub struct RedisNode {
     keys: BTreeMap<Bytes, (Bytes, u64)>,
+    /// Fence counters (no expiry), kept apart so cleanup checks see only lock keys.
+    counters: BTreeMap<Bytes, u64>,
 }
 
 const OK: Bytes = Bytes::from_static(b"OK");
@@ -66,6 +68,37 @@ impl Server for RedisNode {
                     Reply::Status(OK)
                 }
             }
+            Command::AcquireFenced {
+                key,
+                fence_key,
+                value,
+                ttl_ms,
+                incr,
+            } => {
+                if self.live(now, key).is_some() {
+                    return Reply::Int(-1);
+                }
+                self.keys
+                    .insert(key.clone(), (value.clone(), px(now, *ttl_ms)));
+                let c = self.counters.entry(fence_key.clone()).or_default();
+                if *incr {
+                    *c += 1;
+                }
+                Reply::Int(i64::try_from(*c).unwrap_or(i64::MAX))
+            }
+            Command::Fence {
+                key,
+                fence_key,
+                value,
+                fence,
+            } => match self.live(now, key) {
+                Some((v, _)) if v == value => {
+                    let c = self.counters.entry(fence_key.clone()).or_default();
+                    *c = (*c).max(*fence);
+                    Reply::Int(1)
+                }
+                _ => Reply::Int(0),
+            },
             Command::Extend { key, value, ttl_ms } => match self.live(now, key) {
                 Some((v, exp)) if v == value => {
                     *exp = px(now, *ttl_ms);
@@ -85,6 +118,7 @@ impl Server for RedisNode {
 
     fn wipe(&mut self) {
         self.keys.clear();
+        self.counters.clear();
     }
 
     fn live_keys(&self, now: u64) -> usize {

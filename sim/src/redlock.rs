@@ -14,6 +14,8 @@ pub struct RedLockSim {
     pub cfg: RedLockConfig,
     /// The drift bound it was built with (ppm).
     pub drift_ppm: u32,
+    /// The injected `fence-unchecked` bug: the resource accepts any fence.
+    pub fence_unchecked: bool,
 }
 
 impl Protocol for RedLockSim {
@@ -42,5 +44,9 @@ impl Protocol for RedLockSim {
 
     fn drift_ppm(&self) -> u32 {
         self.drift_ppm
+    }
+
+    fn fence_unchecked(&self) -> bool {
+        self.fence_unchecked
     }
 }

@@ -35,11 +35,13 @@ pub struct Setup {
     pub faults: Vec<(u64, Fault)>,
     /// Whether this run breaks an assumption on purpose and must find a violation.
     pub must_violate: bool,
+    /// Whether locks carry quorum fences and the resource checks them.
+    pub fencing: bool,
 }
 
 impl Setup {
     /// The common shape: 5 nodes, 3 clients, ttl 400 ms, drift bound 10 000 ppm, clocks within
-    /// ±2 000 ppm, a calm LAN, faults for 1.2 s, then 1.2 s of quiet.
+    /// ±2 000 ppm, a calm LAN, faults for 1 s, then 1 s of quiet.
     pub fn base(_rng: &mut Rng) -> Setup {
         let ttl_ms = 400;
         Setup {
@@ -59,11 +61,12 @@ impl Setup {
                 write_delay_ns: (0, 3 * MS),
                 write_every_ns: (5 * MS, 20 * MS),
                 pause_after_check_ns: None,
+                pause_only_client: None,
                 cancel: None,
                 clock_ppm: 2_000,
                 client_ppm: None,
-                quiet_at: 1_200 * MS,
-                stop_at: 2_400 * MS,
+                quiet_at: 1_000 * MS,
+                stop_at: 2_000 * MS,
                 progress_within: Some(ttl_ms * MS * 11 / 10 + 300 * MS),
             },
             net: NetParams {
@@ -74,6 +77,16 @@ impl Setup {
             },
             faults: Vec::new(),
             must_violate: false,
+            fencing: false,
+        }
+    }
+
+    /// Cuts `client`'s links (None: every client) to `nodes` at `t`, healed `dur` later.
+    pub fn cut_for(&mut self, t: u64, dur: u64, client: Option<usize>, nodes: &[usize], cut: Cut) {
+        for &node in nodes {
+            self.faults
+                .push((t, Fault::Partition { client, node, cut }));
+            self.faults.push((t + dur, Fault::Heal { client, node }));
         }
     }
 
@@ -88,7 +101,7 @@ impl Setup {
     }
 
     /// Runs this setup (its fault schedule as it stands) with the simulation seed `seed`.
-    pub fn run(&self, seed: u64, bug: Option<Bug>) -> Outcome {
+    pub fn run(&self, seed: u64, bug: Option<Injected>) -> Outcome {
         let protocol = self.protocol(bug);
         let world = World::new(&protocol, self.work.clone(), self.net, &self.faults, seed);
         Outcome {
@@ -98,23 +111,25 @@ impl Setup {
     }
 
     /// The RedLock configuration of this setup, with `bug` injected.
-    pub fn protocol(&self, bug: Option<Bug>) -> RedLockSim {
+    pub fn protocol(&self, bug: Option<Injected>) -> RedLockSim {
         let mut b = RedLockConfig::builder()
             .node_count(self.nodes)
             .ttl(Duration::from_millis(self.ttl_ms))
             .drift(self.drift_ppm, Duration::from_millis(2))
             .retry(self.retry)
-            .wait(self.wait);
+            .wait(self.wait)
+            .fencing(self.fencing);
         if let Some((every, cap)) = self.auto_extend {
             b = b.auto_extend(every, cap);
         }
-        if let Some(bug) = bug {
+        if let Some(Injected::Machine(bug)) = bug {
             b = b.inject_bug(bug);
         }
         let cfg = b.build().expect("scenario configurations are valid");
         RedLockSim {
             cfg,
             drift_ppm: self.drift_ppm,
+            fence_unchecked: bug == Some(Injected::FenceUnchecked),
         }
     }
 }
@@ -132,7 +147,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// Runs one seed, with `bug` injected.
-    pub fn run(&self, seed: u64, bug: Option<Bug>) -> Outcome {
+    pub fn run(&self, seed: u64, bug: Option<Injected>) -> Outcome {
         self.setup(seed).run(seed, bug)
     }
 
@@ -173,9 +188,36 @@ impl Outcome {
     }
 }
 
+/// A deliberately injected bug: in the machine (lucky-core feature `bugs`) or in the
+/// simulated resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// A bug in the lock machine.
+    Machine(Bug),
+    /// The resource accepts every write, whatever its fence.
+    FenceUnchecked,
+}
+
+impl Injected {
+    /// Every injectable bug.
+    pub fn all() -> impl Iterator<Item = Injected> {
+        Bug::ALL
+            .into_iter()
+            .map(Injected::Machine)
+            .chain([Injected::FenceUnchecked])
+    }
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Injected::Machine(b) => b.name(),
+            Injected::FenceUnchecked => "fence-unchecked",
+        }
+    }
+}
+
 /// Injectable bugs by command-line name.
-pub fn bug_by_name(name: &str) -> Option<Bug> {
-    Bug::ALL.into_iter().find(|b| b.name() == name)
+pub fn bug_by_name(name: &str) -> Option<Injected> {
+    Injected::all().find(|b| b.name() == name)
 }
 
 /// Every scenario.
@@ -198,6 +240,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "late-duplicate-replies", about: "20% duplicates and delays beyond the per-node timeout", draw: late_duplicate_replies },
     Scenario { name: "holder-partitioned", about: "a client is cut off from every node for 1.5 ttl", draw: holder_partitioned },
     Scenario { name: "minority-alive", about: "three of five nodes down until quiet: no quorum, no false grant", draw: minority_alive },
+    Scenario { name: "fence-sequence", about: "fenced locks over three different bare quorums: fences strictly increase", draw: fence_sequence },
+    Scenario { name: "holder-pause-fenced", about: "holder pauses 2 ttl between check and write; the resource rejects its stale fence", draw: holder_pause_fenced },
+    Scenario { name: "clock-jump-fenced", about: "node clocks jump under fenced holders: exclusion breaks (expected), fences hold", draw: clock_jump_fenced },
+    Scenario { name: "restart-without-persistence-fenced", about: "a node forgets keys and counters and restarts at once: both may break (expected)", draw: restart_without_persistence_fenced },
     Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
 ];
 
@@ -252,8 +298,8 @@ fn pause_after_reply(rng: &mut Rng) -> Setup {
 fn holder_pause(rng: &mut Rng) -> Setup {
     let mut s = Setup::base(rng);
     s.work.pause_after_check_ns = Some(2 * s.ttl());
-    s.work.quiet_at = 2_000 * MS;
-    s.work.stop_at = 2_000 * MS;
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 1_600 * MS;
     s.work.progress_within = None;
     s.must_violate = true;
     s
@@ -352,8 +398,8 @@ fn rolling_restarts(rng: &mut Rng) -> Setup {
     let mut s = Setup::base(rng);
     s.auto_extend = Some((None, None));
     s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
-    s.work.quiet_at = 2_000 * MS;
-    s.work.stop_at = 3_200 * MS;
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 2_600 * MS;
     let mut t = 100 * MS;
     let mut node = 0;
     while t < s.work.quiet_at - 600 * MS {
@@ -403,23 +449,8 @@ fn partial_extend(rng: &mut Rng) -> Setup {
     for _ in 0..4 {
         let client = rng.range(0, 2) as usize;
         let t = s.at(rng);
-        for node in 0..3 {
-            s.faults.push((
-                t,
-                Fault::Partition {
-                    client: Some(client),
-                    node,
-                    cut: Cut::ToNode,
-                },
-            ));
-            s.faults.push((
-                t + s.ttl() / 2,
-                Fault::Heal {
-                    client: Some(client),
-                    node,
-                },
-            ));
-        }
+        let nodes: Vec<usize> = (0..3).collect();
+        s.cut_for(t, s.ttl() / 2, Some(client), &nodes, Cut::ToNode);
     }
     s
 }
@@ -431,23 +462,8 @@ fn starved_renewal(rng: &mut Rng) -> Setup {
     for _ in 0..3 {
         let client = rng.range(0, 2) as usize;
         let t = s.at(rng);
-        for node in 0..s.nodes {
-            s.faults.push((
-                t,
-                Fault::Partition {
-                    client: Some(client),
-                    node,
-                    cut: Cut::ToNode,
-                },
-            ));
-            s.faults.push((
-                t + s.ttl() * 3 / 2,
-                Fault::Heal {
-                    client: Some(client),
-                    node,
-                },
-            ));
-        }
+        let nodes: Vec<usize> = (0..s.nodes).collect();
+        s.cut_for(t, s.ttl() * 3 / 2, Some(client), &nodes, Cut::ToNode);
     }
     s
 }
@@ -507,23 +523,8 @@ fn holder_partitioned(rng: &mut Rng) -> Setup {
     for _ in 0..2 {
         let client = rng.range(0, 1) as usize;
         let t = s.at(rng);
-        for node in 0..s.nodes {
-            s.faults.push((
-                t,
-                Fault::Partition {
-                    client: Some(client),
-                    node,
-                    cut: Cut::Both,
-                },
-            ));
-            s.faults.push((
-                t + s.ttl() * 3 / 2,
-                Fault::Heal {
-                    client: Some(client),
-                    node,
-                },
-            ));
-        }
+        let nodes: Vec<usize> = (0..s.nodes).collect();
+        s.cut_for(t, s.ttl() * 3 / 2, Some(client), &nodes, Cut::Both);
     }
     s
 }
@@ -552,6 +553,7 @@ fn random_chaos(rng: &mut Rng) -> Setup {
         s.work.hold_ns = Some((MS, 2 * s.ttl()));
     }
     let on = |rng: &mut Rng| rng.range(0, 1) == 1;
+    s.fencing = on(rng);
     if on(rng) {
         s.net.drop_ppm = rng.range(0, 200_000) as u32;
     }
@@ -611,5 +613,47 @@ fn random_chaos(rng: &mut Rng) -> Setup {
             ));
         }
     }
+    s
+}
+
+fn fence_sequence(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.fencing = true;
+    // Each client reaches a different three of the five nodes: {0,1,2}, {2,3,4}, {0,3,4}.
+    // Every two quorums meet, but no node is in all three.
+    let reach: [[usize; 3]; 3] = [[0, 1, 2], [2, 3, 4], [0, 3, 4]];
+    for (client, nodes) in reach.iter().enumerate() {
+        for node in (0..5).filter(|n| !nodes.contains(n)) {
+            s.faults.push((
+                0,
+                Fault::Partition {
+                    client: Some(client),
+                    node,
+                    cut: Cut::Both,
+                },
+            ));
+        }
+    }
+    s
+}
+
+fn holder_pause_fenced(rng: &mut Rng) -> Setup {
+    let mut s = holder_pause(rng);
+    s.fencing = true;
+    s.must_violate = false;
+    // Only client 0 stalls, so later holders write before its stale write lands.
+    s.work.pause_only_client = Some(0);
+    s
+}
+
+fn clock_jump_fenced(rng: &mut Rng) -> Setup {
+    let mut s = clock_jump_node(rng);
+    s.fencing = true;
+    s
+}
+
+fn restart_without_persistence_fenced(rng: &mut Rng) -> Setup {
+    let mut s = restart_without_persistence(rng);
+    s.fencing = true;
     s
 }

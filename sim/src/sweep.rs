@@ -3,9 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use lucky_core::bugs::Bug;
-
-use crate::scenario::Scenario;
+use crate::scenario::{Injected, Scenario};
 
 /// Totals for one scenario.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +49,7 @@ pub fn sweep(
     scenarios: &[&'static Scenario],
     start: u64,
     seeds: u64,
-    bug: Option<Bug>,
+    bug: Option<Injected>,
     threads: usize,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Sweep {

@@ -81,6 +81,8 @@ pub struct Workload {
     /// Pause a holder right after it checked it holds the lock and before its write is sent
     /// (the garbage-collection pause of Kleppmann's example), for this long (ns).
     pub pause_after_check_ns: Option<u64>,
+    /// Only this client pauses after its check (None: every client).
+    pub pause_only_client: Option<usize>,
     /// Cancel an acquisition in flight: with this probability (ppm), after a delay in the range
     /// (ns) from its start.
     pub cancel: Option<(u32, (u64, u64))>,
@@ -190,29 +192,6 @@ enum Ev<C, R> {
     Final,
 }
 
-struct Entry<C, R> {
-    at: u64,
-    seq: u64,
-    ev: Ev<C, R>,
-}
-
-impl<C, R> PartialEq for Entry<C, R> {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl<C, R> Eq for Entry<C, R> {}
-impl<C, R> PartialOrd for Entry<C, R> {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<C, R> Ord for Entry<C, R> {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Work {
     Thinking,
@@ -249,7 +228,11 @@ struct Node<S> {
 pub struct World<P: Protocol> {
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Entry<Cmd<P>, Rep<P>>>>,
+    /// (true time, sequence, slot): the heap moves only these small keys; the events stay
+    /// put in `slab`.
+    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    slab: Vec<Option<Ev<Cmd<P>, Rep<P>>>>,
+    free: Vec<u32>,
     clients: Vec<Client<P::Machine>>,
     nodes: Vec<Node<P::Server>>,
     net: Net,
@@ -331,6 +314,8 @@ impl<P: Protocol> World<P> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             net: Net::new(work.clients, n, net, Rng::stream(seed, "net")),
             clients,
             nodes,
@@ -373,11 +358,17 @@ impl<P: Protocol> World<P> {
 
     fn push(&mut self, at: u64, ev: Ev<Cmd<P>, Rep<P>>) {
         self.seq += 1;
-        self.queue.push(Reverse(Entry {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, slot)));
     }
 
     fn mix(&mut self, words: [u64; 3]) {
@@ -388,14 +379,18 @@ impl<P: Protocol> World<P> {
 
     /// Runs to the end (every client stopped and the final checks done, or `limit` events).
     pub fn run(mut self, limit: u64) -> Report {
-        while let Some(Reverse(e)) = self.queue.pop() {
-            self.now = self.now.max(e.at);
+        while let Some(Reverse((at, _, slot))) = self.queue.pop() {
+            self.free.push(slot);
+            let Some(ev) = self.slab[slot as usize].take() else {
+                continue;
+            };
+            self.now = self.now.max(at);
             self.events += 1;
             if self.events > limit {
                 self.oracle.found.push(Violation::Stuck { events: limit });
                 break;
             }
-            if self.step(e.ev) {
+            if self.step(ev) {
                 break;
             }
         }
@@ -457,7 +452,8 @@ impl<P: Protocol> World<P> {
                     self.push(now + d, Ev::Check { client, claim });
                 }
                 if room && current {
-                    if let Some(p) = self.work.pause_after_check_ns {
+                    let pauses = self.work.pause_only_client.is_none_or(|c| c == client);
+                    if let (Some(p), true) = (self.work.pause_after_check_ns, pauses) {
                         self.clients[client].paused_until = now + p;
                         if p >= self.ttl_ns / 2 {
                             self.broken.holder_stalled = true;
@@ -474,7 +470,7 @@ impl<P: Protocol> World<P> {
                     Ev::Write {
                         client,
                         claim,
-                        fence: None,
+                        fence: self.oracle.claims[claim].fence,
                     },
                 );
             }
@@ -486,11 +482,11 @@ impl<P: Protocol> World<P> {
                 self.mix([now, 5, claim as u64]);
                 let accepted = !matches!(
                     (fence, self.resource_last),
-                    (Some(f), Some(last)) if f <= last && !self.fence_unchecked
+                    (Some(f), Some(last)) if f < last && !self.fence_unchecked
                 );
                 if accepted {
                     if let (Some(f), Some(last)) = (fence, self.resource_last) {
-                        if f <= last {
+                        if f < last {
                             self.oracle.found.push(Violation::FenceOrder {
                                 before: last,
                                 after: f,
@@ -681,10 +677,10 @@ impl<P: Protocol> World<P> {
     fn on_event(&mut self, c: usize, e: Event) {
         let now = self.now;
         match e {
-            Event::Acquired { valid_until, .. } => {
+            Event::Acquired { valid_until, fence } => {
                 self.report.acquired += 1;
                 let end = self.clients[c].clock.true_at(valid_until.as_nanos());
-                let claim = self.oracle.acquired(c, now, end);
+                let claim = self.oracle.acquired(c, now, end, fence.map(|f| f.get()));
                 self.clients[c].claim = Some(claim);
                 self.clients[c].work = Work::Holding;
                 self.clients[c].hold_end = match self.work.hold_ns {
@@ -799,6 +795,7 @@ impl<P: Protocol> World<P> {
                     n.lost_state = lose_state;
                     if lose_state {
                         n.server.wipe();
+                        self.broken.state_lost = true;
                     }
                 }
             }

@@ -328,3 +328,26 @@ async fn a_waiter_is_woken_by_the_release_not_by_its_retry_timer() {
         "woken by the timer, not the release"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_strictly_increase_across_holders() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let other = RedLock::connect(&urls).await.unwrap();
+    let name = unique("fence");
+    let mut last = 0;
+    for i in 0..50 {
+        let client = if i % 2 == 0 { &locks } else { &other };
+        let g = client.lock(&name).await.unwrap();
+        let f = g.fence().expect("fencing is on by default").get();
+        assert!(f > last, "fence {f} after {last}");
+        last = f;
+        g.release().await.unwrap();
+    }
+    let unfenced = locks.lock(&name).fencing(false).await.unwrap();
+    assert_eq!(unfenced.fence(), None);
+    unfenced.release().await.unwrap();
+}

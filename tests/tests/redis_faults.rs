@@ -138,3 +138,26 @@ async fn a_wrong_password_is_a_clear_error_and_never_printed() {
     );
     locks.lock("auth").await.unwrap().release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_increasing_across_a_node_restart() {
+    let Some(mut nodes) = cluster(7151) else {
+        return;
+    };
+    let locks = client(&nodes).await;
+    let mut last = 0;
+    for i in 0..50 {
+        if i == 25 {
+            assert!(nodes[1].restart()); // empty: its counter is gone
+        }
+        let g = locks
+            .lock("fence")
+            .wait(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let f = g.fence().unwrap().get();
+        assert!(f > last, "fence {f} after {last} (iteration {i})");
+        last = f;
+        g.release().await.unwrap();
+    }
+}

@@ -651,3 +651,29 @@ fn a_late_grant_of_an_abandoned_attempt_is_released_again() {
     m.handle_reply(at_ms(2), sent[2].node, sent[2].op, ok());
     assert!(drain(&mut m).0.is_empty());
 }
+
+#[test]
+fn fenced_acquisition_writes_the_fence_back_to_a_quorum_before_it_counts() {
+    let cfg = RedLockConfig::builder()
+        .node_count(3)
+        .ttl(ms(10_000))
+        .wait(Wait::None)
+        .fencing(true)
+        .build()
+        .unwrap();
+    let mut nodes = vec![RedisNode::new(); 3];
+    let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
+    let mut fences = Vec::new();
+    for round in 0..5u64 {
+        let t = at_ms(round * 100);
+        m.acquire(t).unwrap();
+        let ev = run_instant(&mut m, &mut nodes, t);
+        let Some(Event::Acquired { fence: Some(f), .. }) = ev.first() else {
+            panic!("{ev:?}")
+        };
+        fences.push(f.get());
+        m.release(t).unwrap();
+        run_instant(&mut m, &mut nodes, t);
+    }
+    assert_eq!(fences, [1, 2, 3, 4, 5]);
+}

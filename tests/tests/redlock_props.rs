@@ -100,6 +100,7 @@ impl Harness {
                 };
                 let reply = match self.sent[i].command {
                     Command::Acquire { .. } => Reply::Status("OK".into()),
+                    Command::AcquireFenced { .. } => Reply::Int(i as i64),
                     _ => Reply::Int(1),
                 };
                 self.reply(i, reply);
@@ -134,13 +135,16 @@ impl Harness {
         // Values are unique per attempt, so a first OK to an Acquire is a grant of exactly
         // that attempt's value.
         let live = !self.answered.contains(&i);
-        if live && matches!(&reply, Reply::Status(s) if &s[..] == b"OK") {
-            if let Command::Acquire { value, .. } = &t.command {
-                self.granted
-                    .entry(value.clone())
-                    .or_default()
-                    .insert(t.node.0);
-            }
+        let granted = match (&t.command, &reply) {
+            (Command::Acquire { value, .. }, Reply::Status(s)) if &s[..] == b"OK" => Some(value),
+            (Command::AcquireFenced { value, .. }, Reply::Int(c)) if *c >= 0 => Some(value),
+            _ => None,
+        };
+        if let (true, Some(value)) = (live, granted) {
+            self.granted
+                .entry(value.clone())
+                .or_default()
+                .insert(t.node.0);
         }
         self.answered.insert(i);
         self.m.handle_reply(self.now, t.node, t.op, reply);
@@ -155,7 +159,7 @@ impl Harness {
                     prop_assert!(self.ops.insert(t.op.0), "op id {} used twice", t.op.0);
                     prop_assert!(t.node.index() < self.cfg.nodes(), "node out of range");
                     match &t.command {
-                        Command::Acquire { value, .. } => {
+                        Command::Acquire { value, .. } | Command::AcquireFenced { value, .. } => {
                             self.acquire_to
                                 .entry(value.clone())
                                 .or_default()
@@ -167,7 +171,7 @@ impl Harness {
                                 .or_default()
                                 .insert(t.node.0);
                         }
-                        Command::Extend { value, .. } => {
+                        Command::Extend { value, .. } | Command::Fence { value, .. } => {
                             prop_assert!(
                                 self.granted
                                     .get(value)

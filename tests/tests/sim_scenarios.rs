@@ -5,7 +5,7 @@
 //! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40).
 
 use lucky_core::bugs::Bug;
-use lucky_sim::scenario::{Scenario, SCENARIOS};
+use lucky_sim::scenario::{Injected, Scenario, SCENARIOS};
 
 fn seeds() -> u64 {
     std::env::var("LUCKY_SIM_SEEDS")
@@ -69,6 +69,10 @@ scenario_tests! {
     late_duplicate_replies => "late-duplicate-replies",
     holder_partitioned => "holder-partitioned",
     minority_alive => "minority-alive",
+    fence_sequence => "fence-sequence",
+    holder_pause_fenced => "holder-pause-fenced",
+    clock_jump_fenced => "clock-jump-fenced",
+    restart_without_persistence_fenced => "restart-without-persistence-fenced",
     random_chaos => "random-chaos",
 }
 
@@ -96,13 +100,16 @@ fn a_seed_replays_bit_for_bit() {
 /// Each bug, and a scenario where the oracle must catch it within a few seeds.
 #[test]
 fn every_injected_bug_is_caught() {
+    let m = Injected::Machine;
     let cases = [
-        (Bug::IgnoreDrift, "client-drift-sweep", 60),
-        (Bug::CountStaleReplies, "split-vote", 10),
-        (Bug::NoReleaseOnFailure, "split-vote", 5),
-        (Bug::ExtendAfterExpiry, "extend-after-expiry", 5),
+        (m(Bug::IgnoreDrift), "client-drift-sweep", 60),
+        (m(Bug::CountStaleReplies), "split-vote", 10),
+        (m(Bug::NoReleaseOnFailure), "split-vote", 5),
+        (m(Bug::ExtendAfterExpiry), "extend-after-expiry", 5),
+        (m(Bug::FenceMaxOfIncr), "fence-sequence", 5),
+        (Injected::FenceUnchecked, "holder-pause-fenced", 5),
     ];
-    assert_eq!(cases.len(), Bug::ALL.len(), "every bug has a case");
+    assert_eq!(cases.len(), Injected::all().count(), "every bug has a case");
     for (bug, name, seeds) in cases {
         let sc = Scenario::by_name(name).expect("scenario exists");
         let caught = (0..seeds)

@@ -24,6 +24,22 @@ pub const EXTEND_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then 
 /// SHA1 of [`EXTEND_SCRIPT`].
 pub const EXTEND_SHA1: &str = "36e94d1c6e02fcefaa7ee5d79eee614dbac55f10";
 
+/// Fenced acquire script: `SET KEYS[1] ARGV[1] NX PX ARGV[2]`, and in the same atomic step
+/// read the fence counter `KEYS[2]`. Returns the counter (>= 0) when granted, -1 when taken.
+pub const ACQUIRE_FENCED_SCRIPT: &str = r#"local c = tonumber(redis.call("get",KEYS[2]) or "0") if redis.call("set",KEYS[1],ARGV[1],"NX","PX",ARGV[2]) then return c else return -1 end"#;
+/// SHA1 of [`ACQUIRE_FENCED_SCRIPT`].
+pub const ACQUIRE_FENCED_SHA1: &str = "094ae0f91b99d6ba7dcb1d2b54463a7bb8e97f55";
+
+/// Fence write-back script: only while `KEYS[1]` still holds our value, raise the counter
+/// `KEYS[2]` to `ARGV[2]` (`counter = max(counter, fence)`). Returns 1 when we own the key, 0
+/// otherwise.
+pub const FENCE_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then local c = tonumber(redis.call("get",KEYS[2]) or "0") if c < tonumber(ARGV[2]) then redis.call("set",KEYS[2],ARGV[2]) end return 1 else return 0 end"#;
+/// SHA1 of [`FENCE_SCRIPT`].
+pub const FENCE_SHA1: &str = "6d4796a398a72fd4d3f231531fe70a8a201cb46b";
+
+/// The fence counter's key: the lock key followed by this suffix. It has no ttl.
+pub const FENCE_KEY_SUFFIX: &str = ":lucky-fence";
+
 /// A command for one Redis node. Each maps to exactly one Redis call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -35,6 +51,33 @@ pub enum Command {
         value: Bytes,
         /// Time to live in milliseconds.
         ttl_ms: u64,
+    },
+    /// `EVALSHA ACQUIRE_FENCED_SHA1 2 key fence_key value ttl_ms`. Expects the node's fence
+    /// counter (granted) or -1 (taken).
+    AcquireFenced {
+        /// The lock key.
+        key: Bytes,
+        /// The fence counter's key.
+        fence_key: Bytes,
+        /// This attempt's random value.
+        value: Bytes,
+        /// Time to live in milliseconds.
+        ttl_ms: u64,
+        /// Simulator only (the injected `fence-max-of-incr` bug): the naive scheme, INCR the
+        /// counter on grant instead of writing it back. Always false otherwise.
+        incr: bool,
+    },
+    /// `EVALSHA FENCE_SHA1 2 key fence_key value fence`: raise the counter to `fence` while we
+    /// own the key. Expects 1 (done) or 0 (not ours).
+    Fence {
+        /// The lock key.
+        key: Bytes,
+        /// The fence counter's key.
+        fence_key: Bytes,
+        /// The value we hold the lock with.
+        value: Bytes,
+        /// The fence to store.
+        fence: u64,
     },
     /// `EVALSHA EXTEND_SHA1 1 key value ttl_ms`. Expects integer 1 (extended) or 0 (not ours).
     Extend {
@@ -63,6 +106,8 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Acquire { .. } => "SET NX PX",
+            Command::AcquireFenced { .. } => "fenced acquire script",
+            Command::Fence { .. } => "fence script",
             Command::Extend { .. } => "extend script",
             Command::Release { .. } => "release script",
         }

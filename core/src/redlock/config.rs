@@ -72,6 +72,7 @@ pub struct RedLockConfig {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) auto_extend: Option<AutoExtend>,
     pub(crate) key_prefix: Bytes,
+    pub(crate) fencing: bool,
     #[cfg(feature = "bugs")]
     pub(crate) bugs: crate::bugs::Bugs,
 }
@@ -123,6 +124,10 @@ impl RedLockConfig {
     pub fn auto_extend(&self) -> Option<AutoExtend> {
         self.auto_extend
     }
+    /// Whether acquisitions carry a quorum fence (a second round trip).
+    pub fn fencing(&self) -> bool {
+        self.fencing
+    }
     /// Prefix put before every lock name to form the key.
     pub fn key_prefix(&self) -> &[u8] {
         &self.key_prefix
@@ -145,6 +150,7 @@ pub struct RedLockConfigBuilder {
     max_attempts: Option<u32>,
     auto_extend: Option<(Option<Duration>, Option<u32>)>,
     key_prefix: Bytes,
+    fencing: bool,
     #[cfg(feature = "bugs")]
     bugs: crate::bugs::Bugs,
 }
@@ -162,6 +168,7 @@ impl Default for RedLockConfigBuilder {
             max_attempts: None,
             auto_extend: None,
             key_prefix: Bytes::new(),
+            fencing: false,
             #[cfg(feature = "bugs")]
             bugs: crate::bugs::Bugs::default(),
         }
@@ -239,6 +246,17 @@ impl RedLockConfigBuilder {
         self
     }
 
+    /// Fencing tokens (default off here; the `lucky` adapters turn it on). On, each
+    /// acquisition reads the fence counter on every granting node, takes `T = max + 1`, and
+    /// counts only once a majority stored `T` (compare-and-raise, while it owns the key) inside
+    /// the validity: one more round trip, and fences strictly increase across holders as long
+    /// as no node loses its counter. Off, `Acquired.fence` is `None` and the key is plain
+    /// `SET NX PX`.
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = on;
+        self
+    }
+
     /// Checks everything and returns the configuration, or the first problem found.
     pub fn build(self) -> Result<RedLockConfig, UsageError> {
         let nodes = self.nodes?;
@@ -300,6 +318,7 @@ impl RedLockConfigBuilder {
             max_attempts: self.max_attempts,
             auto_extend,
             key_prefix: self.key_prefix,
+            fencing: self.fencing,
             #[cfg(feature = "bugs")]
             bugs: self.bugs,
         })

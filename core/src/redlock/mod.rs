@@ -22,7 +22,8 @@ use alloc::vec::Vec;
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub use command::{
-    Command, Reply, EXTEND_SCRIPT, EXTEND_SHA1, RELEASE_CHANNEL_PREFIX, RELEASE_QUIET_SCRIPT,
+    Command, Reply, ACQUIRE_FENCED_SCRIPT, ACQUIRE_FENCED_SHA1, EXTEND_SCRIPT, EXTEND_SHA1,
+    FENCE_KEY_SUFFIX, FENCE_SCRIPT, FENCE_SHA1, RELEASE_CHANNEL_PREFIX, RELEASE_QUIET_SCRIPT,
     RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
 };
 pub use config::{
@@ -46,6 +47,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct RedLock {
     cfg: RedLockConfig,
     key: Bytes,
+    /// The fence counter's key: `key` + [`FENCE_KEY_SUFFIX`].
+    fence_key: Bytes,
     /// Hex of the caller's token followed by `.`; each attempt appends its serial.
     token_hex: Bytes,
     /// The value of the current (or last) attempt.
@@ -72,6 +75,8 @@ struct Slot {
     /// The op this node's reply must carry to count; `None` once counted or when idle.
     op: Option<OpId>,
     outcome: NodeOutcome,
+    /// The fence counter the node reported when it granted a fenced acquire.
+    counter: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +94,11 @@ struct Round {
 enum Phase {
     Idle,
     Acquiring(Round),
+    /// A quorum granted; the fence is being written back to the nodes that granted.
+    Fencing {
+        round: Round,
+        fence: u64,
+    },
     Waiting {
         retry_at: Instant,
     },
@@ -140,9 +150,14 @@ impl RedLock {
         }
         token_hex.put_u8(b'.');
         let n = cfg.nodes();
+        let key = key.freeze();
+        let mut fence_key = BytesMut::with_capacity(key.len() + FENCE_KEY_SUFFIX.len());
+        fence_key.put_slice(&key);
+        fence_key.put_slice(FENCE_KEY_SUFFIX.as_bytes());
         Ok(RedLock {
             cfg: cfg.clone(),
-            key: key.freeze(),
+            key,
+            fence_key: fence_key.freeze(),
             token_hex: token_hex.freeze(),
             value: Bytes::new(),
             now: Instant::ZERO,
@@ -210,6 +225,12 @@ impl RedLock {
                     self.time_out_pending(&mut r.tally);
                     self.finish_acquire_round(r);
                 }
+                Phase::Fencing { mut round, fence }
+                    if now >= round.deadline || now >= round.valid_until =>
+                {
+                    self.time_out_pending(&mut round.tally);
+                    self.finish_fence_round(round, fence);
+                }
                 Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
                 Phase::Held {
                     valid_until,
@@ -270,15 +291,22 @@ impl RedLock {
         }
     }
 
+    /// Arms node `i`'s slot for a new op of the round in flight.
+    fn arm(&mut self, i: usize) -> OpId {
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        self.slots[i] = Slot {
+            op: Some(op),
+            outcome: NodeOutcome::Pending,
+            counter: 0,
+        };
+        op
+    }
+
     /// Sends `command(node)` to every node, arming one slot per node.
     fn broadcast(&mut self, command: impl Fn(&RedLock) -> Command) {
         for i in 0..self.slots.len() {
-            self.next_op += 1;
-            let op = OpId(self.next_op);
-            self.slots[i] = Slot {
-                op: Some(op),
-                outcome: NodeOutcome::Pending,
-            };
+            let op = self.arm(i);
             let node = NodeId(i as u16);
             let command = command(self);
             self.out
@@ -331,11 +359,22 @@ impl RedLock {
         self.value = value.freeze();
         let round = self.round();
         let ttl_ms = self.cfg.ttl_ms();
-        self.broadcast(|m| Command::Acquire {
-            key: m.key.clone(),
-            value: m.value.clone(),
-            ttl_ms,
-        });
+        if self.cfg.fencing {
+            let incr = self.bug(Bug::FenceMaxOfIncr);
+            self.broadcast(|m| Command::AcquireFenced {
+                key: m.key.clone(),
+                fence_key: m.fence_key.clone(),
+                value: m.value.clone(),
+                ttl_ms,
+                incr,
+            });
+        } else {
+            self.broadcast(|m| Command::Acquire {
+                key: m.key.clone(),
+                value: m.value.clone(),
+                ttl_ms,
+            });
+        }
         self.phase = Phase::Acquiring(round);
     }
 
@@ -358,36 +397,108 @@ impl RedLock {
         match r.tally.decision() {
             Decision::Pending => self.phase = Phase::Acquiring(r),
             Decision::Won if self.now < r.valid_until => {
-                self.extensions = 0;
-                self.last_extend_error = None;
-                let next_extend = self.cfg.auto_extend.map(|a| r.start + a.every);
-                self.phase = Phase::Held {
-                    valid_until: r.valid_until,
-                    next_extend,
-                    extending: None,
-                };
-                self.emit(Event::Acquired {
-                    fence: None,
-                    valid_until: r.valid_until,
-                });
+                let granted = self
+                    .slots
+                    .iter()
+                    .filter(|s| s.outcome == NodeOutcome::Granted);
+                let max = granted.map(|s| s.counter).max().unwrap_or(0);
+                if !self.cfg.fencing {
+                    self.hold(r, None);
+                } else if self.bug(Bug::FenceMaxOfIncr) {
+                    // The naive scheme: every node INCRed its counter; take the max, no
+                    // write-back.
+                    self.hold(r, Some(max));
+                } else {
+                    self.start_fence(r, max.saturating_add(1));
+                }
             }
             decision => {
                 let error = self.round_error(decision == Decision::Won);
-                self.release_unwatched();
-                let retry_at = self.next_retry();
-                match retry_at {
-                    Some(retry_at) => {
-                        self.phase = Phase::Waiting { retry_at };
-                        self.emit(Event::Retrying {
-                            attempt: self.attempts,
-                            retry_at,
-                        });
-                    }
-                    None => {
-                        self.phase = Phase::Done;
-                        self.emit(Event::Failed(error));
-                    }
-                }
+                self.fail_attempt(error);
+            }
+        }
+    }
+
+    /// The lock is held from round `r` on, with `fence` if fencing.
+    fn hold(&mut self, r: Round, fence: Option<u64>) {
+        self.extensions = 0;
+        self.last_extend_error = None;
+        let next_extend = self.cfg.auto_extend.map(|a| r.start + a.every);
+        self.phase = Phase::Held {
+            valid_until: r.valid_until,
+            next_extend,
+            extending: None,
+        };
+        self.emit(Event::Acquired {
+            fence: fence.map(crate::fence::Fence),
+            valid_until: r.valid_until,
+        });
+    }
+
+    /// An attempt did not win: release every node, then retry or give up.
+    fn fail_attempt(&mut self, error: LockError) {
+        self.release_unwatched();
+        match self.next_retry() {
+            Some(retry_at) => {
+                self.phase = Phase::Waiting { retry_at };
+                self.emit(Event::Retrying {
+                    attempt: self.attempts,
+                    retry_at,
+                });
+            }
+            None => {
+                self.phase = Phase::Done;
+                self.emit(Event::Failed(error));
+            }
+        }
+    }
+
+    /// Writes `fence` back to every node that granted the acquire (they hold our key); the
+    /// lock counts only once a quorum took it, inside the acquire round's validity. Any later
+    /// holder's quorum then meets this one, so it reads a counter >= `fence` and its own fence
+    /// is higher.
+    fn start_fence(&mut self, acquired: Round, fence: u64) {
+        let mut sent = 0u16;
+        for i in 0..self.slots.len() {
+            if self.slots[i].outcome != NodeOutcome::Granted {
+                self.slots[i] = Slot::default();
+                continue;
+            }
+            let op = self.arm(i);
+            let command = Command::Fence {
+                key: self.key.clone(),
+                fence_key: self.fence_key.clone(),
+                value: self.value.clone(),
+                fence,
+            };
+            let t = Transmit {
+                node: NodeId(i as u16),
+                op,
+                command,
+            };
+            self.out.push_back(Output::Transmit(t));
+            sent += 1;
+        }
+        let round = Round {
+            start: acquired.start,
+            deadline: (self.now + self.cfg.node_timeout).min(acquired.valid_until),
+            valid_until: acquired.valid_until,
+            tally: Tally::new(sent, self.cfg.quorum),
+        };
+        self.phase = Phase::Fencing { round, fence };
+    }
+
+    fn finish_fence_round(&mut self, r: Round, fence: u64) {
+        match r.tally.decision() {
+            Decision::Pending => self.phase = Phase::Fencing { round: r, fence },
+            Decision::Won if self.now < r.valid_until => {
+                self.disarm();
+                self.hold(r, Some(fence));
+            }
+            decision => {
+                self.disarm();
+                let error = self.round_error(decision == Decision::Won);
+                self.fail_attempt(error);
             }
         }
     }
@@ -543,7 +654,11 @@ impl RedLock {
     /// Interprets `reply` to the command kind of the round in flight.
     fn outcome(&self, reply: Reply) -> NodeOutcome {
         let (command, granted, refused) = match self.phase {
+            Phase::Acquiring(_) if self.cfg.fencing => {
+                ("fenced acquire script", Expect::Counter, Expect::MinusOne)
+            }
             Phase::Acquiring(_) => ("SET NX PX", Expect::Ok, Expect::Nil),
+            Phase::Fencing { .. } => ("fence script", Expect::One, Expect::Zero),
             Phase::Held { .. } => ("extend script", Expect::One, Expect::Zero),
             _ => ("release script", Expect::One, Expect::Zero),
         };
@@ -566,6 +681,8 @@ impl RedLock {
 
 #[derive(Clone, Copy)]
 enum Expect {
+    Counter,
+    MinusOne,
     Ok,
     Nil,
     One,
@@ -577,6 +694,8 @@ impl Expect {
         match (self, reply) {
             (Expect::Ok, Reply::Status(s)) => s.as_ref() == b"OK",
             (Expect::Nil, Reply::Nil) => true,
+            (Expect::Counter, Reply::Int(c)) => *c >= 0,
+            (Expect::MinusOne, Reply::Int(-1)) => true,
             (Expect::One, Reply::Int(1)) => true,
             (Expect::Zero, Reply::Int(0)) => true,
             _ => false,
@@ -627,7 +746,10 @@ impl LockMachine for RedLock {
         self.advance(now);
         match self.phase {
             Phase::Idle => Err(UsageError::NotHeld),
-            Phase::Acquiring(_) | Phase::Waiting { .. } | Phase::Held { .. } => {
+            Phase::Acquiring(_)
+            | Phase::Fencing { .. }
+            | Phase::Waiting { .. }
+            | Phase::Held { .. } => {
                 if let Phase::Acquiring(_) = self.phase {
                     self.orphan_pending();
                 }
@@ -672,11 +794,16 @@ impl LockMachine for RedLock {
         if slot.op != Some(op) && !stale_ok {
             return; // late, duplicated, or for a round no longer in flight
         }
+        let counter = match (&self.phase, &reply) {
+            (Phase::Acquiring(_), Reply::Int(c)) if self.cfg.fencing => u64::try_from(*c).ok(),
+            _ => None,
+        };
         let outcome = self.outcome(reply);
         let granted = outcome == NodeOutcome::Granted;
         let slot = &mut self.slots[node.index()];
         slot.op = None;
         slot.outcome = outcome;
+        slot.counter = counter.unwrap_or(0);
         match &mut self.phase {
             Phase::Acquiring(r) => {
                 vote(&mut r.tally, granted);
@@ -691,6 +818,11 @@ impl LockMachine for RedLock {
                 vote(&mut r.tally, granted);
                 let (r, v, n) = (*r, *valid_until, *next_extend);
                 self.finish_extend_round(r, v, n);
+            }
+            Phase::Fencing { round, fence } => {
+                vote(&mut round.tally, granted);
+                let (r, f) = (*round, *fence);
+                self.finish_fence_round(r, f);
             }
             Phase::Releasing { .. } => self.finish_release(),
             _ => {}
@@ -710,7 +842,9 @@ impl LockMachine for RedLock {
     fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Idle | Phase::Done => None,
-            Phase::Acquiring(r) => Some(r.deadline.min(r.valid_until)),
+            Phase::Acquiring(r) | Phase::Fencing { round: r, .. } => {
+                Some(r.deadline.min(r.valid_until))
+            }
             Phase::Waiting { retry_at } => Some(retry_at),
             Phase::Held {
                 extending: Some(r), ..
@@ -735,7 +869,7 @@ impl LockMachine for RedLock {
     fn state(&self) -> State {
         match self.phase {
             Phase::Idle => State::Idle,
-            Phase::Acquiring(_) => State::Acquiring,
+            Phase::Acquiring(_) | Phase::Fencing { .. } => State::Acquiring,
             Phase::Waiting { .. } => State::Waiting,
             Phase::Held { valid_until, .. } => State::Held { valid_until },
             Phase::Releasing { .. } => State::Releasing,
