@@ -147,10 +147,18 @@ async fn run() {
     let urls: Vec<String> = (7001..=7005)
         .map(|p| format!("redis://127.0.0.1:{p}"))
         .collect();
-    let Ok(locks) = RedLock::builder(&urls).auto_extend(false).connect().await else {
+    // Fenced (the default) and unfenced: the floor and rslock give no fence, so the unfenced
+    // client is the like-for-like comparison; the fenced one pays one more round trip.
+    let Ok(fenced) = RedLock::builder(&urls).auto_extend(false).connect().await else {
         eprintln!("skipping: Redis nodes on 7001-7005 not reachable (scripts/services.sh start)");
         return;
     };
+    let locks = RedLock::builder(&urls)
+        .auto_extend(false)
+        .fencing(false)
+        .connect()
+        .await
+        .unwrap();
     let mut conns = Vec::new();
     for u in &urls {
         conns.push(
@@ -187,6 +195,16 @@ async fn run() {
         g.release().await.unwrap();
     })
     .await;
+    let l = &fenced;
+    let lucky_f = serial_p50(iters, |i| async move {
+        let g = l
+            .lock(format!("bench/{pid}/serial-fenced/{i}"))
+            .no_wait()
+            .await
+            .unwrap();
+        g.release().await.unwrap();
+    })
+    .await;
     let r = rsl.clone();
     let peer = serial_p50(iters, |i| {
         let r = r.clone();
@@ -200,8 +218,8 @@ async fn run() {
         }
     })
     .await;
-    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({:.2}x floor), rslock {peer:?} ({:.2}x floor)",
-        lucky.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
+    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({:.2}x floor), lucky fenced {lucky_f:?} ({:.2}x), rslock {peer:?} ({:.2}x floor)",
+        lucky.as_secs_f64() / floor.as_secs_f64(), lucky_f.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
 
     // Throughput: 32 tasks, distinct names.
     let c = conns.clone();
@@ -223,6 +241,19 @@ async fn run() {
         }
     })
     .await;
+    let l = fenced.clone();
+    let lucky_f = throughput(32, move |t, n| {
+        let l = l.clone();
+        async move {
+            let g = l
+                .lock(format!("bench/{pid}/tp-fenced/{t}/{n}"))
+                .no_wait()
+                .await
+                .unwrap();
+            g.release().await.unwrap();
+        }
+    })
+    .await;
     let r = rsl.clone();
     let peer = throughput(32, move |t, n| {
         let r = r.clone();
@@ -236,8 +267,8 @@ async fn run() {
         }
     })
     .await;
-    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({:.2}x floor), rslock {peer:.0}/s ({:.2}x floor)",
-        lucky / floor, peer / floor);
+    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({:.2}x floor), lucky fenced {lucky_f:.0}/s ({:.2}x), rslock {peer:.0}/s ({:.2}x floor)",
+        lucky / floor, lucky_f / floor, peer / floor);
 
     // Contended hand-off: 8 tasks, one name, hold 1 ms, ask again at once.
     for (label, use_lucky) in [("lucky", true), ("rslock", false)] {
