@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts (or stops) the servers Lucky's tests use, on loopback only:
-#   five redis-server nodes on 127.0.0.1:7001-7005, no persistence.
+#   five redis-server nodes on 127.0.0.1:7001-7005, no persistence;
+#   the machine's PostgreSQL on 127.0.0.1:5432, if it is installed but stopped.
 # Installs redis-server from Debian when it is missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
@@ -34,6 +35,13 @@ start() {
     redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null || { echo "redis on $p did not start" >&2; exit 1; }
   done
   echo "redis nodes up on 127.0.0.1:${PORTS// /,}"
+  # PostgreSQL (the fenced-write example) runs on this kind of machine already; start it if
+  # it stopped.
+  if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+    fi
+  fi
 }
 
 stop() {

@@ -38,6 +38,32 @@ use crate::clock::Clock;
 pub use crate::driver::Guard;
 use crate::driver::{self, Subscription, Transport};
 
+/// Fenced write for a Redis resource: stores `ARGV[1]` under `KEYS[1]` only if the fence
+/// `ARGV[2]` is at least the one stored under `KEYS[2]` (equal: the same holder writing again),
+/// and records the fence. Returns 1 when written, 0 when the fence is stale.
+pub const FENCED_SET_SCRIPT: &str = r#"local f = tonumber(redis.call("get",KEYS[2]) or "0") if tonumber(ARGV[2]) >= f then redis.call("set",KEYS[1],ARGV[1]) redis.call("set",KEYS[2],ARGV[2]) return 1 else return 0 end"#;
+
+/// Writes `value` to `key` on a Redis resource only if `fence` is not older than the last
+/// fence written there (kept under `key` + [`FENCE_KEY_SUFFIX`](lucky_core::redlock::FENCE_KEY_SUFFIX)).
+/// Returns whether the write happened; `false` means a newer holder already wrote.
+pub async fn fenced_set<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    key: &[u8],
+    value: &[u8],
+    fence: lucky_core::Fence,
+) -> Result<bool, RedisError> {
+    let mut fence_key = key.to_vec();
+    fence_key.extend_from_slice(lucky_core::redlock::FENCE_KEY_SUFFIX.as_bytes());
+    let n: i64 = redis::Script::new(FENCED_SET_SCRIPT)
+        .key(key)
+        .key(fence_key)
+        .arg(value)
+        .arg(fence.get())
+        .invoke_async(conn)
+        .await?;
+    Ok(n == 1)
+}
+
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

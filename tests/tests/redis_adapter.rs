@@ -351,3 +351,56 @@ async fn fences_strictly_increase_across_holders() {
     assert_eq!(unfenced.fence(), None);
     unfenced.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_holder_cannot_overwrite_a_newer_holders_data() {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    let name = unique("fenced-write");
+    let data_key = format!("{name}/data");
+    let mut resource = raw(&urls[0]).await;
+    // A holds the lock and writes (twice: the same fence may write again).
+    let a = locks
+        .lock(&name)
+        .ttl(Duration::from_millis(300))
+        .auto_extend(false)
+        .await
+        .unwrap();
+    let fa = a.fence().unwrap();
+    assert!(
+        lucky::redis::fenced_set(&mut resource, data_key.as_bytes(), b"a1", fa)
+            .await
+            .unwrap()
+    );
+    assert!(
+        lucky::redis::fenced_set(&mut resource, data_key.as_bytes(), b"a2", fa)
+            .await
+            .unwrap()
+    );
+    // A stalls past its lease; B takes the lock and writes with a higher fence.
+    a.lost().await;
+    let b = locks
+        .lock(&name)
+        .wait(Duration::from_secs(2))
+        .await
+        .unwrap();
+    let fb = b.fence().unwrap();
+    assert!(fb > fa);
+    assert!(
+        lucky::redis::fenced_set(&mut resource, data_key.as_bytes(), b"b1", fb)
+            .await
+            .unwrap()
+    );
+    // A wakes up and tries to write: rejected, B's data stays.
+    assert!(
+        !lucky::redis::fenced_set(&mut resource, data_key.as_bytes(), b"a3", fa)
+            .await
+            .unwrap()
+    );
+    assert_eq!(get(&urls[0], &data_key).await.as_deref(), Some(&b"b1"[..]));
+    b.release().await.unwrap();
+    drop(a);
+}
