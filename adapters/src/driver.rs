@@ -40,10 +40,6 @@ enum Control {
     Extend,
 }
 
-struct Acquired {
-    fence: Option<Fence>,
-}
-
 /// Starts a driver task for `machine` and waits until it holds the lock or gives up.
 /// Dropping the returned future before it resolves releases whatever was taken.
 pub(crate) async fn acquire<M, T>(
@@ -59,8 +55,6 @@ where
 {
     machine.acquire(clock.now())?;
     let shared = Arc::new(Hold::new(0));
-    let (acq_tx, acq_rx) = oneshot::channel();
-    let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let (lost_tx, lost_rx) = watch::channel(false);
     let span = tracing::info_span!("lucky.lock", name = %name);
     let driver = Driver {
@@ -71,23 +65,71 @@ where
         lost: lost_tx,
         wake_channel,
         subscription: None,
+        inflight: Vec::new(),
     };
-    tokio::spawn(driver.run(acq_tx, ctl_rx).instrument(span));
-    match acq_rx.await {
-        Ok(Ok(a)) => Ok(Guard {
-            name,
-            fence: a.fence,
-            shared,
-            clock,
-            ctl: ctl_tx,
-            lost: lost_rx,
-        }),
-        Ok(Err(e)) => Err(Error::Lock(e)),
-        Err(_) => Err(Error::DriverGone),
+    // The acquisition runs inline in the caller's future (no task, no channel hop); if that
+    // future is dropped mid-flight, `Pending`'s drop hands the machine to a task that
+    // releases whatever was taken.
+    let mut pending = Pending(Some((driver, span.clone())));
+    let outcome = {
+        let (driver, _) = pending.0.as_mut().ok_or(Error::DriverGone)?;
+        driver.acquire_inline().instrument(span.clone()).await
+    };
+    let (driver, span) = pending.0.take().ok_or(Error::DriverGone)?;
+    match outcome {
+        Ok(fence) => {
+            let (ctl_tx, ctl_rx) = mpsc::channel(4);
+            tokio::spawn(driver.run(ctl_rx).instrument(span));
+            Ok(Guard {
+                name,
+                fence,
+                shared,
+                clock,
+                ctl: ctl_tx,
+                lost: lost_rx,
+            })
+        }
+        Err(e) => {
+            // Let the cleanup releases of the failed attempt go out.
+            spawn_cleanup(driver, span);
+            Err(Error::Lock(e))
+        }
     }
 }
 
-struct Driver<M, T> {
+/// An acquisition in progress inside the caller's future.
+struct Pending<M, T>(Option<(Driver<M, T>, tracing::Span)>)
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport;
+
+impl<M, T> Drop for Pending<M, T>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    fn drop(&mut self) {
+        if let Some((mut driver, span)) = self.0.take() {
+            tracing::debug!(parent: &span, "acquisition cancelled");
+            let _ = driver.machine.release(driver.clock.now());
+            spawn_cleanup(driver, span);
+        }
+    }
+}
+
+/// Runs `driver` to the end with no guard: releases, sends what is left, then stops.
+fn spawn_cleanup<M, T>(driver: Driver<M, T>, span: tracing::Span)
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (_, ctl_rx) = mpsc::channel(1); // closed: the driver releases and ends
+        rt.spawn(driver.run(ctl_rx).instrument(span));
+    }
+}
+
+struct Driver<M, T: Transport> {
     machine: M,
     transport: Arc<T>,
     clock: Clock,
@@ -96,6 +138,8 @@ struct Driver<M, T> {
     /// Where release hints for this lock arrive, subscribed once the lock is found busy.
     wake_channel: Option<Vec<u8>>,
     subscription: Option<Subscription>,
+    /// Commands in flight, polled by whoever drives the machine (no task per command).
+    inflight: Vec<BoxFuture<(NodeId, OpId, T::Reply)>>,
 }
 
 impl<M, T> Driver<M, T>
@@ -103,17 +147,71 @@ where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
-    async fn run(
-        mut self,
-        acq_tx: oneshot::Sender<Result<Acquired, LockError>>,
-        mut ctl: mpsc::Receiver<Control>,
-    ) {
-        // Commands in flight, polled inside this task (no task spawned per command).
-        let mut inflight: Vec<BoxFuture<(NodeId, OpId, T::Reply)>> = Vec::new();
-        let mut acq_tx = Some(acq_tx);
+    /// Drives the machine until it holds the lock (its fence) or gives up.
+    async fn acquire_inline(&mut self) -> Result<Option<Fence>, LockError> {
+        tracing::debug!("acquiring");
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    Output::Transmit(t) => self.transmit(t),
+                    Output::Event(Event::Acquired { fence, valid_until }) => {
+                        self.shared.extend(valid_until.as_nanos());
+                        let valid_ms = valid_until
+                            .saturating_duration_since(self.clock.now())
+                            .as_millis();
+                        tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
+                        self.subscription = None;
+                        return Ok(fence);
+                    }
+                    Output::Event(Event::Failed(error)) => {
+                        tracing::info!(%error, "not acquired");
+                        return Err(error);
+                    }
+                    Output::Event(Event::Retrying { attempt, .. }) => {
+                        tracing::debug!(attempt, "lock busy, waiting")
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+            let state = self.machine.state();
+            let waiting = matches!(state, State::Waiting);
+            if waiting && self.subscription.is_none() {
+                if let Some(channel) = self.wake_channel.take() {
+                    self.subscription = self.transport.subscribe(channel).await;
+                    if self.subscription.is_some() {
+                        self.machine.wake(self.clock.now());
+                        continue;
+                    }
+                }
+            }
+            let notify = self.subscription.as_ref().map(|s| s.notify.clone());
+            let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
+            tokio::select! {
+                biased;
+                (node, op, reply) = next_reply(&mut self.inflight) => {
+                    self.machine.handle_reply(self.clock.now(), node, op, reply);
+                }
+                () = notified(notify.as_deref()), if waiting => {
+                    self.machine.wake(self.clock.now());
+                }
+                () = sleep_until(deadline) => {
+                    self.machine.handle_timeout(self.clock.now());
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: lucky_core::Transmit<T::Command>) {
+        let send = self.transport.send(t.node.index(), t.command);
+        self.inflight
+            .push(Box::pin(async move { (t.node, t.op, send.await) }));
+    }
+
+    /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
+    async fn run(mut self, mut ctl: mpsc::Receiver<Control>) {
+        let mut inflight = std::mem::take(&mut self.inflight);
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
         let mut guard_open = true;
-        tracing::debug!("acquiring");
         loop {
             while let Some(out) = self.machine.poll_output() {
                 match out {
@@ -121,13 +219,13 @@ where
                         let send = self.transport.send(t.node.index(), t.command);
                         inflight.push(Box::pin(async move { (t.node, t.op, send.await) }));
                     }
-                    Output::Event(e) => self.event(e, &mut acq_tx, &mut waiters),
+                    Output::Event(e) => self.event(e, &mut waiters),
                 }
             }
             let state = self.machine.state();
             // Done, nobody waiting, and no guard that could still ask: the task ends.
             let idle = matches!(state, State::Done | State::Idle);
-            if idle && acq_tx.is_none() && waiters.is_empty() && !guard_open {
+            if idle && waiters.is_empty() && !guard_open {
                 break;
             }
             let waiting = matches!(state, State::Waiting);
@@ -165,13 +263,6 @@ where
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = closed(&mut acq_tx) => {
-                    // The acquire future was dropped mid-flight: release what it took.
-                    acq_tx = None;
-                    guard_open = false;
-                    tracing::debug!("acquisition cancelled");
-                    let _ = self.machine.release(self.clock.now());
-                }
                 () = notified(notify.as_deref()), if waiting => {
                     self.machine.wake(self.clock.now());
                 }
@@ -186,28 +277,10 @@ where
         }
     }
 
-    fn event(
-        &mut self,
-        e: Event,
-        acq_tx: &mut Option<oneshot::Sender<Result<Acquired, LockError>>>,
-        waiters: &mut Vec<oneshot::Sender<Vec<NodeOutcome>>>,
-    ) {
+    fn event(&mut self, e: Event, waiters: &mut Vec<oneshot::Sender<Vec<NodeOutcome>>>) {
         match e {
-            Event::Acquired { fence, valid_until } => {
-                self.shared.extend(valid_until.as_nanos());
-                let valid_ms = valid_until
-                    .saturating_duration_since(self.clock.now())
-                    .as_millis();
-                tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
-                let delivered = acq_tx
-                    .take()
-                    .is_some_and(|tx| tx.send(Ok(Acquired { fence })).is_ok());
-                if !delivered {
-                    // Nobody is waiting for it any more: give it back at once.
-                    let _ = self.machine.release(self.clock.now());
-                }
-            }
-            Event::Retrying { attempt, .. } => tracing::debug!(attempt, "lock busy, waiting"),
+            // The acquisition itself ran in `acquire_inline`; these cannot follow a hold.
+            Event::Acquired { .. } | Event::Retrying { .. } | Event::Failed(_) => {}
             Event::Extended { valid_until } => {
                 self.shared.extend(valid_until.as_nanos());
                 tracing::debug!("extended");
@@ -226,12 +299,6 @@ where
                 tracing::info!("released");
                 for w in waiters.drain(..) {
                     let _ = w.send(nodes.clone());
-                }
-            }
-            Event::Failed(error) => {
-                tracing::info!(%error, "not acquired");
-                if let Some(tx) = acq_tx.take() {
-                    let _ = tx.send(Err(error));
                 }
             }
         }
@@ -259,13 +326,6 @@ async fn next_reply<R>(inflight: &mut Vec<BoxFuture<R>>) -> R {
         std::task::Poll::Pending
     })
     .await
-}
-
-async fn closed<T>(tx: &mut Option<oneshot::Sender<T>>) {
-    match tx {
-        Some(tx) => tx.closed().await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
