@@ -244,6 +244,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "holder-pause-fenced", about: "holder pauses 2 ttl between check and write; the resource rejects its stale fence", draw: holder_pause_fenced },
     Scenario { name: "clock-jump-fenced", about: "node clocks jump under fenced holders: exclusion breaks (expected), fences hold", draw: clock_jump_fenced },
     Scenario { name: "restart-without-persistence-fenced", about: "a node forgets keys and counters and restarts at once: both may break (expected)", draw: restart_without_persistence_fenced },
+    Scenario { name: "client-drift-fenced", about: "fenced holders with client drift within or far beyond the bound: fences hold either way", draw: client_drift_fenced },
     Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
 ];
 
@@ -257,8 +258,8 @@ fn split_vote(rng: &mut Rng) -> Setup {
         delay: Duration::from_millis(1),
         jitter: Duration::from_millis(4),
     };
-    s.work.quiet_at = 500 * MS;
-    s.work.stop_at = 1_000 * MS;
+    s.work.quiet_at = 400 * MS;
+    s.work.stop_at = 800 * MS;
     s
 }
 
@@ -346,6 +347,8 @@ fn client_drift_sweep(rng: &mut Rng) -> Setup {
         s.work.client_ppm = Some((-6 * bound, -4 * bound));
         s.must_violate = true;
     }
+    s.work.quiet_at = 800 * MS;
+    s.work.stop_at = 1_600 * MS;
     s
 }
 
@@ -439,6 +442,8 @@ fn extend_after_expiry(rng: &mut Rng) -> Setup {
         jitter: Duration::from_millis(2),
     };
     s.wait = Wait::Forever;
+    s.work.quiet_at = 800 * MS;
+    s.work.stop_at = 1_600 * MS;
     s
 }
 
@@ -655,5 +660,14 @@ fn clock_jump_fenced(rng: &mut Rng) -> Setup {
 fn restart_without_persistence_fenced(rng: &mut Rng) -> Setup {
     let mut s = restart_without_persistence(rng);
     s.fencing = true;
+    s
+}
+
+fn client_drift_fenced(rng: &mut Rng) -> Setup {
+    let mut s = client_drift_sweep(rng);
+    s.fencing = true;
+    // Shorter than the unfenced sweep: the overlap shows up within the first holds.
+    s.work.quiet_at = 600 * MS;
+    s.work.stop_at = 1_200 * MS;
     s
 }

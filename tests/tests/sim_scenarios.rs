@@ -73,6 +73,7 @@ scenario_tests! {
     holder_pause_fenced => "holder-pause-fenced",
     clock_jump_fenced => "clock-jump-fenced",
     restart_without_persistence_fenced => "restart-without-persistence-fenced",
+    client_drift_fenced => "client-drift-fenced",
     random_chaos => "random-chaos",
 }
 
@@ -102,7 +103,7 @@ fn a_seed_replays_bit_for_bit() {
 fn every_injected_bug_is_caught() {
     let m = Injected::Machine;
     let cases = [
-        (m(Bug::IgnoreDrift), "client-drift-sweep", 60),
+        (m(Bug::IgnoreDrift), "client-drift-sweep", 300),
         (m(Bug::CountStaleReplies), "split-vote", 10),
         (m(Bug::NoReleaseOnFailure), "split-vote", 5),
         (m(Bug::ExtendAfterExpiry), "extend-after-expiry", 5),
