@@ -178,6 +178,7 @@ where
             if waiting && self.subscription.is_none() {
                 if let Some(channel) = self.wake_channel.take() {
                     self.subscription = self.transport.subscribe(channel).await;
+                    // A release may have happened before the subscription took: try now.
                     if self.subscription.is_some() {
                         self.machine.wake(self.clock.now());
                         continue;
@@ -228,21 +229,6 @@ where
             if idle && waiters.is_empty() && !guard_open {
                 break;
             }
-            let waiting = matches!(state, State::Waiting);
-            if waiting && self.subscription.is_none() {
-                if let Some(channel) = self.wake_channel.take() {
-                    self.subscription = self.transport.subscribe(channel).await;
-                    // A release may have happened before the subscription took: try now.
-                    if self.subscription.is_some() {
-                        self.machine.wake(self.clock.now());
-                        continue;
-                    }
-                }
-            }
-            if !matches!(state, State::Waiting | State::Acquiring) {
-                self.subscription = None;
-            }
-            let notify = self.subscription.as_ref().map(|s| s.notify.clone());
             let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
             tokio::select! {
                 biased;
@@ -263,9 +249,6 @@ where
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = notified(notify.as_deref()), if waiting => {
-                    self.machine.wake(self.clock.now());
-                }
                 () = sleep_until(deadline) => {
                     // Judge by the clock, not by the timer: it may have fired late.
                     self.machine.handle_timeout(self.clock.now());
