@@ -80,13 +80,6 @@ pub enum NodeOutcome {
     TimedOut,
 }
 
-impl NodeOutcome {
-    /// Whether the node answered within the protocol (granted or refused).
-    pub fn reachable(&self) -> bool {
-        matches!(self, NodeOutcome::Granted | NodeOutcome::Refused)
-    }
-}
-
 /// Why an acquisition or extension did not win a quorum. Carries every node's outcome.
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

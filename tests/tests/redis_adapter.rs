@@ -15,6 +15,16 @@ fn unique(name: &str) -> String {
     format!("lucky-test/{name}/{}", std::process::id())
 }
 
+/// The test nodes and a client on them, or None (the test is skipped) when they are absent.
+async fn setup() -> Option<(Vec<String>, RedLock)> {
+    let urls = redis_urls();
+    if !redis_available(&urls).await {
+        return None;
+    }
+    let locks = RedLock::connect(&urls).await.unwrap();
+    Some((urls, locks))
+}
+
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
@@ -33,11 +43,9 @@ async fn get(url: &str, key: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_holds_the_key_on_every_node_and_release_deletes_it() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((urls, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("basic");
     let guard = locks.lock(&name).ttl(Duration::from_secs(5)).await.unwrap();
     assert!(guard.is_held());
@@ -71,11 +79,9 @@ async fn acquire_holds_the_key_on_every_node_and_release_deletes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_lock_is_taken_for_others_and_free_after_release() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((_, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("taken");
     let guard = locks.lock(&name).await.unwrap();
     let err = locks.lock(&name).no_wait().await.unwrap_err();
@@ -94,11 +100,9 @@ async fn a_held_lock_is_taken_for_others_and_free_after_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contending_tasks_never_overlap() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((_, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("contend");
     let inside = Arc::new(AtomicBool::new(false));
     let entries = Arc::new(AtomicU32::new(0));
@@ -130,11 +134,9 @@ async fn contending_tasks_never_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interop_with_plain_set_nx() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((urls, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     // A lock taken with plain SET NX PX (as redsync / node-redlock / rslock do) excludes Lucky.
     let name = unique("interop-a");
     for u in &urls {
@@ -176,11 +178,9 @@ async fn interop_with_plain_set_nx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_releases_in_the_background_and_cancel_releases_what_it_took() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((urls, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("drop");
     let g = locks
         .lock(&name)
@@ -210,11 +210,9 @@ async fn drop_releases_in_the_background_and_cancel_releases_what_it_took() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_extension_keeps_the_lock_past_its_ttl() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((_, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("extend");
     let g = locks
         .lock(&name)
@@ -270,11 +268,9 @@ async fn bad_input_is_a_clear_error() {
 
 #[tokio::test]
 async fn bad_lock_requests_are_usage_errors() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((_, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let e = locks.lock("").await.unwrap_err();
     assert!(matches!(e, Error::Usage(UsageError::EmptyKey)), "{e}");
     let e = locks.lock("x".repeat(600)).await.unwrap_err();
@@ -297,11 +293,9 @@ async fn bad_lock_requests_are_usage_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_woken_by_the_release_not_by_its_retry_timer() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((_, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("wake");
     let g = locks.lock(&name).await.unwrap();
     let waiter = {
@@ -331,11 +325,9 @@ async fn a_waiter_is_woken_by_the_release_not_by_its_retry_timer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fences_strictly_increase_across_holders() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((urls, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let other = RedLock::connect(&urls).await.unwrap();
     let name = unique("fence");
     let mut last = 0;
@@ -354,11 +346,9 @@ async fn fences_strictly_increase_across_holders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_holder_cannot_overwrite_a_newer_holders_data() {
-    let urls = redis_urls();
-    if !redis_available(&urls).await {
+    let Some((urls, locks)) = setup().await else {
         return;
-    }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    };
     let name = unique("fenced-write");
     let data_key = format!("{name}/data");
     let mut resource = raw(&urls[0]).await;
