@@ -16,16 +16,28 @@ pub enum Bug {
     /// The naive RedLock fence: each granting node INCRs its counter and the fence is the max
     /// of the quorum's, with no write-back (not monotonic across quorums).
     FenceMaxOfIncr,
+    /// etcd: the lease deadline counts from when a keepalive's answer was read, not from when
+    /// the keepalive was sent (a delayed answer or a pause stretches the lock past the lease).
+    EtcdLostFromReceiveTime,
+    /// etcd: every waiter watches the whole lock prefix instead of its predecessor (a release
+    /// wakes them all: the thundering herd).
+    EtcdWatchAll,
+    /// etcd: a waiter whose predecessor's key was deleted claims the lock without reading the
+    /// queue again (the predecessor may have been a waiter that gave up or crashed).
+    EtcdSkipRecheck,
 }
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 8] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
         Bug::ExtendAfterExpiry,
         Bug::FenceMaxOfIncr,
+        Bug::EtcdLostFromReceiveTime,
+        Bug::EtcdWatchAll,
+        Bug::EtcdSkipRecheck,
     ];
 
     /// The name used on the command line, e.g. `ignore-drift`.
@@ -36,6 +48,9 @@ impl Bug {
             Bug::NoReleaseOnFailure => "no-release-on-failure",
             Bug::ExtendAfterExpiry => "extend-after-expiry",
             Bug::FenceMaxOfIncr => "fence-max-of-incr",
+            Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
+            Bug::EtcdWatchAll => "etcd-watch-all",
+            Bug::EtcdSkipRecheck => "etcd-skip-recheck",
         }
     }
 }

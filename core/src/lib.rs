@@ -94,6 +94,7 @@ extern crate alloc;
 #[doc(hidden)]
 pub mod bugs;
 pub mod error;
+pub mod etcd;
 pub mod fence;
 pub mod machine;
 pub mod quorum;

@@ -79,3 +79,58 @@ pub fn time_step() -> impl Strategy<Value = Duration> {
         1 => (0u64..120).prop_map(Duration::from_secs),
     ]
 }
+
+/// Valid etcd lock configurations: ttl 10 ms to 60 s, drift 0 to 5 %, every wait mode.
+pub fn etcd_config() -> impl Strategy<Value = crate::etcd::EtcdConfig> {
+    (
+        10u64..=60_000,
+        0u32..=50_000,
+        0u64..=3,
+        prop_oneof![
+            Just(Wait::None),
+            (0u64..=5_000).prop_map(|ms| Wait::For(Duration::from_millis(ms))),
+            Just(Wait::Forever)
+        ],
+        (0u64..=100, 0u64..=100),
+    )
+        .prop_filter_map(
+            "drift or timeouts leave no validity",
+            |(ttl_ms, ppm, floor_ms, wait, (delay, jitter))| {
+                crate::etcd::EtcdConfig::builder()
+                    .ttl(Duration::from_millis(ttl_ms))
+                    .drift(ppm, Duration::from_millis(floor_ms))
+                    .wait(wait)
+                    .retry(Retry {
+                        delay: Duration::from_millis(delay),
+                        jitter: Duration::from_millis(jitter),
+                    })
+                    .build()
+                    .ok()
+            },
+        )
+}
+
+/// Replies an etcd cluster might send to any request, well-formed or not: leases with odd
+/// ttls, revisions in and out of range, lease-not-found, errors and transport failures.
+pub fn etcd_reply() -> impl Strategy<Value = crate::etcd::Reply> {
+    use crate::etcd::Reply as R;
+    let rev = prop_oneof![4 => 1i64..100, 1 => any::<i64>()];
+    let key = proptest::collection::vec(any::<u8>(), 0..12).prop_map(bytes::Bytes::from);
+    prop_oneof![
+        2 => (any::<i64>(), 0u64..120_000).prop_map(|(id, ms)| R::Lease { id, ttl: Duration::from_millis(ms) }),
+        3 => (0u64..120_000).prop_map(|ms| R::KeepAlive { ttl: Duration::from_millis(ms) }),
+        3 => (rev.clone(), rev.clone(), rev.clone()).prop_map(|(c, o, r)| R::Taken {
+            create_revision: c,
+            owner_revision: o,
+            revision: r
+        }),
+        3 => (proptest::option::of(rev.clone()), proptest::option::of(key), rev)
+            .prop_map(|(mine, predecessor, revision)| R::Queue { mine, predecessor, revision }),
+        2 => Just(R::Deleted),
+        1 => Just(R::Compacted),
+        2 => Just(R::Done),
+        1 => Just(R::LeaseNotFound),
+        1 => any::<String>().prop_map(R::Error),
+        1 => Just(R::Unavailable("connection reset by peer".into())),
+    ]
+}

@@ -59,12 +59,15 @@ use std::fmt::Debug;
 use lucky_core::LockMachine;
 
 pub mod clock;
+pub mod etcd;
+pub mod etcd_lock;
 pub mod net;
 pub mod oracle;
 pub mod redis;
 pub mod redlock;
 pub mod rng;
 pub mod scenario;
+mod scenario_etcd;
 pub mod sweep;
 pub mod world;
 
@@ -82,6 +85,28 @@ pub trait Server {
     fn live_keys(&self, now: u64) -> usize;
     /// What a client reads from a crashed node (connection refused).
     fn unavailable() -> Self::Reply;
+
+    /// Executes `command`, which the node may answer later (a watch): `None` means it is kept
+    /// under `id` and its answer comes out of [`fired`](Self::fired).
+    fn submit(&mut self, now: u64, command: &Self::Command, _id: u64) -> Option<Self::Reply> {
+        Some(self.apply(now, command))
+    }
+    /// Moves the answers to kept commands that became due into `out`, as `(id, reply)`.
+    fn fired(&mut self, _out: &mut Vec<(u64, Self::Reply)>) {}
+    /// The next local time at which the node acts on its own (a lease expiring).
+    fn next_timer(&self) -> Option<u64> {
+        None
+    }
+    /// Does everything due at local time `now`.
+    fn tick(&mut self, _now: u64) {}
+    /// Forgets every kept command (the connections carrying them broke).
+    fn forget_kept(&mut self) {}
+    /// The node serves again after a crash or leader loss, at local time `now`.
+    fn recovered(&mut self, _now: u64) {}
+    /// The most watches one deletion answered (the thundering-herd check).
+    fn max_woken(&self) -> usize {
+        0
+    }
 }
 
 /// A lock protocol the simulator can run: its machine and its server model.

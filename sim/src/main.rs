@@ -117,6 +117,9 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             );
             println!("  assumptions broken: {}", r.broken);
             if std::env::var_os("LUCKY_SIM_CLAIMS").is_some() {
+                for (at, f) in &sc.setup(seed).faults {
+                    println!("  fault at {:.3} ms: {f:?}", *at as f64 / 1e6);
+                }
                 for c in &r.claims {
                     println!(
                         "  claim: client {} [{:.3}, {:.3}) ms",

@@ -48,6 +48,8 @@ pub struct Net {
     cut: Vec<u8>,
     /// Per (client, node, direction): the latest delivery time scheduled, for FIFO links.
     last: Vec<u64>,
+    /// Per client: extra delay of every reply to it (a stalled connection), ns.
+    slow: Vec<u64>,
     rng: Rng,
 }
 
@@ -59,6 +61,7 @@ impl Net {
             nodes,
             cut: vec![0; clients * nodes],
             last: vec![0; 2 * clients * nodes],
+            slow: vec![0; clients],
             rng,
         }
     }
@@ -79,9 +82,17 @@ impl Net {
         }
     }
 
-    /// Heals every link.
+    /// Delays every reply to `client` by `extra_ns` more (0: back to normal).
+    pub fn set_slow(&mut self, client: usize, extra_ns: u64) {
+        if let Some(s) = self.slow.get_mut(client) {
+            *s = extra_ns;
+        }
+    }
+
+    /// Heals every link and clears slow replies.
     pub fn heal_all(&mut self) {
         self.cut.iter_mut().for_each(|b| *b = 0);
+        self.slow.iter_mut().for_each(|s| *s = 0);
     }
 
     /// Delivery times of the copies of one message sent at `now` from `client` to `node`
@@ -108,6 +119,9 @@ impl Net {
         let slot = 2 * link + usize::from(to_node);
         for at in out.iter_mut().take(copies) {
             *at = now + self.delay();
+            if !to_node {
+                *at += self.slow[client];
+            }
             if !self.params.reorder {
                 *at = (*at).max(self.last[slot] + 1);
                 self.last[slot] = *at;

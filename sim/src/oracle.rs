@@ -129,6 +129,14 @@ pub enum Violation {
         /// The budget.
         events: u64,
     },
+    /// One deletion woke more than one waiter (a thundering herd: waiters must watch only
+    /// their predecessor).
+    Herd {
+        /// The node.
+        node: usize,
+        /// Watches one deletion answered.
+        woken: usize,
+    },
     /// A key was still on a node after every client stopped.
     LeftoverLock {
         /// The node.
@@ -148,6 +156,7 @@ impl Violation {
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
             Violation::LeftoverLock { .. } => broken.reordered,
+            Violation::Herd { .. } => false,
         }
     }
 }
@@ -189,6 +198,9 @@ impl fmt::Display for Violation {
             }
             Violation::LeftoverLock { node, keys } => {
                 write!(f, "cleanup: node {node} still holds {keys} key(s) after every client stopped")
+            }
+            Violation::Herd { node, woken } => {
+                write!(f, "thundering herd: one deletion on node {node} woke {woken} waiters")
             }
         }
     }

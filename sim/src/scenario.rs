@@ -5,17 +5,35 @@ use lucky_core::bugs::Bug;
 use lucky_core::redlock::{RedLockConfig, Retry, Wait};
 use lucky_core::Duration;
 
+use lucky_core::etcd::EtcdConfig;
+
+use crate::etcd_lock::EtcdSim;
 use crate::net::{Cut, NetParams};
 use crate::redlock::RedLockSim;
 use crate::rng::Rng;
+use crate::scenario_etcd as etcd;
 use crate::world::{Fault, Report, Workload, World};
 
 const MS: u64 = 1_000_000;
 
+/// Which lock protocol a setup runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// RedLock over `nodes` Redis models.
+    RedLock,
+    /// The etcd lease lock against one cluster model.
+    Etcd {
+        /// The cluster compacts after every write.
+        compact_always: bool,
+    },
+}
+
 /// Everything one run needs.
 #[derive(Clone, Debug)]
 pub struct Setup {
-    /// Redis nodes.
+    /// The protocol.
+    pub backend: Backend,
+    /// Server nodes (Redis nodes; 1 for the etcd cluster).
     pub nodes: usize,
     /// Lease ttl (ms).
     pub ttl_ms: u64,
@@ -37,6 +55,8 @@ pub struct Setup {
     pub must_violate: bool,
     /// Whether locks carry quorum fences and the resource checks them.
     pub fencing: bool,
+    /// Per-request timeout (None: the protocol's default).
+    pub op_timeout: Option<Duration>,
 }
 
 impl Setup {
@@ -45,6 +65,7 @@ impl Setup {
     pub fn base(_rng: &mut Rng) -> Setup {
         let ttl_ms = 400;
         Setup {
+            backend: Backend::RedLock,
             nodes: 5,
             ttl_ms,
             drift_ppm: 10_000,
@@ -78,6 +99,7 @@ impl Setup {
             faults: Vec::new(),
             must_violate: false,
             fencing: false,
+            op_timeout: None,
         }
     }
 
@@ -96,17 +118,51 @@ impl Setup {
     }
 
     /// Random instants within the faulty phase.
-    fn at(&self, rng: &mut Rng) -> u64 {
+    pub(crate) fn at(&self, rng: &mut Rng) -> u64 {
         rng.range(50 * MS, self.work.quiet_at - 50 * MS)
     }
 
     /// Runs this setup (its fault schedule as it stands) with the simulation seed `seed`.
     pub fn run(&self, seed: u64, bug: Option<Injected>) -> Outcome {
-        let protocol = self.protocol(bug);
-        let world = World::new(&protocol, self.work.clone(), self.net, &self.faults, seed);
+        let report = match self.backend {
+            Backend::RedLock => {
+                let protocol = self.protocol(bug);
+                World::new(&protocol, self.work.clone(), self.net, &self.faults, seed)
+                    .run(EVENT_LIMIT)
+            }
+            Backend::Etcd { .. } => {
+                let protocol = self.etcd_protocol(bug);
+                World::new(&protocol, self.work.clone(), self.net, &self.faults, seed)
+                    .run(EVENT_LIMIT)
+            }
+        };
         Outcome {
             must_violate: self.must_violate,
-            report: world.run(EVENT_LIMIT),
+            report,
+        }
+    }
+
+    /// The etcd configuration of this setup, with `bug` injected.
+    pub fn etcd_protocol(&self, bug: Option<Injected>) -> EtcdSim {
+        let mut b = EtcdConfig::builder()
+            .ttl(Duration::from_millis(self.ttl_ms))
+            .drift(self.drift_ppm, Duration::from_millis(2))
+            .retry(self.retry)
+            .wait(self.wait);
+        if let Some(t) = self.op_timeout {
+            b = b.op_timeout(t);
+        }
+        if let Some(Injected::Machine(bug)) = bug {
+            b = b.inject_bug(bug);
+        }
+        let cfg = b.build().expect("scenario configurations are valid");
+        EtcdSim {
+            cfg,
+            compact_always: self.backend
+                == Backend::Etcd {
+                    compact_always: true,
+                },
+            fence_unchecked: bug == Some(Injected::FenceUnchecked),
         }
     }
 
@@ -119,6 +175,9 @@ impl Setup {
             .retry(self.retry)
             .wait(self.wait)
             .fencing(self.fencing);
+        if let Some(t) = self.op_timeout {
+            b = b.node_timeout(t);
+        }
         if let Some((every, cap)) = self.auto_extend {
             b = b.auto_extend(every, cap);
         }
@@ -246,6 +305,15 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "restart-without-persistence-fenced", about: "a node forgets keys and counters and restarts at once: both may break (expected)", draw: restart_without_persistence_fenced },
     Scenario { name: "client-drift-fenced", about: "fenced holders with client drift within or far beyond the bound: fences hold either way", draw: client_drift_fenced },
     Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
+    Scenario { name: "etcd-holder-partitioned", about: "etcd: a client is cut off from the cluster for 1.5 ttl", draw: etcd::holder_partitioned },
+    Scenario { name: "etcd-keepalive-stall", about: "etcd: replies to a client stall for ttl/3, then its keepalives are cut; leader losses", draw: etcd::keepalive_stall },
+    Scenario { name: "etcd-watch-compacted", about: "etcd: the cluster compacts after every write, so watches start compacted", draw: etcd::watch_compacted },
+    Scenario { name: "etcd-predecessor-crash", about: "etcd: queued clients crash for good while the owner holds", draw: etcd::predecessor_crash },
+    Scenario { name: "etcd-holder-pause-fenced", about: "etcd: holder pauses 2 ttl between check and write; the resource rejects its stale revision", draw: etcd::holder_pause_fenced },
+    Scenario { name: "etcd-clock-jump", about: "etcd: the cluster clock jumps forward by the ttl: overlap expected, fences hold", draw: etcd::clock_jump },
+    Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: etcd::client_drift },
+    Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data and restarts at once: revisions restart (expected)", draw: etcd::data_loss },
+    Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: etcd::random_chaos },
 ];
 
 fn split_vote(rng: &mut Rng) -> Setup {

@@ -38,6 +38,26 @@ pub enum Fault {
         /// Whether its keys are lost (no persistence).
         lose_state: bool,
     },
+    /// The node serves nothing for `for_ns` (leader loss): requests wait and are answered
+    /// after it, and nothing expires meanwhile; then it recovers (leases get a fresh ttl).
+    Stall {
+        /// Which node.
+        node: usize,
+        /// For how long.
+        for_ns: u64,
+    },
+    /// Every reply to `client` arrives `extra_ns` later than normal (0: back to normal).
+    SlowReplies {
+        /// Which client.
+        client: usize,
+        /// Extra delay, ns.
+        extra_ns: u64,
+    },
+    /// A client process dies for good: it sends nothing more and its claim ends.
+    CrashClient {
+        /// Which client.
+        client: usize,
+    },
     /// Restart a crashed node.
     Restart {
         /// Which node.
@@ -186,6 +206,13 @@ enum Ev<C, R> {
         serial: u64,
     },
     Fault(Fault),
+    NodeTimer {
+        node: usize,
+        gen: u64,
+    },
+    Unstall {
+        node: usize,
+    },
     Progress {
         acquired: u64,
     },
@@ -222,6 +249,9 @@ struct Node<S> {
     up: bool,
     crashed_at: u64,
     lost_state: bool,
+    stalled_until: u64,
+    timer_gen: u64,
+    timer_at: u64,
 }
 
 /// One simulated run.
@@ -247,6 +277,11 @@ pub struct World<P: Protocol> {
     hash: u64,
     events: u64,
     held_past_deadline_reported: u32,
+    /// Commands a node keeps to answer later (watches): id -> (client, node, op).
+    kept: std::collections::BTreeMap<u64, (usize, usize, OpId)>,
+    next_kept: u64,
+    dead: Vec<bool>,
+    fired: Vec<(u64, Rep<P>)>,
     report: Report,
 }
 
@@ -279,6 +314,9 @@ impl<P: Protocol> World<P> {
                 up: true,
                 crashed_at: 0,
                 lost_state: false,
+                stalled_until: 0,
+                timer_gen: 0,
+                timer_at: u64::MAX,
             })
             .collect();
         let (clo, chi) = work.client_ppm.unwrap_or((-ppm, ppm));
@@ -329,6 +367,10 @@ impl<P: Protocol> World<P> {
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
             events: 0,
             held_past_deadline_reported: 0,
+            kept: std::collections::BTreeMap::new(),
+            next_kept: 0,
+            dead: vec![false; work.clients],
+            fired: Vec::new(),
             report: Report {
                 events: 0,
                 trace_hash: 0,
@@ -408,6 +450,9 @@ impl<P: Protocol> World<P> {
         let now = self.now;
         // A paused client handles nothing until it resumes: defer its events, in order.
         if let Some(c) = ev_client(&ev) {
+            if self.dead[c] {
+                return false;
+            }
             let until = self.clients[c].paused_until;
             if until > now {
                 self.push(until, ev);
@@ -525,15 +570,55 @@ impl<P: Protocol> World<P> {
                 op,
                 command,
             } => {
+                if self.nodes[node].stalled_until > now {
+                    let until = self.nodes[node].stalled_until;
+                    self.push(
+                        until,
+                        Ev::Request {
+                            client,
+                            node,
+                            op,
+                            command,
+                        },
+                    );
+                    return false;
+                }
                 self.mix([now, 6, (client as u64) << 32 | node as u64 ^ op.0 << 8]);
                 let n = &mut self.nodes[node];
-                let reply = if n.up {
+                if n.up {
                     let local = n.clock.local(now);
-                    n.server.apply(local, &command)
+                    self.next_kept += 1;
+                    let id = self.next_kept;
+                    match n.server.submit(local, &command, id) {
+                        Some(reply) => self.transmit_reply(client, node, op, reply),
+                        None => {
+                            self.kept.insert(id, (client, node, op));
+                        }
+                    }
+                    self.node_changed(node);
                 } else {
-                    P::Server::unavailable()
-                };
-                self.transmit_reply(client, node, op, reply);
+                    self.transmit_reply(client, node, op, P::Server::unavailable());
+                }
+            }
+            Ev::NodeTimer { node, gen } => {
+                self.mix([now, 13, node as u64]);
+                let n = &mut self.nodes[node];
+                if n.timer_gen == gen && n.up && n.stalled_until <= now {
+                    n.timer_at = u64::MAX;
+                    let local = n.clock.local(now);
+                    n.server.tick(local);
+                    self.node_changed(node);
+                }
+            }
+            Ev::Unstall { node } => {
+                self.mix([now, 14, node as u64]);
+                let n = &mut self.nodes[node];
+                if n.stalled_until <= now && n.up {
+                    let local = n.clock.local(now);
+                    n.server.recovered(local);
+                    n.timer_at = u64::MAX;
+                    self.node_changed(node);
+                }
             }
             Ev::Response {
                 client,
@@ -580,6 +665,10 @@ impl<P: Protocol> World<P> {
             Ev::Final => {
                 self.mix([now, 9, 0]);
                 for (i, n) in self.nodes.iter().enumerate() {
+                    let woken = n.server.max_woken();
+                    if woken > 1 {
+                        self.oracle.found.push(Violation::Herd { node: i, woken });
+                    }
                     let keys = n.server.live_keys(n.clock.local(now));
                     if keys > 0 {
                         self.oracle
@@ -591,6 +680,47 @@ impl<P: Protocol> World<P> {
             }
         }
         false
+    }
+
+    /// After a node acted: send the answers it released, and re-arm its own timer.
+    fn node_changed(&mut self, node: usize) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.nodes[node].server.fired(&mut fired);
+        for (id, reply) in fired.drain(..) {
+            if let Some((client, node, op)) = self.kept.remove(&id) {
+                self.transmit_reply(client, node, op, reply);
+            }
+        }
+        self.fired = fired;
+        let n = &mut self.nodes[node];
+        let at = match n.server.next_timer() {
+            Some(t) => n.clock.true_at(t).max(self.now).max(n.stalled_until),
+            None => u64::MAX,
+        };
+        if at != n.timer_at {
+            n.timer_at = at;
+            n.timer_gen += 1;
+            if at != u64::MAX {
+                let gen = n.timer_gen;
+                self.push(at, Ev::NodeTimer { node, gen });
+            }
+        }
+    }
+
+    /// A node's connections broke: every command it kept is answered "unavailable".
+    fn drop_kept(&mut self, node: usize) {
+        self.nodes[node].server.forget_kept();
+        let ids: Vec<u64> = self
+            .kept
+            .iter()
+            .filter(|(_, k)| k.1 == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((client, node, op)) = self.kept.remove(&id) {
+                self.transmit_reply(client, node, op, P::Server::unavailable());
+            }
+        }
     }
 
     fn local(&self, client: usize) -> Instant {
@@ -747,11 +877,7 @@ impl<P: Protocol> World<P> {
         match self.clients[c].work {
             Work::Thinking if self.now >= self.work.stop_at => {
                 self.clients[c].work = Work::Stopped;
-                if self.clients.iter().all(|x| x.work == Work::Stopped) {
-                    // Let every message in flight land, then check nothing is left behind.
-                    let (_, hi) = self.net.params.delay_ns;
-                    self.push(self.now + 4 * hi + 1, Ev::Final);
-                }
+                self.maybe_final();
             }
             Work::Thinking => {
                 if self.clients[c].m.acquire(local).is_ok() {
@@ -782,6 +908,14 @@ impl<P: Protocol> World<P> {
         }
     }
 
+    fn maybe_final(&mut self) {
+        if self.clients.iter().all(|x| x.work == Work::Stopped) {
+            // Let every message in flight land, then check nothing is left behind.
+            let (_, hi) = self.net.params.delay_ns;
+            self.push(self.now + 4 * hi + 1, Ev::Final);
+        }
+    }
+
     fn fault(&mut self, f: Fault) {
         let now = self.now;
         match f {
@@ -797,12 +931,34 @@ impl<P: Protocol> World<P> {
                         n.server.wipe();
                         self.broken.state_lost = true;
                     }
+                    self.drop_kept(node);
+                }
+            }
+            Fault::Stall { node, for_ns } => {
+                let n = &mut self.nodes[node];
+                n.stalled_until = n.stalled_until.max(now + for_ns);
+                let until = n.stalled_until;
+                self.push(until, Ev::Unstall { node });
+            }
+            Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
+            Fault::CrashClient { client } => {
+                if !self.dead[client] {
+                    self.dead[client] = true;
+                    if self.clients[client].claim.take().is_some() {
+                        self.oracle.ended(client, now, false);
+                        self.expect_progress();
+                    }
+                    self.clients[client].work = Work::Stopped;
+                    self.maybe_final();
                 }
             }
             Fault::Restart { node } => self.restart(node),
             Fault::ClockJump { node, by_ns } => {
                 self.nodes[node].clock.jump(by_ns);
                 self.broken.node_clock_jump = true;
+                // Its own timers (lease expiry) now fall at other true times.
+                self.nodes[node].timer_at = u64::MAX;
+                self.node_changed(node);
             }
             Fault::Pause { client, for_ns } => {
                 let c = &mut self.clients[client];
@@ -837,6 +993,10 @@ impl<P: Protocol> World<P> {
             if n.lost_state && now - n.crashed_at < ttl + ttl / 50 {
                 self.broken.fast_restart_without_state = true;
             }
+            let local = n.clock.local(now);
+            n.server.recovered(local);
+            n.timer_at = u64::MAX;
+            self.node_changed(node);
         }
     }
 }

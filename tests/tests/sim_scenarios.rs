@@ -75,6 +75,15 @@ scenario_tests! {
     restart_without_persistence_fenced => "restart-without-persistence-fenced",
     client_drift_fenced => "client-drift-fenced",
     random_chaos => "random-chaos",
+    etcd_holder_partitioned => "etcd-holder-partitioned",
+    etcd_keepalive_stall => "etcd-keepalive-stall",
+    etcd_watch_compacted => "etcd-watch-compacted",
+    etcd_predecessor_crash => "etcd-predecessor-crash",
+    etcd_holder_pause_fenced => "etcd-holder-pause-fenced",
+    etcd_clock_jump => "etcd-clock-jump",
+    etcd_client_drift => "etcd-client-drift",
+    etcd_data_loss => "etcd-data-loss",
+    etcd_random_chaos => "etcd-random-chaos",
 }
 
 #[test]
@@ -109,6 +118,9 @@ fn every_injected_bug_is_caught() {
         (m(Bug::ExtendAfterExpiry), "extend-after-expiry", 5),
         (m(Bug::FenceMaxOfIncr), "fence-sequence", 5),
         (Injected::FenceUnchecked, "holder-pause-fenced", 5),
+        (m(Bug::EtcdLostFromReceiveTime), "etcd-keepalive-stall", 20),
+        (m(Bug::EtcdWatchAll), "etcd-predecessor-crash", 5),
+        (m(Bug::EtcdSkipRecheck), "etcd-predecessor-crash", 10),
     ];
     assert_eq!(cases.len(), Injected::all().count(), "every bug has a case");
     for (bug, name, seeds) in cases {

@@ -1,0 +1,192 @@
+//! etcd lock configuration: validated once, shared by every lock of a client.
+
+use crate::error::UsageError;
+use crate::redlock::{Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN, MAX_TTL};
+use crate::time::{drift_allowance, Duration};
+
+/// Default lease ttl (etcd's own `concurrency` default is 60 s; a shorter lease frees the lock
+/// of a crashed holder sooner).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// A validated etcd lock configuration. Build it with [`EtcdConfig::builder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) drift_ppm: u32,
+    pub(crate) drift_floor: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) keepalive_every: Duration,
+    pub(crate) recheck: Duration,
+    pub(crate) retry: Retry,
+    pub(crate) wait: Wait,
+    #[cfg(feature = "bugs")]
+    pub(crate) bugs: crate::bugs::Bugs,
+}
+
+impl EtcdConfig {
+    /// Starts a configuration with the defaults: lease ttl 30 s, drift 10 000 ppm + 2 ms,
+    /// request timeout ttl/20 (at most 5 s), keepalive every ttl/3, watch re-check every ttl,
+    /// wait 10 s, retry 50-250 ms.
+    pub fn builder() -> EtcdConfigBuilder {
+        EtcdConfigBuilder::default()
+    }
+    /// Requested lease time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+    /// Drift allowance subtracted from a lease of `ttl`.
+    pub fn drift_for(&self, ttl: Duration) -> Duration {
+        drift_allowance(ttl, self.drift_ppm, self.drift_floor)
+    }
+    /// The drift bound this configuration tolerates (ppm).
+    pub fn drift_ppm(&self) -> u32 {
+        self.drift_ppm
+    }
+    /// How long one request waits for its reply.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+    /// Time between keepalives, counted from the send of the last acknowledged one.
+    pub fn keepalive_every(&self) -> Duration {
+        self.keepalive_every
+    }
+    /// How long a waiter trusts one watch before reading the queue again.
+    pub fn recheck(&self) -> Duration {
+        self.recheck
+    }
+    /// Retry delay after a failed request.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+    /// How long an acquisition keeps trying (queued or retrying).
+    pub fn wait(&self) -> Wait {
+        self.wait
+    }
+}
+
+/// Builder for [`EtcdConfig`]; every check happens in [`build`](Self::build).
+#[derive(Clone, Debug)]
+pub struct EtcdConfigBuilder {
+    ttl: Duration,
+    drift_ppm: u32,
+    drift_floor: Duration,
+    op_timeout: Option<Duration>,
+    keepalive_every: Option<Duration>,
+    recheck: Option<Duration>,
+    retry: Retry,
+    wait: Wait,
+    #[cfg(feature = "bugs")]
+    bugs: crate::bugs::Bugs,
+}
+
+impl Default for EtcdConfigBuilder {
+    fn default() -> Self {
+        EtcdConfigBuilder {
+            ttl: DEFAULT_TTL,
+            drift_ppm: DEFAULT_DRIFT_PPM,
+            drift_floor: DEFAULT_DRIFT_FLOOR,
+            op_timeout: None,
+            keepalive_every: None,
+            recheck: None,
+            retry: Retry::default(),
+            wait: Wait::For(Duration::from_secs(10)),
+            #[cfg(feature = "bugs")]
+            bugs: crate::bugs::Bugs::default(),
+        }
+    }
+}
+
+impl EtcdConfigBuilder {
+    /// Lease time to live: positive, at most [`MAX_TTL`]. etcd grants whole seconds (and at
+    /// least its minimum, about 2 s by default); the machine trusts the ttl the server grants.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+    /// Clock drift rate bound in parts per million and the constant floor added to it.
+    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
+        self.drift_ppm = ppm;
+        self.drift_floor = floor;
+        self
+    }
+    /// Timeout of each request (not of watches); must be shorter than the validity.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = Some(timeout);
+        self
+    }
+    /// Time between keepalives (default ttl/3, as etcd's own client).
+    pub fn keepalive_every(mut self, every: Duration) -> Self {
+        self.keepalive_every = Some(every);
+        self
+    }
+    /// How long a waiter trusts a watch before it reads the queue again (default ttl): a
+    /// safety net for a watch the transport lost without saying so.
+    pub fn recheck(mut self, every: Duration) -> Self {
+        self.recheck = Some(every);
+        self
+    }
+    /// Delay between attempts after a failed request.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+    /// How long to keep trying: queued behind the holder, or retrying after errors.
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
+    #[cfg(feature = "bugs")]
+    pub fn inject_bug(mut self, bug: crate::bugs::Bug) -> Self {
+        self.bugs.insert(bug);
+        self
+    }
+
+    /// Checks everything and returns the configuration, or the first problem found.
+    pub fn build(self) -> Result<EtcdConfig, UsageError> {
+        let ttl = self.ttl;
+        if ttl.is_zero() {
+            return Err(UsageError::TtlZero);
+        }
+        if ttl > MAX_TTL {
+            return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
+        }
+        let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
+        if drift >= ttl {
+            return Err(UsageError::DriftTooLarge { drift, ttl });
+        }
+        let validity = ttl - drift;
+        let op_timeout = self
+            .op_timeout
+            .unwrap_or_else(|| (ttl / 20).min(Duration::from_secs(5)).min(validity / 2));
+        if op_timeout.is_zero() {
+            return Err(UsageError::NodeTimeoutZero);
+        }
+        if op_timeout >= validity {
+            return Err(UsageError::NodeTimeoutTooLarge {
+                timeout: op_timeout,
+                validity,
+            });
+        }
+        let every = self.keepalive_every.unwrap_or(ttl / 3);
+        if every.is_zero() || every >= validity {
+            return Err(UsageError::BadExtendInterval { every, validity });
+        }
+        let recheck = self.recheck.unwrap_or(ttl).max(op_timeout);
+        Ok(EtcdConfig {
+            ttl,
+            drift_ppm: self.drift_ppm,
+            drift_floor: self.drift_floor,
+            op_timeout,
+            keepalive_every: every,
+            recheck,
+            retry: self.retry,
+            wait: self.wait,
+            #[cfg(feature = "bugs")]
+            bugs: self.bugs,
+        })
+    }
+}
+
+/// Longest lock name accepted, in bytes (the key adds `/` and up to 16 hex digits).
+pub const MAX_NAME_LEN: usize = MAX_KEY_LEN - 17;

@@ -1,0 +1,822 @@
+//! The etcd lease lock, as a sans-IO machine: the queue of etcd's own `concurrency.Mutex`,
+//! without the server-side `v3lock` RPC (etcd 3.4 can report it acquired after the lease
+//! expired, etcd-io/etcd#11456).
+//!
+//! Keys are `<name>/<lease id in hex>`, one per lease; the owner is the key with the lowest
+//! create_revision under `<name>/`, so Lucky, `etcdctl lock <name>` and Go services using
+//! `concurrency.Mutex` exclude each other. The fence is our key's create_revision: etcd
+//! revisions only grow, so successive owners get strictly increasing fences.
+//!
+//! One machine keeps one lease across its acquisitions (a session): the first acquisition
+//! grants it; later ones renew it in parallel with the taking transaction, so an uncontended
+//! cycle writes twice (take, delete). A machine that lost its lease grants a new one.
+//!
+//! Safety rules kept here:
+//! - validity: the lease is known to live until `send time of the last acknowledged grant or
+//!   keepalive + granted ttl - drift`; the lock is never reported held at or after that.
+//! - a waiter watches only its predecessor (the last key created before its own), and after
+//!   every watch answer (deleted, compacted, failed, or silent for `recheck`) reads the queue
+//!   again; it owns the lock only when that read shows no predecessor and its own key.
+//! - after a keepalive failed, a later success extends the lock only once a read shows we
+//!   still own it.
+//! - a lost lock revokes its lease, which deletes its key on the server.
+
+mod command;
+mod config;
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub use command::{Command, Reply};
+pub use config::{EtcdConfig, EtcdConfigBuilder, DEFAULT_TTL, MAX_NAME_LEN};
+
+use crate::bugs::Bug;
+use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
+use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
+use crate::redlock::Wait;
+use crate::rng::SplitMix64;
+use crate::time::{Duration, Instant};
+
+/// The etcd lock machine for one lock name. It talks to one node: the cluster.
+#[derive(Debug)]
+pub struct EtcdLock {
+    cfg: EtcdConfig,
+    prefix: Bytes,
+    now: Instant,
+    next_op: u64,
+    rng: SplitMix64,
+    out: VecDeque<Output<Command>>,
+    lease: Option<Lease>,
+    /// Our key for the current lease.
+    key: Bytes,
+    /// Our key's create_revision in this acquisition (0: not known yet).
+    rev: i64,
+    phase: Phase,
+    /// The request of the acquisition or release chain in flight.
+    main: Option<Pending>,
+    /// The keepalive in flight.
+    keepalive: Option<Pending>,
+    /// When to send the next keepalive while active.
+    next_keepalive: Instant,
+    /// A keepalive failed since ownership was last read: re-read before extending again.
+    suspect: bool,
+    /// Ownership was read; the lock is claimed once the keepalive in flight confirms the lease.
+    owner_ready: bool,
+    /// A validity confirmed by a keepalive, waiting for the ownership re-read.
+    pending_until: Option<Instant>,
+    attempts: u32,
+    wait_until: Instant,
+    last_error: Option<LockError>,
+    /// The lease was granted during the current acquisition.
+    fresh_lease: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    id: i64,
+    /// Local time until which the lease surely lives (drift already taken off).
+    until: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Grant,
+    Take,
+    Queue,
+    Watch,
+    /// Re-read of ownership while held, after a keepalive failure.
+    Check,
+    Delete,
+    Revoke,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    op: OpId,
+    kind: Kind,
+    sent: Instant,
+    deadline: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Acquiring,
+    Waiting { retry_at: Instant },
+    Held { valid_until: Instant },
+    Releasing,
+    Done,
+}
+
+impl EtcdLock {
+    /// A machine for the lock `name`; `seed` drives the retry jitter.
+    pub fn new(cfg: &EtcdConfig, name: &[u8], seed: u64) -> Result<EtcdLock, UsageError> {
+        if name.is_empty() {
+            return Err(UsageError::EmptyKey);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(UsageError::KeyTooLong {
+                len: name.len(),
+                max: MAX_NAME_LEN,
+            });
+        }
+        let mut prefix = BytesMut::with_capacity(name.len() + 1);
+        prefix.put_slice(name);
+        prefix.put_u8(b'/');
+        Ok(EtcdLock {
+            cfg: cfg.clone(),
+            prefix: prefix.freeze(),
+            now: Instant::ZERO,
+            next_op: 0,
+            rng: SplitMix64::new(seed),
+            out: VecDeque::new(),
+            lease: None,
+            key: Bytes::new(),
+            rev: 0,
+            phase: Phase::Idle,
+            main: None,
+            keepalive: None,
+            next_keepalive: Instant::MAX,
+            suspect: false,
+            owner_ready: false,
+            pending_until: None,
+            attempts: 0,
+            wait_until: Instant::ZERO,
+            last_error: None,
+            fresh_lease: false,
+        })
+    }
+
+    /// The lease this machine holds, if any (for a driver that revokes it on shutdown).
+    pub fn lease(&self) -> Option<i64> {
+        self.lease.map(|l| l.id)
+    }
+
+    /// Our key under the current lease (empty before the first grant).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// `<name>/`: the prefix every contender's key is under.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    fn bug(&self, _bug: Bug) -> bool {
+        #[cfg(feature = "bugs")]
+        {
+            self.cfg.bugs.contains(_bug)
+        }
+        #[cfg(not(feature = "bugs"))]
+        {
+            false
+        }
+    }
+
+    fn send(&mut self, command: Command) -> OpId {
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        self.out.push_back(Output::Transmit(Transmit {
+            node: NodeId(0),
+            op,
+            command,
+        }));
+        op
+    }
+
+    fn send_main(&mut self, kind: Kind, command: Command) {
+        let timeout = if kind == Kind::Watch {
+            self.cfg.recheck
+        } else {
+            self.cfg.op_timeout
+        };
+        let op = self.send(command);
+        self.main = Some(Pending {
+            op,
+            kind,
+            sent: self.now,
+            deadline: self.now + timeout,
+        });
+    }
+
+    fn send_keepalive(&mut self) {
+        let Some(lease) = self.lease else { return };
+        if self.keepalive.is_some() {
+            return;
+        }
+        let op = self.send(Command::KeepAlive { lease: lease.id });
+        self.keepalive = Some(Pending {
+            op,
+            kind: Kind::Grant,
+            sent: self.now,
+            deadline: self.now + self.cfg.op_timeout,
+        });
+    }
+
+    fn set_lease(&mut self, id: i64) {
+        let mut key = BytesMut::with_capacity(self.prefix.len() + 16);
+        key.put_slice(&self.prefix);
+        push_hex(&mut key, id as u64);
+        self.key = key.freeze();
+        self.lease = Some(Lease {
+            id,
+            until: Instant::ZERO,
+        });
+    }
+
+    /// The lease is known to live until `sent + ttl - drift`.
+    fn confirm_lease(&mut self, sent: Instant, ttl: Duration) {
+        let from = if self.bug(Bug::EtcdLostFromReceiveTime) {
+            self.now
+        } else {
+            sent
+        };
+        let until = from + ttl.saturating_sub(self.cfg.drift_for(ttl));
+        if let Some(l) = &mut self.lease {
+            l.until = l.until.max(until);
+        }
+        self.next_keepalive = sent + self.cfg.keepalive_every;
+    }
+
+    fn lease_until(&self) -> Instant {
+        self.lease.map_or(Instant::ZERO, |l| l.until)
+    }
+
+    fn start_attempt(&mut self) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.phase = Phase::Acquiring;
+        self.owner_ready = false;
+        self.rev = 0;
+        match self.lease {
+            None => self.send_main(Kind::Grant, Command::LeaseGrant { ttl: self.cfg.ttl }),
+            Some(_) => {
+                // Renew the session's lease and take, in parallel: one round trip.
+                self.send_keepalive();
+                self.send_take();
+            }
+        }
+    }
+
+    fn send_take(&mut self) {
+        let Some(lease) = self.lease else { return };
+        self.send_main(
+            Kind::Take,
+            Command::Take {
+                key: self.key.clone(),
+                prefix: self.prefix.clone(),
+                lease: lease.id,
+            },
+        );
+    }
+
+    fn send_queue(&mut self, kind: Kind) {
+        self.send_main(
+            kind,
+            Command::Queue {
+                key: self.key.clone(),
+                prefix: self.prefix.clone(),
+                below: self.rev,
+            },
+        );
+    }
+
+    fn error(&self, outcome: NodeOutcome, taken: bool) -> LockError {
+        let nodes = vec![outcome];
+        let attempts = self.attempts;
+        if taken {
+            LockError::Taken { attempts, nodes }
+        } else {
+            LockError::NoQuorum { attempts, nodes }
+        }
+    }
+
+    fn next_retry(&mut self) -> Option<Instant> {
+        if self.now >= self.wait_until {
+            return None;
+        }
+        let retry = self.cfg.retry;
+        let jitter = self.rng.below_or_eq(crate::time::nanos(retry.jitter));
+        let at = self.now + retry.delay + Duration::from_nanos(jitter);
+        Some(at.min(self.wait_until))
+    }
+
+    /// This attempt failed: clean up what it may have written, then retry or give up.
+    fn fail_attempt(&mut self, error: LockError) {
+        self.abandon();
+        match self.next_retry() {
+            Some(retry_at) => {
+                self.phase = Phase::Waiting { retry_at };
+                self.emit(Event::Retrying {
+                    attempt: self.attempts,
+                    retry_at,
+                });
+            }
+            None => {
+                self.phase = Phase::Done;
+                self.emit(Event::Failed(error));
+            }
+        }
+    }
+
+    /// Drops the chain in flight and revokes the lease, which deletes whatever key this
+    /// attempt may have written, now or late (a take arriving after the revoke finds no
+    /// lease). The next attempt grants a fresh lease, so its key has another name and no
+    /// request of this attempt can touch it.
+    fn abandon(&mut self) {
+        self.main = None;
+        self.keepalive = None;
+        self.owner_ready = false;
+        self.rev = 0;
+        if let Some(l) = self.lease.take() {
+            self.send(Command::Revoke { lease: l.id });
+        }
+    }
+
+    /// The chain read that we own the lock.
+    fn owned(&mut self) {
+        self.main = None;
+        if self.keepalive.is_some() {
+            self.owner_ready = true;
+            return;
+        }
+        if self.now >= self.lease_until() {
+            // Our lease may be gone with our key: renew it and decide on the answer.
+            self.owner_ready = true;
+            self.send_keepalive();
+            return;
+        }
+        self.owner_ready = false;
+        let valid_until = self.lease_until();
+        self.suspect = false;
+        self.phase = Phase::Held { valid_until };
+        self.last_error = None;
+        self.emit(Event::Acquired {
+            fence: u64::try_from(self.rev).ok().map(crate::fence::Fence),
+            valid_until,
+        });
+    }
+
+    /// Revokes the lease without waiting (its key goes with it) and grants a fresh one next
+    /// time.
+    fn forget_lease(&mut self) {
+        if let Some(l) = self.lease.take() {
+            self.send(Command::Revoke { lease: l.id });
+        }
+    }
+
+    /// The lease is gone on the server (and every key on it).
+    fn lease_gone(&mut self) {
+        self.lease = None;
+        self.keepalive = None;
+        match self.phase {
+            Phase::Acquiring if !self.fresh_lease => {
+                // The session's lease ran out while idle: start again on a fresh one, at once.
+                self.main = None;
+                self.rev = 0;
+                self.start_attempt();
+            }
+            Phase::Acquiring => {
+                let e = self.error(NodeOutcome::Refused, false);
+                self.fail_attempt(e);
+            }
+            Phase::Held { .. } => self.lose(Some(self.error(NodeOutcome::Refused, false))),
+            _ => {}
+        }
+    }
+
+    fn lose(&mut self, error: Option<LockError>) {
+        let reason = match error.or_else(|| self.last_error.take()) {
+            Some(e) => LostReason::ExtendFailed(e),
+            None => LostReason::Expired,
+        };
+        self.emit(Event::Lost { reason });
+        self.main = None;
+        self.keepalive = None;
+        self.pending_until = None;
+        match self.lease.take() {
+            // Revoking deletes our key with the lease, wherever the lease stands.
+            Some(l) => {
+                self.phase = Phase::Releasing;
+                self.send_main(Kind::Revoke, Command::Revoke { lease: l.id });
+            }
+            None => {
+                self.phase = Phase::Done;
+                self.emit(Event::Released {
+                    nodes: vec![NodeOutcome::Refused],
+                });
+            }
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// Applies everything due at `now`.
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        let now = self.now;
+        if let Phase::Held { valid_until } = self.phase {
+            if now >= valid_until {
+                self.lose(None);
+                return;
+            }
+        }
+        if let Some(k) = self.keepalive {
+            if now >= k.deadline {
+                self.keepalive = None;
+                self.keepalive_failed(NodeOutcome::TimedOut);
+            }
+        }
+        if let Some(p) = self.main {
+            if now >= p.deadline {
+                self.main = None;
+                self.main_timed_out(p);
+            }
+        }
+        match self.phase {
+            Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
+            Phase::Acquiring if now >= self.wait_until && self.main_kind() == Some(Kind::Watch) => {
+                // Queued behind a holder for the whole wait: give up.
+                let e = self.error(NodeOutcome::Refused, true);
+                self.phase = Phase::Done;
+                self.abandon();
+                self.emit(Event::Failed(e));
+            }
+            _ => {}
+        }
+        if matches!(self.phase, Phase::Acquiring | Phase::Held { .. })
+            && self.keepalive.is_none()
+            && now >= self.next_keepalive
+        {
+            self.send_keepalive();
+        }
+    }
+
+    fn main_kind(&self) -> Option<Kind> {
+        self.main.map(|p| p.kind)
+    }
+
+    fn main_timed_out(&mut self, p: Pending) {
+        match (p.kind, self.phase) {
+            // A watch that stayed silent: read the queue again.
+            (Kind::Watch, Phase::Acquiring) => self.send_queue(Kind::Queue),
+            (Kind::Grant | Kind::Take | Kind::Queue, Phase::Acquiring) => {
+                let e = self.error(NodeOutcome::TimedOut, false);
+                self.fail_attempt(e);
+            }
+            (Kind::Check, Phase::Held { .. }) => {
+                self.pending_until = None;
+            }
+            (Kind::Delete | Kind::Revoke, Phase::Releasing) => {
+                self.forget_lease();
+                self.phase = Phase::Done;
+                self.emit(Event::Released {
+                    nodes: vec![NodeOutcome::TimedOut],
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn keepalive_failed(&mut self, outcome: NodeOutcome) {
+        self.suspect = true;
+        let error = self.error(outcome, false);
+        self.last_error = Some(error.clone());
+        // Try again soon, well inside the remaining validity.
+        self.next_keepalive = self.now + self.cfg.keepalive_every / 4;
+        match self.phase {
+            Phase::Held { valid_until } => self.emit(Event::ExtendFailed { valid_until, error }),
+            Phase::Acquiring if self.owner_ready => {
+                self.owner_ready = false;
+                self.fail_attempt(error);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_keepalive(&mut self, k: Pending, reply: Reply) {
+        match reply {
+            Reply::KeepAlive { ttl } if !ttl.is_zero() => {
+                self.confirm_lease(k.sent, ttl);
+                let until = self.lease_until();
+                match self.phase {
+                    Phase::Held { valid_until } if until > valid_until => {
+                        if self.suspect {
+                            // Reconnected after a failure: read ownership before extending.
+                            self.pending_until = Some(until);
+                            if self.main.is_none() {
+                                self.send_queue(Kind::Check);
+                            }
+                        } else {
+                            self.phase = Phase::Held { valid_until: until };
+                            self.emit(Event::Extended { valid_until: until });
+                        }
+                    }
+                    Phase::Acquiring if self.owner_ready => self.owned(),
+                    _ => {}
+                }
+            }
+            Reply::KeepAlive { .. } | Reply::LeaseNotFound => self.lease_gone(),
+            other => self.keepalive_failed(failure(other, "LeaseKeepAlive")),
+        }
+    }
+
+    fn on_main(&mut self, p: Pending, reply: Reply) {
+        match (p.kind, reply) {
+            (Kind::Grant, Reply::Lease { id, ttl }) if !ttl.is_zero() => {
+                self.set_lease(id);
+                self.fresh_lease = true;
+                self.confirm_lease(p.sent, ttl);
+                self.suspect = false;
+                self.send_take();
+            }
+            (
+                Kind::Take,
+                Reply::Taken {
+                    create_revision,
+                    owner_revision,
+                    ..
+                },
+            ) if create_revision > 0 => {
+                self.rev = create_revision;
+                if owner_revision == create_revision {
+                    self.owned();
+                } else if self.now >= self.wait_until {
+                    let e = self.error(NodeOutcome::Refused, true);
+                    self.phase = Phase::Done;
+                    self.abandon();
+                    self.emit(Event::Failed(e));
+                } else {
+                    self.send_queue(Kind::Queue);
+                }
+            }
+            (Kind::Take | Kind::Queue | Kind::Check, Reply::LeaseNotFound) => self.lease_gone(),
+            (
+                Kind::Queue,
+                Reply::Queue {
+                    mine,
+                    predecessor,
+                    revision,
+                },
+            ) => {
+                if mine != Some(self.rev) {
+                    // Our key is gone (its lease expired, or someone deleted it): start again
+                    // on a fresh lease.
+                    self.rev = 0;
+                    self.lease_gone();
+                } else if let Some(pred) = predecessor {
+                    let (key, prefix) = if self.bug(Bug::EtcdWatchAll) {
+                        (self.prefix.clone(), true)
+                    } else {
+                        (pred, false)
+                    };
+                    self.send_main(
+                        Kind::Watch,
+                        Command::WaitDelete {
+                            key,
+                            prefix,
+                            from: revision.saturating_add(1),
+                            watcher: self.key.clone(),
+                        },
+                    );
+                } else {
+                    self.owned();
+                }
+            }
+            (Kind::Watch, Reply::Deleted) if self.bug(Bug::EtcdSkipRecheck) => self.owned(),
+            // Whatever the watch said, read the queue again.
+            (Kind::Watch, _) => self.send_queue(Kind::Queue),
+            (
+                Kind::Check,
+                Reply::Queue {
+                    mine, predecessor, ..
+                },
+            ) => {
+                if mine == Some(self.rev) && predecessor.is_none() {
+                    self.suspect = false;
+                    if let Some(until) = self.pending_until.take() {
+                        if let Phase::Held { valid_until } = self.phase {
+                            if until > valid_until {
+                                self.phase = Phase::Held { valid_until: until };
+                                self.emit(Event::Extended { valid_until: until });
+                            }
+                        }
+                    }
+                } else {
+                    let e = self.error(NodeOutcome::Refused, true);
+                    self.lose(Some(e));
+                }
+            }
+            (Kind::Check, _) => self.pending_until = None,
+            (Kind::Delete | Kind::Revoke, reply) => {
+                let outcome = match reply {
+                    Reply::Done => NodeOutcome::Granted,
+                    Reply::LeaseNotFound => NodeOutcome::Refused,
+                    other => failure(other, "Txn(delete)"),
+                };
+                if p.kind == Kind::Revoke {
+                    self.key = Bytes::new();
+                } else if outcome != NodeOutcome::Granted {
+                    // Not known deleted: do not take this key up again in a later
+                    // acquisition (it would come back with its old fence).
+                    self.forget_lease();
+                }
+                self.phase = Phase::Done;
+                self.emit(Event::Released {
+                    nodes: vec![outcome],
+                });
+            }
+            (Kind::Grant | Kind::Take | Kind::Queue, reply) => {
+                let command = if p.kind == Kind::Grant {
+                    "LeaseGrant"
+                } else {
+                    "Txn"
+                };
+                let e = self.error(failure(reply, command), false);
+                self.fail_attempt(e);
+            }
+        }
+    }
+}
+
+fn failure(reply: Reply, command: &'static str) -> NodeOutcome {
+    NodeOutcome::Failed(match reply {
+        Reply::Error(e) => BackendError::ErrorReply(e),
+        Reply::Unavailable(e) => BackendError::Unavailable(e),
+        other => BackendError::UnexpectedReply {
+            command,
+            got: alloc::format!("{other:?}"),
+        },
+    })
+}
+
+fn push_hex(buf: &mut BytesMut, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        buf.put_u8(HEX[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+impl LockMachine for EtcdLock {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn node_count(&self) -> usize {
+        1
+    }
+
+    fn acquire(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        if !matches!(self.phase, Phase::Idle | Phase::Done) {
+            return Err(UsageError::Busy);
+        }
+        self.attempts = 0;
+        self.last_error = None;
+        self.fresh_lease = false;
+        self.wait_until = match self.cfg.wait {
+            Wait::None => self.now,
+            Wait::For(d) => self.now + d,
+            Wait::Forever => Instant::MAX,
+        };
+        self.start_attempt();
+        Ok(())
+    }
+
+    fn extend(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        match self.phase {
+            Phase::Held { .. } => {
+                self.send_keepalive();
+                Ok(())
+            }
+            _ => Err(UsageError::NotHeld),
+        }
+    }
+
+    fn release(&mut self, now: Instant) -> Result<(), UsageError> {
+        self.advance(now);
+        match self.phase {
+            Phase::Idle => Err(UsageError::NotHeld),
+            Phase::Acquiring | Phase::Waiting { .. } | Phase::Held { .. } => {
+                let taking = self.main.is_some_and(|p| p.kind == Kind::Take);
+                self.main = None;
+                self.keepalive = None;
+                self.owner_ready = false;
+                self.pending_until = None;
+                let rev = core::mem::take(&mut self.rev);
+                match self.lease {
+                    // Our key and its revision are known: delete exactly it, keep the lease.
+                    Some(_) if rev != 0 && !taking => {
+                        self.phase = Phase::Releasing;
+                        let key = self.key.clone();
+                        self.send_main(Kind::Delete, Command::Delete { key, revision: rev });
+                    }
+                    // A take is in flight: revoke the lease, which covers a late take too.
+                    Some(l) if taking => {
+                        self.lease = None;
+                        self.phase = Phase::Releasing;
+                        self.send_main(Kind::Revoke, Command::Revoke { lease: l.id });
+                    }
+                    _ => {
+                        self.phase = Phase::Done;
+                        self.emit(Event::Released {
+                            nodes: vec![NodeOutcome::NotSent],
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Phase::Releasing => Ok(()),
+            Phase::Done => {
+                self.emit(Event::Released {
+                    nodes: vec![NodeOutcome::NotSent],
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.advance(now);
+        if let Phase::Waiting { .. } = self.phase {
+            self.start_attempt();
+        }
+    }
+
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) {
+        self.advance(now);
+        if node.0 != 0 {
+            return;
+        }
+        if let Some(k) = self.keepalive.filter(|k| k.op == op) {
+            self.keepalive = None;
+            self.on_keepalive(k, reply);
+        } else if let Some(p) = self.main.filter(|p| p.op == op) {
+            self.main = None;
+            self.on_main(p, reply);
+        }
+        self.advance(self.now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Command>> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let mut at = match self.phase {
+            Phase::Idle | Phase::Done => return None,
+            Phase::Waiting { retry_at } => retry_at,
+            Phase::Held { valid_until } => valid_until,
+            Phase::Acquiring | Phase::Releasing => Instant::MAX,
+        };
+        if let Some(p) = self.main {
+            at = at.min(p.deadline);
+            if p.kind == Kind::Watch {
+                at = at.min(self.wait_until);
+            }
+        }
+        match self.keepalive {
+            Some(k) => at = at.min(k.deadline),
+            None if matches!(self.phase, Phase::Acquiring | Phase::Held { .. })
+                && self.lease.is_some() =>
+            {
+                at = at.min(self.next_keepalive);
+            }
+            None => {}
+        }
+        (at != Instant::MAX).then_some(at)
+    }
+
+    fn state(&self) -> State {
+        match self.phase {
+            Phase::Idle => State::Idle,
+            Phase::Acquiring => State::Acquiring,
+            Phase::Waiting { .. } => State::Waiting,
+            Phase::Held { valid_until } => State::Held { valid_until },
+            Phase::Releasing => State::Releasing,
+            Phase::Done => State::Done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_keys() {
+        let mut b = BytesMut::new();
+        push_hex(&mut b, 0x694d_77aa_0000_001f);
+        assert_eq!(&b[..], b"694d77aa0000001f");
+        let mut b = BytesMut::new();
+        push_hex(&mut b, 0);
+        assert_eq!(&b[..], b"0");
+    }
+}

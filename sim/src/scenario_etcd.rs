@@ -1,0 +1,277 @@
+//! The etcd scenarios: the etcd lease lock against the cluster model, one node that stands for
+//! the whole (linearizable) cluster.
+
+use lucky_core::redlock::Wait;
+use lucky_core::Duration;
+
+use crate::net::Cut;
+use crate::rng::Rng;
+use crate::scenario::{Backend, Setup};
+use crate::world::Fault;
+
+const MS: u64 = 1_000_000;
+
+/// The etcd shape: one cluster, 3 clients, lease ttl 400 ms, fences checked by the resource.
+fn base(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.backend = Backend::Etcd {
+        compact_always: false,
+    };
+    s.nodes = 1;
+    s.fencing = true;
+    s.wait = Wait::For(Duration::from_millis(800));
+    s
+}
+
+pub(crate) fn holder_partitioned(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.clients = 2 + rng.range(0, 1) as usize;
+    s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
+    for _ in 0..2 {
+        let client = rng.range(0, s.work.clients as u64 - 1) as usize;
+        let t = s.at(rng);
+        s.cut_for(t, s.ttl() * 3 / 2, Some(client), &[0], Cut::Both);
+    }
+    s
+}
+
+pub(crate) fn keepalive_stall(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.clients = 2;
+    s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    // Long enough that a stalled keepalive's answer still counts when it comes.
+    s.op_timeout = Some(Duration::from_millis(150));
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 2_400 * MS;
+    let mut t = 50 * MS;
+    while t + 2 * s.ttl() < s.work.quiet_at {
+        // Answers to one client stall (its keepalives still reach the cluster), then its
+        // requests are cut too: the lease runs out from the last keepalive that arrived.
+        let client = rng.range(0, 1) as usize;
+        let slow = s.ttl() / 4;
+        s.faults.push((
+            t,
+            Fault::SlowReplies {
+                client,
+                extra_ns: slow,
+            },
+        ));
+        let cut_at = t + s.ttl() / 2;
+        s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
+        s.faults.push((
+            cut_at + s.ttl() * 3 / 2,
+            Fault::SlowReplies {
+                client,
+                extra_ns: 0,
+            },
+        ));
+        t = cut_at + s.ttl() * 3 / 2 + rng.range(10 * MS, 100 * MS);
+    }
+    // Leader losses: requests wait, leases get a fresh ttl afterwards.
+    for _ in 0..rng.range(0, 2) {
+        let at = s.at(rng);
+        let for_ns = rng.range(s.ttl() / 10, s.ttl());
+        s.faults.push((at, Fault::Stall { node: 0, for_ns }));
+    }
+    s
+}
+
+pub(crate) fn watch_compacted(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.backend = Backend::Etcd {
+        compact_always: true,
+    };
+    s.work.clients = 4;
+    s.work.hold_ns = Some((MS, 30 * MS));
+    s.work.think_ns = (0, 5 * MS);
+    s.net.delay_ns = (100_000, 3 * MS);
+    s.wait = Wait::Forever;
+    s
+}
+
+pub(crate) fn predecessor_crash(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.clients = 4;
+    s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 2_600 * MS;
+    let first = rng.range(0, 3) as usize;
+    let second = (first + 1 + rng.range(0, 2) as usize) % 4;
+    for client in [first, second] {
+        let t = s.at(rng);
+        s.faults.push((t, Fault::CrashClient { client }));
+    }
+    s
+}
+
+pub(crate) fn holder_pause_fenced(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.pause_after_check_ns = Some(2 * s.ttl());
+    s.work.pause_only_client = Some(0);
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 1_600 * MS;
+    s.work.progress_within = None;
+    s
+}
+
+pub(crate) fn clock_jump(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    let mut t = 200 * MS;
+    while t < s.work.quiet_at {
+        s.faults.push((
+            t,
+            Fault::ClockJump {
+                node: 0,
+                by_ns: s.ttl() as i64,
+            },
+        ));
+        t += rng.range(80 * MS, 200 * MS);
+    }
+    s.must_violate = true;
+    s
+}
+
+pub(crate) fn client_drift(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.clients = 2;
+    // Long holds: a cut of the holder's keepalives lets its lease run out under it.
+    s.work.hold_ns = Some((2 * s.ttl(), 3 * s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    let bound = s.drift_ppm as i32;
+    if rng.range(0, 1) == 0 {
+        s.work.clock_ppm = bound / 2;
+    } else {
+        // Clients run slow by 4-6x the bound: they believe in their lease past its expiry.
+        s.work.clock_ppm = 0;
+        s.work.client_ppm = Some((-6 * bound, -4 * bound));
+        s.must_violate = true;
+    }
+    // Cut each client's keepalives in turn, so the lease of whoever holds runs out.
+    let mut t = 100 * MS;
+    let mut client = rng.range(0, 1) as usize;
+    for _ in 0..4 {
+        s.cut_for(t, s.ttl() * 11 / 10, Some(client), &[0], Cut::ToNode);
+        t += s.ttl() * 11 / 10 + rng.range(20 * MS, 60 * MS);
+        client = 1 - client;
+    }
+    s.work.quiet_at = t;
+    s.work.stop_at = t + 600 * MS;
+    s
+}
+
+pub(crate) fn data_loss(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    let mut t = 150 * MS;
+    while t < s.work.quiet_at {
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node: 0,
+                lose_state: true,
+            },
+        ));
+        s.faults.push((t + MS, Fault::Restart { node: 0 }));
+        t += rng.range(100 * MS, 250 * MS);
+    }
+    s.must_violate = true;
+    s
+}
+
+pub(crate) fn random_chaos(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.work.clients = 2 + rng.range(0, 2) as usize;
+    let on = |rng: &mut Rng| rng.range(0, 1) == 1;
+    if on(rng) {
+        s.work.hold_ns = Some((MS, 2 * s.ttl()));
+    }
+    if on(rng) {
+        s.backend = Backend::Etcd {
+            compact_always: true,
+        };
+    }
+    if on(rng) {
+        s.wait = Wait::Forever;
+    }
+    if on(rng) {
+        s.net.drop_ppm = rng.range(0, 100_000) as u32;
+    }
+    if on(rng) {
+        s.net.dup_ppm = rng.range(0, 100_000) as u32;
+    }
+    s.net.reorder = on(rng);
+    if on(rng) {
+        s.net.delay_ns = (100_000, rng.range(MS, 20 * MS));
+    }
+    let clients = s.work.clients as u64;
+    if on(rng) {
+        for _ in 0..rng.range(1, 5) {
+            let t = s.at(rng);
+            let client = if on(rng) {
+                None
+            } else {
+                Some(rng.range(0, clients - 1) as usize)
+            };
+            let cut = [Cut::Both, Cut::ToNode, Cut::FromNode][rng.range(0, 2) as usize];
+            s.cut_for(t, rng.range(MS, 2 * s.ttl()), client, &[0], cut);
+        }
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 3) {
+            let t = s.at(rng);
+            s.faults.push((
+                t,
+                Fault::Crash {
+                    node: 0,
+                    lose_state: false,
+                },
+            ));
+            s.faults
+                .push((t + rng.range(MS, 200 * MS), Fault::Restart { node: 0 }));
+        }
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 3) {
+            let t = s.at(rng);
+            let for_ns = rng.range(MS, s.ttl());
+            s.faults.push((t, Fault::Stall { node: 0, for_ns }));
+        }
+    }
+    if on(rng) {
+        for _ in 0..rng.range(1, 4) {
+            let t = s.at(rng);
+            let client = rng.range(0, clients - 1) as usize;
+            let for_ns = rng.range(MS, s.ttl() / 2 - MS);
+            s.faults.push((t, Fault::Pause { client, for_ns }));
+        }
+    }
+    if on(rng) {
+        let t = s.at(rng);
+        let client = rng.range(0, clients - 1) as usize;
+        let extra_ns = rng.range(MS, s.ttl() / 4);
+        s.faults.push((t, Fault::SlowReplies { client, extra_ns }));
+        s.faults.push((
+            t + rng.range(MS, s.ttl()),
+            Fault::SlowReplies {
+                client,
+                extra_ns: 0,
+            },
+        ));
+    }
+    if on(rng) {
+        let t = s.at(rng);
+        let client = rng.range(0, clients - 1) as usize;
+        s.faults.push((t, Fault::CrashClient { client }));
+    }
+    s
+}
