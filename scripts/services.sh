@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Starts (or stops) the servers Lucky's tests use, on loopback only:
 #   five redis-server nodes on 127.0.0.1:7001-7005, no persistence;
+#   one etcd member on 127.0.0.1:2379 (peer 2380), data in a temporary folder;
 #   the machine's PostgreSQL on 127.0.0.1:5432, if it is installed but stopped.
-# Installs redis-server from Debian when it is missing. Idempotent.
+# Installs redis-server, etcd-server, etcd-client and protobuf-compiler (protoc, which the
+# etcd-client crate's build needs) from Debian when they are missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
@@ -35,6 +37,26 @@ start() {
     redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null || { echo "redis on $p did not start" >&2; exit 1; }
   done
   echo "redis nodes up on 127.0.0.1:${PORTS// /,}"
+  need protoc protobuf-compiler
+  need etcd etcd-server
+  need etcdctl etcd-client
+  if ! ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null 2>&1; then
+    rm -rf "$DIR/etcd"
+    mkdir -p "$DIR/etcd"
+    nohup etcd --name lucky --data-dir "$DIR/etcd/data" \
+      --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+      --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+      --initial-cluster lucky=http://127.0.0.1:2380 \
+      >"$DIR/etcd.log" 2>&1 &
+    echo $! >"$DIR/etcd.pid"
+  fi
+  for _ in $(seq 100); do
+    ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null \
+    || { echo "etcd on 2379 did not start (see $DIR/etcd.log)" >&2; exit 1; }
+  echo "etcd up on 127.0.0.1:2379"
   # PostgreSQL (the fenced-write example) runs on this kind of machine already; start it if
   # it stopped.
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -45,6 +67,10 @@ start() {
 }
 
 stop() {
+  if [ -f "$DIR/etcd.pid" ]; then
+    kill "$(cat "$DIR/etcd.pid")" 2>/dev/null || true
+    rm -f "$DIR/etcd.pid"
+  fi
   for p in $PORTS; do
     if [ -f "$DIR/redis-$p.pid" ]; then
       kill "$(cat "$DIR/redis-$p.pid")" 2>/dev/null || true

@@ -40,6 +40,10 @@ enum Control {
     Extend,
 }
 
+/// Hands a machine back once it is done with a lock, so its session (an etcd lease) serves
+/// the next acquisition of the same name.
+pub(crate) type Recycle<M> = Box<dyn FnOnce(M) + Send>;
+
 /// Starts a driver task for `machine` and waits until it holds the lock or gives up.
 /// Dropping the returned future before it resolves releases whatever was taken.
 pub(crate) async fn acquire<M, T>(
@@ -48,6 +52,7 @@ pub(crate) async fn acquire<M, T>(
     clock: Clock,
     name: String,
     wake_channel: Option<Vec<u8>>,
+    recycle: Option<Recycle<M>>,
 ) -> Result<Guard, Error>
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
@@ -66,6 +71,7 @@ where
         wake_channel,
         subscription: None,
         inflight: Vec::new(),
+        recycle,
     };
     // The acquisition runs inline in the caller's future (no task, no channel hop); if that
     // future is dropped mid-flight, `Pending`'s drop hands the machine to a task that
@@ -140,6 +146,7 @@ struct Driver<M, T: Transport> {
     subscription: Option<Subscription>,
     /// Commands in flight, polled by whoever drives the machine (no task per command).
     inflight: Vec<BoxFuture<(NodeId, OpId, T::Reply)>>,
+    recycle: Option<Recycle<M>>,
 }
 
 impl<M, T> Driver<M, T>
@@ -213,23 +220,59 @@ where
         let mut inflight = std::mem::take(&mut self.inflight);
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
         let mut guard_open = true;
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            let mut released = None;
             while let Some(out) = self.machine.poll_output() {
                 match out {
                     Output::Transmit(t) => {
                         let send = self.transport.send(t.node.index(), t.command);
                         inflight.push(Box::pin(async move { (t.node, t.op, send.await) }));
                     }
-                    Output::Event(e) => self.event(e, &mut waiters),
+                    Output::Event(Event::Released { nodes }) => {
+                        if self.shared.end(End::Released) {
+                            let _ = self.lost.send(true);
+                        }
+                        tracing::info!("released");
+                        released = Some(nodes);
+                    }
+                    Output::Event(e) => self.event(e),
                 }
             }
             let state = self.machine.state();
-            // Done, nobody waiting, and no guard that could still ask: the task ends.
-            let idle = matches!(state, State::Done | State::Idle);
-            if idle && waiters.is_empty() && !guard_open {
-                break;
+            if let Some(nodes) = released {
+                // Released and nobody can ask anything more: hand the machine back before
+                // answering, so the caller's next acquisition finds it; commands still in
+                // flight (cleanup the machine does not wait for) finish in the background.
+                let closing = !waiters.is_empty() || !guard_open;
+                if closing && state == State::Done {
+                    if let Some(recycle) = self.recycle.take() {
+                        finish_detached(std::mem::take(&mut inflight));
+                        recycle(self.machine);
+                        for w in waiters.drain(..) {
+                            let _ = w.send(nodes.clone());
+                        }
+                        return;
+                    }
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.send(nodes.clone());
+                }
             }
-            let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
+            // Done, nobody waiting, and no guard that could still ask: the task ends once the
+            // commands still in flight (cleanup the machine sent without waiting) are out, or
+            // after a grace period if a server does not answer them.
+            let idle = matches!(state, State::Done | State::Idle);
+            let mut deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
+            if idle && waiters.is_empty() && !guard_open {
+                let until = *drain_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(5)
+                });
+                if inflight.is_empty() || tokio::time::Instant::now() >= until {
+                    break;
+                }
+                deadline = Some(deadline.map_or(until, |d| d.min(until)));
+            }
             tokio::select! {
                 biased;
                 (node, op, reply) = next_reply(&mut inflight) => {
@@ -258,12 +301,21 @@ where
         if self.shared.end(End::Released) {
             let _ = self.lost.send(true);
         }
+        // Nothing is in flight that the machine still waits for: it may serve again.
+        let done = matches!(self.machine.state(), State::Done);
+        if let (Some(recycle), true) = (self.recycle.take(), inflight.is_empty() && done) {
+            recycle(self.machine);
+        }
     }
 
-    fn event(&mut self, e: Event, waiters: &mut Vec<oneshot::Sender<Vec<NodeOutcome>>>) {
+    fn event(&mut self, e: Event) {
         match e {
             // The acquisition itself ran in `acquire_inline`; these cannot follow a hold.
-            Event::Acquired { .. } | Event::Retrying { .. } | Event::Failed(_) => {}
+            // `Released` is handled by `run`.
+            Event::Acquired { .. }
+            | Event::Retrying { .. }
+            | Event::Failed(_)
+            | Event::Released { .. } => {}
             Event::Extended { valid_until } => {
                 self.shared.extend(valid_until.as_nanos());
                 tracing::debug!("extended");
@@ -275,16 +327,26 @@ where
                     let _ = self.lost.send(true);
                 }
             }
-            Event::Released { nodes } => {
-                if self.shared.end(End::Released) {
-                    let _ = self.lost.send(true);
-                }
-                tracing::info!("released");
-                for w in waiters.drain(..) {
-                    let _ = w.send(nodes.clone());
-                }
-            }
         }
+    }
+}
+
+/// Lets commands already handed to the transport complete on their own (bounded), with
+/// nobody reading their replies.
+fn finish_detached<R: Send + 'static>(inflight: Vec<BoxFuture<R>>) {
+    if inflight.is_empty() {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let mut inflight = inflight;
+            let all = async {
+                while !inflight.is_empty() {
+                    next_reply(&mut inflight).await;
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all).await;
+        });
     }
 }
 

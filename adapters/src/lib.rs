@@ -3,23 +3,29 @@
 //! Every protocol is a sans-IO state machine in [`lucky_core`] (re-exported here); this crate
 //! adds thin tokio drivers, one module per backend behind a cargo feature:
 //! - `redis`: [`redis::RedLock`], RedLock over independent Redis nodes.
+//! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
 
 pub use lucky_core::*;
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "etcd"))]
 mod clock;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "etcd"))]
 mod driver;
-#[cfg(feature = "redis")]
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(any(feature = "redis", feature = "etcd"))]
 mod hold;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub use driver::Guard;
+
 /// Errors shared by every backend's driver.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "etcd"))]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad input from the caller; nothing was sent.

@@ -412,7 +412,7 @@ impl LockRequest<'_> {
             .to_vec();
         channel.extend_from_slice(machine.key());
         let (nodes, clock) = (self.client.nodes.clone(), self.client.clock);
-        driver::acquire(machine, nodes, clock, self.name, Some(channel))
+        driver::acquire(machine, nodes, clock, self.name, Some(channel), None)
             .await
             .map_err(Error::from)
     }

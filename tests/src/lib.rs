@@ -200,4 +200,154 @@ pub mod servers {
             self.kill();
         }
     }
+
+    /// The etcd endpoint: `LUCKY_ETCD_ENDPOINTS` (comma-separated), else the member that
+    /// `scripts/services.sh start` runs on 127.0.0.1:2379.
+    pub fn etcd_endpoints() -> Vec<String> {
+        match std::env::var("LUCKY_ETCD_ENDPOINTS") {
+            Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_owned()).collect(),
+            _ => vec!["http://127.0.0.1:2379".to_owned()],
+        }
+    }
+
+    /// Whether etcd answers at `endpoints`; if not, panics when servers are required, else
+    /// prints why the test is skipped and returns false.
+    pub async fn etcd_available(endpoints: &[String]) -> bool {
+        let ok = async {
+            let mut c = etcd_client::Client::connect(endpoints, None).await.ok()?;
+            c.get("lucky-probe", None).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(3), ok)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return true;
+        }
+        assert!(
+            !required(),
+            "etcd at {endpoints:?} is not reachable and LUCKY_REQUIRE_SERVERS=1"
+        );
+        eprintln!(
+            "skipping: etcd at {endpoints:?} is not reachable (run scripts/services.sh start)"
+        );
+        false
+    }
+
+    /// An etcd member of the test's own (data in a temporary folder), for real faults.
+    #[derive(Debug)]
+    pub struct EtcdProcess {
+        /// Client port on 127.0.0.1 (the peer port is the next one).
+        pub port: u16,
+        dir: std::path::PathBuf,
+        child: Option<Child>,
+    }
+
+    impl EtcdProcess {
+        /// Starts `etcd` on `port` (peer `port + 1`), or None if it is not installed (panics
+        /// instead when servers are required).
+        pub fn start(port: u16) -> Option<EtcdProcess> {
+            let dir =
+                std::env::temp_dir().join(format!("lucky-etcd-{port}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut p = EtcdProcess {
+                port,
+                dir,
+                child: None,
+            };
+            if !p.spawn() {
+                assert!(!required(), "cannot start etcd (LUCKY_REQUIRE_SERVERS=1)");
+                eprintln!("skipping: etcd not installed (run scripts/services.sh start)");
+                return None;
+            }
+            Some(p)
+        }
+
+        fn spawn(&mut self) -> bool {
+            let client = format!("http://127.0.0.1:{}", self.port);
+            let peer = format!("http://127.0.0.1:{}", self.port + 1);
+            let child = Command::new("etcd")
+                .args(["--name", "lucky-test", "--data-dir"])
+                .arg(self.dir.join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args(["--initial-cluster", &format!("lucky-test={peer}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(child) = child else { return false };
+            self.child = Some(child);
+            // Wait until it serves (a leader is elected).
+            for _ in 0..200 {
+                let ok = Command::new("etcdctl")
+                    .args(["--endpoints", &client, "endpoint", "health"])
+                    .env("ETCDCTL_API", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        }
+
+        /// Its endpoint.
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        fn signal(&self, sig: &str) {
+            if let Some(c) = &self.child {
+                let _ = Command::new("kill")
+                    .args([sig, &c.id().to_string()])
+                    .status();
+            }
+        }
+
+        /// SIGSTOP: the process stays, its socket stays open, it answers nothing.
+        pub fn pause(&self) {
+            self.signal("-STOP");
+        }
+
+        /// SIGCONT.
+        pub fn resume(&self) {
+            self.signal("-CONT");
+        }
+
+        /// SIGKILL (the data folder stays).
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        /// Starts it again on the same port with the same data.
+        pub fn restart(&mut self) -> bool {
+            self.kill();
+            self.spawn()
+        }
+    }
+
+    impl Drop for EtcdProcess {
+        fn drop(&mut self) {
+            self.resume();
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

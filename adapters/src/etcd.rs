@@ -1,0 +1,657 @@
+//! The etcd lease lock (feature `etcd`): etcd's own `concurrency.Mutex` queue, run by the
+//! lucky-core [`EtcdLock`](lucky_core::etcd::EtcdLock) machine over an `etcd-client`
+//! connection. Lucky, `etcdctl lock <name>` and Go's `concurrency.Mutex` exclude each other.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), lucky::etcd::Error> {
+//! use std::time::Duration;
+//! let etcd = lucky::etcd::Etcd::connect(["http://127.0.0.1:2379"]).await?;
+//! let guard = etcd.lock("jobs/nightly").ttl(Duration::from_secs(10)).await?;
+//! // The fence is the create revision of our key: it grows with every new holder.
+//! let fence = guard.fence().map(|f| f.get());
+//! tokio::select! {
+//!     _ = guard.lost() => eprintln!("lock lost: stop writing"),
+//!     _ = tokio::time::sleep(Duration::from_secs(1)) => {} // the work, with `fence`
+//! }
+//! guard.release().await?;
+//! # let _ = fence;
+//! # Ok(()) }
+//! ```
+//!
+//! Each acquisition's key is `<name>/<lease id in hex>`, on a lease kept alive while the lock
+//! is wanted or held. A client keeps the lease of a released lock for the next acquisition
+//! of that name, so a warm cycle writes twice (take and delete) plus one lease renewal.
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
+    SortTarget, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply};
+use lucky_core::redlock::{Retry, Wait};
+use lucky_core::{LockError, UsageError};
+
+use crate::clock::Clock;
+pub use crate::driver::Guard;
+use crate::driver::{self, Transport};
+
+pub use etcd_client::{Certificate, Identity, TlsOptions};
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; nothing was sent.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The endpoints were malformed or none could be reached.
+    #[error("cannot connect to etcd at {endpoints}: {reason}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The lock was not acquired.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The background driver stopped (the runtime is shutting down).
+    #[error("the lock driver stopped")]
+    DriverGone,
+}
+
+impl Error {
+    /// Whether someone else holds the lock.
+    pub fn is_taken(&self) -> bool {
+        matches!(self, Error::Lock(LockError::Taken { .. }))
+    }
+    /// Whether etcd could not be reached.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Lock(LockError::NoQuorum { .. }) | Error::Unreachable { .. }
+        )
+    }
+}
+
+impl From<crate::Error> for Error {
+    fn from(e: crate::Error) -> Error {
+        match e {
+            crate::Error::Usage(u) => Error::Usage(u),
+            crate::Error::Lock(l) => Error::Lock(l),
+            crate::Error::DriverGone => Error::DriverGone,
+        }
+    }
+}
+
+/// Per-lock settings; defaults come from [`EtcdBuilder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Options {
+    ttl: Duration,
+    wait: Wait,
+    drift_ppm: u32,
+    drift_floor: Duration,
+    op_timeout: Option<Duration>,
+    retry: Retry,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ttl: Duration::from_secs(30),
+            wait: Wait::For(Duration::from_secs(10)),
+            drift_ppm: lucky_core::redlock::DEFAULT_DRIFT_PPM,
+            drift_floor: lucky_core::redlock::DEFAULT_DRIFT_FLOOR,
+            op_timeout: None,
+            retry: Retry::default(),
+        }
+    }
+}
+
+impl Options {
+    fn config(&self) -> Result<EtcdConfig, UsageError> {
+        // etcd grants whole seconds: ask for the ttl rounded up.
+        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        let mut b = EtcdConfig::builder()
+            .ttl(if self.ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(secs)
+            })
+            .drift(self.drift_ppm, self.drift_floor)
+            .retry(self.retry)
+            .wait(self.wait);
+        if let Some(t) = self.op_timeout {
+            b = b.op_timeout(t);
+        }
+        b.build()
+    }
+}
+
+/// Idle machines (with their leases) by lock name, for the next acquisition.
+type Pool = Mutex<BTreeMap<String, Vec<(Options, EtcdLock)>>>;
+
+/// Most idle machines kept per name and in all.
+const POOL_PER_NAME: usize = 16;
+const POOL_TOTAL: usize = 4096;
+
+/// An etcd lock client. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Etcd {
+    transport: Arc<Cluster>,
+    clock: Clock,
+    defaults: Options,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.transport.endpoints)
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`Etcd`] client before connecting.
+#[derive(Clone)]
+pub struct EtcdBuilder {
+    endpoints: Vec<String>,
+    user: Option<(String, String)>,
+    tls: Option<TlsOptions>,
+    connect_timeout: Duration,
+    defaults: Options,
+}
+
+impl std::fmt::Debug for EtcdBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("password", &self.user.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("defaults", &self.defaults)
+            .finish()
+    }
+}
+
+impl Etcd {
+    /// Connects with the default settings (lease ttl 30 s, wait 10 s).
+    pub async fn connect<I, S>(endpoints: I) -> Result<Etcd, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Etcd::builder(endpoints).connect().await
+    }
+
+    /// Starts configuring a client for these endpoints (`http://host:2379`, `https://...`,
+    /// or `host:2379`).
+    pub fn builder<I, S>(endpoints: I) -> EtcdBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        EtcdBuilder {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| e.as_ref().to_owned())
+                .collect(),
+            user: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(2),
+            defaults: Options::default(),
+        }
+    }
+
+    /// Asks for the lock `name`; configure it, then `.await` it.
+    pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
+        LockRequest {
+            client: self,
+            name: name.into(),
+            options: self.defaults.clone(),
+        }
+    }
+
+    /// The underlying etcd-client connection, for the owner-guarded writes of
+    /// [`guarded_put`].
+    pub fn client(&self) -> Client {
+        self.transport.client.clone()
+    }
+
+    fn take_machine(&self, name: &str, options: &Options) -> Option<EtcdLock> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pool.get_mut(name)?;
+        let i = idle.iter().position(|(o, _)| o == options)?;
+        let (_, m) = idle.swap_remove(i);
+        if idle.is_empty() {
+            pool.remove(name);
+        }
+        Some(m)
+    }
+}
+
+impl EtcdBuilder {
+    /// Default lease ttl of each lock (etcd counts whole seconds: rounded up).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.defaults.ttl = ttl;
+        self
+    }
+    /// Default time to keep trying.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.defaults.wait = Wait::For(wait);
+        self
+    }
+    /// Clock drift rate bound (ppm) and constant floor.
+    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
+        self.defaults.drift_ppm = ppm;
+        self.defaults.drift_floor = floor;
+        self
+    }
+    /// Timeout of each request (not of watches).
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.op_timeout = Some(timeout);
+        self
+    }
+    /// Authenticates as `user`; the password never appears in Debug output or errors.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+    /// TLS settings (CA certificate, client identity) for `https://` endpoints.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// How long connecting may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Validates the settings and connects.
+    pub async fn connect(self) -> Result<Etcd, Error> {
+        self.defaults.config()?;
+        let endpoints = self.endpoints.join(",");
+        if self.endpoints.is_empty() {
+            return Err(Error::Unreachable {
+                endpoints,
+                reason: "no endpoints given".into(),
+            });
+        }
+        for e in &self.endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or(e);
+            if rest.is_empty() || rest.contains("://") || rest.contains('@') {
+                return Err(Error::Unreachable {
+                    endpoints,
+                    reason: format!("bad endpoint {e:?}: expected http://host:port or host:port"),
+                });
+            }
+        }
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.connect_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        if let Some((u, p)) = &self.user {
+            opts = opts.with_user(u.clone(), p.clone());
+        }
+        if let Some(tls) = self.tls.clone() {
+            opts = opts.with_tls(tls);
+        }
+        let connect = Client::connect(&self.endpoints, Some(opts));
+        let mut client = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(Error::Unreachable {
+                    endpoints,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Unreachable {
+                    endpoints,
+                    reason: format!("no answer within {:?}", self.connect_timeout),
+                })
+            }
+        };
+        // One read proves the endpoint answers (and the credentials work).
+        let probe = client.get("lucky-probe", None);
+        match tokio::time::timeout(self.connect_timeout, probe).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::Unreachable {
+                    endpoints,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Unreachable {
+                    endpoints,
+                    reason: format!("no answer within {:?}", self.connect_timeout),
+                })
+            }
+        }
+        Ok(Etcd {
+            transport: Arc::new(Cluster { client, endpoints }),
+            clock: Clock::new(),
+            defaults: self.defaults,
+            pool: Arc::default(),
+        })
+    }
+}
+
+/// One lock request; `.await` it to acquire.
+#[derive(Debug)]
+pub struct LockRequest<'a> {
+    client: &'a Etcd,
+    name: String,
+    options: Options,
+}
+
+impl LockRequest<'_> {
+    /// Lease ttl (whole seconds; rounded up).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options.ttl = ttl;
+        self
+    }
+    /// Keep trying (queued behind the holder) for this long.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.options.wait = Wait::For(wait);
+        self
+    }
+    /// Only if it is free now.
+    pub fn no_wait(mut self) -> Self {
+        self.options.wait = Wait::None;
+        self
+    }
+    /// Wait in the queue until acquired (or the future is dropped).
+    pub fn wait_forever(mut self) -> Self {
+        self.options.wait = Wait::Forever;
+        self
+    }
+    /// Timeout of each request.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.options.op_timeout = Some(timeout);
+        self
+    }
+
+    async fn run(self) -> Result<Guard, Error> {
+        let cfg = self.options.config()?;
+        let machine = match self.client.take_machine(&self.name, &self.options) {
+            Some(m) => m,
+            None => {
+                let mut seed = [0u8; 8];
+                getrandom::fill(&mut seed).map_err(|e| Error::Unreachable {
+                    endpoints: String::new(),
+                    reason: format!("the OS random source failed: {e}"),
+                })?;
+                EtcdLock::new(&cfg, self.name.as_bytes(), u64::from_le_bytes(seed))?
+            }
+        };
+        let pool = Arc::downgrade(&self.client.pool);
+        let (name, options) = (self.name.clone(), self.options.clone());
+        let recycle: driver::Recycle<EtcdLock> = Box::new(move |m| {
+            let Some(pool) = pool.upgrade() else { return };
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            let total: usize = pool.values().map(Vec::len).sum();
+            let idle = pool.entry(name).or_default();
+            if idle.len() < POOL_PER_NAME && total < POOL_TOTAL {
+                idle.push((options, m));
+            }
+        });
+        let (transport, clock) = (self.client.transport.clone(), self.client.clock);
+        driver::acquire(machine, transport, clock, self.name, None, Some(recycle))
+            .await
+            .map_err(Error::from)
+    }
+}
+
+impl<'a> IntoFuture for LockRequest<'a> {
+    type Output = Result<Guard, Error>;
+    type IntoFuture = LockFuture<'a>;
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// The future of a [`LockRequest`].
+pub type LockFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Guard, Error>> + Send + 'a>>;
+
+/// Puts `key = value` in etcd only while the lock of `guard` is still ours: the transaction
+/// compares that our lock key still exists with the create revision that is the guard's
+/// fence. Returns whether the put happened. For writes into etcd itself, this is stronger
+/// than a fence check: a holder that lost its lease cannot write at all.
+pub async fn guarded_put(
+    client: &mut Client,
+    guard_key: &[u8],
+    fence: u64,
+    key: impl Into<Vec<u8>>,
+    value: impl Into<Vec<u8>>,
+) -> Result<bool, etcd_client::Error> {
+    let rev = i64::try_from(fence).unwrap_or(i64::MAX);
+    let txn = etcd_client::Txn::new()
+        .when([Compare::create_revision(
+            guard_key.to_vec(),
+            CompareOp::Equal,
+            rev,
+        )])
+        .and_then([TxnOp::put(key, value, None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// Finds our lock key for `name` and `fence` (the key whose create revision is the fence), for
+/// [`guarded_put`].
+pub async fn lock_key(
+    client: &mut Client,
+    name: &str,
+    fence: u64,
+) -> Result<Option<Vec<u8>>, etcd_client::Error> {
+    let prefix = format!("{name}/");
+    let rev = i64::try_from(fence).unwrap_or(i64::MAX);
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_min_create_revision(rev)
+        .with_max_create_revision(rev)
+        .with_keys_only();
+    let resp = client.get(prefix, Some(opts)).await?;
+    Ok(resp.kvs().first().map(|kv| kv.key().to_vec()))
+}
+
+/// The connection to the cluster.
+struct Cluster {
+    client: Client,
+    endpoints: String,
+}
+
+impl Transport for Cluster {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn send(self: &Arc<Self>, _node: usize, command: Command) -> driver::BoxFuture<Reply> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            match run(&mut client, command).await {
+                Ok(r) => r,
+                Err(e) => error_reply(e),
+            }
+        })
+    }
+}
+
+fn secs(ttl: Duration) -> i64 {
+    let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(s.max(1)).unwrap_or(i64::MAX)
+}
+
+fn owner_op(prefix: &[u8]) -> TxnOp {
+    TxnOp::get(
+        prefix.to_vec(),
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1),
+        ),
+    )
+}
+
+async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client::Error> {
+    Ok(match command {
+        Command::LeaseGrant { ttl } => {
+            let r = client.lease_grant(secs(ttl), None).await?;
+            Reply::Lease {
+                id: r.id(),
+                ttl: Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)),
+            }
+        }
+        Command::KeepAlive { lease } => {
+            // etcd-client queues a first request when it opens the stream, but etcd answers
+            // only the requests sent once the stream is up: send one.
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            match stream.message().await? {
+                Some(r) => Reply::KeepAlive {
+                    ttl: Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)),
+                },
+                None => Reply::Unavailable("keepalive stream closed".into()),
+            }
+        }
+        Command::Revoke { lease } => {
+            client.lease_revoke(lease).await?;
+            Reply::Done
+        }
+        Command::Take { key, prefix, lease } => {
+            let txn = etcd_client::Txn::new()
+                .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        key.to_vec(),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    owner_op(&prefix),
+                ])
+                .or_else([TxnOp::get(key.to_vec(), None), owner_op(&prefix)]);
+            let r = client.txn(txn).await?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let ops = r.op_responses();
+            let first_create = |op: Option<&TxnOpResponse>| match op {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            };
+            let create_revision = if r.succeeded() {
+                revision
+            } else {
+                first_create(ops.first()).unwrap_or(0)
+            };
+            Reply::Taken {
+                create_revision,
+                owner_revision: first_create(ops.get(1)).unwrap_or(0),
+                revision,
+            }
+        }
+        Command::Queue { key, prefix, below } => {
+            let pred = GetOptions::new()
+                .with_prefix()
+                .with_max_create_revision(below.saturating_sub(1).max(1))
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only();
+            let txn = etcd_client::Txn::new().and_then([
+                TxnOp::get(key.to_vec(), None),
+                TxnOp::get(prefix.to_vec(), Some(pred)),
+            ]);
+            let r = client.txn(txn).await?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let ops = r.op_responses();
+            let mine = match ops.first() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            };
+            let predecessor = match ops.get(1) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.create_revision() < below)
+                    .map(|kv| bytes::Bytes::copy_from_slice(kv.key())),
+                _ => None,
+            };
+            Reply::Queue {
+                mine,
+                predecessor,
+                revision,
+            }
+        }
+        Command::WaitDelete {
+            key, prefix, from, ..
+        } => {
+            let mut opts = WatchOptions::new()
+                .with_start_revision(from)
+                .with_filters([WatchFilterType::NoPut]);
+            if prefix {
+                opts = opts.with_prefix();
+            }
+            let mut stream = client.watch(key.to_vec(), Some(opts)).await?;
+            loop {
+                let Some(r) = stream.message().await? else {
+                    return Ok(Reply::Unavailable("watch stream closed".into()));
+                };
+                if r.compact_revision() > 0 {
+                    return Ok(Reply::Compacted);
+                }
+                if r.canceled() {
+                    return Ok(Reply::Unavailable(format!(
+                        "watch canceled: {}",
+                        r.cancel_reason()
+                    )));
+                }
+                if r.events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return Ok(Reply::Deleted);
+                }
+            }
+        }
+        Command::Delete { key, revision } => {
+            let txn = etcd_client::Txn::new()
+                .when([Compare::create_revision(
+                    key.to_vec(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::delete(key.to_vec(), None)]);
+            client.txn(txn).await?;
+            Reply::Done
+        }
+    })
+}
+
+fn error_reply(e: etcd_client::Error) -> Reply {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            if s.message().contains("lease not found") {
+                Reply::LeaseNotFound
+            } else if matches!(
+                i32::from(s.code()),
+                CANCELLED | DEADLINE_EXCEEDED | UNAVAILABLE
+            ) {
+                Reply::Unavailable(s.message().to_owned())
+            } else {
+                Reply::Error(s.message().to_owned())
+            }
+        }
+        other => Reply::Unavailable(other.to_string()),
+    }
+}
+
+/// gRPC status codes that mean "not reached" rather than "refused".
+const CANCELLED: i32 = 1;
+const DEADLINE_EXCEEDED: i32 = 4;
+const UNAVAILABLE: i32 = 14;

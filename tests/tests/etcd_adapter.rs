@@ -1,0 +1,308 @@
+//! The etcd adapter against a real etcd (`scripts/services.sh start`, 127.0.0.1:2379, or
+//! `LUCKY_ETCD_ENDPOINTS`), and real faults on an etcd process of the test's own (SIGSTOP,
+//! kill, restart). Skips when etcd is absent, unless `LUCKY_REQUIRE_SERVERS=1`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and read the clock
+
+use std::future::IntoFuture as _;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use lucky::etcd::{guarded_put, lock_key, Error, Etcd};
+use lucky::{NodeOutcome, UsageError};
+use lucky_tests::servers::{etcd_available, etcd_endpoints, EtcdProcess};
+
+fn unique(name: &str) -> String {
+    format!("lucky-test/{name}/{}", std::process::id())
+}
+
+async fn setup() -> Option<(Vec<String>, Etcd, Client)> {
+    let endpoints = etcd_endpoints();
+    if !etcd_available(&endpoints).await {
+        return None;
+    }
+    let etcd = Etcd::connect(&endpoints).await.unwrap();
+    let raw = Client::connect(&endpoints, None).await.unwrap();
+    Some((endpoints, etcd, raw))
+}
+
+async fn keys_under(raw: &mut Client, name: &str) -> Vec<(String, i64)> {
+    let r = raw
+        .get(format!("{name}/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.create_revision()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_name_slash_lease_hex_and_the_fence_its_create_revision() {
+    let Some((_, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let name = unique("layout");
+    let guard = etcd.lock(&name).ttl(Duration::from_secs(5)).await.unwrap();
+    assert!(guard.is_held());
+    let left = guard.valid_until() - Instant::now();
+    assert!(
+        left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+        "{left:?}"
+    );
+    let keys = keys_under(&mut raw, &name).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (key, rev) = &keys[0];
+    let lease_hex = key.strip_prefix(&format!("{name}/")).unwrap();
+    let lease = i64::from_str_radix(lease_hex, 16).unwrap();
+    let ttl = raw.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0, "the key is on a live lease");
+    assert_eq!(guard.fence().unwrap().get(), u64::try_from(*rev).unwrap());
+    let outcome = guard.release().await.unwrap();
+    assert_eq!(outcome, vec![NodeOutcome::Granted]);
+    assert!(keys_under(&mut raw, &name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_acquisitions_give_strictly_increasing_fences_on_one_reused_lease() {
+    let Some((_, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let name = unique("fences");
+    let mut fences = Vec::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let g = etcd.lock(&name).ttl(Duration::from_secs(10)).await.unwrap();
+        fences.push(g.fence().unwrap().get());
+        keys.insert(keys_under(&mut raw, &name).await[0].0.clone());
+        g.release().await.unwrap();
+    }
+    assert!(fences.windows(2).all(|w| w[0] < w[1]), "{fences:?}");
+    // The session's lease served every acquisition: one key name throughout.
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_the_release_not_by_polling() {
+    let Some((endpoints, etcd, _)) = setup().await else {
+        return;
+    };
+    let name = unique("handoff");
+    let holder = etcd.lock(&name).await.unwrap();
+    let other = Etcd::connect(&endpoints).await.unwrap();
+    let n = name.clone();
+    let waiter = tokio::spawn(async move {
+        let g = other.lock(&n).wait(Duration::from_secs(30)).await.unwrap();
+        (Instant::now(), g.fence())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the waiter got a held lock");
+    let released = Instant::now();
+    let f0 = holder.fence();
+    holder.release().await.unwrap();
+    let (got, f1) = waiter.await.unwrap();
+    // Polling would wait out a retry delay (50-250 ms) or the 30 s watch re-check; the
+    // watch answers in about one round trip.
+    let gap = got.saturating_duration_since(released);
+    assert!(gap < Duration::from_millis(1_000), "hand-off took {gap:?}");
+    assert!(f1 > f0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lucky_and_etcdctl_lock_exclude_each_other() {
+    let Some((endpoints, etcd, _)) = setup().await else {
+        return;
+    };
+    let name = unique("interop");
+    let etcdctl = |secs: &str| {
+        let mut c = std::process::Command::new("timeout");
+        c.args([
+            secs,
+            "etcdctl",
+            "--endpoints",
+            &endpoints.join(","),
+            "lock",
+            &name,
+        ])
+        .args(["--", "echo", "inside"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        c
+    };
+    // Lucky holds: etcdctl waits (and is killed by `timeout` before it gets in).
+    let guard = etcd.lock(&name).await.unwrap();
+    let mut cmd = etcdctl("2");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("inside"));
+    guard.release().await.unwrap();
+    // Free: etcdctl gets in at once.
+    let mut cmd = etcdctl("10");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inside"));
+    // etcdctl holds (sleeping inside the lock): Lucky is refused.
+    let mut holder = std::process::Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &endpoints.join(","),
+            "lock",
+            &name,
+            "--",
+            "sleep",
+            "3",
+        ])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let err = etcd.lock(&name).no_wait().await.unwrap_err();
+    assert!(err.is_taken(), "{err}");
+    // ... and gets it once etcdctl is done.
+    let g = etcd
+        .lock(&name)
+        .wait(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let _ = holder.wait();
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_acquisition_leaves_nothing_behind() {
+    let Some((_, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let name = unique("cancel");
+    let holder = etcd.lock(&name).await.unwrap();
+    let queued = etcd.lock(&name).wait_forever().into_future();
+    assert!(tokio::time::timeout(Duration::from_millis(500), queued)
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let keys = keys_under(&mut raw, &name).await;
+    assert_eq!(
+        keys.len(),
+        1,
+        "the cancelled waiter's key is gone: {keys:?}"
+    );
+    holder.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_put_writes_only_while_the_lock_is_ours() {
+    let Some((_, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let name = unique("guarded");
+    let data = format!("{name}-data");
+    let guard = etcd.lock(&name).await.unwrap();
+    let fence = guard.fence().unwrap().get();
+    let key = lock_key(&mut raw, &name, fence).await.unwrap().unwrap();
+    assert!(guarded_put(&mut raw, &key, fence, data.clone(), "one")
+        .await
+        .unwrap());
+    guard.release().await.unwrap();
+    // A stale holder (its key deleted) cannot write.
+    assert!(!guarded_put(&mut raw, &key, fence, data.clone(), "two")
+        .await
+        .unwrap());
+    let v = raw.get(data.clone(), None).await.unwrap();
+    assert_eq!(v.kvs()[0].value(), b"one");
+    raw.delete(data, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_clear_error() {
+    let Some((endpoints, etcd, _)) = setup().await else {
+        return;
+    };
+    assert!(matches!(
+        etcd.lock("").await.unwrap_err(),
+        Error::Usage(UsageError::EmptyKey)
+    ));
+    assert!(matches!(
+        etcd.lock("x").ttl(Duration::ZERO).await.unwrap_err(),
+        Error::Usage(UsageError::TtlZero)
+    ));
+    let e = Etcd::connect(["redis://127.0.0.1:2379"]).await.unwrap_err();
+    assert!(e.to_string().contains("bad endpoint"), "{e}");
+    let e = Etcd::connect(Vec::<String>::new()).await.unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    // Nothing listens on port 1: a clear error, quickly.
+    let t = Instant::now();
+    let e = Etcd::builder(["http://127.0.0.1:1"])
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Wrong credentials on a server without auth are accepted by etcd; a password never
+    // shows in Debug output.
+    let b = Etcd::builder(&endpoints).user("root", "s3cret-pw");
+    assert!(!format!("{b:?}").contains("s3cret-pw"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_of_etcd_beyond_the_ttl_fires_lost_at_the_deadline() {
+    let Some(mut server) = EtcdProcess::start(23_790) else {
+        return;
+    };
+    let etcd = Etcd::builder([server.endpoint()])
+        .op_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let name = unique("sigstop");
+    let guard = etcd.lock(&name).ttl(Duration::from_secs(2)).await.unwrap();
+    let f0 = guard.fence().unwrap();
+    // Keepalives carry the lock past its 2 s lease.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(guard.is_held(), "keepalives did not extend the lock");
+    server.pause();
+    let paused = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("lost() fired");
+    let fired = Instant::now();
+    assert!(!guard.is_held());
+    assert!(fired >= guard.valid_until(), "lost before the deadline");
+    assert!(
+        fired.duration_since(paused) < Duration::from_secs(3),
+        "lost() fired {:?} after the pause, past a 2 s lease",
+        fired.duration_since(paused)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.resume();
+    // After the pause the lease is gone on the server too; another client acquires with a
+    // higher fence.
+    let other = Etcd::connect([server.endpoint()]).await.unwrap();
+    let g = other
+        .lock(&name)
+        .ttl(Duration::from_secs(2))
+        .wait(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(g.fence().unwrap() > f0);
+    g.release().await.unwrap();
+    drop(guard);
+    // Killed: a clear unreachable error, bounded by the request timeout; restarted: works,
+    // and fences keep growing (the data survived).
+    server.kill();
+    let e = etcd.lock(&name).no_wait().await.unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(server.restart());
+    let g = etcd
+        .lock(&name)
+        .wait(Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert!(g.fence().unwrap() > f0);
+    g.release().await.unwrap();
+}
