@@ -251,8 +251,11 @@ impl EtcdLock {
         match self.lease {
             None => self.send_main(Kind::Grant, Command::LeaseGrant { ttl: self.cfg.ttl }),
             Some(_) => {
-                // Renew the session's lease and take, in parallel: one round trip.
-                self.send_keepalive();
+                // A lease renewed less than a keepalive interval ago still backs a whole
+                // hold: take at once. Otherwise renew and take in parallel (one round trip).
+                if self.now >= self.next_keepalive {
+                    self.send_keepalive();
+                }
                 self.send_take();
             }
         }

@@ -1,6 +1,7 @@
 //! Lucky's Redis adapter against the floor (raw commands over the same client) and a peer
 //! library (rslock), in the same run, on the five nodes of `scripts/services.sh start`.
-//! Run: `cargo bench -p lucky-tests --bench redis_bench` (`LUCKY_BENCH_SECS`, default 3).
+//! Run: `cargo run --release -p lucky-tests --bin redlock-bench` (`LUCKY_BENCH_SECS`, default
+//! 3). The last line is a machine-readable summary.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
 
 use std::sync::Arc;
@@ -218,8 +219,9 @@ async fn run() {
         }
     })
     .await;
-    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({:.2}x floor), lucky fenced {lucky_f:?} ({:.2}x), rslock {peer:?} ({:.2}x floor)",
-        lucky.as_secs_f64() / floor.as_secs_f64(), lucky_f.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
+    let serial_vs_floor = lucky.as_secs_f64() / floor.as_secs_f64();
+    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), lucky fenced {lucky_f:?} ({:.2}x), rslock {peer:?} ({:.2}x floor)",
+        lucky_f.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
 
     // Throughput: 32 tasks, distinct names.
     let c = conns.clone();
@@ -267,10 +269,12 @@ async fn run() {
         }
     })
     .await;
-    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({:.2}x floor), lucky fenced {lucky_f:.0}/s ({:.2}x), rslock {peer:.0}/s ({:.2}x floor)",
-        lucky / floor, lucky_f / floor, peer / floor);
+    let (parallel_vs_floor, rslock_vs_floor) = (lucky / floor, peer / floor);
+    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({parallel_vs_floor:.2}x floor), lucky fenced {lucky_f:.0}/s ({:.2}x), rslock {peer:.0}/s ({rslock_vs_floor:.2}x floor)",
+        lucky_f / floor);
 
     // Contended hand-off: 8 tasks, one name, hold 1 ms, ask again at once.
+    let mut contended = None;
     for (label, use_lucky) in [("lucky", true), ("rslock", false)] {
         let name = format!("bench/{pid}/handoff-{label}");
         let end = Instant::now() + secs();
@@ -319,7 +323,16 @@ async fn run() {
             counts.iter().min().copied().unwrap_or(0),
             counts.iter().max().copied().unwrap_or(1),
         );
-        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {:.2}",
-            mn as f64 / mx.max(1) as f64);
+        let fairness = mn as f64 / mx.max(1) as f64;
+        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {fairness:.2}");
+        if use_lucky {
+            contended = Some((p99, max, fairness));
+        }
     }
+    let (p99, max, fairness) = contended.unwrap_or_default();
+    println!(
+        "summary serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} rslock_parallel_vs_floor={rslock_vs_floor:.2} contended_p99_ms={:.2} contended_max_ms={:.2} fairness={fairness:.2}",
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
 }

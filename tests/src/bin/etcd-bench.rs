@@ -1,0 +1,182 @@
+//! Lucky's etcd adapter against the floor (a raw taking Txn and a Delete on a shared lease,
+//! over the same etcd-client) and etcd's own server-side lock (the v3lock `Lock`/`Unlock`
+//! RPCs via etcd-client, on a shared lease), in the same run, on the etcd of
+//! `scripts/services.sh start`. Run: `cargo run --release -p lucky-tests --bin etcd-bench`
+//! (`LUCKY_BENCH_SECS`, default 3). The last line is a machine-readable summary.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
+use lucky::etcd::Etcd;
+
+fn secs() -> Duration {
+    let s = std::env::var("LUCKY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The floor: take `key` on `lease` if free (one Txn), then delete it.
+async fn raw_cycle(c: &mut Client, key: &str, lease: i64) {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    c.txn(txn).await.unwrap();
+    c.delete(key, None).await.unwrap();
+}
+
+async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut lat = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let t = Instant::now();
+        cycle(i as u64).await;
+        lat.push(t.elapsed());
+    }
+    percentile(&mut lat, 0.5)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+struct Handoff {
+    n: usize,
+    p99: Duration,
+    max: Duration,
+    fairness: f64,
+}
+
+async fn run() {
+    let endpoint = std::env::var("LUCKY_ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+    let Ok(etcd) = Etcd::connect([&endpoint]).await else {
+        eprintln!("skipping: etcd at {endpoint} not reachable (scripts/services.sh start)");
+        return;
+    };
+    let mut raw = Client::connect([&endpoint], None).await.unwrap();
+    let lease = raw.lease_grant(60, None).await.unwrap().id();
+    let pid = std::process::id();
+    println!(
+        "etcd adapter, one local etcd member, {:?} per hand-off run",
+        secs()
+    );
+
+    // Serial acquire+release of one name (a warm session, as a cron job or worker loop).
+    let iters = 1_000;
+    let key = format!("bench/{pid}/serial-raw/{lease:x}");
+    let floor = serial_p50(iters, |_| {
+        let (mut c, key) = (raw.clone(), key.clone());
+        async move { raw_cycle(&mut c, &key, lease).await }
+    })
+    .await;
+    let name = format!("bench/{pid}/serial-lucky");
+    let lucky = serial_p50(iters, |_| {
+        let (e, name) = (etcd.clone(), name.clone());
+        async move {
+            let g = e.lock(&name).no_wait().await.unwrap();
+            g.release().await.unwrap();
+        }
+    })
+    .await;
+    let name = format!("bench/{pid}/serial-v3lock");
+    let peer = serial_p50(iters, |_| {
+        let (mut c, name) = (raw.clone(), name.clone());
+        async move {
+            let r = c
+                .lock(name, Some(LockOptions::new().with_lease(lease)))
+                .await
+                .unwrap();
+            c.unlock(r.key()).await.unwrap();
+        }
+    })
+    .await;
+    let serial_vs_floor = lucky.as_secs_f64() / floor.as_secs_f64();
+    let v3_vs_floor = peer.as_secs_f64() / floor.as_secs_f64();
+    println!("serial acquire+release p50: floor (Txn + Delete) {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), etcd v3lock {peer:?} ({v3_vs_floor:.2}x floor)");
+
+    // Contended hand-off: 8 tasks on one name, hold 1 ms, ask again at once.
+    let mut results = Vec::new();
+    for label in ["lucky", "v3lock"] {
+        let name = format!("bench/{pid}/handoff-{label}");
+        let end = Instant::now() + secs();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, mut c, name) = (etcd.clone(), raw.clone(), name.clone());
+                tokio::spawn(async move {
+                    // Each v3lock contender needs a lease of its own (one lease = one owner).
+                    let own = c.lease_grant(60, None).await.unwrap().id();
+                    let mut waits = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        if label == "lucky" {
+                            let g = e.lock(&name).wait(secs() * 4).await.unwrap();
+                            waits.push(t.elapsed());
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            g.release().await.unwrap();
+                        } else {
+                            let opts = LockOptions::new().with_lease(own);
+                            let r = c.lock(name.clone(), Some(opts)).await.unwrap();
+                            waits.push(t.elapsed());
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            c.unlock(r.key()).await.unwrap();
+                        }
+                    }
+                    let _ = c.lease_revoke(own).await;
+                    waits
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut counts = Vec::new();
+        for h in handles {
+            let w = h.await.unwrap();
+            counts.push(w.len());
+            all.extend(w);
+        }
+        let n = all.len();
+        let p99 = percentile(&mut all, 0.99);
+        let max = *all.last().unwrap_or(&Duration::ZERO);
+        let mn = counts.iter().min().copied().unwrap_or(0);
+        let mx = counts.iter().max().copied().unwrap_or(1).max(1);
+        let fairness = mn as f64 / mx as f64;
+        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {fairness:.2}");
+        results.push(Handoff {
+            n,
+            p99,
+            max,
+            fairness,
+        });
+    }
+    let _ = raw.lease_revoke(lease).await;
+    let (l, v) = (&results[0], &results[1]);
+    println!(
+        "summary serial_vs_floor={serial_vs_floor:.2} v3lock_serial_vs_floor={v3_vs_floor:.2} contended_acquisitions={} contended_p99_ms={:.2} contended_max_ms={:.2} fairness={:.2} v3lock_contended_acquisitions={} v3lock_p99_ms={:.2} v3lock_fairness={:.2}",
+        l.n,
+        l.p99.as_secs_f64() * 1e3,
+        l.max.as_secs_f64() * 1e3,
+        l.fairness,
+        v.n,
+        v.p99.as_secs_f64() * 1e3,
+        v.fairness
+    );
+}
