@@ -10,6 +10,8 @@ SEEDS="${LUCKY_SIM_CI_SEEDS:-2000}"
 # Real servers for the adapter tests (installed from Debian when missing).
 bash scripts/services.sh start
 
+# The `lucky` command-line tool, which tests/tests/cli.rs runs as a process.
+cargo build -p lucky --features cli
 cargo test --workspace --all-features
 
 echo "== loom model of the guard/driver shared state"

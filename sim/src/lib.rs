@@ -58,6 +58,7 @@ use std::fmt::Debug;
 
 use lucky_core::LockMachine;
 
+pub mod cli;
 pub mod clock;
 pub mod etcd;
 pub mod etcd_lock;

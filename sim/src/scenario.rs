@@ -265,6 +265,20 @@ impl Injected {
             .map(Injected::Machine)
             .chain([Injected::FenceUnchecked])
     }
+    /// Whether this bug can change a run of `backend` (a RedLock bug never touches the etcd
+    /// machine, and the other way round).
+    pub fn applies_to(self, backend: Backend) -> bool {
+        match self {
+            Injected::FenceUnchecked => true,
+            Injected::Machine(b) => {
+                let etcd_bug = matches!(
+                    b,
+                    Bug::EtcdLostFromReceiveTime | Bug::EtcdWatchAll | Bug::EtcdSkipRecheck
+                );
+                etcd_bug == matches!(backend, Backend::Etcd { .. })
+            }
+        }
+    }
     /// Its command-line name.
     pub fn name(self) -> &'static str {
         match self {

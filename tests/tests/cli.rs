@@ -1,0 +1,418 @@
+//! The `lucky` command-line tool against the real servers (`scripts/services.sh start`): two
+//! `lucky exec` never overlap, a SIGKILLed lucky's lock frees after the ttl, a lost lock
+//! terminates the command (exit 76), `--no-wait` on a held lock exits 75, signals reach the
+//! command, bad input exits 64. Needs the binary: `cargo build -p lucky --features cli` (the
+//! workspace test run builds it).
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap, read the clock, sleep
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lucky_tests::servers::{
+    etcd_available, etcd_endpoints, redis_available, redis_urls, EtcdProcess,
+};
+
+fn lucky() -> PathBuf {
+    // target/<profile>/deps/cli-<hash> -> target/<profile>/lucky
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("lucky");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p lucky --features cli`",
+        bin.display()
+    );
+    bin
+}
+
+fn unique(name: &str) -> String {
+    format!("lucky-cli-test/{name}/{}", std::process::id())
+}
+
+fn redis_backend() -> String {
+    let hosts: Vec<String> = redis_urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    format!("redis://{}", hosts.join(","))
+}
+
+fn etcd_backend() -> String {
+    let hosts: Vec<String> = etcd_endpoints()
+        .iter()
+        .map(|u| u.trim_start_matches("http://").to_owned())
+        .collect();
+    format!("etcd://{}", hosts.join(","))
+}
+
+/// The backends whose servers are up.
+fn backends() -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut v = Vec::new();
+    if rt.block_on(redis_available(&redis_urls())) {
+        v.push(redis_backend());
+    }
+    if rt.block_on(etcd_available(&etcd_endpoints())) {
+        v.push(etcd_backend());
+    }
+    v
+}
+
+fn exec(backend: &str, name: &str, flags: &[&str], cmd: &[&str]) -> Command {
+    let mut c = Command::new(lucky());
+    c.args(["exec", "--backend", backend, "--name", name])
+        .args(flags)
+        .arg("--")
+        .args(cmd);
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn two_execs_on_one_name_never_overlap() {
+    for backend in backends() {
+        let name = unique("overlap");
+        let dir = std::env::temp_dir().join(format!("lucky-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let _ = std::fs::remove_file(&log);
+        // Each child appends "start <ns>" and "end <ns>" around a short critical section.
+        let script = format!(
+            "echo start $(date +%s%N) $LUCKY_FENCE >> {0}; sleep 0.05; echo end $(date +%s%N) >> {0}",
+            log.display()
+        );
+        let children: Vec<Child> = (0..3)
+            .map(|_| {
+                exec(
+                    &backend,
+                    &name,
+                    &["--wait", "30s", "--ttl", "5s"],
+                    &["sh", "-c", &format!("for i in 1 2 3 4; do {script}; done")],
+                )
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        // Each lucky runs the 4-iteration loop inside one lock; run a few more rounds of
+        // single sections, all contending.
+        let more: Vec<Child> = (0..6)
+            .map(|_| {
+                exec(&backend, &name, &["--wait", "30s"], &["sh", "-c", &script])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children.into_iter().chain(more) {
+            assert!(c.wait().unwrap().success(), "{backend}");
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2 * (3 * 4 + 6), "{backend}: {text}");
+        // Every start is followed by its own end before the next start: no interleaving.
+        let mut last_end = 0u128;
+        let mut fences = Vec::new();
+        for pair in lines.chunks(2) {
+            let start: Vec<&str> = pair[0].split_whitespace().collect();
+            let end: Vec<&str> = pair[1].split_whitespace().collect();
+            assert_eq!((start[0], end[0]), ("start", "end"), "{backend}: {text}");
+            let (s, e): (u128, u128) = (start[1].parse().unwrap(), end[1].parse().unwrap());
+            assert!(s >= last_end && e >= s, "{backend}: overlap in\n{text}");
+            last_end = e;
+            fences.push(start[2].parse::<u64>().unwrap());
+        }
+        // Within one lucky run the fence stays; across runs it grows.
+        assert!(
+            fences.windows(2).all(|w| w[0] <= w[1]),
+            "{backend}: {fences:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn no_wait_on_a_held_lock_exits_75_at_once() {
+    for backend in backends() {
+        let name = unique("nowait");
+        let mut holder = exec(&backend, &name, &[], &["sleep", "3"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let t = Instant::now();
+        let out = run(&mut exec(&backend, &name, &["--no-wait"], &["true"]));
+        assert_eq!(out.status.code(), Some(75), "{backend}: {out:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{backend}: {:?}",
+            t.elapsed()
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not acquired"));
+        holder.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_sigkilled_luckys_lock_frees_after_the_ttl() {
+    for backend in backends() {
+        let name = unique("sigkill");
+        // The command runs in its own session so that killing lucky leaves it orphaned, as a
+        // crash of lucky alone would.
+        let mut holder = exec(&backend, &name, &["--ttl", "2s"], &["sleep", "29.5"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1_000));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let killed = Instant::now();
+        let out = run(&mut exec(&backend, &name, &["--wait", "20s"], &["true"]));
+        assert_eq!(out.status.code(), Some(0), "{backend}: {out:?}");
+        let waited = killed.elapsed();
+        // Not at once (the lease outlives lucky), and within a few seconds of the ttl.
+        assert!(
+            waited >= Duration::from_millis(300),
+            "{backend}: freed after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(10),
+            "{backend}: freed after {waited:?}"
+        );
+        let _ = Command::new("pkill").args(["-f", "sleep 29.5"]).status();
+    }
+}
+
+#[test]
+fn a_lost_lock_terminates_the_command_and_exits_76() {
+    let Some(server) = EtcdProcess::start(23_794) else {
+        return;
+    };
+    let backend = format!("etcd://127.0.0.1:{}", server.port);
+    let name = unique("lost");
+    let marker = std::env::temp_dir().join(format!("lucky-cli-term-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; while true; do sleep 0.1; done",
+        marker.display()
+    );
+    let child = exec(
+        &backend,
+        &name,
+        &["--ttl", "2s", "--grace", "3s"],
+        &["sh", "-c", &script],
+    )
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    server.pause();
+    let out = child.wait_with_output().unwrap();
+    server.resume();
+    assert_eq!(out.status.code(), Some(76), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lost"));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term");
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn sigterm_to_lucky_reaches_the_command_and_the_lock_is_released() {
+    for backend in backends() {
+        let name = unique("forward");
+        let marker = std::env::temp_dir().join(format!("lucky-cli-fwd-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let script = format!(
+            "trap 'echo got-term > {}; exit 7' TERM; while true; do sleep 0.1; done",
+            marker.display()
+        );
+        let child = exec(&backend, &name, &[], &["sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1_000));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{backend}: the command's status"
+        );
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-term");
+        // Released: another lucky gets it at once.
+        let out = run(&mut exec(&backend, &name, &["--no-wait"], &["true"]));
+        assert_eq!(out.status.code(), Some(0), "{backend}: {out:?}");
+        let _ = std::fs::remove_file(&marker);
+    }
+}
+
+#[test]
+fn bad_input_exits_64_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["exec", "--name", "x", "--", "true"],
+            "--backend URL is required",
+        ),
+        (
+            &["exec", "--backend", "redis://127.0.0.1:7001", "--", "true"],
+            "--name NAME is required",
+        ),
+        (
+            &["exec", "--backend", "zk://h:1", "--name", "x", "--", "true"],
+            "unknown backend scheme",
+        ),
+        (
+            &["exec", "--backend", "nonsense", "--name", "x", "--", "true"],
+            "bad backend URL",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:99999",
+                "--name",
+                "x",
+                "--",
+                "true",
+            ],
+            "bad port",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:1",
+                "--name",
+                "x",
+                "--ttl",
+                "5 parsecs",
+                "--",
+                "true",
+            ],
+            "--ttl",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:1",
+                "--name",
+                "x",
+                "--ttl",
+                "0",
+                "--",
+                "true",
+            ],
+            "must be positive",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:1",
+                "--name",
+                "x",
+                "--wait",
+                "soon",
+                "--",
+                "true",
+            ],
+            "--wait",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:1",
+                "--name",
+                "x",
+                "--no-wait",
+                "--wait",
+                "1s",
+                "--",
+                "true",
+            ],
+            "together",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "redis://h:1",
+                "--name",
+                "x",
+                "--frobnicate",
+                "--",
+                "true",
+            ],
+            "unknown flag",
+        ),
+        (
+            &["exec", "--backend", "redis://h:1", "--name", "x"],
+            "missing `-- CMD",
+        ),
+        (
+            &["exec", "--backend", "redis://h:1", "--name", "x", "--"],
+            "no command",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "rediss://h:1",
+                "--name",
+                "x",
+                "--",
+                "true",
+            ],
+            "TLS",
+        ),
+        (&["frobnicate"], "unknown command"),
+        (&[], "no command"),
+    ];
+    for (args, expect) in cases {
+        let out = run(Command::new(lucky()).args(*args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(err.contains("usage:"), "{args:?}: {err}");
+    }
+    let out = run(Command::new(lucky()).args(["exec", "--help"]));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("LUCKY_FENCE") && help.contains("Examples:"));
+    // A password in a bad URL never reaches the message.
+    let out = run(Command::new(lucky()).args([
+        "exec",
+        "--backend",
+        "redis://:hunter2@h:x1",
+        "--name",
+        "x",
+        "--",
+        "true",
+    ]));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+}
+
+#[test]
+fn lucky_sim_runs_the_simulator_with_a_summary_table() {
+    let out = run(Command::new(lucky()).args([
+        "sim",
+        "sweep",
+        "--scenario",
+        "etcd-clock-jump",
+        "--seeds",
+        "20",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("scenario") && text.contains("verdict"),
+        "{text}"
+    );
+    assert!(text.contains("breaks as expected"), "{text}");
+    assert!(text.contains("summary runs=20 violations=0"), "{text}");
+    let out =
+        run(Command::new(lucky()).args(["sim", "sweep", "--scenario", "nope", "--seeds", "1"]));
+    assert_eq!(out.status.code(), Some(64));
+}
