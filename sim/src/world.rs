@@ -212,6 +212,8 @@ enum Ev<C, R> {
     },
     Unstall {
         node: usize,
+        /// The end of the stall this event closes (a later or earlier end makes it stale).
+        until: u64,
     },
     Progress {
         acquired: u64,
@@ -610,10 +612,10 @@ impl<P: Protocol> World<P> {
                     self.node_changed(node);
                 }
             }
-            Ev::Unstall { node } => {
+            Ev::Unstall { node, until } => {
                 self.mix([now, 14, node as u64]);
                 let n = &mut self.nodes[node];
-                if n.stalled_until <= now && n.up {
+                if n.stalled_until == until && n.up {
                     let local = n.clock.local(now);
                     n.server.recovered(local);
                     n.timer_at = u64::MAX;
@@ -938,7 +940,7 @@ impl<P: Protocol> World<P> {
                 let n = &mut self.nodes[node];
                 n.stalled_until = n.stalled_until.max(now + for_ns);
                 let until = n.stalled_until;
-                self.push(until, Ev::Unstall { node });
+                self.push(until, Ev::Unstall { node, until });
             }
             Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
             Fault::CrashClient { client } => {
@@ -978,6 +980,17 @@ impl<P: Protocol> World<P> {
                 self.net.params = NetParams::CALM;
                 for i in 0..self.nodes.len() {
                     self.restart(i);
+                    // A leader loss ends too.
+                    if self.nodes[i].stalled_until > now {
+                        self.nodes[i].stalled_until = now;
+                        self.push(
+                            now,
+                            Ev::Unstall {
+                                node: i,
+                                until: now,
+                            },
+                        );
+                    }
                 }
                 self.expect_progress();
             }
