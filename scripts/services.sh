@@ -22,6 +22,7 @@ need() {
 start() {
   need redis-server redis-server
   need redis-cli redis-tools
+  need openssl openssl   # certificates for the TLS test
   mkdir -p "$DIR"
   for p in $PORTS; do
     if redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null 2>&1; then continue; fi

@@ -26,12 +26,14 @@ SIM=target/release/lucky-sim
 echo "== simulator sweep: $SEEDS seeds per scenario"
 "$SIM" sweep --scenario all --seeds "$SEEDS"
 
-echo "== determinism: one seed twice"
-a=$("$SIM" run --scenario random-chaos --seed 424242 | tail -n 1)
-b=$("$SIM" run --scenario random-chaos --seed 424242 | tail -n 1)
-echo "$a / $b"
-[ "$a" = "$b" ] || { echo "FAIL: the same seed gave different traces"; exit 1; }
-case "$a" in trace-hash=*) ;; *) echo "FAIL: no trace-hash line"; exit 1 ;; esac
+echo "== determinism: one seed twice, per protocol"
+for sc in random-chaos etcd-random-chaos; do
+  a=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
+  b=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
+  echo "$sc: $a / $b"
+  [ "$a" = "$b" ] || { echo "FAIL: the same seed gave different traces"; exit 1; }
+  case "$a" in trace-hash=*) ;; *) echo "FAIL: no trace-hash line"; exit 1 ;; esac
+done
 
 echo "== injected bugs must be caught"
 for bug in $("$SIM" list | sed -n '/^injectable bugs/,$p' | tail -n +2); do

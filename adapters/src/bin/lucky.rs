@@ -30,6 +30,8 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
 
   --backend URL   redis://host:port[,host:port...]   one node, or several (RedLock; use 3 or 5)
                   redis://:password@host:port,...    credentials apply to every node
+                  rediss://host:port,...             Redis over TLS (system roots, or
+                                                     the CA file named by SSL_CERT_FILE)
                   etcd://host:2379[,host:2379...]    etcd lease lock (etcdctl lock compatible)
                   etcd://user:password@host:2379     etcd authentication
                   etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
@@ -258,20 +260,19 @@ fn parse_backend(url: &str) -> Result<Backend, String> {
         }
     }
     match scheme {
-        "redis" => {
+        "redis" | "rediss" => {
             if query.is_some() {
-                return Err("redis:// takes no query parameters".into());
+                return Err(format!("{scheme}:// takes no query parameters"));
             }
             let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
             let db = path.map(|p| format!("/{p}")).unwrap_or_default();
             Ok(Backend::Redis(
                 hosts
                     .iter()
-                    .map(|h| format!("redis://{auth}{h}{db}"))
+                    .map(|h| format!("{scheme}://{auth}{h}{db}"))
                     .collect(),
             ))
         }
-        "rediss" => Err("rediss:// (Redis over TLS) is not built into this version of lucky; use a TLS tunnel or redis://".into()),
         "etcd" | "etcds" => {
             let user = match userinfo {
                 Some(u) => {
@@ -300,7 +301,7 @@ fn parse_backend(url: &str) -> Result<Backend, String> {
             })
         }
         other => Err(format!(
-            "unknown backend scheme {other:?}: use redis://, etcd:// or etcds://"
+            "unknown backend scheme {other:?}: use redis://, rediss://, etcd:// or etcds://"
         )),
     }
 }

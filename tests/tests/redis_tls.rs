@@ -1,0 +1,139 @@
+//! `rediss://`: the Redis adapter over TLS against a real `redis-server --tls-port`, with a CA
+//! made for the test (openssl). The server's certificate is verified: against an unknown CA the
+//! connection fails with a clear error; trusted through `SSL_CERT_FILE`, locks work.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and run processes
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lucky::redis::RedLock;
+use lucky_tests::servers::{required, RedisProcess};
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`, or false if openssl is missing.
+fn make_certs(dir: &Path) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lucky-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=some-other-ca",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_and_locks_over_tls() {
+    let dir = std::env::temp_dir().join(format!("lucky-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if !make_certs(&dir) {
+        assert!(
+            !required(),
+            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
+        );
+        eprintln!("skipping: openssl not installed");
+        return;
+    }
+    let file = |n: &str| dir.join(n).display().to_string();
+    let port = 7_161;
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let Some(_server) = RedisProcess::start_with(port, &args) else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{port}");
+    // Trusting only another CA: refused, and said so.
+    std::env::set_var("SSL_CERT_FILE", file("other.pem"));
+    let e = RedLock::builder([&url])
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.is_no_quorum(), "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    // Trusted: locks work, fenced.
+    std::env::set_var("SSL_CERT_FILE", &ca);
+    let locks = RedLock::connect([&url]).await.unwrap();
+    let g = locks.lock("tls-lock").await.unwrap();
+    assert!(g.fence().is_some());
+    let other = locks.lock("tls-lock").no_wait().await.unwrap_err();
+    assert!(other.is_taken(), "{other}");
+    g.release().await.unwrap();
+    std::env::remove_var("SSL_CERT_FILE");
+    let _ = std::fs::remove_dir_all(&dir);
+}
