@@ -157,6 +157,7 @@ where
     /// Drives the machine until it holds the lock (its fence) or gives up.
     async fn acquire_inline(&mut self) -> Result<Option<Fence>, LockError> {
         tracing::debug!("acquiring");
+        let mut timer = Timer::new();
         loop {
             while let Some(out) = self.machine.poll_output() {
                 match out {
@@ -193,7 +194,7 @@ where
                 }
             }
             let notify = self.subscription.as_ref().map(|s| s.notify.clone());
-            let deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
+            timer.set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
             tokio::select! {
                 biased;
                 (node, op, reply) = next_reply(&mut self.inflight) => {
@@ -202,7 +203,7 @@ where
                 () = notified(notify.as_deref()), if waiting => {
                     self.machine.wake(self.clock.now());
                 }
-                () = sleep_until(deadline) => {
+                () = timer.fired() => {
                     self.machine.handle_timeout(self.clock.now());
                 }
             }
@@ -221,6 +222,7 @@ where
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
         let mut guard_open = true;
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut timer = Timer::new();
         loop {
             let mut released = None;
             while let Some(out) = self.machine.poll_output() {
@@ -273,6 +275,7 @@ where
                 }
                 deadline = Some(deadline.map_or(until, |d| d.min(until)));
             }
+            timer.set(deadline);
             tokio::select! {
                 biased;
                 (node, op, reply) = next_reply(&mut inflight) => {
@@ -292,7 +295,7 @@ where
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = sleep_until(deadline) => {
+                () = timer.fired() => {
                     // Judge by the clock, not by the timer: it may have fired late.
                     self.machine.handle_timeout(self.clock.now());
                 }
@@ -373,10 +376,38 @@ async fn next_reply<R>(inflight: &mut Vec<BoxFuture<R>>) -> R {
     .await
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// One timer per driver loop, moved only when the machine's deadline moves: most inputs leave
+/// the deadline where it was, and re-arming a fresh sleep each time costs a trip through the
+/// runtime's timer wheel.
+struct Timer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<tokio::time::Instant>,
+}
+
+impl Timer {
+    fn new() -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(86_400))),
+            armed: None,
+        }
+    }
+
+    fn set(&mut self, deadline: Option<tokio::time::Instant>) {
+        if deadline != self.armed {
+            if let Some(d) = deadline {
+                self.sleep.as_mut().reset(d);
+            }
+            self.armed = deadline;
+        }
+    }
+
+    /// Resolves at the armed deadline (never, if none); then disarms.
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
