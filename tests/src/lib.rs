@@ -241,6 +241,8 @@ pub mod servers {
         /// Client port on 127.0.0.1 (the peer port is the next one).
         pub port: u16,
         dir: std::path::PathBuf,
+        /// Server certificate, key and CA files: clients connect over TLS.
+        tls: Option<[String; 3]>,
         child: Option<Child>,
     }
 
@@ -248,12 +250,19 @@ pub mod servers {
         /// Starts `etcd` on `port` (peer `port + 1`), or None if it is not installed (panics
         /// instead when servers are required).
         pub fn start(port: u16) -> Option<EtcdProcess> {
+            EtcdProcess::start_tls(port, None)
+        }
+
+        /// Like [`start`](Self::start); with `tls` (certificate, key, CA files) clients must
+        /// use `https://`.
+        pub fn start_tls(port: u16, tls: Option<[String; 3]>) -> Option<EtcdProcess> {
             let dir =
                 std::env::temp_dir().join(format!("lucky-etcd-{port}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let mut p = EtcdProcess {
                 port,
                 dir,
+                tls,
                 child: None,
             };
             if !p.spawn() {
@@ -265,7 +274,7 @@ pub mod servers {
         }
 
         fn spawn(&mut self) -> bool {
-            let client = format!("http://127.0.0.1:{}", self.port);
+            let client = self.endpoint();
             let peer = format!("http://127.0.0.1:{}", self.port + 1);
             let child = Command::new("etcd")
                 .args(["--name", "lucky-test", "--data-dir"])
@@ -283,6 +292,9 @@ pub mod servers {
                     &peer,
                 ])
                 .args(["--initial-cluster", &format!("lucky-test={peer}")])
+                .args(self.tls.iter().flat_map(|[cert, key, _]| {
+                    ["--cert-file", cert.as_str(), "--key-file", key.as_str()]
+                }))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();
@@ -291,6 +303,11 @@ pub mod servers {
             // Wait until it serves (a leader is elected).
             for _ in 0..200 {
                 let ok = Command::new("etcdctl")
+                    .args(
+                        self.tls
+                            .iter()
+                            .flat_map(|[_, _, ca]| ["--cacert", ca.as_str()]),
+                    )
                     .args(["--endpoints", &client, "endpoint", "health"])
                     .env("ETCDCTL_API", "3")
                     .stdout(Stdio::null())
@@ -307,7 +324,8 @@ pub mod servers {
 
         /// Its endpoint.
         pub fn endpoint(&self) -> String {
-            format!("http://127.0.0.1:{}", self.port)
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://127.0.0.1:{}", self.port)
         }
 
         fn signal(&self, sig: &str) {

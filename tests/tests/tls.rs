@@ -1,4 +1,5 @@
-//! `rediss://`: the Redis adapter over TLS against a real `redis-server --tls-port`, with a CA
+//! TLS: `rediss://` for the Redis adapter and `https://` (`etcds://` in the CLI) for etcd,
+//! against real servers with certificates for 127.0.0.1. The Redis adapter over TLS against a real `redis-server --tls-port`, with a CA
 //! made for the test (openssl). The server's certificate is verified: against an unknown CA the
 //! connection fails with a clear error; trusted through `SSL_CERT_FILE`, locks work.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and run processes
@@ -135,5 +136,78 @@ async fn rediss_verifies_the_server_and_locks_over_tls() {
     assert!(other.is_taken(), "{other}");
     g.release().await.unwrap();
     std::env::remove_var("SSL_CERT_FILE");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_verifies_the_server_and_locks() {
+    let dir = std::env::temp_dir().join(format!("lucky-etcd-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if !make_certs(&dir) {
+        assert!(
+            !required(),
+            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
+        );
+        eprintln!("skipping: openssl not installed");
+        return;
+    }
+    let file = |n: &str| dir.join(n).display().to_string();
+    let tls = [file("server.pem"), file("server.key"), file("ca.pem")];
+    let Some(server) = lucky_tests::servers::EtcdProcess::start_tls(23_796, Some(tls)) else {
+        return;
+    };
+    let pem = |n: &str| lucky::etcd::Certificate::from_pem(std::fs::read(file(n)).unwrap());
+    let tls = |ca: &str| lucky::etcd::TlsOptions::new().ca_certificate(pem(ca));
+    // Trusting another CA: refused with a clear error.
+    let e = lucky::etcd::Etcd::builder([server.endpoint()])
+        .tls(tls("other.pem"))
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    // Trusting the right CA: locks work.
+    let etcd = lucky::etcd::Etcd::builder([server.endpoint()])
+        .tls(tls("ca.pem"))
+        .connect()
+        .await
+        .unwrap();
+    let g = etcd.lock("tls-lock").await.unwrap();
+    assert!(g.fence().is_some());
+    assert!(etcd
+        .lock("tls-lock")
+        .no_wait()
+        .await
+        .unwrap_err()
+        .is_taken());
+    g.release().await.unwrap();
+    // And the command line: etcds:// with the CA.
+    let lucky = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("lucky");
+    if lucky.exists() {
+        let backend = format!(
+            "etcds://127.0.0.1:{}?cacert={}",
+            server.port,
+            file("ca.pem")
+        );
+        let out = Command::new(lucky)
+            .args([
+                "exec",
+                "--backend",
+                &backend,
+                "--name",
+                "tls-cli",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
