@@ -303,45 +303,34 @@ impl EtcdBuilder {
         if let Some(tls) = self.tls.clone() {
             opts = opts.with_tls(tls);
         }
+        let limit = self.connect_timeout;
         let connect = Client::connect(&self.endpoints, Some(opts));
-        let mut client = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(Error::Unreachable {
-                    endpoints,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    endpoints,
-                    reason: format!("no answer within {:?}", self.connect_timeout),
-                })
-            }
-        };
+        let mut client = in_time(limit, &endpoints, connect).await?;
         // One read proves the endpoint answers (and the credentials work).
-        let probe = client.get("lucky-probe", None);
-        match tokio::time::timeout(self.connect_timeout, probe).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Error::Unreachable {
-                    endpoints,
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    endpoints,
-                    reason: format!("no answer within {:?}", self.connect_timeout),
-                })
-            }
-        }
+        in_time(limit, &endpoints, client.get("lucky-probe", None)).await?;
         Ok(Etcd {
             transport: Arc::new(Cluster { client, endpoints }),
             clock: Clock::new(),
             defaults: self.defaults,
             pool: Arc::default(),
         })
+    }
+}
+
+/// `call`, bounded by `limit`; a failure or a timeout is "unreachable".
+async fn in_time<T>(
+    limit: Duration,
+    endpoints: &str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Error> {
+    let unreachable = |reason: String| Error::Unreachable {
+        endpoints: endpoints.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {limit:?}"))),
     }
 }
 

@@ -37,6 +37,45 @@ where
     events
 }
 
+/// Helpers of the benchmark binaries.
+#[allow(clippy::disallowed_methods)] // benchmarks read the clock
+pub mod bench {
+    use std::time::{Duration, Instant};
+
+    /// The length of each timed run: `LUCKY_BENCH_SECS` (default 3 s).
+    pub fn secs() -> Duration {
+        let s = std::env::var("LUCKY_BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0);
+        Duration::from_secs_f64(s)
+    }
+
+    /// The `p` quantile (0..=1) of `v`, sorting it.
+    pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
+
+    /// The median latency of `iters` calls of `cycle(i)`, one after the other.
+    pub async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut lat = Vec::with_capacity(iters);
+        for i in 0..iters {
+            let t = Instant::now();
+            cycle(i as u64).await;
+            lat.push(t.elapsed());
+        }
+        percentile(&mut lat, 0.5)
+    }
+}
+
 /// Real servers for the adapter tests.
 #[allow(clippy::disallowed_methods)] // tests wait for real processes
 pub mod servers {
@@ -86,6 +125,23 @@ pub mod servers {
             }
         }
         true
+    }
+
+    /// Sends `sig` (as `kill` spells it) to `child`, if it runs.
+    fn signal(child: &Option<Child>, sig: &str) {
+        if let Some(c) = child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGKILLs `child` and reaps it.
+    fn kill(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// A redis-server process of the test's own, for real faults (SIGSTOP, kill, restart).
@@ -161,30 +217,19 @@ pub mod servers {
             format!("redis://127.0.0.1:{}", self.port)
         }
 
-        fn signal(&self, sig: &str) {
-            if let Some(c) = &self.child {
-                let _ = Command::new("kill")
-                    .args([sig, &c.id().to_string()])
-                    .status();
-            }
-        }
-
         /// SIGSTOP: the process stays, its socket stays open, it answers nothing.
         pub fn pause(&self) {
-            self.signal("-STOP");
+            signal(&self.child, "-STOP");
         }
 
         /// SIGCONT.
         pub fn resume(&self) {
-            self.signal("-CONT");
+            signal(&self.child, "-CONT");
         }
 
-        /// SIGKILL, losing every key.
+        /// SIGKILL.
         pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            kill(&mut self.child);
         }
 
         /// Starts it again on the same port (empty).
@@ -328,30 +373,19 @@ pub mod servers {
             format!("{scheme}://127.0.0.1:{}", self.port)
         }
 
-        fn signal(&self, sig: &str) {
-            if let Some(c) = &self.child {
-                let _ = Command::new("kill")
-                    .args([sig, &c.id().to_string()])
-                    .status();
-            }
-        }
-
         /// SIGSTOP: the process stays, its socket stays open, it answers nothing.
         pub fn pause(&self) {
-            self.signal("-STOP");
+            signal(&self.child, "-STOP");
         }
 
         /// SIGCONT.
         pub fn resume(&self) {
-            self.signal("-CONT");
+            signal(&self.child, "-CONT");
         }
 
-        /// SIGKILL (the data folder stays).
+        /// SIGKILL.
         pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            kill(&mut self.child);
         }
 
         /// Starts it again on the same port with the same data.

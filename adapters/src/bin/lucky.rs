@@ -367,40 +367,37 @@ async fn connect(b: &Backend) -> Result<Locks, Failure> {
     }
 }
 
+/// The request for `o.name` with `o`'s ttl and wait, on either backend's request type.
+macro_rules! request {
+    ($locks:expr, $o:expr) => {{
+        let r = $locks.lock(&$o.name).ttl($o.ttl);
+        match $o.wait {
+            WaitFor::No => r.no_wait(),
+            WaitFor::For(d) => r.wait(d),
+            WaitFor::Forever => r.wait_forever(),
+        }
+    }};
+}
+
 async fn acquire(locks: &Locks, o: &Exec) -> Result<Guard, Failure> {
+    // Taken -> 75; unreachable -> 69; bad input -> 64.
     match locks {
-        Locks::Redis(l) => {
-            let r = l.lock(&o.name).ttl(o.ttl);
-            let r = match o.wait {
-                WaitFor::No => r.no_wait(),
-                WaitFor::For(d) => r.wait(d),
-                WaitFor::Forever => r.wait_forever(),
+        Locks::Redis(l) => request!(l, o).await.map_err(|e| {
+            let code = match &e {
+                lucky::redis::Error::Usage(_) => EX_USAGE,
+                e if e.is_no_quorum() => EX_UNAVAILABLE,
+                _ => EX_TEMPFAIL,
             };
-            r.await.map_err(|e| {
-                let code = match &e {
-                    lucky::redis::Error::Usage(_) => EX_USAGE,
-                    e if e.is_no_quorum() => EX_UNAVAILABLE,
-                    _ => EX_TEMPFAIL,
-                };
-                Failure(code, e.to_string())
-            })
-        }
-        Locks::Etcd(l) => {
-            let r = l.lock(&o.name).ttl(o.ttl);
-            let r = match o.wait {
-                WaitFor::No => r.no_wait(),
-                WaitFor::For(d) => r.wait(d),
-                WaitFor::Forever => r.wait_forever(),
+            Failure(code, e.to_string())
+        }),
+        Locks::Etcd(l) => request!(l, o).await.map_err(|e| {
+            let code = match &e {
+                lucky::etcd::Error::Usage(_) => EX_USAGE,
+                e if e.is_unreachable() => EX_UNAVAILABLE,
+                _ => EX_TEMPFAIL,
             };
-            r.await.map_err(|e| {
-                let code = match &e {
-                    lucky::etcd::Error::Usage(_) => EX_USAGE,
-                    e if e.is_unreachable() => EX_UNAVAILABLE,
-                    _ => EX_TEMPFAIL,
-                };
-                Failure(code, e.to_string())
-            })
-        }
+            Failure(code, e.to_string())
+        }),
     }
 }
 

@@ -9,19 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use lucky::etcd::Etcd;
-
-fn secs() -> Duration {
-    let s = std::env::var("LUCKY_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(s)
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
+use lucky_tests::bench::{percentile, secs, serial_p50};
 
 /// The floor: take `key` on `lease` if free (one Txn), then delete it.
 async fn raw_cycle(c: &mut Client, key: &str, lease: i64) {
@@ -34,20 +22,6 @@ async fn raw_cycle(c: &mut Client, key: &str, lease: i64) {
         )]);
     c.txn(txn).await.unwrap();
     c.delete(key, None).await.unwrap();
-}
-
-async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut lat = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let t = Instant::now();
-        cycle(i as u64).await;
-        lat.push(t.elapsed());
-    }
-    percentile(&mut lat, 0.5)
 }
 
 fn main() {

@@ -9,15 +9,8 @@ use std::time::{Duration, Instant};
 
 use lucky::redis::RedLock;
 use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
+use lucky_tests::bench::{percentile, secs, serial_p50};
 use redis::aio::ConnectionManager;
-
-fn secs() -> Duration {
-    let s = std::env::var("LUCKY_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(s)
-}
 
 /// The floor: `SET NX PX` to every node at once, then the release script to every node.
 async fn raw_cycle(conns: &[ConnectionManager], key: &str, token: &str) {
@@ -87,11 +80,6 @@ async fn join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>
     .await
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Runs `tasks` tasks doing `cycle(task, i)` for the bench duration; returns cycles/s.
 async fn throughput<F, Fut>(tasks: usize, cycle: F) -> f64
 where
@@ -119,20 +107,6 @@ where
         total += h.await.unwrap();
     }
     total as f64 / start.elapsed().as_secs_f64()
-}
-
-async fn serial_p50<F, Fut>(iters: usize, cycle: F) -> Duration
-where
-    F: Fn(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut lat = Vec::with_capacity(iters);
-    for i in 0..iters {
-        let t = Instant::now();
-        cycle(i as u64).await;
-        lat.push(t.elapsed());
-    }
-    percentile(&mut lat, 0.5)
 }
 
 fn main() {
