@@ -586,75 +586,31 @@ impl Node {
     }
 
     async fn send(&self, command: Command) -> Reply {
-        let mut conn = match self.conn().await {
-            Ok(c) => c,
-            Err(e) => return Reply::Unavailable(e),
+        // The common path stays small: this future is boxed once per command, so the rare
+        // paths (first connection, a script the server has not cached) are boxed separately
+        // instead of inflating every command's state.
+        let mut conn = match self.conn.get() {
+            Some(c) => c.clone(),
+            None => match Box::pin(self.conn()).await {
+                Ok(c) => c,
+                Err(e) => return Reply::Unavailable(e),
+            },
         };
-        let (sha, body) = match &command {
-            Command::Acquire { .. } => ("", ""),
-            Command::AcquireFenced { .. } => (ACQUIRE_FENCED_SHA1, ACQUIRE_FENCED_SCRIPT),
-            Command::Fence { .. } => (FENCE_SHA1, FENCE_SCRIPT),
-            Command::Extend { .. } => (EXTEND_SHA1, EXTEND_SCRIPT),
-            Command::Release { notify: true, .. } => (RELEASE_SHA1, RELEASE_SCRIPT),
-            Command::Release { notify: false, .. } => (RELEASE_QUIET_SHA1, RELEASE_QUIET_SCRIPT),
+        let cmd = match request(&command, Verb::EvalSha) {
+            Ok(cmd) => cmd,
+            Err(reply) => return reply,
         };
-        let result = match &command {
-            Command::Acquire { key, value, ttl_ms } => {
-                redis::cmd("SET")
-                    .arg(&key[..])
-                    .arg(&value[..])
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(*ttl_ms)
-                    .query_async::<Value>(&mut conn)
-                    .await
-            }
-            // The naive INCR scheme exists only as a simulator bug.
-            Command::AcquireFenced { incr: true, .. } => {
-                return Reply::Error(Bytes::from_static(
-                    b"ERR naive INCR fencing is not supported",
-                ));
-            }
-            Command::AcquireFenced {
-                key,
-                fence_key,
-                value,
-                ttl_ms,
-                ..
-            } => {
-                let ttl = ttl_ms.to_string();
-                script(
-                    &mut conn,
-                    sha,
-                    body,
-                    &[key, fence_key],
-                    &[value, ttl.as_bytes()],
-                )
+        let result = match cmd.query_async::<Value>(&mut conn).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                Box::pin(async move {
+                    match request(&command, Verb::Eval) {
+                        Ok(cmd) => cmd.query_async::<Value>(&mut conn).await,
+                        Err(_) => Err(e),
+                    }
+                })
                 .await
             }
-            Command::Fence {
-                key,
-                fence_key,
-                value,
-                fence,
-            } => {
-                let fence = fence.to_string();
-                script(
-                    &mut conn,
-                    sha,
-                    body,
-                    &[key, fence_key],
-                    &[value, fence.as_bytes()],
-                )
-                .await
-            }
-            Command::Extend { key, value, ttl_ms } => {
-                let ttl = ttl_ms.to_string();
-                script(&mut conn, sha, body, &[key], &[value, ttl.as_bytes()]).await
-            }
-            Command::Release { key, value, .. } => {
-                script(&mut conn, sha, body, &[key], &[value]).await
-            }
+            other => other,
         };
         match result {
             Ok(v) => reply(v),
@@ -664,17 +620,22 @@ impl Node {
     }
 }
 
-/// EVALSHA, falling back to EVAL when the server does not have the script cached.
-async fn script(
-    conn: &mut ConnectionManager,
-    sha: &str,
-    body: &str,
-    keys: &[&[u8]],
-    args: &[&[u8]],
-) -> Result<Value, RedisError> {
-    let build = |verb: &str, first: &str| {
-        let mut c = redis::cmd(verb);
-        c.arg(first).arg(keys.len());
+/// How a script is invoked: by its SHA1 (the usual case) or with its body (after NOSCRIPT).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    EvalSha,
+    Eval,
+}
+
+/// The Redis command for `command`; a command this adapter refuses to send is its reply.
+fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
+    let script = |sha: &str, body: &str, keys: &[&[u8]], args: &[&[u8]]| {
+        let mut c = match verb {
+            Verb::EvalSha => redis::cmd("EVALSHA"),
+            Verb::Eval => redis::cmd("EVAL"),
+        };
+        c.arg(if verb == Verb::EvalSha { sha } else { body })
+            .arg(keys.len());
         for k in keys {
             c.arg(*k);
         }
@@ -683,10 +644,62 @@ async fn script(
         }
         c
     };
-    match build("EVALSHA", sha).query_async::<Value>(conn).await {
-        Err(e) if e.code() == Some("NOSCRIPT") => build("EVAL", body).query_async(conn).await,
-        other => other,
-    }
+    Ok(match command {
+        Command::Acquire { key, value, ttl_ms } => {
+            let mut c = redis::cmd("SET");
+            c.arg(&key[..])
+                .arg(&value[..])
+                .arg("NX")
+                .arg("PX")
+                .arg(*ttl_ms);
+            c
+        }
+        // The naive INCR scheme exists only as a simulator bug.
+        Command::AcquireFenced { incr: true, .. } => {
+            return Err(Reply::Error(Bytes::from_static(
+                b"ERR naive INCR fencing is not supported",
+            )));
+        }
+        Command::AcquireFenced {
+            key,
+            fence_key,
+            value,
+            ttl_ms,
+            ..
+        } => script(
+            ACQUIRE_FENCED_SHA1,
+            ACQUIRE_FENCED_SCRIPT,
+            &[key, fence_key],
+            &[value, ttl_ms.to_string().as_bytes()],
+        ),
+        Command::Fence {
+            key,
+            fence_key,
+            value,
+            fence,
+        } => script(
+            FENCE_SHA1,
+            FENCE_SCRIPT,
+            &[key, fence_key],
+            &[value, fence.to_string().as_bytes()],
+        ),
+        Command::Extend { key, value, ttl_ms } => script(
+            EXTEND_SHA1,
+            EXTEND_SCRIPT,
+            &[key],
+            &[value, ttl_ms.to_string().as_bytes()],
+        ),
+        Command::Release {
+            key,
+            value,
+            notify: true,
+        } => script(RELEASE_SHA1, RELEASE_SCRIPT, &[key], &[value]),
+        Command::Release {
+            key,
+            value,
+            notify: false,
+        } => script(RELEASE_QUIET_SHA1, RELEASE_QUIET_SCRIPT, &[key], &[value]),
+    })
 }
 
 fn is_transport(e: &RedisError) -> bool {

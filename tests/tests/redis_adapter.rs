@@ -394,3 +394,28 @@ async fn a_stale_holder_cannot_overwrite_a_newer_holders_data() {
     b.release().await.unwrap();
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_from_the_servers_are_sent_again() {
+    let Some((urls, locks)) = setup().await else {
+        return;
+    };
+    // Every node forgets its cached scripts: EVALSHA answers NOSCRIPT, the adapter falls back
+    // to EVAL (which caches them again).
+    for u in &urls {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut raw(u).await)
+            .await
+            .unwrap();
+    }
+    let name = unique("noscript");
+    let g = locks.lock(&name).await.unwrap();
+    assert!(g.fence().is_some(), "the fenced acquire script ran");
+    g.extend().await.unwrap();
+    assert_eq!(
+        g.release().await.unwrap(),
+        vec![NodeOutcome::Granted; urls.len()]
+    );
+    assert!(get(&urls[0], &name).await.is_none());
+}
