@@ -1,5 +1,5 @@
 //! The etcd lease lock (feature `etcd`): etcd's own `concurrency.Mutex` queue, run by the
-//! lucky-core [`EtcdLock`](lucky_core::etcd::EtcdLock) machine over an `etcd-client`
+//! lucky-core [`EtcdLock`] machine over an `etcd-client`
 //! connection. Lucky, `etcdctl lock <name>` and Go's `concurrency.Mutex` exclude each other.
 //!
 //! ```no_run
