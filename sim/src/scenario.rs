@@ -326,7 +326,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "etcd-holder-pause-fenced", about: "etcd: holder pauses 2 ttl between check and write; the resource rejects its stale revision", draw: etcd::holder_pause_fenced },
     Scenario { name: "etcd-clock-jump", about: "etcd: the cluster clock jumps forward by the ttl: overlap expected, fences hold", draw: etcd::clock_jump },
     Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: etcd::client_drift },
-    Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data and restarts at once: revisions restart (expected)", draw: etcd::data_loss },
+    Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data, restarts at once or after the ttl: revisions restart (expected)", draw: etcd::data_loss },
     Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: etcd::random_chaos },
 ];
 

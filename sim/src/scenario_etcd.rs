@@ -172,8 +172,20 @@ pub(crate) fn data_loss(rng: &mut Rng) -> Setup {
     s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
     s.work.think_ns = (0, MS);
     s.wait = Wait::Forever;
+    // Half the seeds restart at once, half only after the ttl: revisions restart either way,
+    // so fences go back (and with an immediate restart, holders overlap too).
+    let delayed = rng.range(0, 1) == 1;
     let mut t = 150 * MS;
-    while t < s.work.quiet_at {
+    loop {
+        let down = if delayed {
+            s.ttl() * 11 / 10 + rng.range(0, 50 * MS)
+        } else {
+            MS
+        };
+        // Every restart happens before faults stop (quiet restarts whatever is down).
+        if t + down >= s.work.quiet_at {
+            break;
+        }
         s.faults.push((
             t,
             Fault::Crash {
@@ -181,8 +193,8 @@ pub(crate) fn data_loss(rng: &mut Rng) -> Setup {
                 lose_state: true,
             },
         ));
-        s.faults.push((t + MS, Fault::Restart { node: 0 }));
-        t += rng.range(100 * MS, 250 * MS);
+        s.faults.push((t + down, Fault::Restart { node: 0 }));
+        t += down + rng.range(100 * MS, 250 * MS);
     }
     s.must_violate = true;
     s
