@@ -14,6 +14,10 @@ use crate::clock::Clock;
 use crate::hold::{End, Hold};
 use crate::Error;
 
+/// How long a finished lock's cleanup commands may take to go out before they are dropped (a
+/// server that never answers must not keep a task alive).
+const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A boxed, sendable future.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -267,9 +271,8 @@ where
             let idle = matches!(state, State::Done | State::Idle);
             let mut deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
             if idle && waiters.is_empty() && !guard_open {
-                let until = *drain_until.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + std::time::Duration::from_secs(5)
-                });
+                let until =
+                    *drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLEANUP_GRACE);
                 if inflight.is_empty() || tokio::time::Instant::now() >= until {
                     break;
                 }
@@ -348,7 +351,7 @@ fn finish_detached<R: Send + 'static>(inflight: Vec<BoxFuture<R>>) {
                     next_reply(&mut inflight).await;
                 }
             };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all).await;
+            let _ = tokio::time::timeout(CLEANUP_GRACE, all).await;
         });
     }
 }

@@ -774,8 +774,9 @@ impl Transport for Nodes {
     }
 }
 
-/// Replaces the password of every `scheme://user:password@host` in `s` with `***`.
-pub(crate) fn redact(s: &str) -> String {
+/// Replaces the password of every `scheme://user:password@host` in `s` with `***` (for
+/// messages and logs; the command-line tool uses it too).
+pub fn redact(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("://") {

@@ -40,6 +40,14 @@ impl Bug {
         Bug::EtcdSkipRecheck,
     ];
 
+    /// Whether the bug lives in the etcd machine (otherwise in the RedLock machine).
+    pub const fn is_etcd(self) -> bool {
+        matches!(
+            self,
+            Bug::EtcdLostFromReceiveTime | Bug::EtcdWatchAll | Bug::EtcdSkipRecheck
+        )
+    }
+
     /// The name used on the command line, e.g. `ignore-drift`.
     pub const fn name(self) -> &'static str {
         match self {

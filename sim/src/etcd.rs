@@ -168,9 +168,14 @@ impl Server for EtcdNode {
     type Command = Command;
     type Reply = Reply;
 
+    /// Answers at once; a watch cannot be answered at once, so it needs
+    /// [`submit`](Server::submit).
     fn apply(&mut self, now: u64, command: &Command) -> Reply {
+        if matches!(command, Command::WaitDelete { .. }) {
+            return Reply::Error("a watch is answered later: use submit".into());
+        }
         self.submit(now, command, 0)
-            .unwrap_or_else(|| Reply::Error("watch needs submit".into()))
+            .unwrap_or_else(|| Reply::Error("a watch is answered later: use submit".into()))
     }
 
     fn submit(&mut self, now: u64, command: &Command, id: u64) -> Option<Reply> {

@@ -270,13 +270,7 @@ impl Injected {
     pub fn applies_to(self, backend: Backend) -> bool {
         match self {
             Injected::FenceUnchecked => true,
-            Injected::Machine(b) => {
-                let etcd_bug = matches!(
-                    b,
-                    Bug::EtcdLostFromReceiveTime | Bug::EtcdWatchAll | Bug::EtcdSkipRecheck
-                );
-                etcd_bug == matches!(backend, Backend::Etcd { .. })
-            }
+            Injected::Machine(b) => b.is_etcd() == matches!(backend, Backend::Etcd { .. }),
         }
     }
     /// Its command-line name.

@@ -60,6 +60,36 @@ pub mod bench {
         v[((v.len() as f64 - 1.0) * p).round() as usize]
     }
 
+    /// What a contended hand-off run measured.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Handoff {
+        /// Acquisitions in all.
+        pub n: usize,
+        /// 99th percentile of the wait for the lock.
+        pub p99: Duration,
+        /// Longest wait.
+        pub max: Duration,
+        /// Fewest acquisitions of one task over most (1.0: perfectly fair).
+        pub fairness: f64,
+    }
+
+    impl Handoff {
+        /// Summarises the waits each task recorded.
+        pub fn from_tasks(per_task: Vec<Vec<Duration>>) -> Handoff {
+            let counts: Vec<usize> = per_task.iter().map(Vec::len).collect();
+            let mut all: Vec<Duration> = per_task.into_iter().flatten().collect();
+            let p99 = percentile(&mut all, 0.99);
+            let mn = counts.iter().min().copied().unwrap_or(0);
+            let mx = counts.iter().max().copied().unwrap_or(1).max(1);
+            Handoff {
+                n: all.len(),
+                p99,
+                max: all.last().copied().unwrap_or_default(),
+                fairness: mn as f64 / mx as f64,
+            }
+        }
+    }
+
     /// The median latency of `iters` calls of `cycle(i)`, one after the other.
     pub async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
     where
@@ -244,6 +274,24 @@ pub mod servers {
             self.resume();
             self.kill();
         }
+    }
+
+    /// The `lucky` binary next to the running test (target/<profile>/lucky); panics with how
+    /// to build it when it is missing (`scripts/test.sh` builds it first).
+    pub fn lucky_bin() -> std::path::PathBuf {
+        // target/<profile>/deps/<test>-<hash> -> target/<profile>/lucky
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let bin = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .map(|d| d.join("lucky"))
+            .expect("the test binary sits in target/<profile>/deps");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build -p lucky --features cli`",
+            bin.display()
+        );
+        bin
     }
 
     /// The etcd endpoint: `LUCKY_ETCD_ENDPOINTS` (comma-separated), else the member that

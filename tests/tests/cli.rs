@@ -5,25 +5,12 @@
 //! workspace test run builds it).
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap, read the clock, sleep
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lucky_tests::servers::{
-    etcd_available, etcd_endpoints, redis_available, redis_urls, EtcdProcess,
+    etcd_available, etcd_endpoints, lucky_bin, redis_available, redis_urls, EtcdProcess,
 };
-
-fn lucky() -> PathBuf {
-    // target/<profile>/deps/cli-<hash> -> target/<profile>/lucky
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("lucky");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p lucky --features cli`",
-        bin.display()
-    );
-    bin
-}
 
 fn unique(name: &str) -> String {
     format!("lucky-cli-test/{name}/{}", std::process::id())
@@ -59,7 +46,7 @@ fn backends() -> Vec<String> {
 }
 
 fn exec(backend: &str, name: &str, flags: &[&str], cmd: &[&str]) -> Command {
-    let mut c = Command::new(lucky());
+    let mut c = Command::new(lucky_bin());
     c.args(["exec", "--backend", backend, "--name", name])
         .args(flags)
         .arg("--")
@@ -157,8 +144,8 @@ fn no_wait_on_a_held_lock_exits_75_at_once() {
 fn a_sigkilled_luckys_lock_frees_after_the_ttl() {
     for backend in backends() {
         let name = unique("sigkill");
-        // The command runs in its own session so that killing lucky leaves it orphaned, as a
-        // crash of lucky alone would.
+        // SIGKILL reaches lucky alone (as a crash would): its command lives on, orphaned, and
+        // is cleaned up at the end.
         let mut holder = exec(&backend, &name, &["--ttl", "2s"], &["sleep", "29.5"])
             .spawn()
             .unwrap();
@@ -366,18 +353,18 @@ fn bad_input_exits_64_with_a_clear_message() {
         (&[], "no command"),
     ];
     for (args, expect) in cases {
-        let out = run(Command::new(lucky()).args(*args));
+        let out = run(Command::new(lucky_bin()).args(*args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
         assert!(err.contains("usage:"), "{args:?}: {err}");
     }
-    let out = run(Command::new(lucky()).args(["exec", "--help"]));
+    let out = run(Command::new(lucky_bin()).args(["exec", "--help"]));
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("LUCKY_FENCE") && help.contains("Examples:"));
     // A password in a bad URL never reaches the message.
-    let out = run(Command::new(lucky()).args([
+    let out = run(Command::new(lucky_bin()).args([
         "exec",
         "--backend",
         "redis://:hunter2@h:x1",
@@ -391,7 +378,7 @@ fn bad_input_exits_64_with_a_clear_message() {
 
 #[test]
 fn lucky_sim_runs_the_simulator_with_a_summary_table() {
-    let out = run(Command::new(lucky()).args([
+    let out = run(Command::new(lucky_bin()).args([
         "sim",
         "sweep",
         "--scenario",
@@ -408,6 +395,6 @@ fn lucky_sim_runs_the_simulator_with_a_summary_table() {
     assert!(text.contains("breaks as expected"), "{text}");
     assert!(text.contains("summary runs=20 violations=0"), "{text}");
     let out =
-        run(Command::new(lucky()).args(["sim", "sweep", "--scenario", "nope", "--seeds", "1"]));
+        run(Command::new(lucky_bin()).args(["sim", "sweep", "--scenario", "nope", "--seeds", "1"]));
     assert_eq!(out.status.code(), Some(64));
 }

@@ -182,14 +182,8 @@ async fn etcd_over_tls_verifies_the_server_and_locks() {
         .is_taken());
     g.release().await.unwrap();
     // And the command line: etcds:// with the CA.
-    let lucky = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lucky");
-    if lucky.exists() {
+    {
+        let lucky = lucky_tests::servers::lucky_bin();
         let backend = format!(
             "etcds://127.0.0.1:{}?cacert={}",
             server.port,

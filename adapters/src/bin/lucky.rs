@@ -248,14 +248,17 @@ fn parse_backend(url: &str) -> Result<Backend, String> {
     };
     let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
     if hosts.iter().any(|h| h.is_empty()) {
-        return Err(format!("bad backend URL {}: empty host", redact(url)));
+        return Err(format!(
+            "bad backend URL {}: empty host",
+            lucky::redis::redact(url)
+        ));
     }
     for h in &hosts {
         let port = h.rsplit_once(':').map(|(_, p)| p);
         if port.is_some_and(|p| p.parse::<u16>().is_err()) {
             return Err(format!(
                 "bad backend URL {}: bad port in {h:?}",
-                redact(url)
+                lucky::redis::redact(url)
             ));
         }
     }
@@ -303,18 +306,6 @@ fn parse_backend(url: &str) -> Result<Backend, String> {
         other => Err(format!(
             "unknown backend scheme {other:?}: use redis://, rediss://, etcd:// or etcds://"
         )),
-    }
-}
-
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (user, host) = rest.rsplit_once('@').unwrap_or(("", rest));
-            let user = user.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -82,6 +82,7 @@ struct Lease {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Grant,
+    KeepAlive,
     Take,
     Queue,
     Watch,
@@ -208,7 +209,7 @@ impl EtcdLock {
         let op = self.send(Command::KeepAlive { lease: lease.id });
         self.keepalive = Some(Pending {
             op,
-            kind: Kind::Grant,
+            kind: Kind::KeepAlive,
             sent: self.now,
             deadline: self.now + self.cfg.op_timeout,
         });
@@ -640,6 +641,8 @@ impl EtcdLock {
                 let e = self.error(failure(reply, command), false);
                 self.fail_attempt(e);
             }
+            // Keepalives travel beside the chain (`on_keepalive`), never in it.
+            (Kind::KeepAlive, _) => {}
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use lucky::etcd::Etcd;
-use lucky_tests::bench::{percentile, secs, serial_p50};
+use lucky_tests::bench::{secs, serial_p50, Handoff};
 
 /// The floor: take `key` on `lease` if free (one Txn), then delete it.
 async fn raw_cycle(c: &mut Client, key: &str, lease: i64) {
@@ -31,13 +31,6 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run());
-}
-
-struct Handoff {
-    n: usize,
-    p99: Duration,
-    max: Duration,
-    fairness: f64,
 }
 
 async fn run() {
@@ -120,26 +113,13 @@ async fn run() {
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut counts = Vec::new();
+        let mut per_task = Vec::new();
         for h in handles {
-            let w = h.await.unwrap();
-            counts.push(w.len());
-            all.extend(w);
+            per_task.push(h.await.unwrap());
         }
-        let n = all.len();
-        let p99 = percentile(&mut all, 0.99);
-        let max = *all.last().unwrap_or(&Duration::ZERO);
-        let mn = counts.iter().min().copied().unwrap_or(0);
-        let mx = counts.iter().max().copied().unwrap_or(1).max(1);
-        let fairness = mn as f64 / mx as f64;
-        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {fairness:.2}");
-        results.push(Handoff {
-            n,
-            p99,
-            max,
-            fairness,
-        });
+        let h = Handoff::from_tasks(per_task);
+        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", h.n, h.p99, h.max, h.fairness);
+        results.push(h);
     }
     let _ = raw.lease_revoke(lease).await;
     let (l, v) = (&results[0], &results[1]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lucky::redis::RedLock;
 use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
-use lucky_tests::bench::{percentile, secs, serial_p50};
+use lucky_tests::bench::{secs, serial_p50, Handoff};
 use redis::aio::ConnectionManager;
 
 /// The floor: `SET NX PX` to every node at once, then the release script to every node.
@@ -283,27 +283,19 @@ async fn run() {
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut counts = Vec::new();
+        let mut per_task = Vec::new();
         for h in handles {
-            let w = h.await.unwrap();
-            counts.push(w.len());
-            all.extend(w);
+            per_task.push(h.await.unwrap());
         }
-        let n = all.len();
-        let p99 = percentile(&mut all, 0.99);
-        let max = *all.last().unwrap_or(&Duration::ZERO);
-        let (mn, mx) = (
-            counts.iter().min().copied().unwrap_or(0),
-            counts.iter().max().copied().unwrap_or(1),
-        );
-        let fairness = mn as f64 / mx.max(1) as f64;
-        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {n} acquisitions, wait p99 {p99:?}, max {max:?}, min/max per task {fairness:.2}");
+        let h = Handoff::from_tasks(per_task);
+        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", h.n, h.p99, h.max, h.fairness);
         if use_lucky {
-            contended = Some((p99, max, fairness));
+            contended = Some(h);
         }
     }
-    let (p99, max, fairness) = contended.unwrap_or_default();
+    let Handoff {
+        p99, max, fairness, ..
+    } = contended.unwrap_or_default();
     println!(
         "summary serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} rslock_parallel_vs_floor={rslock_vs_floor:.2} contended_p99_ms={:.2} contended_max_ms={:.2} fairness={fairness:.2}",
         p99.as_secs_f64() * 1e3,
