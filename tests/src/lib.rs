@@ -276,7 +276,7 @@ pub mod servers {
         }
     }
 
-    /// The `lucky` binary next to the running test (target/<profile>/lucky); panics with how
+    /// The `lucky` binary next to the running test (`target/<profile>/lucky`); panics with how
     /// to build it when it is missing (`scripts/test.sh` builds it first).
     pub fn lucky_bin() -> std::path::PathBuf {
         // target/<profile>/deps/<test>-<hash> -> target/<profile>/lucky
