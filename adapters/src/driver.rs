@@ -1,12 +1,21 @@
 //! The generic tokio driver: runs any lucky-core [`LockMachine`] over a [`Transport`]. It owns
 //! no protocol decision: it sends what the machine says, stamps replies with the clock, sleeps
 //! until the machine's deadline, and turns events into guard state.
+//!
+//! One driver (machine, commands in flight, timer) lives in one box for the whole life of a
+//! lock: the acquisition runs it inside the caller's future; then either a task keeps it (the
+//! machine has something to do before the deadline: renewal) or the guard does, and runs it
+//! inline on `release` (no task, no channel hop for a lock that is only taken and released).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use lucky_core::{Event, Fence, LockError, LockMachine, NodeId, NodeOutcome, OpId, Output, State};
+use lucky_core::{
+    Event, Fence, LockError, LockMachine, LostReason, NodeId, NodeOutcome, OpId, Output, State,
+    UsageError,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
@@ -26,7 +35,12 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 pub(crate) trait Transport: Send + Sync + 'static {
     type Command: Send + 'static;
     type Reply: Send + 'static;
-    fn send(self: &Arc<Self>, node: usize, command: Self::Command) -> BoxFuture<Self::Reply>;
+    /// The driver boxes the returned future once, with the command's address.
+    fn send(
+        self: &Arc<Self>,
+        node: usize,
+        command: Self::Command,
+    ) -> impl Future<Output = Self::Reply> + Send + 'static;
     /// A source of "the lock may be free now" hints for `channel`, if the backend has one.
     fn subscribe(self: &Arc<Self>, _channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
         Box::pin(async { None })
@@ -41,32 +55,36 @@ pub(crate) struct Subscription {
 
 enum Control {
     Release(oneshot::Sender<Vec<NodeOutcome>>),
-    Extend,
+    Extend(oneshot::Sender<Extension>),
 }
+
+/// The answer to an extension: the new local deadline, or why there is none.
+type Extension = Result<lucky_core::Instant, Error>;
 
 /// Hands a machine back once it is done with a lock, so its session (an etcd lease) serves
 /// the next acquisition of the same name.
 pub(crate) type Recycle<M> = Box<dyn FnOnce(M) + Send>;
 
-/// Starts a driver task for `machine` and waits until it holds the lock or gives up.
-/// Dropping the returned future before it resolves releases whatever was taken.
-pub(crate) async fn acquire<M, T>(
-    mut machine: M,
+/// Prepares the acquisition of a lock with `machine`; the returned future runs it in the
+/// caller's task and resolves once the lock is held or the machine gave up. Dropping the
+/// future before it resolves releases whatever was taken.
+pub(crate) fn acquire<M, T>(
+    machine: M,
     transport: Arc<T>,
     clock: Clock,
     name: String,
     wake_channel: Option<Vec<u8>>,
     recycle: Option<Recycle<M>>,
-) -> Result<Guard, Error>
+) -> impl Future<Output = Result<Guard, Error>> + Send + 'static
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
-    machine.acquire(clock.now())?;
     let shared = Arc::new(Hold::new(0));
     let (lost_tx, lost_rx) = watch::channel(false);
     let span = tracing::info_span!("lucky.lock", name = %name);
-    let driver = Driver {
+    // Boxed once here: the future below, the guard and any task move only the pointer.
+    let driver = Box::new(Driver {
         machine,
         transport,
         clock,
@@ -75,40 +93,52 @@ where
         wake_channel,
         subscription: None,
         inflight: Vec::new(),
+        timer: Timer::new(),
         recycle,
-    };
-    // The acquisition runs inline in the caller's future (no task, no channel hop); if that
-    // future is dropped mid-flight, `Pending`'s drop hands the machine to a task that
-    // releases whatever was taken.
-    let mut pending = Pending(Some((driver, span.clone())));
-    let outcome = {
-        let (driver, _) = pending.0.as_mut().ok_or(Error::DriverGone)?;
-        driver.acquire_inline().instrument(span.clone()).await
-    };
-    let (driver, span) = pending.0.take().ok_or(Error::DriverGone)?;
-    match outcome {
-        Ok(fence) => {
-            let (ctl_tx, ctl_rx) = mpsc::channel(4);
-            tokio::spawn(driver.run(ctl_rx).instrument(span));
-            Ok(Guard {
-                name,
-                fence,
-                shared,
-                clock,
-                ctl: ctl_tx,
-                lost: lost_rx,
-            })
-        }
-        Err(e) => {
-            // Let the cleanup releases of the failed attempt go out.
-            spawn_cleanup(driver, span);
-            Err(Error::Lock(e))
+        span,
+        releasing: false,
+    });
+    async move {
+        let mut pending = Pending(Some(driver));
+        let outcome = match pending.0.as_mut() {
+            Some(driver) => {
+                driver.machine.acquire(driver.clock.now())?;
+                let span = driver.span.clone();
+                driver.acquire_inline().instrument(span).await
+            }
+            None => return Err(Error::DriverGone),
+        };
+        let driver = pending.0.take().ok_or(Error::DriverGone)?;
+        match outcome {
+            Ok(fence) => {
+                // A hold with nothing to send before its deadline (no renewal) needs no
+                // task: the guard keeps the driver and runs it when asked.
+                let link = if driver.has_work_before_deadline() {
+                    Link::Task(spawn_task(driver))
+                } else {
+                    Link::Parked(driver)
+                };
+                Ok(Guard {
+                    name,
+                    fence,
+                    shared,
+                    clock,
+                    link: std::sync::Mutex::new(link),
+                    lost: lost_rx,
+                })
+            }
+            Err(e) => {
+                // Let the cleanup releases of the failed attempt go out.
+                spawn_cleanup(driver);
+                Err(Error::Lock(e))
+            }
         }
     }
 }
 
-/// An acquisition in progress inside the caller's future.
-struct Pending<M, T>(Option<(Driver<M, T>, tracing::Span)>)
+/// An acquisition in progress inside the caller's future; dropped midway, it hands the
+/// driver to a task that releases whatever was taken.
+struct Pending<M, T>(Option<Box<Driver<M, T>>>)
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport;
@@ -119,23 +149,127 @@ where
     T: Transport,
 {
     fn drop(&mut self) {
-        if let Some((mut driver, span)) = self.0.take() {
-            tracing::debug!(parent: &span, "acquisition cancelled");
+        if let Some(mut driver) = self.0.take() {
+            tracing::debug!(parent: &driver.span, "acquisition cancelled");
             let _ = driver.machine.release(driver.clock.now());
-            spawn_cleanup(driver, span);
+            spawn_cleanup(driver);
         }
     }
 }
 
-/// Runs `driver` to the end with no guard: releases, sends what is left, then stops.
-fn spawn_cleanup<M, T>(driver: Driver<M, T>, span: tracing::Span)
+/// Moves a held lock's driver to a background task; returns its control channel.
+fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> mpsc::Sender<Control>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let span = driver.span.clone();
+    tokio::spawn(driver.run(ctl_rx).instrument(span));
+    ctl_tx
+}
+
+/// Runs `driver` to the end with no guard: releases, sends what is left, then stops. Without
+/// a runtime nothing can run: the lock then runs out at its ttl.
+fn spawn_cleanup<M, T>(driver: Box<Driver<M, T>>)
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let (_, ctl_rx) = mpsc::channel(1); // closed: the driver releases and ends
+        let span = driver.span.clone();
         rt.spawn(driver.run(ctl_rx).instrument(span));
+    }
+}
+
+/// How a guard reaches its driver.
+enum Link {
+    /// The guard holds the driver; nothing runs until the guard asks.
+    Parked(Box<dyn Parked>),
+    /// A background task drives the hold (renewal, loss, release).
+    Task(mpsc::Sender<Control>),
+    /// Released, or the driver moved on.
+    Gone,
+}
+
+/// A held lock's driver kept in its guard, type-erased over machine and transport.
+trait Parked: Send {
+    /// Drives the release in the caller's task; ready once the machine reports it.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<Vec<NodeOutcome>>;
+    /// After the release: leftover commands finish in the background, the machine goes back
+    /// for reuse.
+    fn finish(self: Box<Self>);
+    /// Moves the driver to a background task (none without a runtime: the lock then runs
+    /// out at its ttl). Dropping the returned sender makes the task release.
+    fn into_task(self: Box<Self>) -> Option<mpsc::Sender<Control>>;
+}
+
+impl<M, T> Parked for Driver<M, T>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<Vec<NodeOutcome>> {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        if !self.releasing {
+            // First what arrived while nobody drove the machine, then the release.
+            while let Poll::Ready(Some((node, op, reply))) =
+                poll_ready_reply(&mut self.inflight, cx)
+            {
+                self.machine.handle_reply(self.clock.now(), node, op, reply);
+            }
+            let _ = self.machine.release(self.clock.now());
+            self.releasing = true;
+        }
+        loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    Output::Transmit(t) => self.transmit(t),
+                    Output::Event(Event::Released { nodes }) => {
+                        if self.shared.end(End::Released) {
+                            let _ = self.lost.send(true);
+                        }
+                        tracing::info!("released");
+                        return Poll::Ready(nodes);
+                    }
+                    Output::Event(e) => self.event(e),
+                }
+            }
+            self.timer
+                .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
+            if let Poll::Ready((node, op, reply)) = poll_next_reply(&mut self.inflight, cx) {
+                self.machine.handle_reply(self.clock.now(), node, op, reply);
+            } else if self.timer.poll_fired(cx).is_ready() {
+                self.machine.handle_timeout(self.clock.now());
+            } else {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn finish(mut self: Box<Self>) {
+        finish_detached(std::mem::take(&mut self.inflight));
+        if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
+            recycle(self.machine);
+        }
+    }
+
+    fn into_task(self: Box<Self>) -> Option<mpsc::Sender<Control>> {
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(spawn_task(self))
+    }
+}
+
+/// A parked release in progress; dropped midway, the release finishes in a task.
+struct Releasing(Option<Box<dyn Parked>>);
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            drop(p.into_task());
+        }
     }
 }
 
@@ -149,8 +283,13 @@ struct Driver<M, T: Transport> {
     wake_channel: Option<Vec<u8>>,
     subscription: Option<Subscription>,
     /// Commands in flight, polled by whoever drives the machine (no task per command).
-    inflight: Vec<BoxFuture<(NodeId, OpId, T::Reply)>>,
+    inflight: Vec<InFlight<T::Reply>>,
+    /// The machine's deadline, one timer for the driver's whole life.
+    timer: Timer,
     recycle: Option<Recycle<M>>,
+    span: tracing::Span,
+    /// An inline release has been asked of the machine.
+    releasing: bool,
 }
 
 impl<M, T> Driver<M, T>
@@ -161,8 +300,8 @@ where
     /// Drives the machine until it holds the lock (its fence) or gives up.
     async fn acquire_inline(&mut self) -> Result<Option<Fence>, LockError> {
         tracing::debug!("acquiring");
-        let mut timer = Timer::new();
         loop {
+            let mut acquired = None;
             while let Some(out) = self.machine.poll_output() {
                 match out {
                     Output::Transmit(t) => self.transmit(t),
@@ -173,7 +312,7 @@ where
                             .as_millis();
                         tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
                         self.subscription = None;
-                        return Ok(fence);
+                        acquired = Some(fence);
                     }
                     Output::Event(Event::Failed(error)) => {
                         tracing::info!(%error, "not acquired");
@@ -182,8 +321,13 @@ where
                     Output::Event(Event::Retrying { attempt, .. }) => {
                         tracing::debug!(attempt, "lock busy, waiting")
                     }
+                    // What follows the acquisition in the same batch belongs to the hold.
+                    Output::Event(e) if acquired.is_some() => self.event(e),
                     Output::Event(_) => {}
                 }
+            }
+            if let Some(fence) = acquired {
+                return Ok(fence);
             }
             let state = self.machine.state();
             let waiting = matches!(state, State::Waiting);
@@ -198,7 +342,8 @@ where
                 }
             }
             let notify = self.subscription.as_ref().map(|s| s.notify.clone());
-            timer.set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
+            self.timer
+                .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
             tokio::select! {
                 biased;
                 (node, op, reply) = next_reply(&mut self.inflight) => {
@@ -207,42 +352,70 @@ where
                 () = notified(notify.as_deref()), if waiting => {
                     self.machine.wake(self.clock.now());
                 }
-                () = timer.fired() => {
+                () = self.timer.fired() => {
                     self.machine.handle_timeout(self.clock.now());
                 }
             }
         }
     }
 
+    /// Hands `t` to the transport; its reply comes back through `inflight`.
     fn transmit(&mut self, t: lucky_core::Transmit<T::Command>) {
-        let send = self.transport.send(t.node.index(), t.command);
-        self.inflight
-            .push(Box::pin(async move { (t.node, t.op, send.await) }));
+        self.inflight.push(InFlight {
+            node: t.node,
+            op: t.op,
+            reply: Box::pin(self.transport.send(t.node.index(), t.command)),
+        });
+    }
+
+    /// Whether a held lock's machine wants to act before its deadline (renewal, a round in
+    /// flight); if not, nothing need run until the guard asks for something.
+    fn has_work_before_deadline(&self) -> bool {
+        match self.machine.state() {
+            State::Held { valid_until } => {
+                self.machine.poll_timeout().is_some_and(|t| t < valid_until)
+            }
+            _ => true,
+        }
     }
 
     /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
-    async fn run(mut self, mut ctl: mpsc::Receiver<Control>) {
-        let mut inflight = std::mem::take(&mut self.inflight);
+    async fn run(mut self: Box<Self>, mut ctl: mpsc::Receiver<Control>) {
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
+        let mut extending: Vec<oneshot::Sender<Extension>> = Vec::new();
         let mut guard_open = true;
         let mut drain_until: Option<tokio::time::Instant> = None;
-        let mut timer = Timer::new();
         loop {
             let mut released = None;
             while let Some(out) = self.machine.poll_output() {
                 match out {
-                    Output::Transmit(t) => {
-                        let send = self.transport.send(t.node.index(), t.command);
-                        inflight.push(Box::pin(async move { (t.node, t.op, send.await) }));
-                    }
+                    Output::Transmit(t) => self.transmit(t),
                     Output::Event(Event::Released { nodes }) => {
                         if self.shared.end(End::Released) {
                             let _ = self.lost.send(true);
                         }
                         tracing::info!("released");
+                        answer(&mut extending, || Err(Error::Usage(UsageError::NotHeld)));
                         released = Some(nodes);
                     }
-                    Output::Event(e) => self.event(e),
+                    Output::Event(e) => {
+                        match &e {
+                            Event::Extended { valid_until } => {
+                                answer(&mut extending, || Ok(*valid_until))
+                            }
+                            Event::ExtendFailed { error, .. } => {
+                                answer(&mut extending, || Err(Error::Lock(error.clone())))
+                            }
+                            Event::Lost { reason } => answer(&mut extending, || {
+                                Err(match reason {
+                                    LostReason::ExtendFailed(error) => Error::Lock(error.clone()),
+                                    LostReason::Expired => Error::Usage(UsageError::NotHeld),
+                                })
+                            }),
+                            _ => {}
+                        }
+                        self.event(e)
+                    }
                 }
             }
             let state = self.machine.state();
@@ -251,15 +424,13 @@ where
                 // answering, so the caller's next acquisition finds it; commands still in
                 // flight (cleanup the machine does not wait for) finish in the background.
                 let closing = !waiters.is_empty() || !guard_open;
-                if closing && state == State::Done {
-                    if let Some(recycle) = self.recycle.take() {
-                        finish_detached(std::mem::take(&mut inflight));
-                        recycle(self.machine);
-                        for w in waiters.drain(..) {
-                            let _ = w.send(nodes.clone());
-                        }
-                        return;
+                if closing && state == State::Done && self.recycle.is_some() {
+                    let waiters = std::mem::take(&mut waiters);
+                    self.finish();
+                    for w in waiters {
+                        let _ = w.send(nodes.clone());
                     }
+                    return;
                 }
                 for w in waiters.drain(..) {
                     let _ = w.send(nodes.clone());
@@ -273,15 +444,15 @@ where
             if idle && waiters.is_empty() && !guard_open {
                 let until =
                     *drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLEANUP_GRACE);
-                if inflight.is_empty() || tokio::time::Instant::now() >= until {
+                if self.inflight.is_empty() || tokio::time::Instant::now() >= until {
                     break;
                 }
                 deadline = Some(deadline.map_or(until, |d| d.min(until)));
             }
-            timer.set(deadline);
+            self.timer.set(deadline);
             tokio::select! {
                 biased;
-                (node, op, reply) = next_reply(&mut inflight) => {
+                (node, op, reply) = next_reply(&mut self.inflight) => {
                     self.machine.handle_reply(self.clock.now(), node, op, reply);
                 }
                 c = ctl.recv(), if guard_open => match c {
@@ -289,16 +460,19 @@ where
                         waiters.push(w);
                         let _ = self.machine.release(self.clock.now());
                     }
-                    Some(Control::Extend) => {
-                        let _ = self.machine.extend(self.clock.now());
-                    }
+                    Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
+                        Ok(()) => extending.push(w),
+                        Err(e) => {
+                            let _ = w.send(Err(Error::Usage(e)));
+                        }
+                    },
                     None => {
                         // The guard was dropped: release in the background.
                         guard_open = false;
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = timer.fired() => {
+                () = self.timer.fired() => {
                     // Judge by the clock, not by the timer: it may have fired late.
                     self.machine.handle_timeout(self.clock.now());
                 }
@@ -308,8 +482,17 @@ where
             let _ = self.lost.send(true);
         }
         // Nothing is in flight that the machine still waits for: it may serve again.
-        let done = matches!(self.machine.state(), State::Done);
-        if let (Some(recycle), true) = (self.recycle.take(), inflight.is_empty() && done) {
+        if self.inflight.is_empty() {
+            self.finish();
+        }
+    }
+
+    /// The lock is done with: commands the machine no longer waits for finish in the
+    /// background, and a finished machine goes back for reuse.
+    #[allow(clippy::boxed_local)] // the driver lives in this box; unboxing would copy it
+    fn finish(mut self: Box<Self>) {
+        finish_detached(std::mem::take(&mut self.inflight));
+        if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
             recycle(self.machine);
         }
     }
@@ -317,7 +500,7 @@ where
     fn event(&mut self, e: Event) {
         match e {
             // The acquisition itself ran in `acquire_inline`; these cannot follow a hold.
-            // `Released` is handled by `run`.
+            // `Released` is handled where the release is driven.
             Event::Acquired { .. }
             | Event::Retrying { .. }
             | Event::Failed(_)
@@ -337,9 +520,24 @@ where
     }
 }
 
+/// Answers everyone waiting for an extension's outcome.
+fn answer(waiting: &mut Vec<oneshot::Sender<Extension>>, outcome: impl Fn() -> Extension) {
+    for w in waiting.drain(..) {
+        let _ = w.send(outcome());
+    }
+}
+
+/// A command handed to the transport: its address beside its boxed reply (one allocation per
+/// command).
+struct InFlight<R> {
+    node: NodeId,
+    op: OpId,
+    reply: BoxFuture<R>,
+}
+
 /// Lets commands already handed to the transport complete on their own (bounded), with
 /// nobody reading their replies.
-fn finish_detached<R: Send + 'static>(inflight: Vec<BoxFuture<R>>) {
+fn finish_detached<R: Send + 'static>(inflight: Vec<InFlight<R>>) {
     if inflight.is_empty() {
         return;
     }
@@ -363,24 +561,41 @@ async fn notified(n: Option<&tokio::sync::Notify>) {
     }
 }
 
-/// The first reply among the commands in flight (pending forever when none is).
-async fn next_reply<R>(inflight: &mut Vec<BoxFuture<R>>) -> R {
-    std::future::poll_fn(|cx| {
-        for i in 0..inflight.len() {
-            if let std::task::Poll::Ready(r) = inflight[i].as_mut().poll(cx) {
-                // `remove`, not `swap_remove`: commands not yet polled keep their order, so
-                // each node receives them in the order the machine emitted them.
-                drop(inflight.remove(i));
-                return std::task::Poll::Ready(r);
-            }
+/// The first reply among the commands in flight, with its address (pending when none is
+/// ready).
+fn poll_next_reply<R>(
+    inflight: &mut Vec<InFlight<R>>,
+    cx: &mut Context<'_>,
+) -> Poll<(NodeId, OpId, R)> {
+    for i in 0..inflight.len() {
+        if let Poll::Ready(r) = inflight[i].reply.as_mut().poll(cx) {
+            // `remove`, not `swap_remove`: commands not yet polled keep their order, so
+            // each node receives them in the order the machine emitted them.
+            let done = inflight.remove(i);
+            return Poll::Ready((done.node, done.op, r));
         }
-        std::task::Poll::Pending
-    })
-    .await
+    }
+    Poll::Pending
 }
 
-/// One timer per driver loop, moved only when the machine's deadline moves: most inputs leave
-/// the deadline where it was, and re-arming a fresh sleep each time costs a trip through the
+/// A reply that has already arrived, if any (never pending).
+fn poll_ready_reply<R>(
+    inflight: &mut Vec<InFlight<R>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<(NodeId, OpId, R)>> {
+    match poll_next_reply(inflight, cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    }
+}
+
+/// The first reply among the commands in flight (pending forever when none is).
+async fn next_reply<R>(inflight: &mut Vec<InFlight<R>>) -> (NodeId, OpId, R) {
+    std::future::poll_fn(|cx| poll_next_reply(inflight, cx)).await
+}
+
+/// One timer per driver, moved only when the machine's deadline moves: most inputs leave the
+/// deadline where it was, and re-arming a fresh sleep each time costs a trip through the
 /// runtime's timer wheel.
 struct Timer {
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -404,33 +619,64 @@ impl Timer {
         }
     }
 
+    /// Ready at the armed deadline (never, if none); then disarmed.
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed.is_none() {
+            return Poll::Pending;
+        }
+        let fired = self.sleep.as_mut().poll(cx);
+        if fired.is_ready() {
+            self.armed = None;
+        }
+        fired
+    }
+
     /// Resolves at the armed deadline (never, if none); then disarms.
     async fn fired(&mut self) {
-        if self.armed.is_none() {
-            return std::future::pending().await;
-        }
-        self.sleep.as_mut().await;
-        self.armed = None;
+        std::future::poll_fn(|cx| self.poll_fired(cx)).await
     }
 }
 
 /// A held lock. Keeps the lease alive in the background (when auto-extension is on) and
 /// releases on [`release`](Guard::release) or, in the background, on drop.
-#[derive(Debug)]
+///
+/// A lock without auto-extension runs no task while held: its guard keeps the driver and
+/// runs it in the caller's task on `release` (the first manual `extend` moves it to a task).
+/// `lost()` and `is_held()` read the clock, so they need no task.
 pub struct Guard {
     name: String,
     fence: Option<Fence>,
     shared: Arc<Hold>,
     clock: Clock,
-    ctl: mpsc::Sender<Control>,
+    link: std::sync::Mutex<Link>,
     lost: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.name)
+            .field("fence", &self.fence)
+            .field("valid_until", &self.valid_until())
+            .field("ended", &self.shared.ended())
+            .finish()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // A parked driver goes to a task that releases; a task's closed channel tells it so.
+        if let Link::Parked(p) = std::mem::replace(self.link_mut(), Link::Gone) {
+            drop(p.into_task());
+        }
+    }
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Control::Release(_) => "Release",
-            Control::Extend => "Extend",
+            Control::Extend(_) => "Extend",
         })
     }
 }
@@ -479,23 +725,59 @@ impl Guard {
         }
     }
 
-    /// Asks for an extension now (auto-extension does this by itself).
-    pub async fn extend(&self) -> Result<(), Error> {
-        self.ctl
-            .send(Control::Extend)
+    /// Extends the lock now (auto-extension does this by itself) and returns the new local
+    /// deadline. Fails with [`Error::Lock`] when the extension did not win (the lock stays
+    /// held until its old deadline) and with `NotHeld` once the lock is lost or released.
+    pub async fn extend(&self) -> Result<std::time::Instant, Error> {
+        let ctl = {
+            let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+            if let Link::Parked(_) = &*link {
+                if let Link::Parked(p) = std::mem::replace(&mut *link, Link::Gone) {
+                    *link = p.into_task().map_or(Link::Gone, Link::Task);
+                }
+            }
+            match &*link {
+                Link::Task(ctl) => ctl.clone(),
+                Link::Parked(_) | Link::Gone => return Err(Error::DriverGone),
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        ctl.send(Control::Extend(tx))
             .await
-            .map_err(|_| Error::DriverGone)
+            .map_err(|_| Error::DriverGone)?;
+        let valid_until = rx.await.map_err(|_| Error::DriverGone)??;
+        Ok(self.clock.to_std(valid_until))
     }
 
     /// Releases the lock on every node and returns each node's outcome (`Granted`: our key
     /// was deleted; `Refused`: it was not there; or why the node failed). Bounded by the
     /// per-node timeout.
-    pub async fn release(self) -> Result<Vec<NodeOutcome>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.ctl
-            .send(Control::Release(tx))
-            .await
-            .map_err(|_| Error::DriverGone)?;
-        rx.await.map_err(|_| Error::DriverGone)
+    pub async fn release(mut self) -> Result<Vec<NodeOutcome>, Error> {
+        match std::mem::replace(self.link_mut(), Link::Gone) {
+            Link::Parked(p) => {
+                let mut releasing = Releasing(Some(p));
+                let nodes = std::future::poll_fn(|cx| match releasing.0.as_mut() {
+                    Some(p) => p.poll_release(cx),
+                    None => Poll::Ready(Vec::new()),
+                })
+                .await;
+                if let Some(p) = releasing.0.take() {
+                    p.finish();
+                }
+                Ok(nodes)
+            }
+            Link::Task(ctl) => {
+                let (tx, rx) = oneshot::channel();
+                ctl.send(Control::Release(tx))
+                    .await
+                    .map_err(|_| Error::DriverGone)?;
+                rx.await.map_err(|_| Error::DriverGone)
+            }
+            Link::Gone => Err(Error::DriverGone),
+        }
+    }
+
+    fn link_mut(&mut self) -> &mut Link {
+        self.link.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -369,7 +369,10 @@ impl LockRequest<'_> {
         self
     }
 
-    async fn run(self) -> Result<Guard, Error> {
+    /// Everything up to the first command, done before the future is first polled.
+    fn start(
+        self,
+    ) -> Result<impl std::future::Future<Output = Result<Guard, crate::Error>> + Send, Error> {
         let cfg = self.options.config()?;
         let machine = match self.client.take_machine(&self.name, &self.options) {
             Some(m) => m,
@@ -394,9 +397,14 @@ impl LockRequest<'_> {
             }
         });
         let (transport, clock) = (self.client.transport.clone(), self.client.clock);
-        driver::acquire(machine, transport, clock, self.name, None, Some(recycle))
-            .await
-            .map_err(Error::from)
+        Ok(driver::acquire(
+            machine,
+            transport,
+            clock,
+            self.name,
+            None,
+            Some(recycle),
+        ))
     }
 }
 
@@ -404,7 +412,10 @@ impl<'a> IntoFuture for LockRequest<'a> {
     type Output = Result<Guard, Error>;
     type IntoFuture = LockFuture<'a>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        match self.start() {
+            Ok(acquire) => Box::pin(async move { acquire.await.map_err(Error::from) }),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
@@ -462,14 +473,18 @@ impl Transport for Cluster {
     type Command = Command;
     type Reply = Reply;
 
-    fn send(self: &Arc<Self>, _node: usize, command: Command) -> driver::BoxFuture<Reply> {
+    fn send(
+        self: &Arc<Self>,
+        _node: usize,
+        command: Command,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let mut client = self.client.clone();
-        Box::pin(async move {
+        async move {
             match run(&mut client, command).await {
                 Ok(r) => r,
                 Err(e) => error_reply(e),
             }
-        })
+        }
     }
 }
 

@@ -400,7 +400,10 @@ impl LockRequest<'_> {
         self
     }
 
-    async fn run(self) -> Result<Guard, Error> {
+    /// Everything up to the first command, done before the future is first polled.
+    fn start(
+        self,
+    ) -> Result<impl std::future::Future<Output = Result<Guard, crate::Error>> + Send, Error> {
         let n = self.client.nodes();
         let cfg = self.options.config(n)?;
         let mut token = [0u8; 16];
@@ -412,9 +415,14 @@ impl LockRequest<'_> {
             .to_vec();
         channel.extend_from_slice(machine.key());
         let (nodes, clock) = (self.client.nodes.clone(), self.client.clock);
-        driver::acquire(machine, nodes, clock, self.name, Some(channel), None)
-            .await
-            .map_err(Error::from)
+        Ok(driver::acquire(
+            machine,
+            nodes,
+            clock,
+            self.name,
+            Some(channel),
+            None,
+        ))
     }
 }
 
@@ -432,7 +440,10 @@ impl<'a> IntoFuture for LockRequest<'a> {
     type Output = Result<Guard, Error>;
     type IntoFuture = LockFuture<'a>;
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        match self.start() {
+            Ok(acquire) => Box::pin(async move { acquire.await.map_err(Error::from) }),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
@@ -629,31 +640,32 @@ enum Verb {
 
 /// The Redis command for `command`; a command this adapter refuses to send is its reply.
 fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
-    let script = |sha: &str, body: &str, keys: &[&[u8]], args: &[&[u8]]| {
-        let mut c = match verb {
-            Verb::EvalSha => redis::cmd("EVALSHA"),
-            Verb::Eval => redis::cmd("EVAL"),
+    let mut n1 = Decimal::default();
+    let mut n2 = Decimal::default();
+    let script = |sha: &'static str, body: &'static str, keys: &[&[u8]], args: &[&[u8]]| {
+        let mut p = Parts::default();
+        match verb {
+            Verb::EvalSha => p.push(b"EVALSHA").push(sha.as_bytes()),
+            Verb::Eval => p.push(b"EVAL").push(body.as_bytes()),
         };
-        c.arg(if verb == Verb::EvalSha { sha } else { body })
-            .arg(keys.len());
+        p.push(if keys.len() == 1 { b"1" } else { b"2" });
         for k in keys {
-            c.arg(*k);
+            p.push(k);
         }
         for a in args {
-            c.arg(*a);
+            p.push(a);
         }
-        c
+        p.cmd()
     };
     Ok(match command {
-        Command::Acquire { key, value, ttl_ms } => {
-            let mut c = redis::cmd("SET");
-            c.arg(&key[..])
-                .arg(&value[..])
-                .arg("NX")
-                .arg("PX")
-                .arg(*ttl_ms);
-            c
-        }
+        Command::Acquire { key, value, ttl_ms } => Parts::default()
+            .push(b"SET")
+            .push(key)
+            .push(value)
+            .push(b"NX")
+            .push(b"PX")
+            .push(n1.of(*ttl_ms))
+            .cmd(),
         // The naive INCR scheme exists only as a simulator bug.
         Command::AcquireFenced { incr: true, .. } => {
             return Err(Reply::Error(Bytes::from_static(
@@ -670,7 +682,7 @@ fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
             ACQUIRE_FENCED_SHA1,
             ACQUIRE_FENCED_SCRIPT,
             &[key, fence_key],
-            &[value, ttl_ms.to_string().as_bytes()],
+            &[value, n1.of(*ttl_ms)],
         ),
         Command::Fence {
             key,
@@ -681,14 +693,11 @@ fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
             FENCE_SHA1,
             FENCE_SCRIPT,
             &[key, fence_key],
-            &[value, fence.to_string().as_bytes()],
+            &[value, n2.of(*fence)],
         ),
-        Command::Extend { key, value, ttl_ms } => script(
-            EXTEND_SHA1,
-            EXTEND_SCRIPT,
-            &[key],
-            &[value, ttl_ms.to_string().as_bytes()],
-        ),
+        Command::Extend { key, value, ttl_ms } => {
+            script(EXTEND_SHA1, EXTEND_SCRIPT, &[key], &[value, n1.of(*ttl_ms)])
+        }
         Command::Release {
             key,
             value,
@@ -700,6 +709,53 @@ fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
             notify: false,
         } => script(RELEASE_QUIET_SHA1, RELEASE_QUIET_SCRIPT, &[key], &[value]),
     })
+}
+
+/// The arguments of one command, gathered first so that the command's buffers are allocated
+/// once at their final size (`redis::Cmd` grows them argument by argument otherwise).
+#[derive(Default)]
+struct Parts<'a> {
+    parts: [&'a [u8]; 8],
+    len: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn push(&mut self, part: &'a [u8]) -> &mut Self {
+        // At most 7 arguments exist (EVALSHA sha 2 k1 k2 a1 a2); `get_mut` keeps an 8th out.
+        if let Some(slot) = self.parts.get_mut(self.len) {
+            *slot = part;
+            self.len += 1;
+        }
+        self
+    }
+
+    fn cmd(&self) -> redis::Cmd {
+        let parts = &self.parts[..self.len];
+        let size = parts.iter().map(|p| p.len()).sum();
+        let mut c = redis::Cmd::with_capacity(parts.len(), size);
+        for p in parts {
+            c.arg(*p);
+        }
+        c
+    }
+}
+
+/// A number in decimal ASCII, formatted on the stack.
+#[derive(Default)]
+struct Decimal([u8; 20]);
+
+impl Decimal {
+    fn of(&mut self, mut n: u64) -> &[u8] {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return &self.0[i..];
+            }
+        }
+    }
 }
 
 fn is_transport(e: &RedisError) -> bool {
@@ -763,14 +819,18 @@ impl Transport for Nodes {
             })
         })
     }
-    fn send(self: &Arc<Self>, node: usize, command: Command) -> driver::BoxFuture<Reply> {
+    fn send(
+        self: &Arc<Self>,
+        node: usize,
+        command: Command,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let nodes = self.clone();
-        Box::pin(async move {
+        async move {
             match nodes.nodes.get(node) {
                 Some(n) => n.send(command).await,
                 None => Reply::Unavailable(format!("no node {node}")),
             }
-        })
+        }
     }
 }
 
@@ -803,4 +863,58 @@ pub fn redact(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut d = Decimal::default();
+        assert_eq!(d.of(0), b"0");
+        assert_eq!(d.of(30_000), b"30000");
+        assert_eq!(d.of(u64::MAX), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn commands_are_packed_as_redis_expects() {
+        let set = Command::Acquire {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"tok"),
+            ttl_ms: 30_000,
+        };
+        let packed = request(&set, Verb::EvalSha)
+            .ok()
+            .map(|c| c.get_packed_command());
+        let want = redis::cmd("SET")
+            .arg("k")
+            .arg("tok")
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000u64)
+            .get_packed_command();
+        assert_eq!(packed, Some(want));
+        let fence = Command::Fence {
+            key: Bytes::from_static(b"k"),
+            fence_key: Bytes::from_static(b"k:fence"),
+            value: Bytes::from_static(b"tok"),
+            fence: 42,
+        };
+        for (verb, first, second) in [
+            (Verb::EvalSha, "EVALSHA", FENCE_SHA1),
+            (Verb::Eval, "EVAL", FENCE_SCRIPT),
+        ] {
+            let packed = request(&fence, verb).ok().map(|c| c.get_packed_command());
+            let want = redis::cmd(first)
+                .arg(second)
+                .arg(2)
+                .arg("k")
+                .arg("k:fence")
+                .arg("tok")
+                .arg(42u64)
+                .get_packed_command();
+            assert_eq!(packed, Some(want));
+        }
+    }
 }

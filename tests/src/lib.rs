@@ -90,6 +90,114 @@ pub mod bench {
         }
     }
 
+    /// CPU time this process has used (all threads), from `/proc/self/stat`; None elsewhere.
+    pub fn process_cpu() -> Option<Duration> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on every Linux this runs on.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
+    /// A boxed future of one benchmark cycle.
+    pub type Cycle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+    /// One throughput case: a name and `cycle(task, n)`.
+    pub type Case = (
+        &'static str,
+        std::sync::Arc<dyn Fn(usize, u64) -> Cycle + Send + Sync>,
+    );
+
+    /// What one throughput case measured over its slices.
+    #[derive(Clone, Debug)]
+    pub struct Throughput {
+        /// The case's name.
+        pub name: &'static str,
+        /// Cycles per second in each slice.
+        pub rates: Vec<f64>,
+        /// Client CPU per cycle (this process, all threads) in each slice.
+        pub cpu: Vec<Duration>,
+    }
+
+    impl Throughput {
+        /// Median cycles per second.
+        pub fn rate(&self) -> f64 {
+            median(&self.rates)
+        }
+        /// Median client CPU per cycle.
+        pub fn cpu(&self) -> Duration {
+            let mut v = self.cpu.clone();
+            percentile(&mut v, 0.5)
+        }
+        /// The median over slices of this case's rate over `base`'s in the same round.
+        pub fn ratio(&self, base: &Throughput) -> f64 {
+            let r: Vec<f64> = self
+                .rates
+                .iter()
+                .zip(&base.rates)
+                .map(|(a, b)| a / b)
+                .collect();
+            median(&r)
+        }
+    }
+
+    fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Runs every case with `tasks` tasks in `rounds` rounds of alternating slices (case A,
+    /// B, C, A, B, C, ...), `total` split over them: a slow moment of a busy machine then
+    /// hits every case alike, and each round gives one ratio between cases.
+    pub async fn throughput_rounds(
+        tasks: usize,
+        rounds: usize,
+        total: Duration,
+        cases: &[Case],
+    ) -> Vec<Throughput> {
+        let slice = total / (rounds * cases.len()).max(1) as u32;
+        let mut out: Vec<Throughput> = cases
+            .iter()
+            .map(|(name, _)| Throughput {
+                name,
+                rates: Vec::new(),
+                cpu: Vec::new(),
+            })
+            .collect();
+        for _ in 0..rounds {
+            for (i, (_, cycle)) in cases.iter().enumerate() {
+                let cpu0 = process_cpu().unwrap_or_default();
+                let start = Instant::now();
+                let end = start + slice;
+                let handles: Vec<_> = (0..tasks)
+                    .map(|t| {
+                        let cycle = cycle.clone();
+                        tokio::spawn(async move {
+                            let mut n = 0u64;
+                            while Instant::now() < end {
+                                cycle(t, n).await;
+                                n += 1;
+                            }
+                            n
+                        })
+                    })
+                    .collect();
+                let mut total = 0u64;
+                for h in handles {
+                    total += h.await.unwrap_or(0);
+                }
+                let secs = start.elapsed().as_secs_f64();
+                let cpu = process_cpu().unwrap_or_default().saturating_sub(cpu0);
+                out[i].rates.push(total as f64 / secs);
+                out[i].cpu.push(cpu / total.max(1) as u32);
+            }
+        }
+        out
+    }
+
     /// The median latency of `iters` calls of `cycle(i)`, one after the other.
     pub async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
     where

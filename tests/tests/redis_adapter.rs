@@ -208,6 +208,109 @@ async fn drop_releases_in_the_background_and_cancel_releases_what_it_took() {
     }
 }
 
+async fn pttl(url: &str, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut raw(url).await)
+        .await
+        .unwrap()
+}
+
+/// Polls until `key` is gone from every node (false after 2 s).
+async fn gone_everywhere(urls: &[String], key: &str) -> bool {
+    for _ in 0..200 {
+        let mut any = false;
+        for u in urls {
+            any |= get(u, key).await.is_some();
+        }
+        if !any {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_without_auto_extension_runs_no_task_and_still_extends_expires_and_releases() {
+    let Some((urls, locks)) = setup().await else {
+        return;
+    };
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    // Warm the connections (they run tasks of their own) before counting.
+    locks
+        .lock(unique("manual-warm"))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let base = tasks();
+
+    // Held with no task; a manual extension moves the deadline and the keys' ttl.
+    let name = unique("manual");
+    let g = locks
+        .lock(&name)
+        .ttl(Duration::from_millis(2_000))
+        .auto_extend(false)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks(),
+        base,
+        "a lock without auto-extension spawns no task"
+    );
+    let first = g.valid_until();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extended = g.extend().await.unwrap();
+    assert!(
+        extended >= first + Duration::from_millis(250),
+        "{extended:?} vs {first:?}"
+    );
+    assert_eq!(g.valid_until(), extended);
+    for u in &urls {
+        let left = pttl(u, &name).await;
+        assert!(
+            left > 1_800,
+            "the key's ttl was renewed on {u}: {left} ms left"
+        );
+    }
+    g.release().await.unwrap();
+    assert!(gone_everywhere(&urls, &name).await);
+
+    // Dropped: released in the background.
+    let g = locks.lock(&name).auto_extend(false).await.unwrap();
+    assert_eq!(tasks(), base);
+    drop(g);
+    assert!(
+        gone_everywhere(&urls, &name).await,
+        "drop released the lock"
+    );
+
+    // Not extended: lost() fires at the deadline; an extension then is refused.
+    let g = locks
+        .lock(&name)
+        .ttl(Duration::from_millis(300))
+        .auto_extend(false)
+        .await
+        .unwrap();
+    let deadline = g.valid_until();
+    g.lost().await;
+    assert!(std::time::Instant::now() >= deadline && !g.is_held());
+    let err = g.extend().await.unwrap_err();
+    assert!(
+        matches!(err, lucky::Error::Usage(UsageError::NotHeld)),
+        "{err:?}"
+    );
+    g.release().await.unwrap();
+    assert!(gone_everywhere(&urls, &name).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_extension_keeps_the_lock_past_its_ttl() {
     let Some((_, locks)) = setup().await else {

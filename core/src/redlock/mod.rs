@@ -167,7 +167,7 @@ impl RedLock {
             phase: Phase::Idle,
             slots: alloc::vec![Slot::default(); n],
             orphans: alloc::vec![None; n],
-            out: VecDeque::with_capacity(2 * n + 2),
+            out: VecDeque::with_capacity(n + 2),
             attempts: 0,
             wait_until: Instant::ZERO,
             extensions: 0,

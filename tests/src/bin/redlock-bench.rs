@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lucky::redis::RedLock;
 use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
-use lucky_tests::bench::{secs, serial_p50, Handoff};
+use lucky_tests::bench::{secs, serial_p50, throughput_rounds, Case, Cycle, Handoff};
 use redis::aio::ConnectionManager;
 
 /// The floor: `SET NX PX` to every node at once, then the release script to every node.
@@ -80,35 +80,6 @@ async fn join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>
     .await
 }
 
-/// Runs `tasks` tasks doing `cycle(task, i)` for the bench duration; returns cycles/s.
-async fn throughput<F, Fut>(tasks: usize, cycle: F) -> f64
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let cycle = Arc::new(cycle);
-    let end = Instant::now() + secs();
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let cycle = cycle.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    cycle(t, n).await;
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for h in handles {
-        total += h.await.unwrap();
-    }
-    total as f64 / start.elapsed().as_secs_f64()
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -134,12 +105,15 @@ async fn run() {
         .connect()
         .await
         .unwrap();
+    // The floor's connections are configured as Lucky's own (no per-command response timer:
+    // Lucky's per-node timeout is one timer per round, kept by the machine).
     let mut conns = Vec::new();
     for u in &urls {
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
         conns.push(
             redis::Client::open(u.as_str())
                 .unwrap()
-                .get_connection_manager()
+                .get_connection_manager_with_config(config)
                 .await
                 .unwrap(),
         );
@@ -197,55 +171,77 @@ async fn run() {
     println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), lucky fenced {lucky_f:?} ({:.2}x), rslock {peer:?} ({:.2}x floor)",
         lucky_f.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
 
-    // Throughput: 32 tasks, distinct names.
+    // Throughput: 32 tasks, distinct names; the cases alternate in slices (see
+    // `throughput_rounds`), each ratio is the median of the per-round ratios.
     let c = conns.clone();
-    let floor = throughput(32, move |t, n| {
-        let c = c.clone();
-        async move { raw_cycle(&c, &format!("bench/{pid}/tp-raw/{t}/{n}"), "tok").await }
-    })
-    .await;
-    let l = locks.clone();
-    let lucky = throughput(32, move |t, n| {
-        let l = l.clone();
-        async move {
-            let g = l
-                .lock(format!("bench/{pid}/tp-lucky/{t}/{n}"))
-                .no_wait()
-                .await
-                .unwrap();
-            g.release().await.unwrap();
-        }
-    })
-    .await;
-    let l = fenced.clone();
-    let lucky_f = throughput(32, move |t, n| {
-        let l = l.clone();
-        async move {
-            let g = l
-                .lock(format!("bench/{pid}/tp-fenced/{t}/{n}"))
-                .no_wait()
-                .await
-                .unwrap();
-            g.release().await.unwrap();
-        }
-    })
-    .await;
-    let r = rsl.clone();
-    let peer = throughput(32, move |t, n| {
-        let r = r.clone();
-        async move {
-            let name = format!("bench/{pid}/tp-rslock/{t}/{n}");
-            let lock = r
-                .lock(name.as_bytes(), Duration::from_secs(30))
-                .await
-                .unwrap();
-            r.unlock(&lock).await;
-        }
-    })
-    .await;
-    let (parallel_vs_floor, rslock_vs_floor) = (lucky / floor, peer / floor);
-    println!("32 tasks, distinct names: floor {floor:.0}/s, lucky {lucky:.0}/s ({parallel_vs_floor:.2}x floor), lucky fenced {lucky_f:.0}/s ({:.2}x), rslock {peer:.0}/s ({rslock_vs_floor:.2}x floor)",
-        lucky_f / floor);
+    let (l, lf, r) = (locks.clone(), fenced.clone(), rsl.clone());
+    let cases: Vec<Case> = vec![
+        (
+            "floor",
+            Arc::new(move |t, n| {
+                let c = c.clone();
+                Box::pin(async move {
+                    raw_cycle(&c, &format!("bench/{pid}/tp-raw/{t}/{n}"), "tok").await
+                }) as Cycle
+            }),
+        ),
+        (
+            "lucky",
+            Arc::new(move |t, n| {
+                let l = l.clone();
+                Box::pin(async move {
+                    let g = l
+                        .lock(format!("bench/{pid}/tp-lucky/{t}/{n}"))
+                        .no_wait()
+                        .await
+                        .unwrap();
+                    g.release().await.unwrap();
+                }) as Cycle
+            }),
+        ),
+        (
+            "lucky fenced",
+            Arc::new(move |t, n| {
+                let l = lf.clone();
+                Box::pin(async move {
+                    let g = l
+                        .lock(format!("bench/{pid}/tp-fenced/{t}/{n}"))
+                        .no_wait()
+                        .await
+                        .unwrap();
+                    g.release().await.unwrap();
+                }) as Cycle
+            }),
+        ),
+        (
+            "rslock",
+            Arc::new(move |t, n| {
+                let r = r.clone();
+                Box::pin(async move {
+                    let name = format!("bench/{pid}/tp-rslock/{t}/{n}");
+                    let lock = r
+                        .lock(name.as_bytes(), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    r.unlock(&lock).await;
+                }) as Cycle
+            }),
+        ),
+    ];
+    let rounds = 5;
+    let tp = throughput_rounds(32, rounds, secs() * cases.len() as u32, &cases).await;
+    let floor = &tp[0];
+    for case in &tp {
+        println!(
+            "32 tasks, distinct names, {}: {:.0}/s ({:.2}x floor), client CPU {:.1} us/cycle ({:.2}x floor)",
+            case.name,
+            case.rate(),
+            case.ratio(floor),
+            case.cpu().as_secs_f64() * 1e6,
+            case.cpu().as_secs_f64() / floor.cpu().as_secs_f64()
+        );
+    }
+    let (parallel_vs_floor, rslock_vs_floor) = (tp[1].ratio(floor), tp[3].ratio(floor));
 
     // Contended hand-off: 8 tasks, one name, hold 1 ms, ask again at once.
     let mut contended = None;
