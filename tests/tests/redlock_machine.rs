@@ -424,6 +424,67 @@ fn retries_with_jitter_until_the_wait_deadline_with_fresh_values() {
 }
 
 #[test]
+fn a_split_vote_is_retried_after_a_few_round_trips_once_per_wake() {
+    let cfg = RedLockConfig::builder()
+        .node_count(5)
+        .wait(Wait::Forever)
+        .build()
+        .unwrap();
+    let mut m = RedLock::new(&cfg, b"k", &TOKEN, 7).unwrap();
+    m.acquire(at_ms(0)).unwrap();
+    // Each attempt: nodes 3 and 4 grant, 0-2 are held by others; all replies after 2 ms.
+    let attempt = |m: &mut RedLock, start: Instant| -> Instant {
+        let (mut sent, _) = drain(m);
+        assert_eq!(sent.len(), 5, "one SET per node");
+        let now = start + ms(2);
+        sent.reverse(); // the grants arrive first
+        for t in sent {
+            let reply = if t.node.index() >= 3 {
+                ok()
+            } else {
+                Reply::Nil
+            };
+            m.handle_reply(now, t.node, t.op, reply);
+        }
+        let (released, events) = drain(m);
+        assert_eq!(released.len(), 5, "a failed attempt releases every node");
+        match events.as_slice() {
+            [Event::Retrying { retry_at, .. }] => *retry_at,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    };
+    // The first failure retries after one to three round trips (2-6 ms after the reply).
+    let retry = attempt(&mut m, at_ms(0));
+    assert!(retry >= at_ms(4) && retry <= at_ms(8), "{retry:?}");
+    m.handle_timeout(retry);
+    // The second, without a release announced in between, waits the usual 50-250 ms.
+    let again = attempt(&mut m, retry);
+    let delay = again - (retry + ms(2));
+    assert!(delay >= ms(50) && delay <= ms(250), "{delay:?}");
+    // A release is announced before that retry: the next split is retried quickly again.
+    let woken = retry + ms(12);
+    assert!(woken < again);
+    m.wake(woken);
+    let quick = attempt(&mut m, woken);
+    assert!(
+        quick >= woken + ms(4) && quick <= woken + ms(8),
+        "{quick:?}"
+    );
+    // Refused everywhere (the lock held by one owner): the usual delay.
+    let woken = Instant::from_nanos(quick.as_nanos() - 1_000_000);
+    m.wake(woken);
+    let (sent, _) = drain(&mut m);
+    for t in sent {
+        m.handle_reply(woken + ms(2), t.node, t.op, Reply::Nil);
+    }
+    let (_, events) = drain(&mut m);
+    assert!(
+        matches!(events.as_slice(), [Event::Retrying { retry_at, .. }] if *retry_at >= woken + ms(52)),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn wake_retries_at_once() {
     let cfg = RedLockConfig::builder()
         .node_count(1)

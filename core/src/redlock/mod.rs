@@ -35,12 +35,16 @@ use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
 use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
 use crate::quorum::{Decision, Tally};
 use crate::rng::SplitMix64;
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 use crate::bugs::Bug;
 
 /// Minimum length of the caller's random token, in bytes (128 bits).
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The least round trip a quick retry after a split vote assumes: replies read together (a
+/// busy client, a simulator with no delay) must not make it an immediate retry.
+const MIN_SPLIT_ROUND_TRIP: Duration = Duration::from_micros(500);
 
 /// The RedLock machine for one lock name.
 #[derive(Debug)]
@@ -68,6 +72,8 @@ pub struct RedLock {
     wait_until: Instant,
     extensions: u32,
     last_extend_error: Option<LockError>,
+    /// A quick retry after a split vote may be taken (once per wake-up; see `fail_attempt`).
+    quick_retry: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -172,6 +178,7 @@ impl RedLock {
             wait_until: Instant::ZERO,
             extensions: 0,
             last_extend_error: None,
+            quick_retry: true,
         })
     }
 
@@ -414,7 +421,12 @@ impl RedLock {
             }
             decision => {
                 let error = self.round_error(decision == Decision::Won);
-                self.fail_attempt(error);
+                // Some nodes granted, yet no quorum: most likely several contenders split
+                // the nodes as the lock came free, and nobody will announce a release.
+                let granted = self.slots.iter().any(|s| s.outcome == NodeOutcome::Granted);
+                let split = granted && matches!(error, LockError::Taken { .. });
+                let round_trip = self.now.saturating_duration_since(r.start);
+                self.fail_attempt(error, split.then_some(round_trip));
             }
         }
     }
@@ -435,10 +447,21 @@ impl RedLock {
         });
     }
 
-    /// An attempt did not win: release every node, then retry or give up.
-    fn fail_attempt(&mut self, error: LockError) {
+    /// An attempt did not win: release every node, then retry or give up. After a split
+    /// vote (`split`: the attempt's round trip), the retry comes after one to three round
+    /// trips instead of the usual delay: by then the contenders' cleanups have landed, and
+    /// the spread lets the first of them win. Once per wake-up, so a waiter that keeps taking
+    /// a minority of nodes from a holder does not spin.
+    fn fail_attempt(&mut self, error: LockError, split: Option<Duration>) {
         self.release_unwatched();
-        match self.next_retry() {
+        let quick = match split {
+            Some(rtt) if self.quick_retry => {
+                self.quick_retry = false;
+                Some(rtt)
+            }
+            _ => None,
+        };
+        match self.next_retry(quick) {
             Some(retry_at) => {
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
@@ -498,13 +521,14 @@ impl RedLock {
             decision => {
                 self.disarm();
                 let error = self.round_error(decision == Decision::Won);
-                self.fail_attempt(error);
+                self.fail_attempt(error, None);
             }
         }
     }
 
-    /// When the next attempt may start, if the wait and attempt limits allow one.
-    fn next_retry(&mut self) -> Option<Instant> {
+    /// When the next attempt may start, if the wait and attempt limits allow one: after the
+    /// configured delay and jitter, or after 1-3 `quick` round trips when that is sooner.
+    fn next_retry(&mut self, quick: Option<Duration>) -> Option<Instant> {
         if self
             .cfg
             .max_attempts
@@ -517,7 +541,13 @@ impl RedLock {
         }
         let retry = self.cfg.retry;
         let jitter = self.rng.below_or_eq(crate::time::nanos(retry.jitter));
-        let at = self.now + retry.delay + crate::time::Duration::from_nanos(jitter);
+        let mut at = self.now + retry.delay + Duration::from_nanos(jitter);
+        if let Some(rtt) = quick {
+            let rtt = crate::time::nanos(rtt.max(MIN_SPLIT_ROUND_TRIP));
+            let spread = self.rng.below_or_eq(rtt.saturating_mul(2));
+            let soon = self.now + Duration::from_nanos(rtt.saturating_add(spread));
+            at = at.min(soon);
+        }
         Some(at.min(self.wait_until))
     }
 
@@ -717,6 +747,7 @@ impl LockMachine for RedLock {
             return Err(UsageError::Busy);
         }
         self.attempts = 0;
+        self.quick_retry = true;
         self.wait_until = match self.cfg.wait {
             Wait::None => self.now,
             Wait::For(d) => self.now + d,
@@ -768,6 +799,8 @@ impl LockMachine for RedLock {
     fn wake(&mut self, now: Instant) {
         self.advance(now);
         if let Phase::Waiting { .. } = self.phase {
+            // A release was announced: a split vote after it may again be retried quickly.
+            self.quick_retry = true;
             self.start_attempt();
         }
     }

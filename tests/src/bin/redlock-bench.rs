@@ -86,7 +86,96 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run());
+    match std::env::var(CHILD) {
+        Ok(spec) => rt.block_on(child(&spec)),
+        Err(_) => rt.block_on(run()),
+    }
+}
+
+/// Set in the child processes of the cross-process hand-off: `name,tasks,start_ms,secs`.
+const CHILD: &str = "LUCKY_BENCH_CHILD";
+
+/// Milliseconds since the Unix epoch: the one clock processes share.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One contending process: its tasks start at the shared start time, take the lock, hold it
+/// 1 ms, release, ask again; each prints its waits (µs) on one line.
+async fn child(spec: &str) {
+    let f: Vec<&str> = spec.split(',').collect();
+    let (name, tasks) = (f[0].to_owned(), f[1].parse::<usize>().unwrap());
+    let (start_ms, secs) = (f[2].parse::<u64>().unwrap(), f[3].parse::<f64>().unwrap());
+    let urls: Vec<String> = (7001..=7005)
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect();
+    let locks = RedLock::builder(&urls)
+        .fencing(false)
+        .connect()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(start_ms.saturating_sub(epoch_ms()))).await;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (l, name) = (locks.clone(), name.clone());
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let Ok(g) = l
+                        .lock(&name)
+                        .wait(Duration::from_secs_f64(secs * 2.0))
+                        .await
+                    else {
+                        continue;
+                    };
+                    waits.push(t.elapsed().as_micros().to_string());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    g.release().await.unwrap();
+                }
+                waits
+            })
+        })
+        .collect();
+    for h in handles {
+        println!("waits {}", h.await.unwrap().join(","));
+    }
+}
+
+/// The hand-off across `procs` processes of `tasks` tasks each, on one name.
+fn handoff_processes(procs: usize, tasks: usize, name: &str) -> Handoff {
+    let exe = std::env::current_exe().unwrap();
+    let start = epoch_ms() + 2_000; // time for every child to connect
+    let spec = format!("{name},{tasks},{start},{}", secs().as_secs_f64());
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .env(CHILD, &spec)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut per_task = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(list) = line.strip_prefix("waits ") {
+                per_task.push(
+                    list.split(',')
+                        .filter(|w| !w.is_empty())
+                        .map(|w| Duration::from_micros(w.parse().unwrap()))
+                        .collect(),
+                );
+            }
+        }
+    }
+    assert_eq!(per_task.len(), procs * tasks, "every child task reported");
+    Handoff::from_tasks(per_task)
 }
 
 async fn run() {
@@ -289,6 +378,14 @@ async fn run() {
             contended = Some(h);
         }
     }
+    // The same across processes: each process wakes only its own longest waiter, so the
+    // woken waiters of different processes race for the quorum.
+    let procs = tokio::task::spawn_blocking(move || {
+        handoff_processes(4, 2, &format!("bench/{pid}/handoff-procs"))
+    })
+    .await
+    .unwrap();
+    println!("hand-off, 4 processes x 2 tasks on one name, hold 1 ms: lucky: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", procs.n, procs.p99, procs.max, procs.fairness);
     let Handoff {
         p99, max, fairness, ..
     } = contended.unwrap_or_default();
