@@ -16,7 +16,7 @@ use lucky_core::{
     Event, Fence, LockError, LockMachine, LostReason, NodeId, NodeOutcome, OpId, Output, State,
     UsageError,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::clock::Clock;
@@ -81,7 +81,6 @@ where
     T: Transport,
 {
     let shared = Arc::new(Hold::new(0));
-    let (lost_tx, lost_rx) = watch::channel(false);
     let span = tracing::info_span!("lucky.lock", name = %name);
     // Boxed once here: the future below, the guard and any task move only the pointer.
     let driver = Box::new(Driver {
@@ -89,7 +88,6 @@ where
         transport,
         clock,
         shared: shared.clone(),
-        lost: lost_tx,
         wake_channel,
         subscription: None,
         inflight: Vec::new(),
@@ -124,7 +122,6 @@ where
                     shared,
                     clock,
                     link: std::sync::Mutex::new(link),
-                    lost: lost_rx,
                 })
             }
             Err(e) => {
@@ -215,10 +212,8 @@ where
         let _entered = span.enter();
         if !self.releasing {
             // First what arrived while nobody drove the machine, then the release.
-            while let Poll::Ready(Some((node, op, reply))) =
-                poll_ready_reply(&mut self.inflight, cx)
-            {
-                self.machine.handle_reply(self.clock.now(), node, op, reply);
+            if let Poll::Ready(Some(first)) = poll_ready_reply(&mut self.inflight, cx) {
+                self.feed(first, cx);
             }
             let _ = self.machine.release(self.clock.now());
             self.releasing = true;
@@ -228,9 +223,7 @@ where
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Event(Event::Released { nodes }) => {
-                        if self.shared.end(End::Released) {
-                            let _ = self.lost.send(true);
-                        }
+                        end_hold(&self.shared, End::Released);
                         tracing::info!("released");
                         return Poll::Ready(nodes);
                     }
@@ -239,8 +232,8 @@ where
             }
             self.timer
                 .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
-            if let Poll::Ready((node, op, reply)) = poll_next_reply(&mut self.inflight, cx) {
-                self.machine.handle_reply(self.clock.now(), node, op, reply);
+            if let Poll::Ready(first) = poll_next_reply(&mut self.inflight, cx) {
+                self.feed(first, cx);
             } else if self.timer.poll_fired(cx).is_ready() {
                 self.machine.handle_timeout(self.clock.now());
             } else {
@@ -278,7 +271,6 @@ struct Driver<M, T: Transport> {
     transport: Arc<T>,
     clock: Clock,
     shared: Arc<Hold>,
-    lost: watch::Sender<bool>,
     /// Where release hints for this lock arrive, subscribed once the lock is found busy.
     wake_channel: Option<Vec<u8>>,
     subscription: Option<Subscription>,
@@ -346,8 +338,8 @@ where
                 .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
             tokio::select! {
                 biased;
-                (node, op, reply) = next_reply(&mut self.inflight) => {
-                    self.machine.handle_reply(self.clock.now(), node, op, reply);
+                first = next_reply(&mut self.inflight) => {
+                    self.feed(first, &mut Context::from_waker(std::task::Waker::noop()));
                 }
                 () = notified(notify.as_deref()), if waiting => {
                     self.machine.wake(self.clock.now());
@@ -356,6 +348,17 @@ where
                     self.machine.handle_timeout(self.clock.now());
                 }
             }
+        }
+    }
+
+    /// Hands the machine `first` and every other reply already in, stamped with one reading
+    /// of the clock (they were all read at this moment).
+    fn feed(&mut self, first: (NodeId, OpId, T::Reply), cx: &mut Context<'_>) {
+        let now = self.clock.now();
+        let (node, op, reply) = first;
+        self.machine.handle_reply(now, node, op, reply);
+        while let Poll::Ready(Some((node, op, reply))) = poll_ready_reply(&mut self.inflight, cx) {
+            self.machine.handle_reply(now, node, op, reply);
         }
     }
 
@@ -391,9 +394,7 @@ where
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Event(Event::Released { nodes }) => {
-                        if self.shared.end(End::Released) {
-                            let _ = self.lost.send(true);
-                        }
+                        end_hold(&self.shared, End::Released);
                         tracing::info!("released");
                         answer(&mut extending, || Err(Error::Usage(UsageError::NotHeld)));
                         released = Some(nodes);
@@ -452,8 +453,8 @@ where
             self.timer.set(deadline);
             tokio::select! {
                 biased;
-                (node, op, reply) = next_reply(&mut self.inflight) => {
-                    self.machine.handle_reply(self.clock.now(), node, op, reply);
+                first = next_reply(&mut self.inflight) => {
+                    self.feed(first, &mut Context::from_waker(std::task::Waker::noop()));
                 }
                 c = ctl.recv(), if guard_open => match c {
                     Some(Control::Release(w)) => {
@@ -478,9 +479,7 @@ where
                 }
             }
         }
-        if self.shared.end(End::Released) {
-            let _ = self.lost.send(true);
-        }
+        end_hold(&self.shared, End::Released);
         // Nothing is in flight that the machine still waits for: it may serve again.
         if self.inflight.is_empty() {
             self.finish();
@@ -512,11 +511,25 @@ where
             Event::ExtendFailed { error, .. } => tracing::warn!(%error, "extension failed"),
             Event::Lost { reason } => {
                 tracing::warn!(?reason, "lock lost");
-                if self.shared.end(End::Lost) {
-                    let _ = self.lost.send(true);
-                }
+                end_hold(&self.shared, End::Lost);
             }
         }
+    }
+}
+
+/// Ends the hold (once) and wakes whoever waits in `Guard::lost()`.
+fn end_hold(shared: &Hold, how: End) {
+    if let (_, true) = shared.end(how) {
+        shared.notify.notify_waiters();
+    }
+}
+
+/// Leaves the waiters of a hold when dropped (`lost()` may be cancelled).
+struct Waiting<'a>(&'a Hold);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.unregister();
     }
 }
 
@@ -649,7 +662,6 @@ pub struct Guard {
     shared: Arc<Hold>,
     clock: Clock,
     link: std::sync::Mutex<Link>,
-    lost: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -710,16 +722,22 @@ impl Guard {
     /// Resolves when the lock is lost: when renewal did not succeed, at the local deadline at
     /// the latest (even if the driver task is late), or once released.
     pub async fn lost(&self) {
-        let mut rx = self.lost.clone();
         loop {
+            // Ready to be woken before registering: an end after `register` wakes this.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let on = self.shared.register();
+            let _waiting = Waiting(&self.shared);
             let deadline = self.deadline();
-            rx.borrow_and_update();
-            if self.shared.ended() || self.clock.now() >= deadline {
+            if !on || self.clock.now() >= deadline {
                 return;
             }
+            // Woken by the end, or by the deadline (which an extension may have moved: look
+            // again).
             tokio::select! {
                 biased;
-                r = rx.changed() => if r.is_err() { return },
+                () = &mut notified => {}
                 () = tokio::time::sleep_until(self.clock.to_tokio(deadline)) => {}
             }
         }

@@ -1,20 +1,29 @@
-//! The state a guard shares with its driver task: the local deadline and whether the hold has
-//! ended (lost or released). The driver is the only writer; guards read it from any thread.
+//! The state a guard shares with its driver: the local deadline, whether the hold has ended
+//! (lost or released), and who is waiting in `Guard::lost()` for the end. The driver is the
+//! only writer of the deadline and the end; guards read them from any thread.
 //!
-//! Invariants (checked by the loom model below, `RUSTFLAGS="--cfg lucky_loom"`):
+//! Invariants (checked by the loom models below, `RUSTFLAGS="--cfg lucky_loom"`):
 //! - once the hold has ended it never reads as held again: an extension that races the
 //!   release or the loss cannot revive it;
 //! - the hold ends exactly once: of a release and a loss racing, one wins, and only the
-//!   winner reports it (so `lost()` fires once).
+//!   winner reports it (so `lost()` fires once);
+//! - no lost wake-up: a waiter that registered and saw the hold still on is woken by the end
+//!   (the ender sees it registered), while an end with nobody registered costs no wake-up.
 
 #[cfg(lucky_loom)]
-use loom::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(lucky_loom))]
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-const HELD: u8 = 0;
-const LOST: u8 = 1;
-const RELEASED: u8 = 2;
+/// The low two bits of `Hold::word`: how the hold stands.
+const STATE: u64 = 0b11;
+const HELD: u64 = 0;
+const LOST: u64 = 1;
+const RELEASED: u64 = 2;
+/// One waiter, counted in the bits above the state. The state and the waiters share one word
+/// so that ending and registering are read-modify-writes of the same atomic: whichever comes
+/// second sees the other (two words would need sequentially consistent fences).
+const WAITER: u64 = 0b100;
 
 /// How a hold ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,11 +32,15 @@ pub(crate) enum End {
     Released,
 }
 
-/// Deadline (nanoseconds on the driver's clock) and state of one hold.
+/// Deadline (nanoseconds on the driver's clock), state and waiters of one hold.
 #[derive(Debug)]
 pub(crate) struct Hold {
     valid_until: AtomicU64,
-    state: AtomicU8,
+    /// State (low bits) and the number of `lost()` calls waiting (high bits).
+    word: AtomicU64,
+    /// Wakes the waiters; only touched when the word says someone is there (outside the loom
+    /// models, which check the handshake that decides it).
+    pub(crate) notify: tokio::sync::Notify,
 }
 
 impl Hold {
@@ -35,34 +48,53 @@ impl Hold {
     pub(crate) fn new(valid_until: u64) -> Hold {
         Hold {
             valid_until: AtomicU64::new(valid_until),
-            state: AtomicU8::new(HELD),
+            word: AtomicU64::new(HELD),
+            notify: tokio::sync::Notify::new(),
         }
     }
 
     /// Moves the deadline forward to `valid_until`, unless the hold has ended. Returns
     /// whether the hold is still on.
     pub(crate) fn extend(&self, valid_until: u64) -> bool {
-        if self.state.load(Ordering::Acquire) != HELD {
+        if self.ended() {
             return false;
         }
         self.valid_until.fetch_max(valid_until, Ordering::AcqRel);
-        self.state.load(Ordering::Acquire) == HELD
+        !self.ended()
     }
 
-    /// Ends the hold; true only for the first call.
-    pub(crate) fn end(&self, how: End) -> bool {
+    /// Ends the hold. Returns whether this call ended it (true only once) and whether
+    /// someone waits to hear it (then the caller wakes them).
+    pub(crate) fn end(&self, how: End) -> (bool, bool) {
         let to = match how {
             End::Lost => LOST,
             End::Released => RELEASED,
         };
-        self.state
-            .compare_exchange(HELD, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        let ended = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & STATE == HELD).then_some(w | to)
+            });
+        match ended {
+            Ok(before) => (true, before >= WAITER),
+            Err(_) => (false, false),
+        }
+    }
+
+    /// A waiter arrives; returns false if the hold has already ended (nothing to wait for).
+    /// The waiter must be ready to be woken before calling this.
+    pub(crate) fn register(&self) -> bool {
+        self.word.fetch_add(WAITER, Ordering::AcqRel) & STATE == HELD
+    }
+
+    /// A waiter leaves.
+    pub(crate) fn unregister(&self) {
+        self.word.fetch_sub(WAITER, Ordering::AcqRel);
     }
 
     /// Whether the hold has ended.
     pub(crate) fn ended(&self) -> bool {
-        self.state.load(Ordering::Acquire) != HELD
+        self.word.load(Ordering::Acquire) & STATE != HELD
     }
 
     /// The current deadline.
@@ -92,7 +124,7 @@ mod loom_model {
                 let hold = hold.clone();
                 thread::spawn(move || hold.extend(200))
             };
-            assert!(hold.end(End::Released));
+            assert!(hold.end(End::Released).0);
             assert!(!hold.is_held(0), "held after release returned");
             let extended = renew.join().unwrap();
             assert!(!hold.is_held(0), "an extension revived a released hold");
@@ -110,9 +142,9 @@ mod loom_model {
             let hold = Arc::new(Hold::new(100));
             let timer = {
                 let hold = hold.clone();
-                thread::spawn(move || hold.end(End::Lost))
+                thread::spawn(move || hold.end(End::Lost).0)
             };
-            let released = hold.end(End::Released);
+            let released = hold.end(End::Released).0;
             let lost = timer.join().unwrap();
             assert!(
                 lost ^ released,
@@ -120,6 +152,24 @@ mod loom_model {
                 u8::from(lost) + u8::from(released)
             );
             assert!(hold.ended());
+        });
+    }
+
+    /// A `lost()` waiter arriving as the hold ends: if it decided to wait, the ender decided
+    /// to wake it (no wake-up is lost), and the end is announced once.
+    #[test]
+    fn a_waiter_is_never_left_waiting_for_an_end() {
+        loom::model(|| {
+            let hold = Arc::new(Hold::new(100));
+            let ender = {
+                let hold = hold.clone();
+                thread::spawn(move || hold.end(End::Lost))
+            };
+            let waits = hold.register();
+            let (first, wake) = ender.join().unwrap();
+            assert!(first, "the only end is the first");
+            assert!(!waits || wake, "the waiter waits, and nobody wakes it");
+            hold.unregister();
         });
     }
 }

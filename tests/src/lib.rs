@@ -198,6 +198,20 @@ pub mod bench {
         out
     }
 
+    /// The median latency of each case's cycle, run as task `task`: one cycle of each case in
+    /// turn, `iters` times (a slow moment of a busy machine then hits every case alike).
+    pub async fn serial_p50s(iters: usize, task: usize, cases: &[Case]) -> Vec<Duration> {
+        let mut lat: Vec<Vec<Duration>> = vec![Vec::with_capacity(iters); cases.len()];
+        for i in 0..iters {
+            for (c, (_, cycle)) in cases.iter().enumerate() {
+                let t = Instant::now();
+                cycle(task, i as u64).await;
+                lat[c].push(t.elapsed());
+            }
+        }
+        lat.iter_mut().map(|l| percentile(l, 0.5)).collect()
+    }
+
     /// The median latency of `iters` calls of `cycle(i)`, one after the other.
     pub async fn serial_p50<F, Fut>(iters: usize, mut cycle: F) -> Duration
     where

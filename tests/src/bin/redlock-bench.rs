@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lucky::redis::RedLock;
 use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
-use lucky_tests::bench::{secs, serial_p50, throughput_rounds, Case, Cycle, Handoff};
+use lucky_tests::bench::{secs, serial_p50s, throughput_rounds, Case, Cycle, Handoff};
 use redis::aio::ConnectionManager;
 
 /// The floor: `SET NX PX` to every node at once, then the release script to every node.
@@ -215,51 +215,6 @@ async fn run() {
         secs()
     );
 
-    // Serial acquire+release latency.
-    let iters = 2_000;
-    let c = conns.clone();
-    let floor = serial_p50(iters, |i| {
-        let c = c.clone();
-        async move { raw_cycle(&c, &format!("bench/{pid}/serial-raw/{i}"), "tok").await }
-    })
-    .await;
-    let l = &locks;
-    let lucky = serial_p50(iters, |i| async move {
-        let g = l
-            .lock(format!("bench/{pid}/serial-lucky/{i}"))
-            .no_wait()
-            .await
-            .unwrap();
-        g.release().await.unwrap();
-    })
-    .await;
-    let l = &fenced;
-    let lucky_f = serial_p50(iters, |i| async move {
-        let g = l
-            .lock(format!("bench/{pid}/serial-fenced/{i}"))
-            .no_wait()
-            .await
-            .unwrap();
-        g.release().await.unwrap();
-    })
-    .await;
-    let r = rsl.clone();
-    let peer = serial_p50(iters, |i| {
-        let r = r.clone();
-        async move {
-            let name = format!("bench/{pid}/serial-rslock/{i}");
-            let lock = r
-                .lock(name.as_bytes(), Duration::from_secs(30))
-                .await
-                .unwrap();
-            r.unlock(&lock).await;
-        }
-    })
-    .await;
-    let serial_vs_floor = lucky.as_secs_f64() / floor.as_secs_f64();
-    println!("serial acquire+release p50: floor {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), lucky fenced {lucky_f:?} ({:.2}x), rslock {peer:?} ({:.2}x floor)",
-        lucky_f.as_secs_f64() / floor.as_secs_f64(), peer.as_secs_f64() / floor.as_secs_f64());
-
     // Throughput: 32 tasks, distinct names; the cases alternate in slices (see
     // `throughput_rounds`), each ratio is the median of the per-round ratios.
     let c = conns.clone();
@@ -317,6 +272,21 @@ async fn run() {
             }),
         ),
     ];
+    // Serial acquire+release latency: one cycle of each case in turn (task number 1000 keeps
+    // the keys apart from the throughput runs'), so every case sees the same moments.
+    let serial = serial_p50s(2_000, 1_000, &cases).await;
+    let floor = serial[0];
+    let ratio = |d: Duration| d.as_secs_f64() / floor.as_secs_f64();
+    let serial_vs_floor = ratio(serial[1]);
+    println!(
+        "serial acquire+release p50: floor {floor:?}, lucky {:?} ({serial_vs_floor:.2}x floor), lucky fenced {:?} ({:.2}x), rslock {:?} ({:.2}x floor)",
+        serial[1],
+        serial[2],
+        ratio(serial[2]),
+        serial[3],
+        ratio(serial[3])
+    );
+
     let rounds = 5;
     let tp = throughput_rounds(32, rounds, secs() * cases.len() as u32, &cases).await;
     let floor = &tp[0];
