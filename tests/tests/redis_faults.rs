@@ -32,12 +32,32 @@ async fn a_stopped_node_costs_at_most_the_per_node_timeout() {
     let Some(nodes) = cluster(7111) else { return };
     let locks = client(&nodes).await;
     nodes[0].pause();
-    let t = Instant::now();
-    let g = locks.lock("stopped").no_wait().await.unwrap();
-    let took = t.elapsed();
-    // 4 of 5 answer at once; the stopped one is not waited for (quorum decided early).
-    assert!(took < Duration::from_millis(500), "took {took:?}");
-    g.release().await.unwrap();
+    // With auto-extension (the hold runs in a task) and without (the guard drives the release).
+    for auto in [true, false] {
+        let t = Instant::now();
+        let g = locks
+            .lock("stopped")
+            .auto_extend(auto)
+            .no_wait()
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        // 4 of 5 answer at once; the stopped one is not waited for (quorum decided early).
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+        // The release waits for the stopped node no longer than the per-node timeout.
+        let t = Instant::now();
+        let outcome = g.release().await.unwrap();
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(500), "release took {took:?}");
+        assert_eq!(
+            outcome[0],
+            lucky::NodeOutcome::TimedOut,
+            "auto_extend {auto}"
+        );
+        assert!(outcome[1..]
+            .iter()
+            .all(|o| *o == lucky::NodeOutcome::Granted));
+    }
     nodes[0].resume();
 }
 
