@@ -5,23 +5,41 @@
 //! (`LUCKY_BENCH_SECS`, default 3). The last line is a machine-readable summary.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, LockOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp,
+};
 use lucky::etcd::Etcd;
-use lucky_tests::bench::{secs, serial_p50, Handoff};
+use lucky_tests::bench::{secs, serial_p50s, Case, Cycle, Handoff};
 
 /// The floor: take `key` on `lease` if free (one Txn), then delete it.
-async fn raw_cycle(c: &mut Client, key: &str, lease: i64) {
-    let txn = Txn::new()
+/// The floor: Lucky's own two requests sent raw on a shared lease: the taking Txn (put if
+/// absent, read the first-created key under the prefix) and the guarded delete Txn.
+async fn raw_cycle(c: &mut Client, prefix: &str, key: &str, lease: i64) {
+    let owner = TxnOp::get(
+        prefix,
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1),
+        ),
+    );
+    let take = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            "",
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    c.txn(txn).await.unwrap();
-    c.delete(key, None).await.unwrap();
+        .and_then([
+            TxnOp::put(key, "", Some(PutOptions::new().with_lease(lease))),
+            owner,
+        ]);
+    let r = c.txn(take).await.unwrap();
+    let revision = r.header().map_or(0, |h| h.revision());
+    let delete = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+        .and_then([TxnOp::delete(key, None)]);
+    c.txn(delete).await.unwrap();
 }
 
 fn main() {
@@ -48,38 +66,52 @@ async fn run() {
         secs()
     );
 
-    // Serial acquire+release of one name (a warm session, as a cron job or worker loop).
-    let iters = 1_000;
-    let key = format!("bench/{pid}/serial-raw/{lease:x}");
-    let floor = serial_p50(iters, |_| {
-        let (mut c, key) = (raw.clone(), key.clone());
-        async move { raw_cycle(&mut c, &key, lease).await }
-    })
-    .await;
-    let name = format!("bench/{pid}/serial-lucky");
-    let lucky = serial_p50(iters, |_| {
-        let (e, name) = (etcd.clone(), name.clone());
-        async move {
-            let g = e.lock(&name).no_wait().await.unwrap();
-            g.release().await.unwrap();
-        }
-    })
-    .await;
-    let name = format!("bench/{pid}/serial-v3lock");
-    let peer = serial_p50(iters, |_| {
-        let (mut c, name) = (raw.clone(), name.clone());
-        async move {
-            let r = c
-                .lock(name, Some(LockOptions::new().with_lease(lease)))
-                .await
-                .unwrap();
-            c.unlock(r.key()).await.unwrap();
-        }
-    })
-    .await;
+    // Serial acquire+release of one name (a warm session, as a cron job or worker loop), the
+    // three cases one cycle each in turn.
+    let prefix = format!("bench/{pid}/serial-raw/");
+    let key = format!("{prefix}{lease:x}");
+    let (lucky_name, v3_name) = (
+        format!("bench/{pid}/serial-lucky"),
+        format!("bench/{pid}/serial-v3lock"),
+    );
+    let (c1, c2, e) = (raw.clone(), raw.clone(), etcd.clone());
+    let cases: Vec<Case> = vec![
+        (
+            "floor",
+            Arc::new(move |_, _| {
+                let (mut c, prefix, key) = (c1.clone(), prefix.clone(), key.clone());
+                Box::pin(async move { raw_cycle(&mut c, &prefix, &key, lease).await }) as Cycle
+            }),
+        ),
+        (
+            "lucky",
+            Arc::new(move |_, _| {
+                let (e, name) = (e.clone(), lucky_name.clone());
+                Box::pin(async move {
+                    let g = e.lock(&name).no_wait().await.unwrap();
+                    g.release().await.unwrap();
+                }) as Cycle
+            }),
+        ),
+        (
+            "v3lock",
+            Arc::new(move |_, _| {
+                let (mut c, name) = (c2.clone(), v3_name.clone());
+                Box::pin(async move {
+                    let r = c
+                        .lock(name, Some(LockOptions::new().with_lease(lease)))
+                        .await
+                        .unwrap();
+                    c.unlock(r.key()).await.unwrap();
+                }) as Cycle
+            }),
+        ),
+    ];
+    let serial = serial_p50s(1_000, 0, &cases).await;
+    let (floor, lucky, peer) = (serial[0], serial[1], serial[2]);
     let serial_vs_floor = lucky.as_secs_f64() / floor.as_secs_f64();
     let v3_vs_floor = peer.as_secs_f64() / floor.as_secs_f64();
-    println!("serial acquire+release p50: floor (Txn + Delete) {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), etcd v3lock {peer:?} ({v3_vs_floor:.2}x floor)");
+    println!("serial acquire+release p50: floor (the same two Txns, raw) {floor:?}, lucky {lucky:?} ({serial_vs_floor:.2}x floor), etcd v3lock {peer:?} ({v3_vs_floor:.2}x floor)");
 
     // Contended hand-off: 8 tasks on one name, hold 1 ms, ask again at once.
     let mut results = Vec::new();
