@@ -666,10 +666,11 @@ fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
             .push(b"PX")
             .push(n1.of(*ttl_ms))
             .cmd(),
-        // The naive INCR scheme exists only as a simulator bug.
-        Command::AcquireFenced { incr: true, .. } => {
+        // The naive INCR scheme and the counter without the clock exist only as simulator
+        // bugs.
+        Command::AcquireFenced { incr: true, .. } | Command::AcquireFenced { clock: false, .. } => {
             return Err(Reply::Error(Bytes::from_static(
-                b"ERR naive INCR fencing is not supported",
+                b"ERR this fencing scheme is not supported",
             )));
         }
         Command::AcquireFenced {

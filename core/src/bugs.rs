@@ -16,6 +16,9 @@ pub enum Bug {
     /// The naive RedLock fence: each granting node INCRs its counter and the fence is the max
     /// of the quorum's, with no write-back (not monotonic across quorums).
     FenceMaxOfIncr,
+    /// The RedLock fence counter without the node's clock mixed in: a node that restarts
+    /// without its data reads 0 and can pull the next fence below one already issued.
+    FenceCounterOnly,
     /// etcd: the lease deadline counts from when a keepalive's answer was read, not from when
     /// the keepalive was sent (a delayed answer or a pause stretches the lock past the lease).
     EtcdLostFromReceiveTime,
@@ -29,12 +32,13 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
         Bug::ExtendAfterExpiry,
         Bug::FenceMaxOfIncr,
+        Bug::FenceCounterOnly,
         Bug::EtcdLostFromReceiveTime,
         Bug::EtcdWatchAll,
         Bug::EtcdSkipRecheck,
@@ -56,6 +60,7 @@ impl Bug {
             Bug::NoReleaseOnFailure => "no-release-on-failure",
             Bug::ExtendAfterExpiry => "extend-after-expiry",
             Bug::FenceMaxOfIncr => "fence-max-of-incr",
+            Bug::FenceCounterOnly => "fence-counter-only",
             Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
             Bug::EtcdWatchAll => "etcd-watch-all",
             Bug::EtcdSkipRecheck => "etcd-skip-recheck",

@@ -133,4 +133,10 @@ pub trait Protocol {
     fn fence_unchecked(&self) -> bool {
         false
     }
+    /// Whether the protocol's fences keep rising after a node restarts without its data, once
+    /// it was away longer than its clock lags the others' (the claim the oracle then holds
+    /// it to).
+    fn fences_survive_state_loss(&self) -> bool {
+        false
+    }
 }

@@ -26,9 +26,12 @@ pub struct Broken {
     pub fast_restart_without_state: bool,
     /// A holder was paused (or its write delayed) past its validity.
     pub holder_stalled: bool,
-    /// A node lost its state (keys and fence counters), however late it came back: fence
-    /// counters may go backwards.
+    /// A node lost its state (keys and fence counters), however late it came back.
     pub state_lost: bool,
+    /// A node came back without its fence counter sooner than the protocol's fences can
+    /// recover (at once, or before its clock caught up with the others'; for a protocol whose
+    /// fences do not mix in the clock, whenever): fences may go backwards.
+    pub fence_counter_lost: bool,
     /// Messages could overtake each other on a link or arrive twice. A release can then land
     /// before the SET it undoes, leaving a key until its ttl; cleanup cannot be judged.
     pub reordered: bool,
@@ -62,6 +65,9 @@ impl fmt::Display for Broken {
         }
         if self.state_lost {
             parts.push("state-lost");
+        }
+        if self.fence_counter_lost {
+            parts.push("fence-counter-lost");
         }
         if self.reordered {
             parts.push("reordered");
@@ -152,7 +158,7 @@ impl Violation {
         match self {
             Violation::MutualExclusion { .. } => broken.exclusion(),
             Violation::StaleWrite { .. } => broken.writes(),
-            Violation::FenceRegression { .. } => broken.state_lost,
+            Violation::FenceRegression { .. } => broken.fence_counter_lost,
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
             Violation::LeftoverLock { .. } => broken.reordered,

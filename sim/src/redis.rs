@@ -74,6 +74,7 @@ impl Server for RedisNode {
                 value,
                 ttl_ms,
                 incr,
+                clock,
             } => {
                 if self.live(now, key).is_some() {
                     return Reply::Int(-1);
@@ -83,8 +84,12 @@ impl Server for RedisNode {
                 let c = self.counters.entry(fence_key.clone()).or_default();
                 if *incr {
                     *c += 1;
+                    return Reply::Int(i64::try_from(*c).unwrap_or(i64::MAX));
                 }
-                Reply::Int(i64::try_from(*c).unwrap_or(i64::MAX))
+                // The script raises what it returns to the node's clock in microseconds (`TIME`);
+                // the stored counter moves only by the write-back.
+                let read = if *clock { (*c).max(now / 1_000) } else { *c };
+                Reply::Int(i64::try_from(read).unwrap_or(i64::MAX))
             }
             Command::Fence {
                 key,

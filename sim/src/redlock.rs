@@ -49,4 +49,9 @@ impl Protocol for RedLockSim {
     fn fence_unchecked(&self) -> bool {
         self.fence_unchecked
     }
+
+    /// The fenced acquire reads the counter raised to the node's clock.
+    fn fences_survive_state_loss(&self) -> bool {
+        true
+    }
 }

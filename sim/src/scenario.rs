@@ -89,6 +89,7 @@ impl Setup {
                 quiet_at: 1_000 * MS,
                 stop_at: 2_000 * MS,
                 progress_within: Some(ttl_ms * MS * 11 / 10 + 300 * MS),
+                node_offset_ns: 1 << 40,
             },
             net: NetParams {
                 delay_ns: (100_000, 1_500_000),
@@ -311,6 +312,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "holder-pause-fenced", about: "holder pauses 2 ttl between check and write; the resource rejects its stale fence", draw: holder_pause_fenced },
     Scenario { name: "clock-jump-fenced", about: "node clocks jump under fenced holders: exclusion breaks (expected), fences hold", draw: clock_jump_fenced },
     Scenario { name: "restart-without-persistence-fenced", about: "a node forgets keys and counters and restarts at once: both may break (expected)", draw: restart_without_persistence_fenced },
+    Scenario { name: "restart-delayed-fenced", about: "the node in every bare quorum forgets keys and counters and comes back after the ttl; node clocks in step: fences hold", draw: restart_delayed_fenced },
     Scenario { name: "client-drift-fenced", about: "fenced holders with client drift within or far beyond the bound: fences hold either way", draw: client_drift_fenced },
     Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
     Scenario { name: "etcd-holder-partitioned", about: "etcd: a client is cut off from the cluster for 1.5 ttl", draw: etcd::holder_partitioned },
@@ -736,6 +738,34 @@ fn clock_jump_fenced(rng: &mut Rng) -> Setup {
 fn restart_without_persistence_fenced(rng: &mut Rng) -> Setup {
     let mut s = restart_without_persistence(rng);
     s.fencing = true;
+    s
+}
+
+/// The layout of `restart-without-persistence` (node 0 is the only node every two quorums
+/// share), but node 0 comes back after more than the ttl, and the node clocks run within 1 ms
+/// of each other (servers kept in step by NTP). The lost counter cannot pull a fence back: node
+/// 0 answers with its clock, later than every fence issued before it went down.
+fn restart_delayed_fenced(rng: &mut Rng) -> Setup {
+    let mut s = restart_without_persistence(rng);
+    s.fencing = true;
+    s.must_violate = false;
+    s.work.node_offset_ns = MS;
+    s.faults
+        .retain(|(_, f)| !matches!(f, Fault::Crash { .. } | Fault::Restart { .. }));
+    let ttl = s.ttl();
+    let mut t = 100 * MS;
+    while t + ttl < s.work.quiet_at {
+        s.faults.push((
+            t,
+            Fault::Crash {
+                node: 0,
+                lose_state: true,
+            },
+        ));
+        let back = t + ttl + rng.range(ttl / 10, ttl / 2);
+        s.faults.push((back, Fault::Restart { node: 0 }));
+        t = back + rng.range(40 * MS, 120 * MS);
+    }
     s
 }
 

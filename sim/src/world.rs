@@ -116,6 +116,9 @@ pub struct Workload {
     pub stop_at: u64,
     /// Liveness bound after `quiet_at` (ns); `None` skips the check.
     pub progress_within: Option<u64>,
+    /// Server nodes' clocks start this far apart at most (ns): far (unsynchronised) by
+    /// default, close for servers kept in step by NTP.
+    pub node_offset_ns: u64,
 }
 
 /// Why a run stopped and what it saw.
@@ -275,6 +278,7 @@ pub struct World<P: Protocol> {
     ttl_ns: u64,
     resource_last: Option<u64>,
     fence_unchecked: bool,
+    fences_survive_state_loss: bool,
     quiet: bool,
     hash: u64,
     events: u64,
@@ -311,7 +315,7 @@ impl<P: Protocol> World<P> {
                 server: protocol.server(i),
                 clock: Clock::new(
                     draw_ppm(&mut clocks, -ppm, ppm),
-                    clocks.range(0, 1 << 40) as i64,
+                    clocks.range(0, work.node_offset_ns) as i64,
                 ),
                 up: true,
                 crashed_at: 0,
@@ -365,6 +369,7 @@ impl<P: Protocol> World<P> {
             ttl_ns: protocol.ttl_ns(),
             resource_last: None,
             fence_unchecked: protocol.fence_unchecked(),
+            fences_survive_state_loss: protocol.fences_survive_state_loss(),
             quiet: false,
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
             events: 0,
@@ -1007,6 +1012,19 @@ impl<P: Protocol> World<P> {
                 self.broken.fast_restart_without_state = true;
             }
             let local = n.clock.local(now);
+            if n.lost_state {
+                // A fence that mixes in the node's clock survives the lost counter if the node
+                // was away longer than its clock lags the fastest one (plus 1 ms for the
+                // write-backs' increments).
+                let fastest = self.nodes.iter().map(|m| m.clock.local(now)).max();
+                let behind = fastest.unwrap_or(local).saturating_sub(local);
+                if !self.fences_survive_state_loss
+                    || now - self.nodes[node].crashed_at <= behind + 1_000_000
+                {
+                    self.broken.fence_counter_lost = true;
+                }
+            }
+            let n = &mut self.nodes[node];
             n.server.recovered(local);
             n.timer_at = u64::MAX;
             self.node_changed(node);

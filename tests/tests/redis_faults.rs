@@ -181,3 +181,29 @@ async fn fences_keep_increasing_across_a_node_restart() {
         g.release().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_increasing_when_every_node_restarts_empty() {
+    let Some(mut nodes) = cluster(7161) else {
+        return;
+    };
+    let locks = client(&nodes).await;
+    let mut last = 0;
+    for round in 0..3 {
+        for i in 0..10 {
+            let g = locks
+                .lock("fence-wipe")
+                .wait(Duration::from_secs(5))
+                .await
+                .unwrap();
+            let f = g.fence().unwrap().get();
+            assert!(f > last, "fence {f} after {last} (round {round}, {i})");
+            last = f;
+            g.release().await.unwrap();
+        }
+        // Every node forgets every key and counter: a counter alone would start again at 1.
+        for n in &mut nodes {
+            assert!(n.restart());
+        }
+    }
+}

@@ -226,6 +226,15 @@ fn script_sha1_constants_match_the_scripts() {
             .to_string(),
         lucky_core::redlock::RELEASE_QUIET_SHA1
     );
+    use lucky_core::redlock::{
+        ACQUIRE_FENCED_SCRIPT, ACQUIRE_FENCED_SHA1, FENCE_SCRIPT, FENCE_SHA1,
+    };
+    for (script, sha) in [
+        (ACQUIRE_FENCED_SCRIPT, ACQUIRE_FENCED_SHA1),
+        (FENCE_SCRIPT, FENCE_SHA1),
+    ] {
+        assert_eq!(sha1_smol::Sha1::from(script).digest().to_string(), sha);
+    }
 }
 
 #[test]
@@ -725,8 +734,11 @@ fn fenced_acquisition_writes_the_fence_back_to_a_quorum_before_it_counts() {
     let mut nodes = vec![RedisNode::new(); 3];
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     let mut fences = Vec::new();
-    for round in 0..5u64 {
-        let t = at_ms(round * 100);
+    // Two acquisitions in the same instant, then two 100 ms later, then one more: the node
+    // answers max(counter, its clock in µs), so fences follow the clock and the counter breaks
+    // ties.
+    for t_ms in [0, 0, 100, 100, 200] {
+        let t = at_ms(t_ms);
         m.acquire(t).unwrap();
         let ev = run_instant(&mut m, &mut nodes, t);
         let Some(Event::Acquired { fence: Some(f), .. }) = ev.first() else {
@@ -736,5 +748,5 @@ fn fenced_acquisition_writes_the_fence_back_to_a_quorum_before_it_counts() {
         m.release(t).unwrap();
         run_instant(&mut m, &mut nodes, t);
     }
-    assert_eq!(fences, [1, 2, 3, 4, 5]);
+    assert_eq!(fences, [1, 2, 100_001, 100_002, 200_001]);
 }

@@ -25,10 +25,13 @@ pub const EXTEND_SCRIPT: &str = r#"if redis.call("get",KEYS[1]) == ARGV[1] then 
 pub const EXTEND_SHA1: &str = "36e94d1c6e02fcefaa7ee5d79eee614dbac55f10";
 
 /// Fenced acquire script: `SET KEYS[1] ARGV[1] NX PX ARGV[2]`, and in the same atomic step
-/// read the fence counter `KEYS[2]`. Returns the counter (>= 0) when granted, -1 when taken.
-pub const ACQUIRE_FENCED_SCRIPT: &str = r#"local c = tonumber(redis.call("get",KEYS[2]) or "0") if redis.call("set",KEYS[1],ARGV[1],"NX","PX",ARGV[2]) then return c else return -1 end"#;
+/// read the fence counter `KEYS[2]`, raised to the node's clock in microseconds (`TIME`).
+/// Returns that value (>= 0) when granted, -1 when taken. The clock is what keeps fences
+/// rising when a node restarts without its counter: the fresh node reads its time, later than
+/// every fence issued before (node clocks agreeing to within the restart's delay).
+pub const ACQUIRE_FENCED_SCRIPT: &str = r#"local c = tonumber(redis.call("get",KEYS[2]) or "0") local t = redis.call("time") local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) if now > c then c = now end if redis.call("set",KEYS[1],ARGV[1],"NX","PX",ARGV[2]) then return c else return -1 end"#;
 /// SHA1 of [`ACQUIRE_FENCED_SCRIPT`].
-pub const ACQUIRE_FENCED_SHA1: &str = "094ae0f91b99d6ba7dcb1d2b54463a7bb8e97f55";
+pub const ACQUIRE_FENCED_SHA1: &str = "c618d5416693ce7e4a9225cf731ee8f5196ba072";
 
 /// Fence write-back script: only while `KEYS[1]` still holds our value, raise the counter
 /// `KEYS[2]` to `ARGV[2]` (`counter = max(counter, fence)`). Returns 1 when we own the key, 0
@@ -66,6 +69,9 @@ pub enum Command {
         /// Simulator only (the injected `fence-max-of-incr` bug): the naive scheme, INCR the
         /// counter on grant instead of writing it back. Always false otherwise.
         incr: bool,
+        /// Raise the counter to the node's clock (the script does). False only in the
+        /// simulator's injected `fence-counter-only` bug.
+        clock: bool,
     },
     /// `EVALSHA FENCE_SHA1 2 key fence_key value fence`: raise the counter to `fence` while we
     /// own the key. Expects 1 (done) or 0 (not ours).
