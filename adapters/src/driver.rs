@@ -223,8 +223,7 @@ where
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Event(Event::Released { nodes }) => {
-                        end_hold(&self.shared, End::Released);
-                        tracing::info!("released");
+                        self.released();
                         return Poll::Ready(nodes);
                     }
                     Output::Event(e) => self.event(e),
@@ -362,6 +361,12 @@ where
         }
     }
 
+    /// The machine reported the release: the hold ends (waking `lost()` waiters).
+    fn released(&self) {
+        end_hold(&self.shared, End::Released);
+        tracing::info!("released");
+    }
+
     /// Hands `t` to the transport; its reply comes back through `inflight`.
     fn transmit(&mut self, t: lucky_core::Transmit<T::Command>) {
         self.inflight.push(InFlight {
@@ -394,8 +399,7 @@ where
                 match out {
                     Output::Transmit(t) => self.transmit(t),
                     Output::Event(Event::Released { nodes }) => {
-                        end_hold(&self.shared, End::Released);
-                        tracing::info!("released");
+                        self.released();
                         answer(&mut extending, || Err(Error::Usage(UsageError::NotHeld)));
                         released = Some(nodes);
                     }

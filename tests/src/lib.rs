@@ -90,6 +90,15 @@ pub mod bench {
         }
     }
 
+    /// The runtime every bench binary uses: two worker threads, as the machine has two cores.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    }
+
     /// CPU time this process has used (all threads), from `/proc/self/stat`; None elsewhere.
     pub fn process_cpu() -> Option<Duration> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

@@ -43,12 +43,7 @@ async fn raw_cycle(c: &mut Client, prefix: &str, key: &str, lease: i64) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    lucky_tests::bench::runtime().block_on(run());
 }
 
 async fn run() {

@@ -81,11 +81,7 @@ async fn join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = lucky_tests::bench::runtime();
     match std::env::var(CHILD) {
         Ok(spec) => rt.block_on(child(&spec)),
         Err(_) => rt.block_on(run()),
