@@ -404,22 +404,25 @@ where
                         released = Some(nodes);
                     }
                     Output::Event(e) => {
-                        match &e {
-                            Event::Extended { valid_until } => {
-                                answer(&mut extending, || Ok(*valid_until))
-                            }
-                            Event::ExtendFailed { error, .. } => {
-                                answer(&mut extending, || Err(Error::Lock(error.clone())))
-                            }
-                            Event::Lost { reason } => answer(&mut extending, || {
-                                Err(match reason {
-                                    LostReason::ExtendFailed(error) => Error::Lock(error.clone()),
-                                    LostReason::Expired => Error::Usage(UsageError::NotHeld),
+                        // The answer to `extend()` goes out after the guard's state has the
+                        // new deadline (or the end), so the caller reads what it was told.
+                        let outcome = match &e {
+                            Event::Extended { valid_until } => Some(Ok(*valid_until)),
+                            Event::ExtendFailed { error, .. } => Some(Err(Some(error.clone()))),
+                            Event::Lost { reason } => Some(Err(match reason {
+                                LostReason::ExtendFailed(error) => Some(error.clone()),
+                                LostReason::Expired => None,
+                            })),
+                            _ => None,
+                        };
+                        self.event(e);
+                        if let Some(outcome) = outcome {
+                            answer(&mut extending, || {
+                                outcome.clone().map_err(|e| {
+                                    e.map_or(Error::Usage(UsageError::NotHeld), Error::Lock)
                                 })
-                            }),
-                            _ => {}
+                            });
                         }
-                        self.event(e)
                     }
                 }
             }
