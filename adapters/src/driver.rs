@@ -98,9 +98,14 @@ where
     });
     async move {
         let mut pending = Pending(Some(driver));
+        let started = pending.0.as_mut().map(|d| d.machine.acquire(d.clock.now()));
+        if let Some(Err(usage)) = started {
+            // Refused before anything was sent: nothing to clean up.
+            drop(pending.0.take());
+            return Err(Error::Usage(usage));
+        }
         let outcome = match pending.0.as_mut() {
             Some(driver) => {
-                driver.machine.acquire(driver.clock.now())?;
                 let span = driver.span.clone();
                 driver.acquire_inline().instrument(span).await
             }
