@@ -58,6 +58,40 @@ async fn a_stopped_node_costs_at_most_the_per_node_timeout() {
             .iter()
             .all(|o| *o == lucky::NodeOutcome::Granted));
     }
+    // A release dropped midway (it waits for the stopped node) still frees the lock, in both
+    // modes: the key leaves the nodes that answer, nothing panics.
+    for auto in [true, false] {
+        let name = format!("stopped-cancelled-{auto}");
+        let g = locks.lock(&name).auto_extend(auto).no_wait().await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(5), g.release()).await;
+        assert!(cut.is_err(), "the release cannot finish in 5 ms");
+        let mut gone = false;
+        for _ in 0..100 {
+            let mut left = 0;
+            for n in &nodes[1..] {
+                let mut c = redis::Client::open(n.url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(&name)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                left += usize::from(v.is_some());
+            }
+            if left == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            gone,
+            "auto_extend {auto}: the cancelled release did not finish"
+        );
+    }
     nodes[0].resume();
 }
 
