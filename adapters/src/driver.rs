@@ -117,7 +117,7 @@ where
                 // A hold with nothing to send before its deadline (no renewal) needs no
                 // task: the guard keeps the driver and runs it when asked.
                 let link = if driver.has_work_before_deadline() {
-                    Link::Task(spawn_task(driver))
+                    spawn_task(driver).map_or(Link::Gone, Link::Task)
                 } else {
                     Link::Parked(driver)
                 };
@@ -131,7 +131,7 @@ where
             }
             Err(e) => {
                 // Let the cleanup releases of the failed attempt go out.
-                spawn_cleanup(driver);
+                drop(spawn_task(driver));
                 Err(Error::Lock(e))
             }
         }
@@ -154,35 +154,25 @@ where
         if let Some(mut driver) = self.0.take() {
             tracing::debug!(parent: &driver.span, "acquisition cancelled");
             let _ = driver.machine.release(driver.clock.now());
-            spawn_cleanup(driver);
+            drop(spawn_task(driver));
         }
     }
 }
 
-/// Moves a held lock's driver to a background task; returns its control channel.
-fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> mpsc::Sender<Control>
+/// Moves a driver to a background task and returns its control channel; dropping the
+/// channel makes the task release and end (what cleanup after a failed or cancelled
+/// acquisition does). Without a runtime nothing can run (None): the lock then runs out at its
+/// ttl.
+fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> Option<mpsc::Sender<Control>>
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let span = driver.span.clone();
-    tokio::spawn(driver.run(ctl_rx).instrument(span));
-    ctl_tx
-}
-
-/// Runs `driver` to the end with no guard: releases, sends what is left, then stops. Without
-/// a runtime nothing can run: the lock then runs out at its ttl.
-fn spawn_cleanup<M, T>(driver: Box<Driver<M, T>>)
-where
-    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
-    T: Transport,
-{
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let (_, ctl_rx) = mpsc::channel(1); // closed: the driver releases and ends
-        let span = driver.span.clone();
-        rt.spawn(driver.run(ctl_rx).instrument(span));
-    }
+    rt.spawn(driver.run(ctl_rx).instrument(span));
+    Some(ctl_tx)
 }
 
 /// How a guard reaches its driver.
@@ -246,16 +236,12 @@ where
         }
     }
 
-    fn finish(mut self: Box<Self>) {
-        finish_detached(std::mem::take(&mut self.inflight));
-        if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
-            recycle(self.machine);
-        }
+    fn finish(self: Box<Self>) {
+        self.wind_up();
     }
 
     fn into_task(self: Box<Self>) -> Option<mpsc::Sender<Control>> {
-        tokio::runtime::Handle::try_current().ok()?;
-        Some(spawn_task(self))
+        spawn_task(self)
     }
 }
 
@@ -439,7 +425,7 @@ where
                 let closing = !waiters.is_empty() || !guard_open;
                 if closing && state == State::Done && self.recycle.is_some() {
                     let waiters = std::mem::take(&mut waiters);
-                    self.finish();
+                    self.wind_up();
                     for w in waiters {
                         let _ = w.send(nodes.clone());
                     }
@@ -494,14 +480,14 @@ where
         end_hold(&self.shared, End::Released);
         // Nothing is in flight that the machine still waits for: it may serve again.
         if self.inflight.is_empty() {
-            self.finish();
+            self.wind_up();
         }
     }
 
     /// The lock is done with: commands the machine no longer waits for finish in the
     /// background, and a finished machine goes back for reuse.
     #[allow(clippy::boxed_local)] // the driver lives in this box; unboxing would copy it
-    fn finish(mut self: Box<Self>) {
+    fn wind_up(mut self: Box<Self>) {
         finish_detached(std::mem::take(&mut self.inflight));
         if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
             recycle(self.machine);

@@ -722,7 +722,8 @@ struct Parts<'a> {
 
 impl<'a> Parts<'a> {
     fn push(&mut self, part: &'a [u8]) -> &mut Self {
-        // At most 7 arguments exist (EVALSHA sha 2 k1 k2 a1 a2); `get_mut` keeps an 8th out.
+        // At most 7 arguments exist (EVALSHA sha 2 k1 k2 a1 a2).
+        debug_assert!(self.len < self.parts.len(), "a command with over 8 parts");
         if let Some(slot) = self.parts.get_mut(self.len) {
             *slot = part;
             self.len += 1;

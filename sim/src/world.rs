@@ -1012,14 +1012,17 @@ impl<P: Protocol> World<P> {
                 self.broken.fast_restart_without_state = true;
             }
             let local = n.clock.local(now);
+            let crashed_at = n.crashed_at;
             if n.lost_state {
-                // A fence that mixes in the node's clock survives the lost counter if the node
-                // was away longer than its clock lags the fastest one (plus 1 ms for the
-                // write-backs' increments).
-                let fastest = self.nodes.iter().map(|m| m.clock.local(now)).max();
-                let behind = fastest.unwrap_or(local).saturating_sub(local);
+                // The fresh node answers with its clock. Every fence issued before it went
+                // down is at most the fastest node's clock at that moment, plus one per
+                // acquisition (1 ms of microseconds covers them): the fence survives if the
+                // node's clock is past that now. A clock that jumped makes "that moment"
+                // unknowable afterwards: no claim then.
+                let then = self.nodes.iter().map(|m| m.clock.local(crashed_at)).max();
                 if !self.fences_survive_state_loss
-                    || now - self.nodes[node].crashed_at <= behind + 1_000_000
+                    || self.broken.node_clock_jump
+                    || local <= then.unwrap_or(u64::MAX).saturating_add(1_000_000)
                 {
                     self.broken.fence_counter_lost = true;
                 }

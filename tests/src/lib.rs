@@ -207,6 +207,25 @@ pub mod bench {
         out
     }
 
+    impl Handoff {
+        /// Waits for the contending tasks and summarises the waits they recorded.
+        pub async fn join(handles: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Handoff {
+            let mut per_task = Vec::with_capacity(handles.len());
+            for h in handles {
+                per_task.push(h.await.expect("a hand-off task panicked"));
+            }
+            Handoff::from_tasks(per_task)
+        }
+
+        /// One line for the report: `what` (the setting) and `label` (the client).
+        pub fn line(&self, what: &str, label: &str) -> String {
+            format!(
+                "hand-off, {what}: {label}: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}",
+                self.n, self.p99, self.max, self.fairness
+            )
+        }
+    }
+
     /// The median latency of each case's cycle, run as task `task`: one cycle of each case in
     /// turn, `iters` times (a slow moment of a busy machine then hits every case alike).
     pub async fn serial_p50s(iters: usize, task: usize, cases: &[Case]) -> Vec<Duration> {

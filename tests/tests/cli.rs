@@ -16,20 +16,21 @@ fn unique(name: &str) -> String {
     format!("lucky-cli-test/{name}/{}", std::process::id())
 }
 
-fn redis_backend() -> String {
-    let hosts: Vec<String> = redis_urls()
+/// `scheme://host:port,host:port` from the test servers' URLs.
+fn backend(scheme: &str, urls: &[String]) -> String {
+    let hosts: Vec<&str> = urls
         .iter()
-        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .map(|u| u.split_once("://").map_or(u.as_str(), |(_, h)| h))
         .collect();
-    format!("redis://{}", hosts.join(","))
+    format!("{scheme}://{}", hosts.join(","))
+}
+
+fn redis_backend() -> String {
+    backend("redis", &redis_urls())
 }
 
 fn etcd_backend() -> String {
-    let hosts: Vec<String> = etcd_endpoints()
-        .iter()
-        .map(|u| u.trim_start_matches("http://").to_owned())
-        .collect();
-    format!("etcd://{}", hosts.join(","))
+    backend("etcd", &etcd_endpoints())
 }
 
 /// The backends whose servers are up.

@@ -11,6 +11,22 @@ use std::time::Duration;
 use lucky::redis::RedLock;
 use lucky_tests::servers::{required, RedisProcess};
 
+/// A fresh directory `prefix-<pid>` holding the certificates of `make_certs`, or None (the
+/// test is skipped) when openssl is missing and servers are not required.
+fn cert_dir(prefix: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if !make_certs(&dir) {
+        assert!(
+            !required(),
+            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
+        );
+        eprintln!("skipping: openssl not installed");
+        return None;
+    }
+    Some(dir)
+}
+
 /// A CA and a server certificate for 127.0.0.1 in `dir`, or false if openssl is missing.
 fn make_certs(dir: &Path) -> bool {
     let run = |args: &[&str]| {
@@ -87,16 +103,9 @@ fn make_certs(dir: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_verifies_the_server_and_locks_over_tls() {
-    let dir = std::env::temp_dir().join(format!("lucky-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    if !make_certs(&dir) {
-        assert!(
-            !required(),
-            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
-        );
-        eprintln!("skipping: openssl not installed");
+    let Some(dir) = cert_dir("lucky-tls") else {
         return;
-    }
+    };
     let file = |n: &str| dir.join(n).display().to_string();
     let port = 7_161;
     let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
@@ -141,16 +150,9 @@ async fn rediss_verifies_the_server_and_locks_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_over_tls_verifies_the_server_and_locks() {
-    let dir = std::env::temp_dir().join(format!("lucky-etcd-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    if !make_certs(&dir) {
-        assert!(
-            !required(),
-            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
-        );
-        eprintln!("skipping: openssl not installed");
+    let Some(dir) = cert_dir("lucky-etcd-tls") else {
         return;
-    }
+    };
     let file = |n: &str| dir.join(n).display().to_string();
     let tls = [file("server.pem"), file("server.key"), file("ca.pem")];
     let Some(server) = lucky_tests::servers::EtcdProcess::start_tls(23_796, Some(tls)) else {

@@ -140,12 +140,8 @@ async fn run() {
                 })
             })
             .collect();
-        let mut per_task = Vec::new();
-        for h in handles {
-            per_task.push(h.await.unwrap());
-        }
-        let h = Handoff::from_tasks(per_task);
-        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", h.n, h.p99, h.max, h.fairness);
+        let h = Handoff::join(handles).await;
+        println!("{}", h.line("8 tasks on one name, hold 1 ms", label));
         results.push(h);
     }
     let _ = raw.lease_revoke(lease).await;

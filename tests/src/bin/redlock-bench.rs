@@ -334,12 +334,8 @@ async fn run() {
                 })
             })
             .collect();
-        let mut per_task = Vec::new();
-        for h in handles {
-            per_task.push(h.await.unwrap());
-        }
-        let h = Handoff::from_tasks(per_task);
-        println!("hand-off, 8 tasks on one name, hold 1 ms: {label}: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", h.n, h.p99, h.max, h.fairness);
+        let h = Handoff::join(handles).await;
+        println!("{}", h.line("8 tasks on one name, hold 1 ms", label));
         if use_lucky {
             contended = Some(h);
         }
@@ -351,7 +347,10 @@ async fn run() {
     })
     .await
     .unwrap();
-    println!("hand-off, 4 processes x 2 tasks on one name, hold 1 ms: lucky: {} acquisitions, wait p99 {:?}, max {:?}, min/max per task {:.2}", procs.n, procs.p99, procs.max, procs.fairness);
+    println!(
+        "{}",
+        procs.line("4 processes x 2 tasks on one name, hold 1 ms", "lucky")
+    );
     let Handoff {
         p99, max, fairness, ..
     } = contended.unwrap_or_default();
