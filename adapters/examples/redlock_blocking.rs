@@ -159,7 +159,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => answers.recv().ok(),
         };
         match answer {
-            Some((node, op, reply)) => lock.handle_reply(now(), node, op, reply),
+            Some((node, op, reply)) => {
+                // `false`: a reply the machine no longer waits for (late or duplicated).
+                let _used = lock.handle_reply(now(), node, op, reply);
+            }
             None => lock.handle_timeout(now()),
         }
     }

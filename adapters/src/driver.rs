@@ -41,9 +41,66 @@ pub(crate) trait Transport: Send + Sync + 'static {
         node: usize,
         command: Self::Command,
     ) -> impl Future<Output = Self::Reply> + Send + 'static;
+    /// The client's background tasks, so `close()` can wait for them.
+    fn tasks(&self) -> &Arc<Tasks>;
     /// A source of "the lock may be free now" hints for `channel`, if the backend has one.
     fn subscribe(self: &Arc<Self>, _channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
         Box::pin(async { None })
+    }
+}
+
+/// The background tasks of one client: clean-ups of cancelled acquisitions, releases of
+/// dropped guards, renewals of held locks, commands left to finish. A process waits for them
+/// with the client's `close()` before it exits, so nothing it wrote outlives it.
+#[derive(Debug, Default)]
+pub(crate) struct Tasks {
+    live: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One live background task; dropping it ends the task's count.
+pub(crate) struct TaskToken(Arc<Tasks>);
+
+impl Tasks {
+    /// Counts a task until the returned token is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> TaskToken {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        TaskToken(self.clone())
+    }
+
+    /// Tasks still running.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until no task runs, or `timeout` passed; returns whether none runs.
+    pub(crate) async fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a task ending in between still wakes us.
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.live() == 0;
+            }
+        }
+    }
+}
+
+impl Drop for TaskToken {
+    fn drop(&mut self) {
+        if self
+            .0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
@@ -171,7 +228,14 @@ where
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let span = driver.span.clone();
-    rt.spawn(driver.run(ctl_rx).instrument(span));
+    let token = driver.transport.tasks().enter();
+    rt.spawn(
+        async move {
+            driver.run(ctl_rx).await;
+            drop(token);
+        }
+        .instrument(span),
+    );
     Some(ctl_tx)
 }
 
@@ -488,7 +552,7 @@ where
     /// background, and a finished machine goes back for reuse.
     #[allow(clippy::boxed_local)] // the driver lives in this box; unboxing would copy it
     fn wind_up(mut self: Box<Self>) {
-        finish_detached(std::mem::take(&mut self.inflight));
+        finish_detached(std::mem::take(&mut self.inflight), self.transport.tasks());
         if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
             recycle(self.machine);
         }
@@ -510,6 +574,15 @@ where
             Event::Lost { reason } => {
                 tracing::warn!(?reason, "lock lost");
                 end_hold(&self.shared, End::Lost);
+            }
+            Event::TimeWentBack { by, valid_until } => {
+                // The driver's clock is monotonic: this is a bug of ours. The machine moved
+                // its deadlines back; so does the guard.
+                tracing::error!(?by, "the monotonic clock stepped back");
+                debug_assert!(by.is_zero(), "the monotonic clock stepped back by {by:?}");
+                if let Some(v) = valid_until {
+                    self.shared.shorten(v.as_nanos());
+                }
             }
         }
     }
@@ -548,12 +621,14 @@ struct InFlight<R> {
 
 /// Lets commands already handed to the transport complete on their own (bounded), with
 /// nobody reading their replies.
-fn finish_detached<R: Send + 'static>(inflight: Vec<InFlight<R>>) {
+fn finish_detached<R: Send + 'static>(inflight: Vec<InFlight<R>>, tasks: &Arc<Tasks>) {
     if inflight.is_empty() {
         return;
     }
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let token = tasks.enter();
         rt.spawn(async move {
+            let _token = token;
             let mut inflight = inflight;
             let all = async {
                 while !inflight.is_empty() {

@@ -207,6 +207,15 @@ impl Etcd {
         }
     }
 
+    /// Waits, at most `timeout`, until every background task of this client has finished:
+    /// clean-ups of cancelled acquisitions, releases of dropped guards, lease revokes and
+    /// commands left in flight. Call it before the process exits (after releasing or dropping
+    /// every guard: a held lock's keepalive task runs until it is released) so that nothing
+    /// this process wrote outlives it. Returns whether everything finished in time.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        self.transport.tasks.wait_idle(timeout).await
+    }
+
     /// Asks for the lock `name`; configure it, then `.await` it.
     pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
         LockRequest {
@@ -309,7 +318,11 @@ impl EtcdBuilder {
         // One read proves the endpoint answers (and the credentials work).
         in_time(limit, &endpoints, client.get("lucky-probe", None)).await?;
         Ok(Etcd {
-            transport: Arc::new(Cluster { client, endpoints }),
+            transport: Arc::new(Cluster {
+                client,
+                endpoints,
+                tasks: Arc::default(),
+            }),
             clock: Clock::new(),
             defaults: self.defaults,
             pool: Arc::default(),
@@ -467,11 +480,16 @@ pub async fn lock_key(
 struct Cluster {
     client: Client,
     endpoints: String,
+    tasks: Arc<driver::Tasks>,
 }
 
 impl Transport for Cluster {
     type Command = Command;
     type Reply = Reply;
+
+    fn tasks(&self) -> &Arc<driver::Tasks> {
+        &self.tasks
+    }
 
     fn send(
         self: &Arc<Self>,

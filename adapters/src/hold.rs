@@ -63,6 +63,11 @@ impl Hold {
         !self.ended()
     }
 
+    /// Moves the deadline back to `valid_until` (the machine saw the clock step back).
+    pub(crate) fn shorten(&self, valid_until: u64) {
+        self.valid_until.fetch_min(valid_until, Ordering::AcqRel);
+    }
+
     /// Ends the hold. Returns whether this call ended it (true only once) and whether
     /// someone waits to hear it (then the caller wakes them).
     pub(crate) fn end(&self, how: End) -> (bool, bool) {

@@ -211,6 +211,15 @@ impl RedLock {
         }
     }
 
+    /// Waits, at most `timeout`, until every background task of this client has finished:
+    /// clean-ups of cancelled acquisitions, releases of dropped guards, commands left in
+    /// flight. Call it before the process exits (after releasing or dropping every guard: a
+    /// held lock's renewal task runs until it is released) so that nothing this process wrote
+    /// outlives it. Returns whether everything finished in time.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        self.nodes.tasks.wait_idle(timeout).await
+    }
+
     /// Asks for the lock `name`; configure it, then `.await` it.
     pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
         LockRequest {
@@ -292,6 +301,7 @@ impl RedLockBuilder {
         RedLockConfig::builder().nodes(&displays).build()?;
         self.defaults.config(nodes.len())?;
         let nodes = Arc::new(Nodes {
+            tasks: Arc::default(),
             nodes,
             wake: Arc::default(),
         });
@@ -455,6 +465,7 @@ pub type LockFuture<'a> =
 struct Nodes {
     nodes: Vec<Node>,
     wake: Arc<Wake>,
+    tasks: Arc<driver::Tasks>,
 }
 
 /// Release notifications: one pub/sub connection per node, shared by every waiter of the
@@ -779,6 +790,10 @@ fn reply(v: Value) -> Reply {
 impl Transport for Nodes {
     type Command = Command;
     type Reply = Reply;
+
+    fn tasks(&self) -> &Arc<driver::Tasks> {
+        &self.tasks
+    }
 
     fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> driver::BoxFuture<Option<Subscription>> {
         let nodes = self.clone();

@@ -19,6 +19,15 @@ pub enum Bug {
     /// The RedLock fence counter without the node's clock mixed in: a node that restarts
     /// without its data reads 0 and can pull the next fence below one already issued.
     FenceCounterOnly,
+    /// A SET granted after its attempt ended is released again only if its reply is `+OK`:
+    /// a fenced grant (an integer) is kept, and blocks the node for a ttl whenever the
+    /// attempt's release overtook the SET.
+    LateGrantOkOnly,
+    /// A failed acquisition reports `Failed` at once, its releases still in flight: a caller
+    /// that exits then leaves the keys behind for a ttl.
+    FailBeforeCleanup,
+    /// etcd: a failed acquisition reports `Failed` at once, its lease revoke still in flight.
+    EtcdFailBeforeCleanup,
     /// etcd: the lease deadline counts from when a keepalive's answer was read, not from when
     /// the keepalive was sent (a delayed answer or a pause stretches the lock past the lease).
     EtcdLostFromReceiveTime,
@@ -32,13 +41,16 @@ pub enum Bug {
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 12] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
         Bug::ExtendAfterExpiry,
         Bug::FenceMaxOfIncr,
         Bug::FenceCounterOnly,
+        Bug::LateGrantOkOnly,
+        Bug::FailBeforeCleanup,
+        Bug::EtcdFailBeforeCleanup,
         Bug::EtcdLostFromReceiveTime,
         Bug::EtcdWatchAll,
         Bug::EtcdSkipRecheck,
@@ -48,7 +60,10 @@ impl Bug {
     pub const fn is_etcd(self) -> bool {
         matches!(
             self,
-            Bug::EtcdLostFromReceiveTime | Bug::EtcdWatchAll | Bug::EtcdSkipRecheck
+            Bug::EtcdLostFromReceiveTime
+                | Bug::EtcdWatchAll
+                | Bug::EtcdSkipRecheck
+                | Bug::EtcdFailBeforeCleanup
         )
     }
 
@@ -61,6 +76,9 @@ impl Bug {
             Bug::ExtendAfterExpiry => "extend-after-expiry",
             Bug::FenceMaxOfIncr => "fence-max-of-incr",
             Bug::FenceCounterOnly => "fence-counter-only",
+            Bug::LateGrantOkOnly => "late-grant-ok-only",
+            Bug::FailBeforeCleanup => "fail-before-cleanup",
+            Bug::EtcdFailBeforeCleanup => "etcd-fail-before-cleanup",
             Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
             Bug::EtcdWatchAll => "etcd-watch-all",
             Bug::EtcdSkipRecheck => "etcd-skip-recheck",

@@ -24,8 +24,20 @@ pub enum UsageError {
     TtlTooLarge { ttl: Duration, max: Duration },
     #[error("ttl {0:?} is not a whole number of milliseconds (Redis PX counts milliseconds)")]
     TtlNotWholeMillis(Duration),
-    #[error("drift allowance {drift:?} leaves no validity within ttl {ttl:?}")]
+    #[error(
+        "drift allowance {drift:?} is more than half of ttl {ttl:?}: lower the drift bound \
+         (default 10 000 ppm = 1 %) or its floor, or raise the ttl"
+    )]
     DriftTooLarge { drift: Duration, ttl: Duration },
+    #[error(
+        "retry delay and jitter are both zero while more than one attempt is allowed: attempts \
+         would spin; give a delay or jitter of at least 1 ms, or wait for one attempt only"
+    )]
+    RetrySpins,
+    #[error("max_attempts is zero: an acquisition makes at least one attempt")]
+    MaxAttemptsZero,
+    #[error("quorum {quorum} of {n} voters: a quorum must be between 1 and the number of voters")]
+    BadQuorum { n: u16, quorum: u16 },
     #[error("per-node timeout is zero")]
     NodeTimeoutZero,
     #[error("per-node timeout {timeout:?} must be shorter than the lock's validity {validity:?}")]
@@ -41,6 +53,10 @@ pub enum UsageError {
     KeyTooLong { len: usize, max: usize },
     #[error("lock token is {len} bytes; at least {min} random bytes are required")]
     TokenTooShort { len: usize, min: usize },
+    #[error("lock token is {len} bytes; at most {max} are allowed (16 random bytes suffice)")]
+    TokenTooLong { len: usize, max: usize },
+    #[error("lock key {key:?} ends in {suffix:?}, which Lucky reserves for its own keys")]
+    ReservedName { key: String, suffix: &'static str },
     #[error("the lock is not held")]
     NotHeld,
     #[error("an acquisition is already in progress or held")]
@@ -62,7 +78,16 @@ pub enum BackendError {
     Unavailable(String),
 }
 
-/// What one node said to one round (acquire, extend or release) of a lock protocol.
+/// What one node said to one round of a lock protocol. What "granted" and "refused" mean
+/// depends on the round the outcome reports:
+///
+/// | round | `Granted` | `Refused` |
+/// |---|---|---|
+/// | acquire ([`LockError`] of a failed acquisition) | the node gave us the lock | another owner holds it |
+/// | extend ([`LockError`] in `ExtendFailed` / `Lost`) | the node extended our hold | our hold was gone there |
+/// | release (`Event::Released`) | our hold was removed there | nothing of ours was there |
+///
+/// `NotSent` in a release means the call sent nothing (the lock was already released).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NodeOutcome {
     /// Nothing was sent to this node in this round.

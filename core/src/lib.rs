@@ -9,24 +9,32 @@
 //!
 //! Every protocol implements [`LockMachine`]. To drive one:
 //!
-//! 1. **Build it** from a validated config, a lock name, a random token (at least 128 bits from
-//!    a CSPRNG; a seeded PRNG in simulations) and a jitter seed. Bad input is a [`UsageError`]
-//!    here, before anything is sent.
+//! 1. **Build it** from a validated config, a lock name, a token and a jitter seed. The token
+//!    is 16 to 64 bytes, at least 128 bits from a CSPRNG (a seeded PRNG in simulations), and
+//!    unique to the machine: it is what proves a key is ours, so machines sharing a token
+//!    delete each other's keys. Bad input is a [`UsageError`] here, before anything is sent.
 //! 2. **Pass time in.** [`Instant`] is nanoseconds on a monotonic clock you own. Every input
-//!    carries `now`. Time never goes backwards inside a machine: an earlier `now` is treated as
-//!    the latest one seen.
+//!    carries `now`, and the input's time is applied first: deadlines due by `now` fire even
+//!    when the call then returns an error. A `now` earlier than the last one is a bug of the
+//!    driver's clock: the machine reports it ([`Event::TimeWentBack`]) and moves every deadline
+//!    it keeps back by the step, so the bad reading can never lengthen a lock.
 //! 3. **Ask** with [`acquire`](LockMachine::acquire), [`extend`](LockMachine::extend) or
 //!    [`release`](LockMachine::release) (which also cancels an acquisition in flight). Misuse
-//!    (extending a lock that is not held, acquiring twice) returns a [`UsageError`] at once and
-//!    changes nothing.
+//!    (extending a lock that is not held, acquiring twice) returns a [`UsageError`] and asks
+//!    nothing of the servers.
 //! 4. **Drain outputs** with [`poll_output`](LockMachine::poll_output) until it returns `None`,
-//!    after *every* input. [`Output::Transmit`] is a command for one node, addressed by
-//!    [`NodeId`] and tagged with an [`OpId`]; send it. [`Output::Event`] is for the user.
+//!    after *every* input, including one that returned an error. [`Output::Transmit`] is a
+//!    command for one node, addressed by [`NodeId`] and tagged with an [`OpId`]; send it.
+//!    Every command drained after an input counts as sent at that input's `now` (validity
+//!    counts from it): send them before the next input; sending later only shortens the lock
+//!    in truth, never lengthens it in the machine's view. [`Output::Event`] is for the user.
 //! 5. **Feed replies** with [`handle_reply`](LockMachine::handle_reply)`(now, node, op, reply)`,
 //!    stamping `now` when the reply was read. Transport failures are replies too (for RedLock,
 //!    [`redlock::Reply::Unavailable`]). Replies to ops the machine no longer waits for (late,
-//!    duplicated, from an earlier attempt or round) are ignored, never counted. Dropping a
-//!    command or its reply is allowed: the per-node timeout counts it as failed.
+//!    duplicated, from an earlier attempt or round) are ignored, never counted; `handle_reply`
+//!    returns `false` for them, and for a reply meant for another machine (op ids are drawn
+//!    from a range of each machine's own). Dropping a command or its reply is allowed: the
+//!    per-node timeout counts it as failed.
 //! 6. **Sleep** until [`poll_timeout`](LockMachine::poll_timeout) (or the next reply), then
 //!    call [`handle_timeout`](LockMachine::handle_timeout) with the current time. Timers can
 //!    fire late; the machine judges by the `now` you pass, so a late wake-up never extends a
@@ -36,9 +44,11 @@
 //!
 //! Rules the machines keep: a lock is reported [`Event::Acquired`] only while
 //! `now < valid_until`, and `valid_until` is computed from the instant the round's first
-//! command was handed out, minus the drift allowance; a server that misbehaves (error reply,
-//! wrong reply type, garbage) is a backend error inside an event, never a panic; nothing on the
-//! input side can make a machine panic.
+//! command was handed out, minus the drift allowance; an acquisition ends in `Acquired`,
+//! `Failed` (only after its clean-up was answered or timed out: a process may exit right
+//! after it and leave nothing that blocks others) or, when cancelled, `Released`; a server
+//! that misbehaves (error reply, wrong reply type, garbage) is a backend error inside an
+//! event, never a panic; nothing on the input side can make a machine panic.
 //!
 //! # Example: RedLock driven by hand
 //!
@@ -52,7 +62,10 @@
 //!     .nodes(&["n0", "n1", "n2"])
 //!     .ttl(Duration::from_secs(10))
 //!     .build()?;
-//! let mut lock = RedLock::new(&cfg, b"jobs/nightly", &[7u8; 16], 42)?;
+//! // The token proves a key is ours: 128+ random bits, unique to this machine.
+//! let mut token = [0u8; 16];
+//! getrandom::fill(&mut token).expect("the OS has randomness");
+//! let mut lock = RedLock::new(&cfg, b"jobs/nightly", &token, 42)?;
 //!
 //! let mut now = Instant::from_nanos(1_000);
 //! lock.acquire(now)?;
@@ -75,7 +88,7 @@
 //!                 Command::AcquireFenced { .. } | Command::Fence { .. } => unreachable!(),
 //!             };
 //!             now = now + Duration::from_micros(200); // one round trip later
-//!             lock.handle_reply(now, t.node, t.op, reply);
+//!             assert!(lock.handle_reply(now, t.node, t.op, reply), "this machine's op");
 //!         }
 //!         Output::Event(e) => events.push(e),
 //!     }
@@ -104,6 +117,8 @@ mod rng;
 pub mod strategies;
 pub mod time;
 
+/// Replies carry [`Bytes`]; re-exported so embedders need no matching `bytes` version.
+pub use bytes::Bytes;
 pub use error::{BackendError, LockError, NodeOutcome, UsageError};
 pub use fence::Fence;
 pub use machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};

@@ -5,7 +5,7 @@ use core::fmt::Debug;
 
 use crate::error::{LockError, NodeOutcome, UsageError};
 use crate::fence::Fence;
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 /// Index of a node in the configured node list (`0..n`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,8 +18,10 @@ impl NodeId {
     }
 }
 
-/// Tag of one command. Unique within a machine; a reply carries the tag of its command so the
-/// machine can ignore replies to ops it no longer waits for.
+/// Tag of one command. Unique within a machine, and drawn from a range of the machine's own
+/// (seeded by its jitter seed), so a reply routed to the wrong machine matches nothing there
+/// and [`LockMachine::handle_reply`] returns `false`. A reply carries the tag of its command so
+/// the machine can ignore replies to ops it no longer waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub u64);
 
@@ -53,9 +55,11 @@ pub enum LostReason {
     ExtendFailed(LockError),
 }
 
-/// What happened, for the user. Every acquisition ends in exactly one of `Acquired` or
-/// `Failed`; a held lock ends in `Lost` or `Released` (a `Lost` lock is then cleaned up and
-/// `Released` follows).
+/// What happened, for the user. Every acquisition ends in exactly one of `Acquired`, `Failed`
+/// or, when [`LockMachine::release`] cancelled it, `Released`; a held lock ends in `Lost` or
+/// `Released` (a `Lost` lock is then cleaned up and `Released` follows). `Failed` comes only
+/// after the failed attempt's clean-up is done (every node answered or timed out), so a
+/// process may exit right after it without leaving anything that blocks others.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The lock is held until `valid_until` on the caller's clock, unless extended.
@@ -85,8 +89,9 @@ pub enum Event {
         /// Why it failed.
         error: LockError,
     },
-    /// The lock is no longer held: the local deadline passed without a successful extension.
-    /// Emitted exactly at the deadline (when the driver wakes on time).
+    /// The lock is no longer held: at the local deadline when no extension won (exactly then,
+    /// when the driver wakes on time), or earlier when a server shows the lock gone (etcd:
+    /// the lease or our key no longer exists).
     Lost {
         /// Why.
         reason: LostReason,
@@ -97,8 +102,19 @@ pub enum Event {
         /// Per-node outcome.
         nodes: Vec<NodeOutcome>,
     },
-    /// The acquisition gave up: wait deadline, attempt limit, or a single try failed.
+    /// The acquisition gave up: wait deadline, attempt limit, or a single try failed. Its
+    /// clean-up is done.
     Failed(LockError),
+    /// The caller passed a `now` earlier than one it passed before: a bug in the driver's
+    /// clock, made visible. The machine moved every deadline it keeps `by` earlier (never
+    /// later), so whichever of the two readings was wrong, no deadline lies later than it
+    /// would under the right one. `valid_until` is the held lock's new deadline, if held.
+    TimeWentBack {
+        /// How far `now` stepped back.
+        by: Duration,
+        /// The held lock's new, earlier deadline.
+        valid_until: Option<Instant>,
+    },
 }
 
 /// The coarse state of a machine, for drivers and invariant checks.
@@ -136,21 +152,26 @@ pub trait LockMachine {
     /// Starts acquiring. Errors if an acquisition is already in flight or held.
     fn acquire(&mut self, now: Instant) -> Result<(), UsageError>;
 
-    /// Extends a held lock by its ttl. Errors if the lock is not held at `now`.
+    /// Extends a held lock by its ttl. Errors if the lock is not held at `now`. While an
+    /// extension is already in flight it returns `Ok` and sends nothing more: the one in
+    /// flight answers with `Extended` or `ExtendFailed`.
     fn extend(&mut self, now: Instant) -> Result<(), UsageError>;
 
     /// Releases the lock, or cancels an acquisition in flight (releasing on every node it
-    /// touched). Idempotent: a second call is a no-op that still ends in `Released`.
-    /// Errors only if nothing was ever acquired.
+    /// touched). Idempotent: a second call sends nothing and still ends in `Released` (with
+    /// every node `NotSent` once the first release finished). Errors only if nothing was ever
+    /// acquired.
     fn release(&mut self, now: Instant) -> Result<(), UsageError>;
 
     /// A hint that the lock may have become free (for example a release notification): a
     /// machine waiting between attempts retries at once. Never affects safety.
     fn wake(&mut self, now: Instant);
 
-    /// Feeds the reply to command `op` sent to `node`. Replies to ops the machine no longer
-    /// waits for (late, duplicated, from an earlier attempt) are ignored.
-    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Self::Reply);
+    /// Feeds the reply to command `op` sent to `node`. Returns whether the reply answered an
+    /// op this machine was waiting for; replies to ops it no longer waits for (late,
+    /// duplicated, from an earlier attempt) are ignored, and so are replies meant for another
+    /// machine (a driver that sees `false` for a reply it just read may have misrouted it).
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Self::Reply) -> bool;
 
     /// Tells the machine the time is `now`; call it when the deadline from
     /// [`poll_timeout`](Self::poll_timeout) is reached.

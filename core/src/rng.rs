@@ -26,3 +26,18 @@ impl SplitMix64 {
         }
     }
 }
+
+/// The first op id of a machine: 32 random high bits from `seed` and `salt` (the lock token),
+/// low bits zero. Machines of one driver then tag their commands from disjoint ranges (with
+/// overwhelming probability), so a reply routed to the wrong machine matches nothing there.
+pub(crate) fn op_base(seed: u64, salt: &[u8]) -> u64 {
+    let mut h = SplitMix64::new(seed ^ 0x6c75_636b_795f_6f70);
+    let mut acc = h.next_u64();
+    for chunk in salt.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        acc ^= u64::from_le_bytes(word);
+        acc = SplitMix64::new(acc).next_u64();
+    }
+    acc & !0xFFFF_FFFF
+}

@@ -33,6 +33,21 @@ impl Instant {
         Instant(self.0.saturating_add(nanos(d)))
     }
 
+    /// `self - d`, saturating at [`Instant::ZERO`].
+    pub fn saturating_sub(self, d: Duration) -> Instant {
+        Instant(self.0.saturating_sub(nanos(d)))
+    }
+
+    /// Moves a deadline `d` earlier, keeping [`Instant::MAX`] ("never") as it is. Machines
+    /// apply it to every deadline they keep when the caller's clock steps back by `d`.
+    pub fn rebase_back(self, d: Duration) -> Instant {
+        if self == Instant::MAX {
+            self
+        } else {
+            self.saturating_sub(d)
+        }
+    }
+
     /// `self - earlier`, or zero when `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))

@@ -32,9 +32,11 @@ pub struct Broken {
     /// recover (at once, or before its clock caught up with the others'; for a protocol whose
     /// fences do not mix in the clock, whenever): fences may go backwards.
     pub fence_counter_lost: bool,
-    /// Messages could overtake each other on a link or arrive twice. A release can then land
-    /// before the SET it undoes, leaving a key until its ttl; cleanup cannot be judged.
-    pub reordered: bool,
+    /// Messages could arrive twice. A copy of a SET can then land after the machine took
+    /// its (first) answer and released, leaving a key until its ttl; cleanup cannot be judged.
+    /// (Reordering alone is no excuse: a SET granted after its release overtook it is
+    /// released again.)
+    pub duplicated: bool,
 }
 
 impl Broken {
@@ -69,8 +71,8 @@ impl fmt::Display for Broken {
         if self.fence_counter_lost {
             parts.push("fence-counter-lost");
         }
-        if self.reordered {
-            parts.push("reordered");
+        if self.duplicated {
+            parts.push("duplicated");
         }
         if parts.is_empty() {
             f.write_str("none")
@@ -161,7 +163,7 @@ impl Violation {
             Violation::FenceRegression { .. } => broken.fence_counter_lost,
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
-            Violation::LeftoverLock { .. } => broken.reordered,
+            Violation::LeftoverLock { .. } => broken.duplicated,
             Violation::Herd { .. } => false,
         }
     }

@@ -90,6 +90,7 @@ impl Setup {
                 stop_at: 2_000 * MS,
                 progress_within: Some(ttl_ms * MS * 11 / 10 + 300 * MS),
                 node_offset_ns: 1 << 40,
+                exit_after_try: false,
             },
             net: NetParams {
                 delay_ns: (100_000, 1_500_000),
@@ -314,6 +315,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "restart-without-persistence-fenced", about: "a node forgets keys and counters and restarts at once: both may break (expected)", draw: restart_without_persistence_fenced },
     Scenario { name: "restart-delayed-fenced", about: "the node in every bare quorum forgets keys and counters and comes back after the ttl; node clocks in step: fences hold", draw: restart_delayed_fenced },
     Scenario { name: "client-drift-fenced", about: "fenced holders with client drift within or far beyond the bound: fences hold either way", draw: client_drift_fenced },
+    Scenario { name: "no-wait-exit", about: "fenced one-shot tries at once; each client exits when its try ends: nothing left behind", draw: no_wait_exit },
+    Scenario { name: "overtaken-release-fenced", about: "reordering links let releases overtake fenced SETs; clients exit after one try: nothing left behind", draw: overtaken_release_fenced },
     Scenario { name: "random-chaos", about: "swarm: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
     Scenario { name: "etcd-holder-partitioned", about: "etcd: a client is cut off from the cluster for 1.5 ttl", draw: etcd::holder_partitioned },
     Scenario { name: "etcd-keepalive-stall", about: "etcd: replies to a client stall for ttl/3, then its keepalives are cut; leader losses", draw: etcd::keepalive_stall },
@@ -323,6 +326,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "etcd-clock-jump", about: "etcd: the cluster clock jumps forward by the ttl: overlap expected, fences hold", draw: etcd::clock_jump },
     Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: etcd::client_drift },
     Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data, restarts at once or after the ttl: revisions restart (expected)", draw: etcd::data_loss },
+    Scenario { name: "etcd-no-wait-exit", about: "etcd: one-shot tries at once; each client exits when its try ends: no key left in the queue", draw: etcd::no_wait_exit },
     Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: etcd::random_chaos },
 ];
 
@@ -582,6 +586,37 @@ fn release_with_node_down(rng: &mut Rng) -> Setup {
         s.faults
             .push((t + rng.range(5 * MS, 100 * MS), Fault::Restart { node }));
     }
+    s
+}
+
+/// Cron-style tries: every client makes one fenced `no_wait` try at nearly the same instant
+/// and exits for good as soon as it ends. Split votes are common, so failed tries have taken
+/// nodes; whatever they wrote must be gone when the run's final check looks.
+fn no_wait_exit(rng: &mut Rng) -> Setup {
+    let mut s = Setup::base(rng);
+    s.fencing = true;
+    s.wait = Wait::None;
+    s.work.clients = 8;
+    s.work.exit_after_try = true;
+    s.work.think_ns = (0, 2 * MS);
+    s.work.hold_ns = Some((5 * MS, 20 * MS));
+    // Clients exit after one try: there is nobody left to make progress.
+    s.work.progress_within = None;
+    s
+}
+
+/// Releases overtake their SETs: links reorder with delays up to 10 ms, tries are fenced
+/// (a grant is an integer) and some are cancelled mid-flight, and every client exits once
+/// its try ended: a SET granted after its release must have been released again.
+fn overtaken_release_fenced(rng: &mut Rng) -> Setup {
+    let mut s = no_wait_exit(rng);
+    s.net = NetParams {
+        delay_ns: (100_000, 10 * MS),
+        drop_ppm: 0,
+        dup_ppm: 0,
+        reorder: true,
+    };
+    s.work.cancel = Some((300_000, (0, 3 * MS)));
     s
 }
 

@@ -23,6 +23,19 @@ fn base(rng: &mut Rng) -> Setup {
     s
 }
 
+/// Cron-style tries on etcd: one `no_wait` try per client at nearly the same instant, each
+/// client exiting for good when its try ends; a failed try's key must not stay in the queue.
+pub(crate) fn no_wait_exit(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.wait = Wait::None;
+    s.work.clients = 12;
+    s.work.exit_after_try = true;
+    s.work.think_ns = (0, 2 * MS);
+    s.work.hold_ns = Some((5 * MS, 20 * MS));
+    s.work.progress_within = None;
+    s
+}
+
 pub(crate) fn holder_partitioned(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2 + rng.range(0, 1) as usize;

@@ -119,6 +119,12 @@ pub struct Workload {
     /// Server nodes' clocks start this far apart at most (ns): far (unsynchronised) by
     /// default, close for servers kept in step by NTP.
     pub node_offset_ns: u64,
+    /// Each client is a process that exits for good as soon as its first acquisition ends
+    /// (`Failed`, or `Released` after its hold or a cancel), the way a cron job's `lucky exec
+    /// --no-wait` does: commands its machine emitted in the same batch as that event never
+    /// leave the process. Whatever it wrote must then be gone by the time the run's final
+    /// check looks (nothing left behind that blocks others).
+    pub exit_after_try: bool,
 }
 
 /// Why a run stopped and what it saw.
@@ -353,7 +359,7 @@ impl<P: Protocol> World<P> {
         if spread > bound {
             broken.drift_beyond_bound = true;
         }
-        broken.reordered = net.reorder || net.dup_ppm > 0;
+        broken.duplicated = net.dup_ppm > 0;
         let mut w = World {
             now: 0,
             seq: 0,
@@ -765,8 +771,15 @@ impl<P: Protocol> World<P> {
     /// Drains a client's machine after an input: sends, events, and its next timer.
     fn after_input(&mut self, c: usize) {
         let now = self.now;
-        while let Some(out) = self.clients[c].m.poll_output() {
+        let outs: Vec<_> = std::iter::from_fn(|| self.clients[c].m.poll_output()).collect();
+        // A process that exits on this batch's final event never sends the batch's commands.
+        let exits = self.work.exit_after_try
+            && outs
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::Failed(_) | Event::Released { .. })));
+        for out in outs {
             match out {
+                Output::Transmit(_) if exits => {}
                 Output::Transmit(t) => {
                     let node = t.node.index();
                     let mut at = [0u64; 2];
@@ -783,6 +796,10 @@ impl<P: Protocol> World<P> {
                 }
                 Output::Event(e) => self.on_event(c, e),
             }
+        }
+        if exits {
+            self.exit_client(c);
+            return;
         }
         if let State::Held { valid_until } = self.clients[c].m.state() {
             self.oracle.observed_held(c, now);
@@ -858,7 +875,9 @@ impl<P: Protocol> World<P> {
                     self.after_input(c);
                 }
             }
-            Event::Retrying { .. } | Event::ExtendFailed { .. } => {}
+            // Client clocks here only drift (node clocks jump): never reported. If it were,
+            // the claim keeps its old, later end, which only makes the oracle stricter.
+            Event::Retrying { .. } | Event::ExtendFailed { .. } | Event::TimeWentBack { .. } => {}
         }
     }
 
@@ -915,6 +934,19 @@ impl<P: Protocol> World<P> {
         }
     }
 
+    /// The client's process is gone for good: it handles nothing more.
+    fn exit_client(&mut self, client: usize) {
+        if !self.dead[client] {
+            self.dead[client] = true;
+            if self.clients[client].claim.take().is_some() {
+                self.oracle.ended(client, self.now, false);
+                self.expect_progress();
+            }
+            self.clients[client].work = Work::Stopped;
+            self.maybe_final();
+        }
+    }
+
     fn maybe_final(&mut self) {
         if self.clients.iter().all(|x| x.work == Work::Stopped) {
             // Let every message in flight land, then check nothing is left behind.
@@ -948,17 +980,7 @@ impl<P: Protocol> World<P> {
                 self.push(until, Ev::Unstall { node, until });
             }
             Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
-            Fault::CrashClient { client } => {
-                if !self.dead[client] {
-                    self.dead[client] = true;
-                    if self.clients[client].claim.take().is_some() {
-                        self.oracle.ended(client, now, false);
-                        self.expect_progress();
-                    }
-                    self.clients[client].work = Work::Stopped;
-                    self.maybe_final();
-                }
-            }
+            Fault::CrashClient { client } => self.exit_client(client),
             Fault::Restart { node } => self.restart(node),
             Fault::ClockJump { node, by_ns } => {
                 self.nodes[node].clock.jump(by_ns);
@@ -976,7 +998,7 @@ impl<P: Protocol> World<P> {
                 }
             }
             Fault::Net(p) => {
-                self.broken.reordered |= p.reorder || p.dup_ppm > 0;
+                self.broken.duplicated |= p.dup_ppm > 0;
                 self.net.params = p;
             }
             Fault::Quiet => {

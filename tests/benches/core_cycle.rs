@@ -55,7 +55,7 @@ fn cycle(m: &mut RedLock, t: &mut u64) {
     while let Some(out) = m.poll_output() {
         match out {
             Output::Transmit(tx) => {
-                m.handle_reply(Instant::from_nanos(*t), tx.node, tx.op, Reply::Int(1))
+                m.handle_reply(Instant::from_nanos(*t), tx.node, tx.op, Reply::Int(1));
             }
             Output::Event(e) => {
                 black_box(e);

@@ -399,3 +399,91 @@ fn lucky_sim_runs_the_simulator_with_a_summary_table() {
         run(Command::new(lucky_bin()).args(["sim", "sweep", "--scenario", "nope", "--seeds", "1"]));
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// A `--no-wait` try that finds the lock taken exits 75 and leaves nothing behind: no key on
+/// any Redis node, no key in the etcd queue, so the next client gets the lock as soon as the
+/// holder releases (not a ttl later). The Redis backend is given as a list of full URLs, the
+/// form `LUCKY_REDIS_URLS` uses.
+#[test]
+fn a_failed_no_wait_try_leaves_nothing_behind() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let redis_up = rt.block_on(redis_available(&redis_urls()));
+    let etcd_up = rt.block_on(etcd_available(&etcd_endpoints()));
+    let mut cases = Vec::new();
+    if redis_up {
+        cases.push(redis_urls().join(","));
+    }
+    if etcd_up {
+        cases.push(etcd_backend());
+    }
+    for backend in cases {
+        let name = unique("no-wait-leftover");
+        // A holder for 3 s, then a burst of no-wait tries against it.
+        let mut holder = exec(&backend, &name, &["--ttl", "30s"], &["sleep", "3"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        for _ in 0..5 {
+            let out = run(&mut exec(
+                &backend,
+                &name,
+                &["--no-wait", "--ttl", "30s"],
+                &["true"],
+            ));
+            assert_eq!(out.status.code(), Some(75), "{backend}: {out:?}");
+        }
+        // Only the holder's key exists now.
+        let keys = rt.block_on(lock_keys(&backend, &name));
+        assert!(
+            keys.iter().all(|&k| k <= 1),
+            "{backend}: keys per node {keys:?}"
+        );
+        assert!(holder.wait().unwrap().success());
+        // Released: the next try gets it at once (a leftover key would block it for 30 s).
+        let t = Instant::now();
+        let out = run(&mut exec(&backend, &name, &["--no-wait"], &["true"]));
+        assert!(out.status.success(), "{backend}: {out:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let keys = rt.block_on(lock_keys(&backend, &name));
+        assert!(
+            keys.iter().all(|&k| k == 0),
+            "{backend}: left behind {keys:?}"
+        );
+    }
+}
+
+/// Keys of lock `name` on every Redis node, or in the etcd queue (one count).
+async fn lock_keys(backend: &str, name: &str) -> Vec<usize> {
+    if backend.starts_with("redis") {
+        let mut counts = Vec::new();
+        for url in redis_urls() {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let n: usize = redis::cmd("EXISTS")
+                .arg(name)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            counts.push(n);
+        }
+        counts
+    } else {
+        let mut c = etcd_client::Client::connect(etcd_endpoints(), None)
+            .await
+            .unwrap();
+        let prefix = format!("{name}/");
+        let r = c
+            .get(
+                prefix,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .unwrap();
+        vec![r.kvs().len()]
+    }
+}

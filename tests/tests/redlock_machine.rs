@@ -48,7 +48,7 @@ fn quorum_table() {
         (7, 4, 3),
     ] {
         assert_eq!(Tally::majority(n), q, "quorum of {n}");
-        let mut t = Tally::new(n, q);
+        let mut t = Tally::new(n, q).unwrap();
         for _ in 0..f {
             t.no();
         }
@@ -65,7 +65,7 @@ fn quorum_table() {
             "{n} nodes lose at {} failures",
             f + 1
         );
-        let mut won = Tally::new(n, q);
+        let mut won = Tally::new(n, q).unwrap();
         for _ in 0..q - 1 {
             won.yes();
         }
@@ -292,9 +292,22 @@ fn taken_and_no_quorum_are_told_apart_and_every_node_is_released() {
         m.handle_reply(at_ms(1), t.node, t.op, Reply::Nil);
     }
     let (rel, events) = drain(&mut m);
+    // Failure is reported only once the clean-up releases were answered.
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(m.state(), State::Acquiring);
+    for t in &rel {
+        assert!(m.handle_reply(at_ms(2), t.node, t.op, Reply::Int(0)));
+    }
+    // ... and the SETs still unanswered (a late grant would need releasing again).
+    assert!(drain(&mut m).1.is_empty());
+    for t in &sent[3..] {
+        assert!(m.handle_reply(at_ms(2), t.node, t.op, Reply::Nil));
+    }
+    let (_, events) = drain(&mut m);
     let Some(Event::Failed(LockError::Taken { attempts: 1, nodes })) = events.first() else {
         panic!("expected Taken, got {events:?}")
     };
+    assert_eq!(m.state(), State::Done);
     assert_eq!(
         nodes.iter().filter(|o| **o == NodeOutcome::Refused).count(),
         3
@@ -325,6 +338,11 @@ fn taken_and_no_quorum_are_told_apart_and_every_node_is_released() {
         sent[2].op,
         Reply::Unavailable("refused".into()),
     );
+    let (rel, events) = drain(&mut m);
+    assert!(events.is_empty(), "{events:?}");
+    // Nodes that do not answer the clean-up count as timed out at the per-node timeout.
+    assert_eq!(rel.len(), 5);
+    m.handle_timeout(at_ms(1) + cfg.node_timeout());
     let (_, events) = drain(&mut m);
     let Some(Event::Failed(err @ LockError::NoQuorum { nodes, .. })) = events.first() else {
         panic!("expected NoQuorum, got {events:?}")
@@ -357,14 +375,27 @@ fn silent_nodes_time_out_at_the_per_node_timeout() {
     m.handle_timeout(at_ms(49));
     assert!(drain(&mut m).1.is_empty());
     m.handle_timeout(at_ms(50));
+    let (rel, events) = drain(&mut m);
+    assert!(
+        events.is_empty(),
+        "failure waits for the clean-up: {events:?}"
+    );
+    assert_eq!(rel.len(), 3);
+    // The clean-up is bounded by the per-node timeout too.
+    assert_eq!(m.poll_timeout(), Some(at_ms(100)));
+    m.handle_timeout(at_ms(100));
     let (_, events) = drain(&mut m);
     assert!(
         matches!(&events[0], Event::Failed(LockError::NoQuorum { nodes, .. })
         if nodes[1] == NodeOutcome::TimedOut && nodes[2] == NodeOutcome::TimedOut)
     );
-    // A reply after the timeout is ignored.
-    m.handle_reply(at_ms(51), sent[1].node, sent[1].op, ok());
-    assert!(drain(&mut m).1.is_empty());
+    // A grant after the timeout is never counted, but the key it took is released again.
+    assert!(m.handle_reply(at_ms(101), sent[1].node, sent[1].op, ok()));
+    let (again, events) = drain(&mut m);
+    assert!(events.is_empty());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].node, sent[1].node);
+    assert!(matches!(&again[0].command, Command::Release { .. }));
 }
 
 #[test]
@@ -622,8 +653,14 @@ fn cancel_mid_acquire_releases_every_node_touched() {
     m.release(at_ms(2)).unwrap();
     let (rel, _) = drain(&mut m);
     assert_eq!(rel.len(), 5);
-    // The late OK of the acquire round does not count.
+    // The late OK of the acquire round does not count (it is released again), and the
+    // release waits for the other SETs' answers.
     m.handle_reply(at_ms(3), sent[1].node, sent[1].op, ok());
+    let (again, _) = drain(&mut m);
+    assert_eq!(again.len(), 1);
+    for t in &sent[2..] {
+        m.handle_reply(at_ms(3), t.node, t.op, Reply::Nil);
+    }
     for t in &rel {
         m.handle_reply(
             at_ms(3),
@@ -689,15 +726,23 @@ fn time_never_goes_backwards() {
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(1_000)).unwrap();
     let (sent, _) = drain(&mut m);
-    // A reply stamped earlier than the send is treated as arriving at the latest time seen.
+    // A reply stamped earlier than the send: the driver's clock stepped back by 990 ms. The
+    // step is reported, and the round's start moves back with it, so the lock counts from
+    // the earlier reading (never from the later one).
     m.handle_reply(at_ms(10), sent[0].node, sent[0].op, ok());
     let (_, ev) = drain(&mut m);
     assert_eq!(
         ev,
-        vec![Event::Acquired {
-            fence: None,
-            valid_until: at_ms(1_000 + 9_898)
-        }]
+        vec![
+            Event::TimeWentBack {
+                by: ms(990),
+                valid_until: None
+            },
+            Event::Acquired {
+                fence: None,
+                valid_until: at_ms(10 + 9_898)
+            }
+        ]
     );
 }
 

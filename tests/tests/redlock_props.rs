@@ -30,8 +30,14 @@ enum Action {
     Tick(Duration),
     /// Wake exactly at the machine's deadline.
     Timeout,
-    /// An input stamped earlier than the last one.
+    /// An input stamped earlier than the last one: the driver's clock stepped back.
     Backwards(Duration),
+    /// A reply meant for another machine: an op id this machine never issued.
+    Misrouted {
+        op: u64,
+        node: u16,
+        reply: Reply,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -44,7 +50,9 @@ fn action() -> impl Strategy<Value = Action> {
         4 => Just(Action::Grant),
         2 => time_step().prop_map(Action::Tick),
         2 => Just(Action::Timeout),
-        1 => (0u64..50).prop_map(|ms| Action::Backwards(Duration::from_millis(ms))),
+        1 => (1u64..50).prop_map(|ms| Action::Backwards(Duration::from_millis(ms))),
+        1 => (any::<u64>(), 0u16..8, redis_reply())
+            .prop_map(|(op, node, reply)| Action::Misrouted { op, node, reply }),
     ]
 }
 
@@ -54,6 +62,12 @@ struct Harness {
     cfg: RedLockConfig,
     now: Instant,
     sent: Vec<Transmit<Command>>,
+    /// When each command was sent.
+    sent_at: Vec<Instant>,
+    /// The latest time ever fed, and the sum of the steps back: the machine forgets an
+    /// unanswered SET a ttl after it stopped waiting for it, on its own (stepped-back) clock.
+    high: Instant,
+    back: Duration,
     answered: BTreeSet<usize>,
     ops: BTreeSet<u64>,
     /// Per attempt value: nodes an Acquire went to, nodes a Release went to.
@@ -65,12 +79,17 @@ struct Harness {
 
 impl Harness {
     fn new(cfg: RedLockConfig) -> Self {
-        let m = RedLock::new(&cfg, b"lock", &[9; 16], 1).unwrap();
+        let mut m = RedLock::new(&cfg, b"lock", &[9; 16], 1).unwrap();
+        // The machine's clock starts where the harness's does.
+        m.handle_timeout(Instant::from_nanos(1));
         Harness {
             m,
             cfg,
             now: Instant::from_nanos(1),
             sent: Vec::new(),
+            sent_at: Vec::new(),
+            high: Instant::from_nanos(1),
+            back: Duration::ZERO,
             answered: BTreeSet::new(),
             ops: BTreeSet::new(),
             acquire_to: BTreeMap::new(),
@@ -119,12 +138,53 @@ impl Harness {
                 }
             }
             Action::Backwards(d) => {
-                let earlier = Instant::from_nanos(
-                    self.now
-                        .as_nanos()
-                        .saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-                );
+                let earlier = self.now.saturating_sub(d);
+                let held_before = match before {
+                    State::Held { valid_until } => Some(valid_until),
+                    _ => None,
+                };
                 self.m.handle_timeout(earlier);
+                let step = self.now - earlier;
+                self.back += step;
+                self.now = earlier;
+                input_now = earlier;
+                // The step is reported, and a held lock's deadline moved back by it (or the
+                // lock was lost at the new reading).
+                let mut reported = false;
+                let mut outs = Vec::new();
+                while let Some(out) = self.m.poll_output() {
+                    if let Output::Event(Event::TimeWentBack { by, valid_until }) = &out {
+                        prop_assert_eq!(*by, step);
+                        prop_assert_eq!(*valid_until, held_before.map(|v| v.rebase_back(step)));
+                        reported = true;
+                    }
+                    outs.push(out);
+                }
+                prop_assert!(step.is_zero() || reported, "a step back went unreported");
+                if let (Some(v), State::Held { valid_until }) = (held_before, self.m.state()) {
+                    prop_assert!(
+                        valid_until <= v.rebase_back(step),
+                        "a step back lengthened the lock"
+                    );
+                }
+                return self.check_outputs(before, input_now, outs);
+            }
+            Action::Misrouted { op, node, reply } => {
+                if self.ops.contains(&op) {
+                    return Ok(());
+                }
+                let used = self.m.handle_reply(
+                    self.now,
+                    lucky_core::NodeId(node),
+                    lucky_core::OpId(op),
+                    reply,
+                );
+                prop_assert!(!used, "a reply to op {op}, never issued here, was used");
+                prop_assert!(
+                    self.m.poll_output().is_none(),
+                    "a misrouted reply had an effect"
+                );
+                return Ok(());
             }
         }
         self.check(before, input_now)
@@ -145,15 +205,34 @@ impl Harness {
                 .entry(value.clone())
                 .or_default()
                 .insert(t.node.0);
+            // The key exists from now on: a release sent before this grant (which it may
+            // have overtaken) no longer counts, unless the machine may have forgotten the SET
+            // (a reply later than a ttl after the send).
+            if self.high.max(self.now) + self.back < self.sent_at[i] + self.cfg.ttl() {
+                if let Some(r) = self.release_to.get_mut(value) {
+                    r.remove(&t.node.0);
+                }
+            }
         }
         self.answered.insert(i);
         self.m.handle_reply(self.now, t.node, t.op, reply);
     }
 
     fn check(&mut self, before: State, input_now: Instant) -> Result<(), TestCaseError> {
+        self.high = self.high.max(self.now);
+        let outs = std::iter::from_fn(|| self.m.poll_output()).collect();
+        self.check_outputs(before, input_now, outs)
+    }
+
+    fn check_outputs(
+        &mut self,
+        before: State,
+        input_now: Instant,
+        outs: Vec<Output<Command>>,
+    ) -> Result<(), TestCaseError> {
         let now = self.now;
         let mut events = Vec::new();
-        while let Some(out) = self.m.poll_output() {
+        for out in outs {
             match out {
                 Output::Transmit(t) => {
                     prop_assert!(self.ops.insert(t.op.0), "op id {} used twice", t.op.0);
@@ -181,6 +260,7 @@ impl Harness {
                         }
                     }
                     self.sent.push(t);
+                    self.sent_at.push(now);
                 }
                 Output::Event(e) => events.push(e),
             }

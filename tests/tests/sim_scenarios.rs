@@ -52,6 +52,9 @@ macro_rules! scenario_tests {
 
 scenario_tests! {
     split_vote => "split-vote",
+    no_wait_exit => "no-wait-exit",
+    overtaken_release_fenced => "overtaken-release-fenced",
+    etcd_no_wait_exit => "etcd-no-wait-exit",
     blackhole_node => "blackhole-node",
     slow_links => "slow-links",
     pause_after_reply => "pause-after-reply",
@@ -119,6 +122,9 @@ fn every_injected_bug_is_caught() {
         (m(Bug::ExtendAfterExpiry), "extend-after-expiry", 5),
         (m(Bug::FenceMaxOfIncr), "fence-sequence", 5),
         (m(Bug::FenceCounterOnly), "restart-delayed-fenced", 10),
+        (m(Bug::LateGrantOkOnly), "overtaken-release-fenced", 20),
+        (m(Bug::FailBeforeCleanup), "no-wait-exit", 20),
+        (m(Bug::EtcdFailBeforeCleanup), "etcd-no-wait-exit", 20),
         (Injected::FenceUnchecked, "holder-pause-fenced", 5),
         (m(Bug::EtcdLostFromReceiveTime), "etcd-keepalive-stall", 20),
         (m(Bug::EtcdWatchAll), "etcd-predecessor-crash", 5),

@@ -230,7 +230,62 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis((secs * 1e3).round() as u64))
 }
 
+/// Parses `--backend`: one URL with several hosts (`redis://h1:p1,h2:p2`), or several full
+/// URLs of one scheme joined by commas (`redis://h1:p1,redis://h2:p2`, the form
+/// `LUCKY_REDIS_URLS` uses), or a mix of both.
 fn parse_backend(url: &str) -> Result<Backend, String> {
+    let mut urls: Vec<String> = Vec::new();
+    for piece in url.split(',') {
+        match urls.last_mut() {
+            Some(last) if !piece.contains("://") => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => urls.push(piece.to_owned()),
+        }
+    }
+    let mut merged: Option<Backend> = None;
+    for u in &urls {
+        let next = parse_one_backend(u)?;
+        merged = Some(match (merged, next) {
+            (None, b) => b,
+            (Some(Backend::Redis(mut a)), Backend::Redis(b)) => {
+                if a[0].split("://").next() != b[0].split("://").next() {
+                    return Err("backend URLs mix redis:// and rediss://".into());
+                }
+                a.extend(b);
+                Backend::Redis(a)
+            }
+            (
+                Some(Backend::Etcd {
+                    mut endpoints,
+                    user,
+                    ca,
+                }),
+                Backend::Etcd {
+                    endpoints: more,
+                    user: user2,
+                    ca: ca2,
+                },
+            ) => {
+                let same_scheme = endpoints[0].split("://").next() == more[0].split("://").next();
+                if !same_scheme || user != user2 || ca != ca2 {
+                    return Err("etcd backend URLs differ in scheme, credentials or cacert".into());
+                }
+                endpoints.extend(more);
+                Backend::Etcd {
+                    endpoints,
+                    user,
+                    ca,
+                }
+            }
+            _ => return Err("backend URLs mix Redis and etcd".into()),
+        });
+    }
+    merged.ok_or_else(|| "no backend URL given".to_owned())
+}
+
+fn parse_one_backend(url: &str) -> Result<Backend, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("bad backend URL {url:?}: expected scheme://host:port[,...]"))?;
@@ -412,6 +467,25 @@ fn status_code(s: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// How long `lucky exec` waits, before it exits, for the clean-ups still running in the
+/// background (a cancelled acquisition's releases, a lost lock's release).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl Locks {
+    /// Waits for every background clean-up, so nothing this process wrote outlives it.
+    async fn close(&self) {
+        let done = match self {
+            Locks::Redis(l) => l.close(CLOSE_WAIT).await,
+            Locks::Etcd(l) => l.close(CLOSE_WAIT).await,
+        };
+        if !done {
+            eprintln!(
+                "lucky exec: clean-up still running after {CLOSE_WAIT:?}; what remains expires with its ttl"
+            );
+        }
+    }
+}
+
 async fn exec(o: Exec) -> u8 {
     let (Ok(mut sigint), Ok(mut sigterm)) = (
         signal(SignalKind::interrupt()),
@@ -427,10 +501,23 @@ async fn exec(o: Exec) -> u8 {
             return code;
         }
     };
+    // Every path out waits for the clean-ups it left in the background.
+    let code = run(&locks, &o, &mut sigint, &mut sigterm).await;
+    locks.close().await;
+    code
+}
+
+/// Acquires, runs the command, releases; the exit code.
+async fn run(
+    locks: &Locks,
+    o: &Exec,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> u8 {
     // Waiting for the lock: a signal cancels the wait (dropping the acquisition releases
     // whatever it took).
     let guard = tokio::select! {
-        r = acquire(&locks, &o) => match r {
+        r = acquire(locks, o) => match r {
             Ok(g) => g,
             Err(Failure(code, msg)) => {
                 eprintln!("lucky exec: lock {:?} not acquired: {msg}", o.name);

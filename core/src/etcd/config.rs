@@ -97,8 +97,9 @@ impl Default for EtcdConfigBuilder {
 }
 
 impl EtcdConfigBuilder {
-    /// Lease time to live: positive, at most [`MAX_TTL`]. etcd grants whole seconds (and at
-    /// least its minimum, about 2 s by default); the machine trusts the ttl the server grants.
+    /// Lease time to live: positive, at most [`MAX_TTL`]. etcd grants whole seconds (the
+    /// `lucky` adapter asks for the ttl rounded up) and may grant more (its minimum is about
+    /// 2 s by default) or less: the machine relies on the smaller of granted and asked.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -152,9 +153,8 @@ impl EtcdConfigBuilder {
             return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
         }
         let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
-        if drift >= ttl {
-            return Err(UsageError::DriftTooLarge { drift, ttl });
-        }
+        crate::redlock::check_drift(drift, ttl)?;
+        crate::redlock::check_retry(self.retry, self.wait, None)?;
         let validity = ttl - drift;
         let op_timeout = self
             .op_timeout

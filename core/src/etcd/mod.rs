@@ -20,6 +20,15 @@
 //! - after a keepalive failed, a later success extends the lock only once a read shows we
 //!   still own it.
 //! - a lost lock revokes its lease, which deletes its key on the server.
+//! - a failed acquisition reports `Failed` only once its lease revoke was answered (or timed
+//!   out), so a caller that exits right after leaves no key in the queue.
+//! - validity and keepalive cadence follow the ttl the server granted, never more than the
+//!   ttl asked for: a longer grant is used as the asked ttl, a shorter one is renewed at a
+//!   third of itself.
+//!
+//! Names: the queue of lock `a` is every key under `a/`, so lock `a` also counts the keys of
+//! lock `a/b` as contenders (as etcd's own `concurrency.Mutex` does, whose layout Lucky keeps
+//! for interop). Do not nest lock names if the locks are meant to be independent.
 
 mod command;
 mod config;
@@ -70,6 +79,8 @@ pub struct EtcdLock {
     last_error: Option<LockError>,
     /// The lease was granted during the current acquisition.
     fresh_lease: bool,
+    /// The error a failing acquisition reports once its lease revoke is answered.
+    failure: Option<LockError>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +88,8 @@ struct Lease {
     id: i64,
     /// Local time until which the lease surely lives (drift already taken off).
     until: Instant,
+    /// Time between keepalives: the configured interval, or a third of a shorter grant.
+    every: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,14 +117,22 @@ struct Pending {
 enum Phase {
     Idle,
     Acquiring,
-    Waiting { retry_at: Instant },
-    Held { valid_until: Instant },
+    Waiting {
+        retry_at: Instant,
+    },
+    Held {
+        valid_until: Instant,
+    },
     Releasing,
+    /// The acquisition failed for good; the revoke of its lease is in flight. `Failed`
+    /// follows its answer or timeout.
+    Failing,
     Done,
 }
 
 impl EtcdLock {
-    /// A machine for the lock `name`; `seed` drives the retry jitter.
+    /// A machine for the lock `name`; `seed` drives the retry jitter (and the range its op
+    /// ids are drawn from).
     pub fn new(cfg: &EtcdConfig, name: &[u8], seed: u64) -> Result<EtcdLock, UsageError> {
         if name.is_empty() {
             return Err(UsageError::EmptyKey);
@@ -129,7 +150,7 @@ impl EtcdLock {
             cfg: cfg.clone(),
             prefix: prefix.freeze(),
             now: Instant::ZERO,
-            next_op: 0,
+            next_op: crate::rng::op_base(seed, name),
             rng: SplitMix64::new(seed),
             out: VecDeque::new(),
             lease: None,
@@ -146,6 +167,7 @@ impl EtcdLock {
             wait_until: Instant::ZERO,
             last_error: None,
             fresh_lease: false,
+            failure: None,
         })
     }
 
@@ -176,7 +198,7 @@ impl EtcdLock {
     }
 
     fn send(&mut self, command: Command) -> OpId {
-        self.next_op += 1;
+        self.next_op = self.next_op.wrapping_add(1);
         let op = OpId(self.next_op);
         self.out.push_back(Output::Transmit(Transmit {
             node: NodeId(0),
@@ -223,21 +245,31 @@ impl EtcdLock {
         self.lease = Some(Lease {
             id,
             until: Instant::ZERO,
+            every: self.cfg.keepalive_every,
         });
     }
 
-    /// The lease is known to live until `sent + ttl - drift`.
-    fn confirm_lease(&mut self, sent: Instant, ttl: Duration) {
+    /// The lease is known to live until `sent + ttl - drift`, where `ttl` is what the server
+    /// granted, capped at what was asked (a grant longer than asked is not relied on beyond
+    /// the asked ttl; a shorter one is renewed at a third of itself).
+    fn confirm_lease(&mut self, sent: Instant, granted: Duration) {
+        let ttl = granted.min(self.cfg.ttl);
         let from = if self.bug(Bug::EtcdLostFromReceiveTime) {
             self.now
         } else {
             sent
         };
         let until = from + ttl.saturating_sub(self.cfg.drift_for(ttl));
+        let every = self
+            .cfg
+            .keepalive_every
+            .min(ttl / 3)
+            .max(Duration::from_millis(1));
         if let Some(l) = &mut self.lease {
             l.until = l.until.max(until);
+            l.every = every;
         }
-        self.next_keepalive = sent + self.cfg.keepalive_every;
+        self.next_keepalive = sent + every;
     }
 
     fn lease_until(&self) -> Instant {
@@ -307,19 +339,48 @@ impl EtcdLock {
 
     /// This attempt failed: clean up what it may have written, then retry or give up.
     fn fail_attempt(&mut self, error: LockError) {
-        self.abandon();
         match self.next_retry() {
             Some(retry_at) => {
+                self.abandon();
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
                     attempt: self.attempts,
                     retry_at,
                 });
             }
-            None => {
+            None => self.give_up(error),
+        }
+    }
+
+    /// The acquisition failed for good: revoke the lease (which deletes whatever key it
+    /// wrote), and report `Failed` once etcd answered the revoke or the request timed out.
+    fn give_up(&mut self, error: LockError) {
+        self.main = None;
+        self.keepalive = None;
+        self.owner_ready = false;
+        self.rev = 0;
+        match self.lease.take() {
+            Some(l) if !self.bug(Bug::EtcdFailBeforeCleanup) => {
+                self.failure = Some(error);
+                self.phase = Phase::Failing;
+                self.send_main(Kind::Revoke, Command::Revoke { lease: l.id });
+            }
+            lease => {
+                if let Some(l) = lease {
+                    self.send(Command::Revoke { lease: l.id });
+                }
                 self.phase = Phase::Done;
                 self.emit(Event::Failed(error));
             }
+        }
+    }
+
+    /// The revoke of a failing acquisition was answered or timed out.
+    fn failed(&mut self) {
+        self.key = Bytes::new();
+        self.phase = Phase::Done;
+        if let Some(error) = self.failure.take() {
+            self.emit(Event::Failed(error));
         }
     }
 
@@ -417,10 +478,41 @@ impl EtcdLock {
         self.out.push_back(Output::Event(event));
     }
 
-    /// Applies everything due at `now`.
+    /// The caller's clock stepped back by `by`: every deadline moves back as much, so none
+    /// lies later than under either reading of the clock.
+    fn rebase_back(&mut self, by: Duration) {
+        if let Some(l) = &mut self.lease {
+            l.until = l.until.rebase_back(by);
+        }
+        for p in [&mut self.main, &mut self.keepalive].into_iter().flatten() {
+            p.sent = p.sent.rebase_back(by);
+            p.deadline = p.deadline.rebase_back(by);
+        }
+        self.next_keepalive = self.next_keepalive.rebase_back(by);
+        self.wait_until = self.wait_until.rebase_back(by);
+        self.pending_until = self.pending_until.map(|t| t.rebase_back(by));
+        let mut held = None;
+        match &mut self.phase {
+            Phase::Held { valid_until } => {
+                *valid_until = valid_until.rebase_back(by);
+                held = Some(*valid_until);
+            }
+            Phase::Waiting { retry_at } => *retry_at = retry_at.rebase_back(by),
+            _ => {}
+        }
+        self.emit(Event::TimeWentBack {
+            by,
+            valid_until: held,
+        });
+    }
+
+    /// Applies everything due at `now`. A `now` earlier than the last one moves every
+    /// deadline back by the step (see [`Event::TimeWentBack`]).
     fn advance(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        let now = self.now;
+        if now < self.now {
+            self.rebase_back(self.now - now);
+        }
+        self.now = now;
         if let Phase::Held { valid_until } = self.phase {
             if now >= valid_until {
                 self.lose(None);
@@ -444,9 +536,7 @@ impl EtcdLock {
             Phase::Acquiring if now >= self.wait_until && self.main_kind() == Some(Kind::Watch) => {
                 // Queued behind a holder for the whole wait: give up.
                 let e = self.error(NodeOutcome::Refused, true);
-                self.phase = Phase::Done;
-                self.abandon();
-                self.emit(Event::Failed(e));
+                self.give_up(e);
             }
             _ => {}
         }
@@ -473,6 +563,7 @@ impl EtcdLock {
             (Kind::Check, Phase::Held { .. }) => {
                 self.pending_until = None;
             }
+            (Kind::Revoke, Phase::Failing) => self.failed(),
             (Kind::Delete | Kind::Revoke, Phase::Releasing) => {
                 self.forget_lease();
                 self.phase = Phase::Done;
@@ -489,7 +580,8 @@ impl EtcdLock {
         let error = self.error(outcome, false);
         self.last_error = Some(error.clone());
         // Try again soon, well inside the remaining validity.
-        self.next_keepalive = self.now + self.cfg.keepalive_every / 4;
+        let every = self.lease.map_or(self.cfg.keepalive_every, |l| l.every);
+        self.next_keepalive = self.now + every / 4;
         match self.phase {
             Phase::Held { valid_until } => self.emit(Event::ExtendFailed { valid_until, error }),
             Phase::Acquiring if self.owner_ready => {
@@ -549,9 +641,7 @@ impl EtcdLock {
                     self.owned();
                 } else if self.now >= self.wait_until {
                     let e = self.error(NodeOutcome::Refused, true);
-                    self.phase = Phase::Done;
-                    self.abandon();
-                    self.emit(Event::Failed(e));
+                    self.give_up(e);
                 } else {
                     self.send_queue(Kind::Queue);
                 }
@@ -614,6 +704,7 @@ impl EtcdLock {
                 }
             }
             (Kind::Check, _) => self.pending_until = None,
+            (Kind::Revoke, _) if self.phase == Phase::Failing => self.failed(),
             (Kind::Delete | Kind::Revoke, reply) => {
                 let outcome = match reply {
                     Reply::Done => NodeOutcome::Granted,
@@ -736,6 +827,13 @@ impl LockMachine for EtcdLock {
                 Ok(())
             }
             Phase::Releasing => Ok(()),
+            Phase::Failing => {
+                // Cancelled while the failed attempt revokes its lease: the same revoke ends
+                // it, reported as `Released` instead of `Failed`.
+                self.failure = None;
+                self.phase = Phase::Releasing;
+                Ok(())
+            }
             Phase::Done => {
                 self.emit(Event::Released {
                     nodes: vec![NodeOutcome::NotSent],
@@ -752,19 +850,24 @@ impl LockMachine for EtcdLock {
         }
     }
 
-    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) {
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) -> bool {
         self.advance(now);
         if node.0 != 0 {
-            return;
+            return false;
         }
-        if let Some(k) = self.keepalive.filter(|k| k.op == op) {
+        let used = if let Some(k) = self.keepalive.filter(|k| k.op == op) {
             self.keepalive = None;
             self.on_keepalive(k, reply);
+            true
         } else if let Some(p) = self.main.filter(|p| p.op == op) {
             self.main = None;
             self.on_main(p, reply);
-        }
+            true
+        } else {
+            false
+        };
         self.advance(self.now);
+        used
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -780,8 +883,9 @@ impl LockMachine for EtcdLock {
             Phase::Idle | Phase::Done => return None,
             Phase::Waiting { retry_at } => retry_at,
             Phase::Held { valid_until } => valid_until,
-            Phase::Acquiring | Phase::Releasing => Instant::MAX,
+            Phase::Acquiring | Phase::Releasing | Phase::Failing => Instant::MAX,
         };
+        let held = matches!(self.phase, Phase::Held { .. });
         if let Some(p) = self.main {
             at = at.min(p.deadline);
             if p.kind == Kind::Watch {
@@ -797,13 +901,14 @@ impl LockMachine for EtcdLock {
             }
             None => {}
         }
-        (at != Instant::MAX).then_some(at)
+        // A held lock always has a deadline, even one saturated at `Instant::MAX`.
+        (held || at != Instant::MAX).then_some(at)
     }
 
     fn state(&self) -> State {
         match self.phase {
             Phase::Idle => State::Idle,
-            Phase::Acquiring => State::Acquiring,
+            Phase::Acquiring | Phase::Failing => State::Acquiring,
             Phase::Waiting { .. } => State::Waiting,
             Phase::Held { valid_until } => State::Held { valid_until },
             Phase::Releasing => State::Releasing,

@@ -222,9 +222,9 @@ impl RedLockConfigBuilder {
         self.wait = wait;
         self
     }
-    /// At most this many attempts (in addition to the wait bound).
+    /// At most this many attempts (in addition to the wait bound); at least one.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = Some(n.max(1));
+        self.max_attempts = Some(n);
         self
     }
     /// Extend automatically every `every` (default: ttl / 3), at most `max_extensions` times.
@@ -271,9 +271,8 @@ impl RedLockConfigBuilder {
             return Err(UsageError::TtlNotWholeMillis(ttl));
         }
         let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
-        if drift >= ttl {
-            return Err(UsageError::DriftTooLarge { drift, ttl });
-        }
+        check_drift(drift, ttl)?;
+        check_retry(self.retry, self.wait, self.max_attempts)?;
         let validity = ttl - drift;
         let node_timeout = self
             .node_timeout
@@ -323,6 +322,31 @@ impl RedLockConfigBuilder {
             bugs: self.bugs,
         })
     }
+}
+
+/// A drift allowance above half the ttl leaves a lock too short to be of use (and says the
+/// bound is almost surely a unit mistake).
+pub(crate) fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageError> {
+    if drift > ttl / 2 {
+        return Err(UsageError::DriftTooLarge { drift, ttl });
+    }
+    Ok(())
+}
+
+/// Attempts with no delay between them would spin; zero attempts cannot acquire.
+pub(crate) fn check_retry(
+    retry: Retry,
+    wait: Wait,
+    max_attempts: Option<u32>,
+) -> Result<(), UsageError> {
+    if max_attempts == Some(0) {
+        return Err(UsageError::MaxAttemptsZero);
+    }
+    let retries = wait != Wait::None && max_attempts != Some(1);
+    if retries && retry.delay.is_zero() && retry.jitter.is_zero() {
+        return Err(UsageError::RetrySpins);
+    }
+    Ok(())
 }
 
 fn check_nodes<T: PartialEq>(nodes: &[T]) -> Result<usize, UsageError> {

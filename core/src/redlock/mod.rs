@@ -9,7 +9,10 @@
 //! - validity: a round that starts at `t` can hold the lock only until `t + ttl - drift`;
 //!   it is never reported acquired or extended at or after that instant.
 //! - every attempt that does not end acquired releases on all nodes, not only those that said
-//!   OK (a late SET may still land on a node that timed out).
+//!   OK (a late SET may still land on a node that timed out); a SET still unanswered when its
+//!   attempt ends is remembered, and if it is granted late (its release overtook it), that node
+//!   is released again.
+//! - an acquisition reports `Failed` only once its releases were answered or timed out.
 //! - each attempt stores a fresh value (`token` in hex, then `.` and an attempt serial), so a
 //!   late release of an earlier attempt can never delete a later attempt's key.
 //! - a failed extension deletes nothing; the lock is reported lost exactly at the old deadline.
@@ -26,6 +29,7 @@ pub use command::{
     FENCE_KEY_SUFFIX, FENCE_SCRIPT, FENCE_SHA1, RELEASE_CHANNEL_PREFIX, RELEASE_QUIET_SCRIPT,
     RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
 };
+pub(crate) use config::{check_drift, check_retry};
 pub use config::{
     AutoExtend, RedLockConfig, RedLockConfigBuilder, Retry, Wait, DEFAULT_DRIFT_FLOOR,
     DEFAULT_DRIFT_PPM, DEFAULT_TTL, MAX_KEY_LEN, MAX_NODES, MAX_TTL,
@@ -41,6 +45,8 @@ use crate::bugs::Bug;
 
 /// Minimum length of the caller's random token, in bytes (128 bits).
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Maximum length of the caller's token, in bytes (it travels, in hex, with every command).
+pub const MAX_TOKEN_LEN: usize = 64;
 
 /// The least round trip a quick retry after a split vote assumes: replies read together (a
 /// busy client, a simulator with no delay) must not make it an immediate retry.
@@ -65,9 +71,11 @@ pub struct RedLock {
     /// One slot per node for the round in flight.
     slots: Vec<Slot>,
     out: VecDeque<Output<Command>>,
-    /// Per node, the unanswered SET of the last abandoned attempt and its value: if it is
-    /// granted late (after the attempt's release overtook it), that node is released again.
-    orphans: Vec<Option<(OpId, Bytes)>>,
+    /// SETs whose attempt no longer waits for them (abandoned, or won without them): if one
+    /// is granted late while its value does not hold the lock, that node is released again.
+    orphans: Vec<Orphan>,
+    /// The error a failing acquisition reports once its clean-up is done.
+    failure: Option<LockError>,
     attempts: u32,
     wait_until: Instant,
     extensions: u32,
@@ -83,6 +91,16 @@ struct Slot {
     outcome: NodeOutcome,
     /// The fence counter the node reported when it granted a fenced acquire.
     counter: u64,
+}
+
+/// A SET the machine no longer waits for.
+#[derive(Clone, Debug)]
+struct Orphan {
+    node: NodeId,
+    op: OpId,
+    value: Bytes,
+    /// After this, a reply to it is treated as lost (the list stays bounded).
+    forget_at: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,14 +134,33 @@ enum Phase {
     Releasing {
         deadline: Instant,
     },
+    /// The acquisition failed for good; its releases are in flight. `Failed` follows once
+    /// every node answered or `deadline` passed.
+    Failing {
+        deadline: Instant,
+    },
     Done,
+}
+
+impl Round {
+    fn rebase_back(&mut self, by: Duration) {
+        self.start = self.start.rebase_back(by);
+        self.deadline = self.deadline.rebase_back(by);
+        self.valid_until = self.valid_until.rebase_back(by);
+    }
 }
 
 impl RedLock {
     /// A machine for the lock `name` (the key is the configured prefix followed by `name`).
     ///
-    /// `token` is at least 128 random bits from a CSPRNG (the simulator passes seeded ones);
-    /// `seed` drives the retry jitter.
+    /// `token` is 16 to 64 bytes, at least 128 random bits from a CSPRNG (the simulator passes
+    /// seeded ones), and unique to this machine: it is what proves a key is ours, so two
+    /// machines sharing a token delete and extend each other's keys. `seed` drives the retry
+    /// jitter.
+    ///
+    /// A key (prefix + name) is any 1 to [`MAX_KEY_LEN`] bytes not ending in
+    /// [`FENCE_KEY_SUFFIX`], which names the fence counters; it is stored as given, as
+    /// redsync, node-redlock and rslock store theirs.
     pub fn new(
         cfg: &RedLockConfig,
         name: &[u8],
@@ -146,6 +183,12 @@ impl RedLock {
                 min: MIN_TOKEN_LEN,
             });
         }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(UsageError::TokenTooLong {
+                len: token.len(),
+                max: MAX_TOKEN_LEN,
+            });
+        }
         let mut key = BytesMut::with_capacity(len);
         key.put_slice(&cfg.key_prefix);
         key.put_slice(name);
@@ -157,6 +200,12 @@ impl RedLock {
         token_hex.put_u8(b'.');
         let n = cfg.nodes();
         let key = key.freeze();
+        if key.ends_with(FENCE_KEY_SUFFIX.as_bytes()) {
+            return Err(UsageError::ReservedName {
+                key: lossy(&key),
+                suffix: FENCE_KEY_SUFFIX,
+            });
+        }
         let mut fence_key = BytesMut::with_capacity(key.len() + FENCE_KEY_SUFFIX.len());
         fence_key.put_slice(&key);
         fence_key.put_slice(FENCE_KEY_SUFFIX.as_bytes());
@@ -167,12 +216,13 @@ impl RedLock {
             token_hex: token_hex.freeze(),
             value: Bytes::new(),
             now: Instant::ZERO,
-            next_op: 0,
+            next_op: crate::rng::op_base(seed, token),
             serial: 0,
             rng: SplitMix64::new(seed),
             phase: Phase::Idle,
             slots: alloc::vec![Slot::default(); n],
-            orphans: alloc::vec![None; n],
+            orphans: Vec::new(),
+            failure: None,
             out: VecDeque::with_capacity(n + 2),
             attempts: 0,
             wait_until: Instant::ZERO,
@@ -218,11 +268,14 @@ impl RedLock {
 
     // ----- time -----
 
-    /// Moves the clock (never backwards) and fires every deadline reached.
+    /// Moves the clock and fires every deadline reached. A `now` earlier than the last one
+    /// moves every deadline back by the step (see [`Event::TimeWentBack`]).
     fn advance(&mut self, now: Instant) {
-        if now > self.now {
-            self.now = now;
+        if now < self.now {
+            self.rebase_back(self.now - now);
         }
+        self.now = now;
+        self.orphans.retain(|o| now < o.forget_at);
         // Each step either changes phase or returns; a round's deadline fires once.
         loop {
             let now = self.now;
@@ -263,13 +316,61 @@ impl RedLock {
                 } if now >= at => {
                     self.start_extend();
                 }
-                Phase::Releasing { deadline } if now >= deadline => {
-                    self.time_out_pending(&mut Tally::new(self.cfg.nodes, self.cfg.quorum));
-                    self.finish_release();
+                Phase::Releasing { deadline } | Phase::Failing { deadline } if now >= deadline => {
+                    self.time_out_pending(&mut Tally::checked(self.cfg.nodes, self.cfg.quorum));
+                    self.finish_release(true);
                 }
                 _ => return,
             }
         }
+    }
+
+    /// The caller's clock stepped back by `by`: every deadline moves back as much, so none
+    /// lies later than under either reading of the clock.
+    fn rebase_back(&mut self, by: Duration) {
+        self.wait_until = self.wait_until.rebase_back(by);
+        // Orphans keep their `forget_at`: remembering a SET longer is the safe side.
+        let mut held = None;
+        self.phase = match self.phase {
+            Phase::Acquiring(mut r) => {
+                r.rebase_back(by);
+                Phase::Acquiring(r)
+            }
+            Phase::Fencing { mut round, fence } => {
+                round.rebase_back(by);
+                Phase::Fencing { round, fence }
+            }
+            Phase::Waiting { retry_at } => Phase::Waiting {
+                retry_at: retry_at.rebase_back(by),
+            },
+            Phase::Held {
+                valid_until,
+                next_extend,
+                extending,
+            } => {
+                let valid_until = valid_until.rebase_back(by);
+                held = Some(valid_until);
+                Phase::Held {
+                    valid_until,
+                    next_extend: next_extend.map(|t| t.rebase_back(by)),
+                    extending: extending.map(|mut r| {
+                        r.rebase_back(by);
+                        r
+                    }),
+                }
+            }
+            Phase::Releasing { deadline } => Phase::Releasing {
+                deadline: deadline.rebase_back(by),
+            },
+            Phase::Failing { deadline } => Phase::Failing {
+                deadline: deadline.rebase_back(by),
+            },
+            p @ (Phase::Idle | Phase::Done) => p,
+        };
+        self.emit(Event::TimeWentBack {
+            by,
+            valid_until: held,
+        });
     }
 
     /// Counts every node that has not answered as timed out (a no vote).
@@ -294,13 +395,13 @@ impl RedLock {
             } else {
                 self.now + cfg.validity()
             },
-            tally: Tally::new(cfg.nodes, cfg.quorum),
+            tally: Tally::checked(cfg.nodes, cfg.quorum),
         }
     }
 
     /// Arms node `i`'s slot for a new op of the round in flight.
     fn arm(&mut self, i: usize) -> OpId {
-        self.next_op += 1;
+        self.next_op = self.next_op.wrapping_add(1);
         let op = OpId(self.next_op);
         self.slots[i] = Slot {
             op: Some(op),
@@ -321,18 +422,25 @@ impl RedLock {
         }
     }
 
-    /// Remembers the SETs of an abandoned attempt that have not been answered yet.
+    /// Remembers the SETs of the attempt in flight that have not been answered yet: the
+    /// attempt stops waiting for them (it ended, or won without them).
     fn orphan_pending(&mut self) {
-        for (slot, orphan) in self.slots.iter().zip(self.orphans.iter_mut()) {
+        let forget_at = self.now + self.cfg.ttl;
+        for (i, slot) in self.slots.iter().enumerate() {
             if let Some(op) = slot.op {
-                *orphan = Some((op, self.value.clone()));
+                self.orphans.push(Orphan {
+                    node: NodeId(i as u16),
+                    op,
+                    value: self.value.clone(),
+                    forget_at,
+                });
             }
         }
     }
 
     /// Sends one release to `node` for `value`, without waiting for the reply.
-    fn release_one(&mut self, node: usize, value: Bytes) {
-        self.next_op += 1;
+    fn release_one(&mut self, node: usize, value: Bytes) -> OpId {
+        self.next_op = self.next_op.wrapping_add(1);
         // Cleanup of an attempt that never held the lock: nobody waits on it.
         let command = Command::Release {
             key: self.key.clone(),
@@ -345,6 +453,7 @@ impl RedLock {
             command,
         };
         self.out.push_back(Output::Transmit(t));
+        OpId(self.next_op)
     }
 
     /// Sends a release to every node without waiting for the replies (after a failed attempt).
@@ -395,13 +504,11 @@ impl RedLock {
     }
 
     fn finish_acquire_round(&mut self, r: Round) {
-        match r.tally.decision() {
-            Decision::Pending => {}
-            Decision::Won if self.now < r.valid_until => self.disarm(),
-            _ => {
-                self.orphan_pending();
-                self.disarm();
-            }
+        if r.tally.decision() != Decision::Pending {
+            // Won or lost, the round waits for no more SETs; a late grant is handled as an
+            // orphan (released unless its value holds the lock).
+            self.orphan_pending();
+            self.disarm();
         }
         match r.tally.decision() {
             Decision::Pending => self.phase = Phase::Acquiring(r),
@@ -455,7 +562,6 @@ impl RedLock {
     /// the spread lets the first of them win. Once per wake-up, so a waiter that keeps taking
     /// a minority of nodes from a holder does not spin.
     fn fail_attempt(&mut self, error: LockError, split: Option<Duration>) {
-        self.release_unwatched();
         let quick = match split {
             Some(rtt) if self.quick_retry => {
                 self.quick_retry = false;
@@ -465,15 +571,29 @@ impl RedLock {
         };
         match self.next_retry(quick) {
             Some(retry_at) => {
+                self.release_unwatched();
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
                     attempt: self.attempts,
                     retry_at,
                 });
             }
-            None => {
+            None if self.bug(Bug::FailBeforeCleanup) || self.bug(Bug::NoReleaseOnFailure) => {
+                self.release_unwatched();
                 self.phase = Phase::Done;
                 self.emit(Event::Failed(error));
+            }
+            None => {
+                // Give up only once the releases were answered (or timed out), so a caller
+                // that exits right after `Failed` leaves no key behind.
+                self.failure = Some(error);
+                let deadline = self.now + self.cfg.node_timeout;
+                self.broadcast(|m| Command::Release {
+                    key: m.key.clone(),
+                    value: m.value.clone(),
+                    notify: false,
+                });
+                self.phase = Phase::Failing { deadline };
             }
         }
     }
@@ -508,7 +628,7 @@ impl RedLock {
             start: acquired.start,
             deadline: (self.now + self.cfg.node_timeout).min(acquired.valid_until),
             valid_until: acquired.valid_until,
-            tally: Tally::new(sent, self.cfg.quorum),
+            tally: Tally::checked(sent, self.cfg.quorum),
         };
         self.phase = Phase::Fencing { round, fence };
     }
@@ -553,18 +673,23 @@ impl RedLock {
         Some(at.min(self.wait_until))
     }
 
-    /// Classifies a lost round: no quorum if failures and timeouts alone made a quorum
-    /// impossible, else taken (refusals by another owner were needed to lose).
+    /// Classifies a lost round by who said no: no quorum if failures and timeouts alone
+    /// made a quorum of the round's voters impossible, else taken (refusals by another owner
+    /// were needed to lose). A write-back round's voters are the nodes that granted.
     fn round_error(&self, won_too_late: bool) -> LockError {
         let nodes: Vec<NodeOutcome> = self.slots.iter().map(|s| s.outcome.clone()).collect();
         let attempts = self.attempts;
+        let voters = nodes
+            .iter()
+            .filter(|o| !matches!(o, NodeOutcome::NotSent))
+            .count();
         let failed = nodes
             .iter()
             .filter(|o| matches!(o, NodeOutcome::Failed(_) | NodeOutcome::TimedOut))
             .count();
         if won_too_late {
             LockError::TooSlow { attempts, nodes }
-        } else if failed <= self.cfg.nodes() - self.cfg.quorum() {
+        } else if voters - failed >= self.cfg.quorum() {
             LockError::Taken { attempts, nodes }
         } else {
             LockError::NoQuorum { attempts, nodes }
@@ -670,17 +795,63 @@ impl RedLock {
         self.phase = Phase::Releasing { deadline };
     }
 
-    fn finish_release(&mut self) {
-        if self.slots.iter().any(|s| s.op.is_some()) {
+    /// Ends a release or a failing acquisition's clean-up once every node answered its
+    /// release and every SET of the attempt was answered (a late grant is released again
+    /// first), or when `deadline_passed` counted the rest as timed out.
+    fn finish_release(&mut self, deadline_passed: bool) {
+        let waiting = self.slots.iter().any(|s| s.op.is_some())
+            || self.orphans.iter().any(|o| o.value == self.value);
+        if waiting && !deadline_passed {
             return;
         }
+        let failing = matches!(self.phase, Phase::Failing { .. });
         self.phase = Phase::Done;
-        let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();
-        self.emit(Event::Released { nodes });
+        match self.failure.take() {
+            Some(error) if failing => self.emit(Event::Failed(error)),
+            _ => {
+                let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();
+                self.emit(Event::Released { nodes });
+            }
+        }
     }
 
     fn emit(&mut self, event: Event) {
         self.out.push_back(Output::Event(event));
+    }
+
+    /// Orphan `i` (a SET no attempt waits for) was answered. If it took the key while its
+    /// value does not hold the lock, its release may have overtaken it (or none was sent):
+    /// release that node again, and wait for that answer too when a release or clean-up is
+    /// in flight.
+    fn late_grant(&mut self, i: usize, reply: &Reply) {
+        let orphan = self.orphans.swap_remove(i);
+        let granted = if self.bug(Bug::LateGrantOkOnly) {
+            Expect::Ok.matches(reply)
+        } else if self.cfg.fencing {
+            Expect::Counter.matches(reply)
+        } else {
+            Expect::Ok.matches(reply)
+        };
+        let holding = matches!(self.phase, Phase::Held { .. } | Phase::Fencing { .. })
+            && orphan.value == self.value;
+        if granted && !holding && !self.bug(Bug::NoReleaseOnFailure) {
+            self.release_again(orphan);
+        }
+        if matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. }) {
+            self.finish_release(false);
+        }
+    }
+
+    /// Releases `orphan`'s node again; a release or clean-up in flight waits for it too.
+    fn release_again(&mut self, orphan: Orphan) {
+        let node = orphan.node.index();
+        let current = orphan.value == self.value;
+        let op = self.release_one(node, orphan.value);
+        let cleaning = matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. });
+        if cleaning && current && self.slots[node].op.is_none() {
+            self.slots[node].op = Some(op);
+            self.slots[node].outcome = NodeOutcome::Pending;
+        }
     }
 
     /// Interprets `reply` to the command kind of the round in flight.
@@ -790,8 +961,15 @@ impl LockMachine for RedLock {
                 Ok(())
             }
             Phase::Releasing { .. } => Ok(()),
+            Phase::Failing { deadline } => {
+                // Cancelled while the failed attempt cleans up: the same releases end it,
+                // reported as `Released` instead of `Failed`.
+                self.failure = None;
+                self.phase = Phase::Releasing { deadline };
+                Ok(())
+            }
             Phase::Done => {
-                let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();
+                let nodes = alloc::vec![NodeOutcome::NotSent; self.slots.len()];
                 self.emit(Event::Released { nodes });
                 Ok(())
             }
@@ -807,27 +985,23 @@ impl LockMachine for RedLock {
         }
     }
 
-    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) {
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) -> bool {
         self.advance(now);
         let Some(slot) = self.slots.get(node.index()) else {
-            return;
+            return false;
         };
-        if self.orphans[node.index()]
-            .as_ref()
-            .is_some_and(|(o, _)| *o == op)
+        if let Some(i) = self
+            .orphans
+            .iter()
+            .position(|o| o.op == op && o.node == node)
         {
-            // A SET of an abandoned attempt answered late. If it took the key, its release
-            // may have arrived first (reordered): release that node again.
-            if let Some((_, value)) = self.orphans[node.index()].take() {
-                if Expect::Ok.matches(&reply) && !self.bug(Bug::NoReleaseOnFailure) {
-                    self.release_one(node.index(), value);
-                }
-            }
-            return;
+            self.late_grant(i, &reply);
+            self.advance(self.now);
+            return true;
         }
         let stale_ok = slot.op.is_some() && self.bug(Bug::CountStaleReplies);
         if slot.op != Some(op) && !stale_ok {
-            return; // late, duplicated, or for a round no longer in flight
+            return false; // late, duplicated, for a round no longer in flight, or misrouted
         }
         let counter = match (&self.phase, &reply) {
             (Phase::Acquiring(_), Reply::Int(c)) if self.cfg.fencing => u64::try_from(*c).ok(),
@@ -859,11 +1033,12 @@ impl LockMachine for RedLock {
                 let (r, f) = (*round, *fence);
                 self.finish_fence_round(r, f);
             }
-            Phase::Releasing { .. } => self.finish_release(),
+            Phase::Releasing { .. } | Phase::Failing { .. } => self.finish_release(false),
             _ => {}
         }
         // A decision may schedule work for `now` (a zero retry delay): fire it before returning.
         self.advance(self.now);
+        true
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -897,14 +1072,14 @@ impl LockMachine for RedLock {
                 }
                 Some(at)
             }
-            Phase::Releasing { deadline } => Some(deadline),
+            Phase::Releasing { deadline } | Phase::Failing { deadline } => Some(deadline),
         }
     }
 
     fn state(&self) -> State {
         match self.phase {
             Phase::Idle => State::Idle,
-            Phase::Acquiring(_) | Phase::Fencing { .. } => State::Acquiring,
+            Phase::Acquiring(_) | Phase::Fencing { .. } | Phase::Failing { .. } => State::Acquiring,
             Phase::Waiting { .. } => State::Waiting,
             Phase::Held { valid_until, .. } => State::Held { valid_until },
             Phase::Releasing { .. } => State::Releasing,
