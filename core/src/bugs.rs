@@ -28,11 +28,14 @@ pub enum Bug {
     /// etcd: a waiter whose predecessor's key was deleted claims the lock without reading the
     /// queue again (the predecessor may have been a waiter that gave up or crashed).
     EtcdSkipRecheck,
+    /// etcd cluster: an error from one member is the request's answer (no fail-over to
+    /// another member), as a plain balancer that may pick a dead member does.
+    EtcdNoFailover,
 }
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
@@ -42,13 +45,17 @@ impl Bug {
         Bug::EtcdLostFromReceiveTime,
         Bug::EtcdWatchAll,
         Bug::EtcdSkipRecheck,
+        Bug::EtcdNoFailover,
     ];
 
     /// Whether the bug lives in the etcd machine (otherwise in the RedLock machine).
     pub const fn is_etcd(self) -> bool {
         matches!(
             self,
-            Bug::EtcdLostFromReceiveTime | Bug::EtcdWatchAll | Bug::EtcdSkipRecheck
+            Bug::EtcdLostFromReceiveTime
+                | Bug::EtcdWatchAll
+                | Bug::EtcdSkipRecheck
+                | Bug::EtcdNoFailover
         )
     }
 
@@ -64,6 +71,7 @@ impl Bug {
             Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
             Bug::EtcdWatchAll => "etcd-watch-all",
             Bug::EtcdSkipRecheck => "etcd-skip-recheck",
+            Bug::EtcdNoFailover => "etcd-no-failover",
         }
     }
 }
