@@ -2,8 +2,9 @@
 # Starts (or stops) the servers Lucky's tests use, on loopback only:
 #   five redis-server nodes on 127.0.0.1:7001-7005, no persistence;
 #   one etcd member on 127.0.0.1:2379 (peer 2380), data in a temporary folder;
-#   a three-member etcd cluster on 127.0.0.1:23791-23793 (peers 23801-23803), data under
-#   $DIR/cluster/m1..m3, for the fail-over tests (LUCKY_ETCD_CLUSTER);
+#   a three-member etcd cluster on 127.0.0.1:22791-22793 (peers 22801-22803; the tests' own
+#   single members use 23790-23797), data under $DIR/cluster/m1..m3, for the fail-over tests
+#   (LUCKY_ETCD_CLUSTER);
 #   the machine's PostgreSQL on 127.0.0.1:5432, if it is installed but stopped.
 # Installs redis-server, etcd-server, etcd-client and protobuf-compiler (protoc, which the
 # etcd-client crate's build needs) from Debian when they are missing. Idempotent.
@@ -11,7 +12,7 @@ set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
 MEMBERS="1 2 3"
-CLUSTER="m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802,m3=http://127.0.0.1:23803"
+CLUSTER="m1=http://127.0.0.1:22801,m2=http://127.0.0.1:22802,m3=http://127.0.0.1:22803"
 
 need() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -81,7 +82,7 @@ healthy() {
 start_cluster() {
   mkdir -p "$DIR/cluster"
   for m in $MEMBERS; do
-    local port=$((23790 + m)) peer=$((23800 + m)) pidf="$DIR/cluster/m$m.pid"
+    local port=$((22790 + m)) peer=$((22800 + m)) pidf="$DIR/cluster/m$m.pid"
     if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then continue; fi
     if healthy "$port"; then continue; fi   # started by someone else
     nohup etcd --name "m$m" --data-dir "$DIR/cluster/m$m" \
@@ -92,14 +93,14 @@ start_cluster() {
     echo $! >"$pidf"
   done
   for m in $MEMBERS; do
-    local port=$((23790 + m))
+    local port=$((22790 + m))
     for _ in $(seq 150); do
       healthy "$port" && break
       sleep 0.1
     done
     healthy "$port" || { echo "etcd member m$m on $port did not start (see $DIR/cluster/m$m.log)" >&2; exit 1; }
   done
-  echo "etcd cluster up on 127.0.0.1:23791,23792,23793"
+  echo "etcd cluster up on 127.0.0.1:22791,22792,22793"
 }
 
 stop_cluster() {

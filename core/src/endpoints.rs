@@ -97,6 +97,13 @@ impl Endpoints {
         self.preferred
     }
 
+    /// Makes endpoint `i` the preferred one (a driver that found which endpoint answers first).
+    pub fn prefer(&mut self, i: usize) {
+        if i < self.len() {
+            self.preferred = i;
+        }
+    }
+
     /// Whether endpoint `i` is marked down at `now`.
     pub fn is_down(&self, i: usize, now: Instant) -> bool {
         self.down_until.get(i).is_some_and(|&t| t > now)
