@@ -73,6 +73,11 @@ start() {
   fi
 }
 
+# Whether process $1 runs (a killed process not yet reaped is a zombie: it does not).
+alive() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 healthy() {
   ETCDCTL_API=3 etcdctl --endpoints="http://127.0.0.1:$1" --command-timeout=1s endpoint health >/dev/null 2>&1
 }
@@ -83,7 +88,7 @@ start_cluster() {
   mkdir -p "$DIR/cluster"
   for m in $MEMBERS; do
     local port=$((22790 + m)) peer=$((22800 + m)) pidf="$DIR/cluster/m$m.pid"
-    if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then continue; fi
+    if [ -f "$pidf" ] && alive "$(cat "$pidf")"; then continue; fi
     if healthy "$port"; then continue; fi   # started by someone else
     nohup etcd --name "m$m" --data-dir "$DIR/cluster/m$m" \
       --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \

@@ -242,6 +242,16 @@ impl Etcd {
         self.cluster.any_client(&self.first)
     }
 
+    /// The member new requests go to first (the one that answered last; it changes when a
+    /// member fails).
+    pub fn preferred_endpoint(&self) -> &str {
+        let i = self.cluster.health().preferred();
+        self.cluster
+            .members
+            .get(i)
+            .map_or("", |m| m.endpoint.as_str())
+    }
+
     fn take_machine(&self, name: &str, options: &Options) -> Option<EtcdLock> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.get_mut(name)?;
@@ -357,7 +367,20 @@ impl EtcdBuilder {
             probes.spawn(async move {
                 let probe = async {
                     let mut c = cluster.members[i].client(&cluster.opts).await?;
-                    c.get("lucky-probe", None).await.map(|_| c)
+                    loop {
+                        match c.get("lucky-probe", None).await {
+                            Ok(_) => return Ok(c),
+                            // A member that answers "no leader" or "leader changed" is alive
+                            // during an election: ask again until the connect timeout.
+                            Err(etcd_client::Error::GRpcStatus(s))
+                                if i32::from(s.code()) == UNAVAILABLE
+                                    && s.message().starts_with("etcdserver:") =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 };
                 (i, tokio::time::timeout(limit, probe).await)
             });
