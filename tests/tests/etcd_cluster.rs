@@ -155,7 +155,10 @@ async fn wait_for_quorum(members: &[Member], down: &str) -> Duration {
         if ok {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "no quorum after 20 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no quorum after 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -384,7 +387,11 @@ async fn two_members_down_is_unreachable_and_the_holder_is_lost_at_its_deadline(
         // No quorum: a try is "unreachable" (never "taken": nothing can be read), bounded.
         let t = Instant::now();
         let e = match Etcd::builder(endpoints()).ttl(TTL).connect().await {
-            Ok(c) => c.lock(&name).no_wait().await.expect_err("no quorum, no lock"),
+            Ok(c) => c
+                .lock(&name)
+                .no_wait()
+                .await
+                .expect_err("no quorum, no lock"),
             Err(e) => e,
         };
         assert!(e.is_unreachable(), "{e}");
