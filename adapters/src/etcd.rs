@@ -30,7 +30,7 @@
 //! request goes to the next member at once: fail-over takes at most half the request timeout
 //! (ttl/40 with the default request timeout of ttl/20, at most 2.5 s), well inside the ttl/3
 //! between keepalives. Only requests safe to apply twice are resent
-//! ([`Resend`](lucky_core::endpoints::Resend) says why for each). A watch is not resent: when
+//! ([`Resend`] says why for each). A watch is not resent: when
 //! its member fails (a request there failed, its stream broke, or it left a progress request
 //! unanswered for a request timeout) the watch ends "unavailable" and the machine reads the
 //! queue again, on a live member, before it watches anew, so no deletion is missed. Every
@@ -160,8 +160,9 @@ const POOL_TOTAL: usize = 4096;
 #[derive(Clone)]
 pub struct Etcd {
     cluster: Arc<Cluster>,
-    /// The connection of the member that answered first when connecting.
-    first: Client,
+    /// The connection of the member that answered first when connecting (boxed: a client
+    /// is large, and `Etcd` is cloned and moved around).
+    first: Arc<Client>,
     clock: Clock,
     defaults: Options,
     pool: Arc<Pool>,
@@ -398,7 +399,7 @@ impl EtcdBuilder {
                     drop(h);
                     return Ok(Etcd {
                         cluster,
-                        first,
+                        first: Arc::new(first),
                         clock,
                         defaults: self.defaults,
                         pool: Arc::default(),

@@ -8,7 +8,7 @@
 //!
 //! [`ClusterClient`] is what the tokio adapter does between the machine and the members,
 //! sans-IO: each request goes to a member chosen by lucky-core's
-//! [`Endpoints`](lucky_core::endpoints::Endpoints) rule and is sent to the next member when
+//! [`Endpoints`] rule and is sent to the next member when
 //! one fails (an "unavailable" answer, or silence past its share of the request timeout); a
 //! watch stays on its member, is probed with a progress request after a request timeout of
 //! silence, and ends "unavailable" when its member fails, so the machine reads the queue
