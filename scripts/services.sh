@@ -2,12 +2,17 @@
 # Starts (or stops) the servers Lucky's tests use, on loopback only:
 #   five redis-server nodes on 127.0.0.1:7001-7005, no persistence;
 #   one etcd member on 127.0.0.1:2379 (peer 2380), data in a temporary folder;
+#   a three-member etcd cluster on 127.0.0.1:22791-22793 (peers 22801-22803; the tests' own
+#   single members use 23790-23797), data under $DIR/cluster/m1..m3, for the fail-over tests
+#   (LUCKY_ETCD_CLUSTER);
 #   the machine's PostgreSQL on 127.0.0.1:5432, if it is installed but stopped.
 # Installs redis-server, etcd-server, etcd-client and protobuf-compiler (protoc, which the
 # etcd-client crate's build needs) from Debian when they are missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
+MEMBERS="1 2 3"
+CLUSTER="m1=http://127.0.0.1:22801,m2=http://127.0.0.1:22802,m3=http://127.0.0.1:22803"
 
 need() {
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -58,6 +63,7 @@ start() {
   ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null \
     || { echo "etcd on 2379 did not start (see $DIR/etcd.log)" >&2; exit 1; }
   echo "etcd up on 127.0.0.1:2379"
+  start_cluster
   # PostgreSQL (the fenced-write example) runs on this kind of machine already; start it if
   # it stopped.
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -67,7 +73,54 @@ start() {
   fi
 }
 
+# Whether process $1 runs (a killed process not yet reaped is a zombie: it does not).
+alive() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+healthy() {
+  ETCDCTL_API=3 etcdctl --endpoints="http://127.0.0.1:$1" --command-timeout=1s endpoint health >/dev/null 2>&1
+}
+
+# Starts every member of the three-member cluster that does not run (a member killed by a
+# test comes back with its data and rejoins), then waits until all three serve.
+start_cluster() {
+  mkdir -p "$DIR/cluster"
+  for m in $MEMBERS; do
+    local port=$((22790 + m)) peer=$((22800 + m)) pidf="$DIR/cluster/m$m.pid"
+    if [ -f "$pidf" ] && alive "$(cat "$pidf")"; then continue; fi
+    if healthy "$port"; then continue; fi   # started by someone else
+    nohup etcd --name "m$m" --data-dir "$DIR/cluster/m$m" \
+      --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+      --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token lucky-cluster \
+      >>"$DIR/cluster/m$m.log" 2>&1 &
+    echo $! >"$pidf"
+  done
+  for m in $MEMBERS; do
+    local port=$((22790 + m))
+    for _ in $(seq 150); do
+      healthy "$port" && break
+      sleep 0.1
+    done
+    healthy "$port" || { echo "etcd member m$m on $port did not start (see $DIR/cluster/m$m.log)" >&2; exit 1; }
+  done
+  echo "etcd cluster up on 127.0.0.1:22791,22792,22793"
+}
+
+stop_cluster() {
+  for m in $MEMBERS; do
+    local pidf="$DIR/cluster/m$m.pid"
+    if [ -f "$pidf" ]; then
+      kill -CONT "$(cat "$pidf")" 2>/dev/null || true
+      kill "$(cat "$pidf")" 2>/dev/null || true
+      rm -f "$pidf"
+    fi
+  done
+}
+
 stop() {
+  stop_cluster
   if [ -f "$DIR/etcd.pid" ]; then
     kill "$(cat "$DIR/etcd.pid")" 2>/dev/null || true
     rm -f "$DIR/etcd.pid"
@@ -83,5 +136,8 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 64 ;;
+  # Only the three-member cluster (the fail-over tests restart members they killed with it).
+  start-cluster) need etcd etcd-server; need etcdctl etcd-client; start_cluster ;;
+  stop-cluster) stop_cluster ;;
+  *) echo "usage: $0 start|stop|start-cluster|stop-cluster" >&2; exit 64 ;;
 esac

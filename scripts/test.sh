@@ -27,7 +27,7 @@ echo "== simulator sweep: $SEEDS seeds per scenario"
 "$SIM" sweep --scenario all --seeds "$SEEDS"
 
 echo "== determinism: one seed twice, per protocol"
-for sc in random-chaos etcd-random-chaos; do
+for sc in random-chaos etcd-random-chaos etcd-member-down; do
   a=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
   b=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
   echo "$sc: $a / $b"

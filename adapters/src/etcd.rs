@@ -21,16 +21,34 @@
 //! Each acquisition's key is `<name>/<lease id in hex>`, on a lease kept alive while the lock
 //! is wanted or held. A client keeps the lease of a released lock for the next acquisition
 //! of that name, so a warm cycle writes twice (take and delete) plus one lease renewal.
+//!
+//! # Several members: one member down is not the cluster down
+//!
+//! The client keeps one connection per member and sends each request to a preferred member.
+//! A member that refuses, resets, answers "no leader" (requests carry etcd's `require leader`
+//! flag) or stays silent for half the request timeout loses the preference, and the same
+//! request goes to the next member at once: fail-over takes at most half the request timeout
+//! (ttl/40 with the default request timeout of ttl/20, at most 2.5 s), well inside the ttl/3
+//! between keepalives. Only requests safe to apply twice are resent
+//! ([`Resend`] says why for each). A watch is not resent: when
+//! its member fails (a request there failed, its stream broke, or it left a progress request
+//! unanswered for a request timeout) the watch ends "unavailable" and the machine reads the
+//! queue again, on a live member, before it watches anew, so no deletion is missed. Every
+//! read that judges ownership is linearizable (no `serializable` range anywhere), so a member
+//! cut off from the leader cannot show a stale queue. The cluster is unreachable only when
+//! every member failed a request in its time.
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
     SortTarget, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
+use lucky_core::endpoints::{Endpoints, Resend, MAX_ENDPOINTS};
 use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply};
 use lucky_core::redlock::{Retry, Wait};
 use lucky_core::{LockError, UsageError};
@@ -141,7 +159,10 @@ const POOL_TOTAL: usize = 4096;
 /// An etcd lock client. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Etcd {
-    transport: Arc<Cluster>,
+    cluster: Arc<Cluster>,
+    /// The connection of the member that answered first when connecting (boxed: a client
+    /// is large, and `Etcd` is cloned and moved around).
+    first: Arc<Client>,
     clock: Clock,
     defaults: Options,
     pool: Arc<Pool>,
@@ -150,7 +171,7 @@ pub struct Etcd {
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Etcd")
-            .field("endpoints", &self.transport.endpoints)
+            .field("endpoints", &self.cluster.endpoints)
             .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
@@ -213,7 +234,7 @@ impl Etcd {
     /// every guard: a held lock's keepalive task runs until it is released) so that nothing
     /// this process wrote outlives it. Returns whether everything finished in time.
     pub async fn close(&self, timeout: Duration) -> bool {
-        self.transport.tasks.wait_idle(timeout).await
+        self.cluster.tasks.wait_idle(timeout).await
     }
 
     /// Asks for the lock `name`; configure it, then `.await` it.
@@ -225,10 +246,20 @@ impl Etcd {
         }
     }
 
-    /// The underlying etcd-client connection, for the owner-guarded writes of
-    /// [`guarded_put`].
+    /// An etcd-client connection to a member that answered (the preferred one when it is
+    /// connected), for the owner-guarded writes of [`guarded_put`].
     pub fn client(&self) -> Client {
-        self.transport.client.clone()
+        self.cluster.any_client(&self.first)
+    }
+
+    /// The member new requests go to first (the one that answered last; it changes when a
+    /// member fails).
+    pub fn preferred_endpoint(&self) -> &str {
+        let i = self.cluster.health().preferred();
+        self.cluster
+            .members
+            .get(i)
+            .map_or("", |m| m.endpoint.as_str())
     }
 
     fn take_machine(&self, name: &str, options: &Options) -> Option<EtcdLock> {
@@ -303,47 +334,96 @@ impl EtcdBuilder {
                 });
             }
         }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(Error::Unreachable {
+                endpoints,
+                reason: format!("more than {MAX_ENDPOINTS} endpoints"),
+            });
+        }
+        // A member cut off from the leader answers "no leader" at once instead of waiting:
+        // the request moves to another member.
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_require_leader(true);
         if let Some((u, p)) = &self.user {
             opts = opts.with_user(u.clone(), p.clone());
         }
         if let Some(tls) = self.tls.clone() {
             opts = opts.with_tls(tls);
         }
+        let clock = Clock::new();
+        let cluster = Arc::new(Cluster {
+            members: self
+                .endpoints
+                .iter()
+                .map(|e| Member {
+                    endpoint: e.clone(),
+                    client: tokio::sync::OnceCell::new(),
+                    failed: tokio::sync::Notify::new(),
+                })
+                .collect(),
+            health: Mutex::new(Endpoints::new(self.endpoints.len(), FAILED_COOLDOWN)),
+            tasks: Arc::default(),
+            opts,
+            endpoints,
+            clock,
+        });
+        // Every member is probed at once; the first that answers a read (with the
+        // credentials) becomes preferred. One member down or stopped does not delay this.
         let limit = self.connect_timeout;
-        let connect = Client::connect(&self.endpoints, Some(opts));
-        let mut client = in_time(limit, &endpoints, connect).await?;
-        // One read proves the endpoint answers (and the credentials work).
-        in_time(limit, &endpoints, client.get("lucky-probe", None)).await?;
-        Ok(Etcd {
-            transport: Arc::new(Cluster {
-                client,
-                endpoints,
-                tasks: Arc::default(),
-            }),
-            clock: Clock::new(),
-            defaults: self.defaults,
-            pool: Arc::default(),
+        let mut probes = tokio::task::JoinSet::new();
+        for i in 0..cluster.members.len() {
+            let cluster = cluster.clone();
+            probes.spawn(async move {
+                let probe = async {
+                    let mut c = cluster.members[i].client(&cluster.opts).await?;
+                    loop {
+                        match c.get("lucky-probe", None).await {
+                            Ok(_) => return Ok(c),
+                            // A member that answers "no leader" or "leader changed" is alive
+                            // during an election: ask again until the connect timeout.
+                            Err(etcd_client::Error::GRpcStatus(s))
+                                if i32::from(s.code()) == UNAVAILABLE
+                                    && s.message().starts_with("etcdserver:") =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                };
+                (i, tokio::time::timeout(limit, probe).await)
+            });
+        }
+        let mut reasons = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            let Ok((i, outcome)) = done else { continue };
+            let now = cluster.clock.now();
+            let endpoint = &cluster.members[i].endpoint;
+            match outcome {
+                Ok(Ok(first)) => {
+                    let mut h = cluster.health();
+                    h.succeeded(i);
+                    h.prefer(i);
+                    drop(h);
+                    return Ok(Etcd {
+                        cluster,
+                        first: Arc::new(first),
+                        clock,
+                        defaults: self.defaults,
+                        pool: Arc::default(),
+                    });
+                }
+                Ok(Err(e)) => reasons.push(format!("{endpoint}: {e}")),
+                Err(_) => reasons.push(format!("{endpoint}: no answer within {limit:?}")),
+            }
+            cluster.health().failed(i, now);
+        }
+        Err(Error::Unreachable {
+            endpoints: cluster.endpoints.clone(),
+            reason: reasons.join("; "),
         })
-    }
-}
-
-/// `call`, bounded by `limit`; a failure or a timeout is "unreachable".
-async fn in_time<T>(
-    limit: Duration,
-    endpoints: &str,
-    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, Error> {
-    let unreachable = |reason: String| Error::Unreachable {
-        endpoints: endpoints.to_owned(),
-        reason,
-    };
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {limit:?}"))),
     }
 }
 
@@ -409,7 +489,11 @@ impl LockRequest<'_> {
                 idle.push((options, m));
             }
         });
-        let (transport, clock) = (self.client.transport.clone(), self.client.clock);
+        let transport = Arc::new(Route {
+            cluster: self.client.cluster.clone(),
+            op_timeout: cfg.op_timeout(),
+        });
+        let clock = self.client.clock;
         Ok(driver::acquire(
             machine,
             transport,
@@ -476,19 +560,49 @@ pub async fn lock_key(
     Ok(resp.kvs().first().map(|kv| kv.key().to_vec()))
 }
 
-/// The connection to the cluster.
+/// How long a member that failed a request is passed over while other members are untried.
+const FAILED_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// One cluster member: its own connection (made on first use), so a dead member's errors
+/// stay its own.
+struct Member {
+    endpoint: String,
+    client: tokio::sync::OnceCell<Client>,
+    /// Woken when a request to this member failed: watches on it end and move elsewhere.
+    failed: tokio::sync::Notify,
+}
+
+impl Member {
+    async fn client(&self, opts: &ConnectOptions) -> Result<Client, etcd_client::Error> {
+        let connect = || Client::connect([self.endpoint.as_str()], Some(opts.clone()));
+        self.client.get_or_try_init(connect).await.cloned()
+    }
+}
+
+/// The connections to the cluster's members and which of them answer.
 struct Cluster {
-    client: Client,
+    members: Vec<Member>,
+    health: Mutex<Endpoints>,
+    opts: ConnectOptions,
     endpoints: String,
+    clock: Clock,
+    /// Background tasks of every lock of this client, for `Etcd::close`.
     tasks: Arc<driver::Tasks>,
 }
 
-impl Transport for Cluster {
+/// One lock's way to the cluster: a request's tries across members fit in the machine's own
+/// request timeout.
+struct Route {
+    cluster: Arc<Cluster>,
+    op_timeout: Duration,
+}
+
+impl Transport for Route {
     type Command = Command;
     type Reply = Reply;
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
-        &self.tasks
+        &self.cluster.tasks
     }
 
     fn send(
@@ -496,13 +610,157 @@ impl Transport for Cluster {
         _node: usize,
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
-        let mut client = self.client.clone();
+        let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
         async move {
-            match run(&mut client, command).await {
-                Ok(r) => r,
-                Err(e) => error_reply(e),
+            match command {
+                Command::WaitDelete {
+                    key, prefix, from, ..
+                } => cluster.watch(key, prefix, from, budget).await,
+                command => cluster.request(command, budget).await,
             }
         }
+    }
+}
+
+impl Cluster {
+    fn health(&self) -> std::sync::MutexGuard<'_, Endpoints> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The preferred member's connection if it is made, else `first`.
+    fn any_client(&self, first: &Client) -> Client {
+        let preferred = self.health().preferred();
+        self.members
+            .get(preferred)
+            .and_then(|m| m.client.get().cloned())
+            .unwrap_or_else(|| first.clone())
+    }
+
+    fn mark_failed(&self, i: usize) {
+        self.health().failed(i, self.clock.now());
+        self.members[i].failed.notify_waiters();
+    }
+
+    /// Runs `command` on the preferred member, and on the next ones while members fail to
+    /// answer, all within `budget`. Every command sent here is safe to apply twice.
+    async fn request(&self, command: Command, budget: Duration) -> Reply {
+        debug_assert!(command.resend_safe());
+        let mut attempt = self.health().start(self.clock.now(), budget);
+        let mut last = String::from("no member answered in time");
+        loop {
+            let now = self.clock.now();
+            let Some((i, until)) = self.health().next(&mut attempt, now) else {
+                return Reply::Unavailable(format!("{}: {last}", self.endpoints));
+            };
+            let member = &self.members[i];
+            let limit = until.saturating_duration_since(now);
+            let try_once = async {
+                let mut c = member.client(&self.opts).await?;
+                run(&mut c, command.clone()).await
+            };
+            let reply = match tokio::time::timeout(limit, try_once).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => error_reply(e),
+                Err(_) => Reply::Unavailable(format!("no answer within {limit:?}")),
+            };
+            match reply {
+                Reply::Unavailable(why) => {
+                    self.mark_failed(i);
+                    last = format!("{}: {why}", member.endpoint);
+                }
+                reply => {
+                    self.health().succeeded(i);
+                    return reply;
+                }
+            }
+        }
+    }
+
+    /// Watches `key` from revision `from` on one member until it is deleted. Not resent: a
+    /// watch whose member fails ends "unavailable", and the machine reads the queue again
+    /// (elsewhere) before it watches anew. A silent member is found by progress requests:
+    /// after `probe` without a word, one is sent, and another `probe` without an answer ends
+    /// the watch.
+    async fn watch(&self, key: Bytes, prefix: bool, from: i64, probe: Duration) -> Reply {
+        let now = self.clock.now();
+        let picked = {
+            let mut health = self.health();
+            let mut attempt = health.start(now, probe);
+            health.next(&mut attempt, now)
+        };
+        let Some((i, _)) = picked else {
+            return Reply::Unavailable("no member to watch on".into());
+        };
+        let member = &self.members[i];
+        let failed = member.failed.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        let mut opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        if prefix {
+            opts = opts.with_prefix();
+        }
+        let open = async {
+            let mut c = member.client(&self.opts).await?;
+            c.watch(key.to_vec(), Some(opts)).await
+        };
+        let mut stream = match tokio::time::timeout(probe, open).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
+            Err(_) => {
+                return self.watch_failed(i, Reply::Unavailable("watch not opened in time".into()))
+            }
+        };
+        let mut asked = false;
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = &mut failed => {
+                    return Reply::Unavailable(format!("{} failed a request", member.endpoint));
+                }
+                m = tokio::time::timeout(probe, stream.message()) => m,
+            };
+            let r = match message {
+                Err(_) if asked => {
+                    let why = format!("{} left a progress request unanswered", member.endpoint);
+                    return self.watch_failed(i, Reply::Unavailable(why));
+                }
+                Err(_) => {
+                    asked = true;
+                    if let Err(e) = stream.request_progress().await {
+                        return self.watch_failed(i, error_reply(e));
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
+                Ok(Ok(None)) => {
+                    return self.watch_failed(i, Reply::Unavailable("watch stream closed".into()))
+                }
+                Ok(Ok(Some(r))) => r,
+            };
+            asked = false;
+            if r.compact_revision() > 0 {
+                return Reply::Compacted;
+            }
+            if r.canceled() {
+                let why = format!("watch canceled: {}", r.cancel_reason());
+                return self.watch_failed(i, Reply::Unavailable(why));
+            }
+            if r.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Reply::Deleted;
+            }
+        }
+    }
+
+    fn watch_failed(&self, i: usize, reply: Reply) -> Reply {
+        if matches!(reply, Reply::Unavailable(_)) {
+            self.mark_failed(i);
+        }
+        reply
     }
 }
 
@@ -610,37 +868,8 @@ async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client
                 revision,
             }
         }
-        Command::WaitDelete {
-            key, prefix, from, ..
-        } => {
-            let mut opts = WatchOptions::new()
-                .with_start_revision(from)
-                .with_filters([WatchFilterType::NoPut]);
-            if prefix {
-                opts = opts.with_prefix();
-            }
-            let mut stream = client.watch(key.to_vec(), Some(opts)).await?;
-            loop {
-                let Some(r) = stream.message().await? else {
-                    return Ok(Reply::Unavailable("watch stream closed".into()));
-                };
-                if r.compact_revision() > 0 {
-                    return Ok(Reply::Compacted);
-                }
-                if r.canceled() {
-                    return Ok(Reply::Unavailable(format!(
-                        "watch canceled: {}",
-                        r.cancel_reason()
-                    )));
-                }
-                if r.events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return Ok(Reply::Deleted);
-                }
-            }
-        }
+        // Watches run in `Cluster::watch`.
+        Command::WaitDelete { .. } => Reply::Error("a watch is not a request".into()),
         Command::Delete { key, revision } => {
             let txn = etcd_client::Txn::new()
                 .when([Compare::create_revision(

@@ -37,11 +37,14 @@ pub enum Bug {
     /// etcd: a waiter whose predecessor's key was deleted claims the lock without reading the
     /// queue again (the predecessor may have been a waiter that gave up or crashed).
     EtcdSkipRecheck,
+    /// etcd cluster: an error from one member is the request's answer (no fail-over to
+    /// another member), as a plain balancer that may pick a dead member does.
+    EtcdNoFailover,
 }
 
 impl Bug {
     /// Every bug, in a stable order.
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::IgnoreDrift,
         Bug::CountStaleReplies,
         Bug::NoReleaseOnFailure,
@@ -54,6 +57,7 @@ impl Bug {
         Bug::EtcdLostFromReceiveTime,
         Bug::EtcdWatchAll,
         Bug::EtcdSkipRecheck,
+        Bug::EtcdNoFailover,
     ];
 
     /// Whether the bug lives in the etcd machine (otherwise in the RedLock machine).
@@ -64,6 +68,7 @@ impl Bug {
                 | Bug::EtcdWatchAll
                 | Bug::EtcdSkipRecheck
                 | Bug::EtcdFailBeforeCleanup
+                | Bug::EtcdNoFailover
         )
     }
 
@@ -82,6 +87,7 @@ impl Bug {
             Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
             Bug::EtcdWatchAll => "etcd-watch-all",
             Bug::EtcdSkipRecheck => "etcd-skip-recheck",
+            Bug::EtcdNoFailover => "etcd-no-failover",
         }
     }
 }

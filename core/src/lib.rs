@@ -106,6 +106,7 @@ extern crate alloc;
 
 #[doc(hidden)]
 pub mod bugs;
+pub mod endpoints;
 pub mod error;
 pub mod etcd;
 pub mod fence;

@@ -67,6 +67,11 @@ impl EtcdNode {
         create
     }
 
+    /// Forgets the watch kept under `id` (its stream broke); it never fires.
+    pub fn drop_watch(&mut self, id: u64) {
+        self.watches.retain(|_, w| w.id != id);
+    }
+
     /// The current revision.
     pub fn revision(&self) -> i64 {
         self.rev

@@ -61,6 +61,7 @@ use lucky_core::LockMachine;
 pub mod cli;
 pub mod clock;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod etcd_lock;
 pub mod net;
 pub mod oracle;
@@ -68,6 +69,7 @@ pub mod redis;
 pub mod redlock;
 pub mod rng;
 pub mod scenario;
+mod scenario_cluster;
 mod scenario_etcd;
 pub mod sweep;
 pub mod world;
@@ -108,6 +110,11 @@ pub trait Server {
     fn max_woken(&self) -> usize {
         0
     }
+    /// One member of a clustered node changes state at local time `now` (the etcd cluster
+    /// view); a node without members ignores it.
+    fn member(&mut self, _now: u64, _member: usize, _state: etcd_cluster::MemberState) {}
+    /// Every member serves again (faults stopped).
+    fn heal_members(&mut self, _now: u64) {}
 }
 
 /// A lock protocol the simulator can run: its machine and its server model.
@@ -137,6 +144,11 @@ pub trait Protocol {
     /// it was away longer than its clock lags the others' (the claim the oracle then holds
     /// it to).
     fn fences_survive_state_loss(&self) -> bool {
+        false
+    }
+    /// Whether the backend keeps serving throughout (a cluster that keeps its quorum): then
+    /// an acquisition failing as "unreachable" or a lost hold is a violation.
+    fn must_stay_available(&self) -> bool {
         false
     }
 }

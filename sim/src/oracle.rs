@@ -145,6 +145,15 @@ pub enum Violation {
         /// Watches one deletion answered.
         woken: usize,
     },
+    /// The backend kept serving (a cluster with its quorum) yet a client saw it as down.
+    Unavailable {
+        /// Which client.
+        client: usize,
+        /// When.
+        at: u64,
+        /// What it saw.
+        what: &'static str,
+    },
     /// A key was still on a node after every client stopped.
     LeftoverLock {
         /// The node.
@@ -164,7 +173,7 @@ impl Violation {
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
             Violation::LeftoverLock { .. } => broken.duplicated,
-            Violation::Herd { .. } => false,
+            Violation::Herd { .. } | Violation::Unavailable { .. } => false,
         }
     }
 }
@@ -207,6 +216,11 @@ impl fmt::Display for Violation {
             Violation::LeftoverLock { node, keys } => {
                 write!(f, "cleanup: node {node} still holds {keys} key(s) after every client stopped")
             }
+            Violation::Unavailable { client, at, what } => write!(
+                f,
+                "availability: {what} (client {client} at {:.3} ms) while the cluster kept its quorum",
+                ms(*at)
+            ),
             Violation::Herd { node, woken } => {
                 write!(f, "thundering herd: one deletion on node {node} woke {woken} waiters")
             }

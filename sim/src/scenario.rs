@@ -11,6 +11,7 @@ use crate::etcd_lock::EtcdSim;
 use crate::net::{Cut, NetParams};
 use crate::redlock::RedLockSim;
 use crate::rng::Rng;
+use crate::scenario_cluster as cluster;
 use crate::scenario_etcd as etcd;
 use crate::world::{Fault, Report, Workload, World};
 
@@ -25,6 +26,11 @@ pub enum Backend {
     Etcd {
         /// The cluster compacts after every write.
         compact_always: bool,
+    },
+    /// The etcd lease lock through the client's view of a cluster of `members` members.
+    EtcdCluster {
+        /// Members of the cluster.
+        members: usize,
     },
 }
 
@@ -134,6 +140,11 @@ impl Setup {
             }
             Backend::Etcd { .. } => {
                 let protocol = self.etcd_protocol(bug);
+                World::new(&protocol, self.work.clone(), self.net, &self.faults, seed)
+                    .run(EVENT_LIMIT)
+            }
+            Backend::EtcdCluster { members } => {
+                let protocol = crate::scenario_cluster::protocol(self, members, bug);
                 World::new(&protocol, self.work.clone(), self.net, &self.faults, seed)
                     .run(EVENT_LIMIT)
             }
@@ -272,7 +283,9 @@ impl Injected {
     pub fn applies_to(self, backend: Backend) -> bool {
         match self {
             Injected::FenceUnchecked => true,
-            Injected::Machine(b) => b.is_etcd() == matches!(backend, Backend::Etcd { .. }),
+            Injected::Machine(b) => {
+                b.is_etcd() == matches!(backend, Backend::Etcd { .. } | Backend::EtcdCluster { .. })
+            }
         }
     }
     /// Its command-line name.
@@ -327,6 +340,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: etcd::client_drift },
     Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data, restarts at once or after the ttl: revisions restart (expected)", draw: etcd::data_loss },
     Scenario { name: "etcd-no-wait-exit", about: "etcd: one-shot tries at once; each client exits when its try ends: no key left in the queue", draw: etcd::no_wait_exit },
+    Scenario { name: "etcd-member-down", about: "etcd cluster: one member at a time killed or stopped; no false unreachable, no lost hold", draw: cluster::member_down },
+    Scenario { name: "etcd-leader-change-keepalive", about: "etcd cluster: the leader is killed under held leases; an election, then a fresh ttl", draw: cluster::leader_change_keepalive },
+    Scenario { name: "etcd-pinned-partitioned-member", about: "etcd cluster: the clients' member is cut off from the leader (silent, then \"no leader\") past the ttl", draw: cluster::pinned_partitioned_member },
     Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: etcd::random_chaos },
 ];
 

@@ -77,6 +77,15 @@ pub enum Fault {
         /// For how long.
         for_ns: u64,
     },
+    /// One member of a clustered node changes state (the etcd cluster view).
+    Member {
+        /// Which node.
+        node: usize,
+        /// Which member.
+        member: usize,
+        /// What it does from now on.
+        state: crate::etcd_cluster::MemberState,
+    },
     /// Change link behaviour.
     Net(NetParams),
     /// Faults stop: heal everything, restart every node, calm network. Liveness is judged
@@ -285,6 +294,7 @@ pub struct World<P: Protocol> {
     resource_last: Option<u64>,
     fence_unchecked: bool,
     fences_survive_state_loss: bool,
+    must_stay_available: bool,
     quiet: bool,
     hash: u64,
     events: u64,
@@ -376,6 +386,7 @@ impl<P: Protocol> World<P> {
             resource_last: None,
             fence_unchecked: protocol.fence_unchecked(),
             fences_survive_state_loss: protocol.fences_survive_state_loss(),
+            must_stay_available: protocol.must_stay_available(),
             quiet: false,
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
             events: 0,
@@ -830,6 +841,15 @@ impl<P: Protocol> World<P> {
 
     fn on_event(&mut self, c: usize, e: Event) {
         let now = self.now;
+        if self.must_stay_available {
+            if let Some(what) = crate::etcd_cluster::unavailable_event(&e) {
+                self.oracle.found.push(Violation::Unavailable {
+                    client: c,
+                    at: now,
+                    what,
+                });
+            }
+        }
         match e {
             Event::Acquired { valid_until, fence } => {
                 self.report.acquired += 1;
@@ -997,6 +1017,15 @@ impl<P: Protocol> World<P> {
                     self.broken.holder_stalled = true;
                 }
             }
+            Fault::Member {
+                node,
+                member,
+                state,
+            } => {
+                let local = self.nodes[node].clock.local(now);
+                self.nodes[node].server.member(local, member, state);
+                self.node_changed(node);
+            }
             Fault::Net(p) => {
                 self.broken.duplicated |= p.dup_ppm > 0;
                 self.net.params = p;
@@ -1007,6 +1036,9 @@ impl<P: Protocol> World<P> {
                 self.net.params = NetParams::CALM;
                 for i in 0..self.nodes.len() {
                     self.restart(i);
+                    let local = self.nodes[i].clock.local(now);
+                    self.nodes[i].server.heal_members(local);
+                    self.node_changed(i);
                     // A leader loss ends too.
                     if self.nodes[i].stalled_until > now {
                         self.nodes[i].stalled_until = now;

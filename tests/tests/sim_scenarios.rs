@@ -88,6 +88,9 @@ scenario_tests! {
     etcd_client_drift => "etcd-client-drift",
     etcd_data_loss => "etcd-data-loss",
     etcd_random_chaos => "etcd-random-chaos",
+    etcd_member_down => "etcd-member-down",
+    etcd_leader_change_keepalive => "etcd-leader-change-keepalive",
+    etcd_pinned_partitioned_member => "etcd-pinned-partitioned-member",
 }
 
 #[test]
@@ -129,6 +132,7 @@ fn every_injected_bug_is_caught() {
         (m(Bug::EtcdLostFromReceiveTime), "etcd-keepalive-stall", 20),
         (m(Bug::EtcdWatchAll), "etcd-predecessor-crash", 5),
         (m(Bug::EtcdSkipRecheck), "etcd-predecessor-crash", 10),
+        (m(Bug::EtcdNoFailover), "etcd-member-down", 10),
     ];
     assert_eq!(cases.len(), Injected::all().count(), "every bug has a case");
     for (bug, name, seeds) in cases {
