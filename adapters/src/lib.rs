@@ -10,6 +10,8 @@
 
 pub use lucky_core::*;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(any(feature = "redis", feature = "etcd"))]
 mod clock;
 #[cfg(any(feature = "redis", feature = "etcd"))]

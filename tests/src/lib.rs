@@ -426,24 +426,6 @@ pub mod servers {
         }
     }
 
-    /// The `lucky` binary next to the running test (`target/<profile>/lucky`); panics with how
-    /// to build it when it is missing (`scripts/test.sh` builds it first).
-    pub fn lucky_bin() -> std::path::PathBuf {
-        // target/<profile>/deps/<test>-<hash> -> target/<profile>/lucky
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let bin = exe
-            .parent()
-            .and_then(std::path::Path::parent)
-            .map(|d| d.join("lucky"))
-            .expect("the test binary sits in target/<profile>/deps");
-        assert!(
-            bin.exists(),
-            "{} is missing: build it with `cargo build -p lucky --features cli`",
-            bin.display()
-        );
-        bin
-    }
-
     /// The etcd endpoint: `LUCKY_ETCD_ENDPOINTS` (comma-separated), else the member that
     /// `scripts/services.sh start` runs on 127.0.0.1:2379.
     pub fn etcd_endpoints() -> Vec<String> {

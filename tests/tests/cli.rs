@@ -9,8 +9,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use lucky_tests::servers::{
-    etcd_available, etcd_endpoints, lucky_bin, redis_available, redis_urls, EtcdProcess,
+    etcd_available, etcd_endpoints, redis_available, redis_urls, EtcdProcess,
 };
+
+/// The `lucky` command line, built by cargo for this test.
+fn lucky_bin() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_lucky-under-test").into()
+}
 
 fn unique(name: &str) -> String {
     format!("lucky-cli-test/{name}/{}", std::process::id())

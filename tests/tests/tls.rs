@@ -185,7 +185,7 @@ async fn etcd_over_tls_verifies_the_server_and_locks() {
     g.release().await.unwrap();
     // And the command line: etcds:// with the CA.
     {
-        let lucky = lucky_tests::servers::lucky_bin();
+        let lucky = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lucky-under-test"));
         let backend = format!(
             "etcds://127.0.0.1:{}?cacert={}",
             server.port,

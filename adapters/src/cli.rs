@@ -1,0 +1,584 @@
+//! `lucky`: run a command under a distributed lock (like flock(1), `etcdctl lock` and
+//! `consul lock`), or run the simulator.
+//!
+//! Exit codes: the command's own status; 75 not acquired within the wait; 76 the lock was lost
+//! while the command ran (it got SIGTERM, then SIGKILL after the grace period); 69 backend
+//! unreachable; 64 usage error; 127/126 the command could not be started; 128+N killed by
+//! signal N.
+#![allow(clippy::disallowed_methods)] // a command-line tool reads the clock and sleeps
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::etcd::Etcd;
+use crate::redis::RedLock;
+use crate::Guard;
+use tokio::signal::unix::{signal, SignalKind};
+
+const EX_USAGE: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_TEMPFAIL: u8 = 75;
+const EX_LOST: u8 = 76;
+
+const USAGE: &str = "usage:
+  lucky exec --backend URL --name NAME [--ttl 30s] [--wait 10s | --wait forever | --no-wait]
+             [--grace 10s] -- CMD [ARGS...]
+  lucky sim list | run ... | sweep ...     (the simulator; `lucky sim --help`)
+  lucky --help";
+
+const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock NAME.
+
+  --backend URL   redis://host:port[,host:port...]   one node, or several (RedLock; use 3 or 5)
+                  redis://:password@host:port,...    credentials apply to every node
+                  rediss://host:port,...             Redis over TLS (system roots, or
+                                                     the CA file named by SSL_CERT_FILE)
+                  etcd://host:2379[,host:2379...]    etcd lease lock (etcdctl lock compatible)
+                  etcd://user:password@host:2379     etcd authentication
+                  etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
+  --name NAME     the lock name
+  --ttl D         lease time to live, renewed while CMD runs (default 30s)
+  --wait D        how long to wait for the lock (default: forever, as flock)
+  --wait forever  wait until acquired
+  --no-wait       fail at once (exit 75) if the lock is held
+  --grace D       after the lock is lost: SIGTERM, then SIGKILL after D (default 10s)
+  Durations: 500ms, 30s, 2m, 1h (a bare number is seconds).
+
+CMD runs with LUCKY_LOCK_NAME and LUCKY_FENCE (a fencing token that grows with every new
+holder; pass it to the resource you write to) in its environment. SIGINT and SIGTERM sent to
+lucky go to CMD; the lock is released when CMD exits.
+
+Exit status: CMD's own; 75 not acquired within the wait; 76 lock lost while CMD ran;
+69 backend unreachable; 64 usage error; 127 CMD not found; 126 CMD not executable.
+
+Examples:
+  lucky exec --backend redis://10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379 --name nightly-report \\
+      --ttl 1m -- ./report.sh
+  lucky exec --backend etcd://127.0.0.1:2379 --name migrations --no-wait -- ./migrate up";
+
+/// The `lucky` command line: reads the process's arguments, returns its exit status. The
+/// `lucky` binary is this function; the test suite builds it as a binary of its own too.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("exec") => exec_main(&args[1..]),
+        Some("sim") => lucky_sim::cli::main("lucky sim", &args[1..], lucky_sim::cli::Style::Table),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}\n\n{EXEC_HELP}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => usage_error(&format!("unknown command {other:?}")),
+        None => usage_error("no command"),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("lucky: {msg}\n{USAGE}");
+    ExitCode::from(EX_USAGE)
+}
+
+/// How long to wait for the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitFor {
+    No,
+    For(Duration),
+    Forever,
+}
+
+#[derive(Debug)]
+struct Exec {
+    backend: Backend,
+    name: String,
+    ttl: Duration,
+    wait: WaitFor,
+    grace: Duration,
+    cmd: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Redis(Vec<String>),
+    Etcd {
+        endpoints: Vec<String>,
+        user: Option<(String, String)>,
+        ca: Option<String>,
+    },
+}
+
+fn exec_main(args: &[String]) -> ExitCode {
+    if args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-h" || a == "--help")
+    {
+        println!("{EXEC_HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let opts = match parse_exec(args) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("lucky exec: {msg}\n{USAGE}\n(see `lucky exec --help`)");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lucky exec: cannot start the runtime: {e}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    ExitCode::from(rt.block_on(exec(opts)))
+}
+
+fn parse_exec(args: &[String]) -> Result<Exec, String> {
+    let (flags, cmd) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], args[i + 1..].to_vec()),
+        None => return Err("missing `-- CMD [ARGS...]`".into()),
+    };
+    if cmd.is_empty() {
+        return Err("no command after `--`".into());
+    }
+    let (mut backend, mut name, mut ttl, mut wait, mut grace) = (
+        None,
+        None,
+        Duration::from_secs(30),
+        None,
+        Duration::from_secs(10),
+    );
+    let mut it = flags.iter();
+    while let Some(flag) = it.next() {
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (flag.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--backend" => backend = Some(parse_backend(&value()?)?),
+            "--name" => {
+                let v = value()?;
+                if v.is_empty() {
+                    return Err("--name: the lock name is empty".into());
+                }
+                name = Some(v);
+            }
+            "--ttl" => {
+                ttl = parse_duration(&value()?).map_err(|e| format!("--ttl: {e}"))?;
+                if ttl.is_zero() {
+                    return Err("--ttl: must be positive".into());
+                }
+            }
+            "--wait" => {
+                let v = value()?;
+                let w = if v == "forever" {
+                    WaitFor::Forever
+                } else {
+                    WaitFor::For(parse_duration(&v).map_err(|e| format!("--wait: {e}"))?)
+                };
+                if wait.is_some_and(|old| old != w) {
+                    return Err("--wait and --no-wait given together".into());
+                }
+                wait = Some(w);
+            }
+            "--no-wait" => {
+                if wait.is_some_and(|old| old != WaitFor::No) {
+                    return Err("--wait and --no-wait given together".into());
+                }
+                wait = Some(WaitFor::No);
+            }
+            "--grace" => grace = parse_duration(&value()?).map_err(|e| format!("--grace: {e}"))?,
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    Ok(Exec {
+        backend: backend.ok_or("--backend URL is required")?,
+        name: name.ok_or("--name NAME is required")?,
+        ttl,
+        wait: wait.unwrap_or(WaitFor::Forever),
+        grace,
+        cmd,
+    })
+}
+
+/// `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use 500ms, 30s, 2m, 1h)"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m or h)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(format!("duration {s:?} out of range (at most a year)"));
+    }
+    Ok(Duration::from_millis((secs * 1e3).round() as u64))
+}
+
+/// Parses `--backend`: one URL with several hosts (`redis://h1:p1,h2:p2`), or several full
+/// URLs of one scheme joined by commas (`redis://h1:p1,redis://h2:p2`, the form
+/// `LUCKY_REDIS_URLS` uses), or a mix of both.
+fn parse_backend(url: &str) -> Result<Backend, String> {
+    let mut urls: Vec<String> = Vec::new();
+    for piece in url.split(',') {
+        match urls.last_mut() {
+            Some(last) if !piece.contains("://") => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => urls.push(piece.to_owned()),
+        }
+    }
+    let mut merged: Option<Backend> = None;
+    for u in &urls {
+        let next = parse_one_backend(u)?;
+        merged = Some(match (merged, next) {
+            (None, b) => b,
+            (Some(Backend::Redis(mut a)), Backend::Redis(b)) => {
+                if a[0].split("://").next() != b[0].split("://").next() {
+                    return Err("backend URLs mix redis:// and rediss://".into());
+                }
+                a.extend(b);
+                Backend::Redis(a)
+            }
+            (
+                Some(Backend::Etcd {
+                    mut endpoints,
+                    user,
+                    ca,
+                }),
+                Backend::Etcd {
+                    endpoints: more,
+                    user: user2,
+                    ca: ca2,
+                },
+            ) => {
+                let same_scheme = endpoints[0].split("://").next() == more[0].split("://").next();
+                if !same_scheme || user != user2 || ca != ca2 {
+                    return Err("etcd backend URLs differ in scheme, credentials or cacert".into());
+                }
+                endpoints.extend(more);
+                Backend::Etcd {
+                    endpoints,
+                    user,
+                    ca,
+                }
+            }
+            _ => return Err("backend URLs mix Redis and etcd".into()),
+        });
+    }
+    merged.ok_or_else(|| "no backend URL given".to_owned())
+}
+
+fn parse_one_backend(url: &str) -> Result<Backend, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("bad backend URL {url:?}: expected scheme://host:port[,...]"))?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (hosts, path) = match hosts.split_once('/') {
+        Some((h, p)) => (h, Some(p)),
+        None => (hosts, None),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(format!(
+            "bad backend URL {}: empty host",
+            crate::redis::redact(url)
+        ));
+    }
+    for h in &hosts {
+        let port = h.rsplit_once(':').map(|(_, p)| p);
+        if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+            return Err(format!(
+                "bad backend URL {}: bad port in {h:?}",
+                crate::redis::redact(url)
+            ));
+        }
+    }
+    match scheme {
+        "redis" | "rediss" => {
+            if query.is_some() {
+                return Err(format!("{scheme}:// takes no query parameters"));
+            }
+            let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            let db = path.map(|p| format!("/{p}")).unwrap_or_default();
+            Ok(Backend::Redis(
+                hosts
+                    .iter()
+                    .map(|h| format!("{scheme}://{auth}{h}{db}"))
+                    .collect(),
+            ))
+        }
+        "etcd" | "etcds" => {
+            let user = match userinfo {
+                Some(u) => {
+                    let (name, pw) = u
+                        .split_once(':')
+                        .ok_or("etcd credentials must be user:password@")?;
+                    Some((name.to_owned(), pw.to_owned()))
+                }
+                None => None,
+            };
+            let mut ca = None;
+            for kv in query.into_iter().flat_map(|q| q.split('&')) {
+                match kv.split_once('=') {
+                    Some(("cacert", v)) => ca = Some(v.to_owned()),
+                    _ => return Err(format!("unknown etcd URL parameter {kv:?} (only cacert=)")),
+                }
+            }
+            if scheme == "etcd" && ca.is_some() {
+                return Err("cacert= needs etcds:// (TLS)".into());
+            }
+            let proto = if scheme == "etcds" { "https" } else { "http" };
+            Ok(Backend::Etcd {
+                endpoints: hosts.iter().map(|h| format!("{proto}://{h}")).collect(),
+                user,
+                ca,
+            })
+        }
+        other => Err(format!(
+            "unknown backend scheme {other:?}: use redis://, rediss://, etcd:// or etcds://"
+        )),
+    }
+}
+
+/// A connected backend.
+enum Locks {
+    Redis(RedLock),
+    Etcd(Etcd),
+}
+
+/// Why the lock was not taken, as an exit code and a message.
+struct Failure(u8, String);
+
+async fn connect(b: &Backend) -> Result<Locks, Failure> {
+    match b {
+        Backend::Redis(urls) => RedLock::builder(urls)
+            .connect()
+            .await
+            .map(Locks::Redis)
+            .map_err(|e| {
+                let code = match e {
+                    crate::redis::Error::Usage(_) | crate::redis::Error::BadUrl { .. } => EX_USAGE,
+                    _ => EX_UNAVAILABLE,
+                };
+                Failure(code, e.to_string())
+            }),
+        Backend::Etcd {
+            endpoints,
+            user,
+            ca,
+        } => {
+            let mut builder = Etcd::builder(endpoints);
+            if let Some((u, p)) = user {
+                builder = builder.user(u, p);
+            }
+            if let Some(path) = ca {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Failure(EX_USAGE, format!("cacert {path}: {e}")))?;
+                let tls = crate::etcd::TlsOptions::new()
+                    .ca_certificate(crate::etcd::Certificate::from_pem(pem));
+                builder = builder.tls(tls);
+            }
+            builder.connect().await.map(Locks::Etcd).map_err(|e| {
+                let code = match e {
+                    crate::etcd::Error::Usage(_) => EX_USAGE,
+                    _ => EX_UNAVAILABLE,
+                };
+                Failure(code, e.to_string())
+            })
+        }
+    }
+}
+
+/// The request for `o.name` with `o`'s ttl and wait, on either backend's request type.
+macro_rules! request {
+    ($locks:expr, $o:expr) => {{
+        let r = $locks.lock(&$o.name).ttl($o.ttl);
+        match $o.wait {
+            WaitFor::No => r.no_wait(),
+            WaitFor::For(d) => r.wait(d),
+            WaitFor::Forever => r.wait_forever(),
+        }
+    }};
+}
+
+async fn acquire(locks: &Locks, o: &Exec) -> Result<Guard, Failure> {
+    // Taken -> 75; unreachable -> 69; bad input -> 64.
+    match locks {
+        Locks::Redis(l) => request!(l, o).await.map_err(|e| {
+            let code = match &e {
+                crate::redis::Error::Usage(_) => EX_USAGE,
+                e if e.is_no_quorum() => EX_UNAVAILABLE,
+                _ => EX_TEMPFAIL,
+            };
+            Failure(code, e.to_string())
+        }),
+        Locks::Etcd(l) => request!(l, o).await.map_err(|e| {
+            let code = match &e {
+                crate::etcd::Error::Usage(_) => EX_USAGE,
+                e if e.is_unreachable() => EX_UNAVAILABLE,
+                _ => EX_TEMPFAIL,
+            };
+            Failure(code, e.to_string())
+        }),
+    }
+}
+
+// The one unsafe call of the project: kill(2) has no safe wrapper in std or tokio.
+#[allow(unsafe_code)]
+fn send_signal(pid: Option<u32>, sig: libc::c_int) {
+    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: kill(2) with a child's pid and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn status_code(s: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => u8::try_from(c & 0xff).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
+        _ => 1,
+    }
+}
+
+/// How long `lucky exec` waits, before it exits, for the clean-ups still running in the
+/// background (a cancelled acquisition's releases, a lost lock's release).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+impl Locks {
+    /// Waits for every background clean-up, so nothing this process wrote outlives it.
+    async fn close(&self) {
+        let done = match self {
+            Locks::Redis(l) => l.close(CLOSE_WAIT).await,
+            Locks::Etcd(l) => l.close(CLOSE_WAIT).await,
+        };
+        if !done {
+            eprintln!(
+                "lucky exec: clean-up still running after {CLOSE_WAIT:?}; what remains expires with its ttl"
+            );
+        }
+    }
+}
+
+async fn exec(o: Exec) -> u8 {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("lucky exec: cannot install signal handlers");
+        return EX_UNAVAILABLE;
+    };
+    let locks = match connect(&o.backend).await {
+        Ok(l) => l,
+        Err(Failure(code, msg)) => {
+            eprintln!("lucky exec: {msg}");
+            return code;
+        }
+    };
+    // Every path out waits for the clean-ups it left in the background.
+    let code = run(&locks, &o, &mut sigint, &mut sigterm).await;
+    locks.close().await;
+    code
+}
+
+/// Acquires, runs the command, releases; the exit code.
+async fn run(
+    locks: &Locks,
+    o: &Exec,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> u8 {
+    // Waiting for the lock: a signal cancels the wait (dropping the acquisition releases
+    // whatever it took).
+    let guard = tokio::select! {
+        r = acquire(locks, o) => match r {
+            Ok(g) => g,
+            Err(Failure(code, msg)) => {
+                eprintln!("lucky exec: lock {:?} not acquired: {msg}", o.name);
+                return code;
+            }
+        },
+        _ = sigint.recv() => return 130,
+        _ = sigterm.recv() => return 143,
+    };
+    let fence = guard.fence().map(|f| f.get());
+    let mut cmd = tokio::process::Command::new(&o.cmd[0]);
+    cmd.args(&o.cmd[1..]).env("LUCKY_LOCK_NAME", &o.name);
+    match fence {
+        Some(f) => cmd.env("LUCKY_FENCE", f.to_string()),
+        None => cmd.env_remove("LUCKY_FENCE"),
+    };
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lucky exec: cannot run {:?}: {e}", o.cmd[0]);
+            let _ = guard.release().await;
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    let pid = child.id();
+    let code = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break match status {
+                    Ok(s) => status_code(s),
+                    Err(e) => {
+                        eprintln!("lucky exec: waiting for the command failed: {e}");
+                        1
+                    }
+                };
+            }
+            () = guard.lost() => {
+                eprintln!(
+                    "lucky exec: lock {:?} lost while the command ran; sending SIGTERM",
+                    o.name
+                );
+                send_signal(pid, libc::SIGTERM);
+                if tokio::time::timeout(o.grace, child.wait()).await.is_err() {
+                    eprintln!("lucky exec: still running after {:?}; sending SIGKILL", o.grace);
+                    send_signal(pid, libc::SIGKILL);
+                    let _ = child.wait().await;
+                }
+                return EX_LOST;
+            }
+            _ = sigint.recv() => send_signal(pid, libc::SIGINT),
+            _ = sigterm.recv() => send_signal(pid, libc::SIGTERM),
+        }
+    };
+    if let Err(e) = guard.release().await {
+        eprintln!("lucky exec: releasing the lock failed (it expires with its ttl): {e}");
+    }
+    code
+}
