@@ -114,6 +114,7 @@ pub mod machine;
 pub mod quorum;
 pub mod redlock;
 mod rng;
+pub mod settings;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod time;
@@ -124,4 +125,5 @@ pub use error::{BackendError, LockError, NodeOutcome, UsageError};
 pub use fence::Fence;
 pub use machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
 pub use quorum::{Decision, Tally};
+pub use settings::{Retry, Wait};
 pub use time::{Duration, Instant};

@@ -4,7 +4,8 @@
 use alloc::string::String;
 use proptest::prelude::*;
 
-use crate::redlock::{RedLockConfig, Reply, Retry, Wait};
+use crate::redlock::{RedLockConfig, Reply};
+use crate::settings::{Retry, Wait};
 use crate::time::Duration;
 
 /// Valid RedLock configurations: 1 to 7 nodes, ttl 10 ms to 60 s, drift 0 to 5 %, every wait

@@ -1,7 +1,10 @@
 //! etcd lock configuration: validated once, shared by every lock of a client.
 
 use crate::error::UsageError;
-use crate::redlock::{Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN, MAX_TTL};
+use crate::settings::{
+    check_drift, check_retry, Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN,
+    MAX_TTL,
+};
 use crate::time::{drift_allowance, Duration};
 
 /// Default lease ttl (etcd's own `concurrency` default is 60 s; a shorter lease frees the lock
@@ -153,8 +156,8 @@ impl EtcdConfigBuilder {
             return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
         }
         let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
-        crate::redlock::check_drift(drift, ttl)?;
-        crate::redlock::check_retry(self.retry, self.wait, None)?;
+        check_drift(drift, ttl)?;
+        check_retry(self.retry, self.wait, None)?;
         let validity = ttl - drift;
         let op_timeout = self
             .op_timeout

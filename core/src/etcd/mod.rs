@@ -43,8 +43,7 @@ pub use config::{EtcdConfig, EtcdConfigBuilder, DEFAULT_TTL, MAX_NAME_LEN};
 use crate::bugs::Bug;
 use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
 use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
-use crate::redlock::Wait;
-use crate::rng::SplitMix64;
+use crate::settings::Attempts;
 use crate::time::{Duration, Instant};
 
 /// The etcd lock machine for one lock name. It talks to one node: the cluster.
@@ -54,7 +53,6 @@ pub struct EtcdLock {
     prefix: Bytes,
     now: Instant,
     next_op: u64,
-    rng: SplitMix64,
     out: VecDeque<Output<Command>>,
     lease: Option<Lease>,
     /// Our key for the current lease.
@@ -74,8 +72,7 @@ pub struct EtcdLock {
     owner_ready: bool,
     /// A validity confirmed by a keepalive, waiting for the ownership re-read.
     pending_until: Option<Instant>,
-    attempts: u32,
-    wait_until: Instant,
+    attempts: Attempts,
     last_error: Option<LockError>,
     /// The lease was granted during the current acquisition.
     fresh_lease: bool,
@@ -151,7 +148,6 @@ impl EtcdLock {
             prefix: prefix.freeze(),
             now: Instant::ZERO,
             next_op: crate::rng::op_base(seed, name),
-            rng: SplitMix64::new(seed),
             out: VecDeque::new(),
             lease: None,
             key: Bytes::new(),
@@ -163,8 +159,7 @@ impl EtcdLock {
             suspect: false,
             owner_ready: false,
             pending_until: None,
-            attempts: 0,
-            wait_until: Instant::ZERO,
+            attempts: Attempts::new(seed),
             last_error: None,
             fresh_lease: false,
             failure: None,
@@ -277,7 +272,7 @@ impl EtcdLock {
     }
 
     fn start_attempt(&mut self) {
-        self.attempts = self.attempts.saturating_add(1);
+        self.attempts.start();
         self.phase = Phase::Acquiring;
         self.owner_ready = false;
         self.rev = 0;
@@ -319,7 +314,7 @@ impl EtcdLock {
 
     fn error(&self, outcome: NodeOutcome, taken: bool) -> LockError {
         let nodes = vec![outcome];
-        let attempts = self.attempts;
+        let attempts = self.attempts.count;
         if taken {
             LockError::Taken { attempts, nodes }
         } else {
@@ -328,13 +323,8 @@ impl EtcdLock {
     }
 
     fn next_retry(&mut self) -> Option<Instant> {
-        if self.now >= self.wait_until {
-            return None;
-        }
-        let retry = self.cfg.retry;
-        let jitter = self.rng.below_or_eq(crate::time::nanos(retry.jitter));
-        let at = self.now + retry.delay + Duration::from_nanos(jitter);
-        Some(at.min(self.wait_until))
+        self.attempts
+            .next_retry(self.now, self.cfg.retry, None, None)
     }
 
     /// This attempt failed: clean up what it may have written, then retry or give up.
@@ -344,7 +334,7 @@ impl EtcdLock {
                 self.abandon();
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
-                    attempt: self.attempts,
+                    attempt: self.attempts.count,
                     retry_at,
                 });
             }
@@ -489,7 +479,7 @@ impl EtcdLock {
             p.deadline = p.deadline.rebase_back(by);
         }
         self.next_keepalive = self.next_keepalive.rebase_back(by);
-        self.wait_until = self.wait_until.rebase_back(by);
+        self.attempts.rebase_back(by);
         self.pending_until = self.pending_until.map(|t| t.rebase_back(by));
         let mut held = None;
         match &mut self.phase {
@@ -533,7 +523,9 @@ impl EtcdLock {
         }
         match self.phase {
             Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
-            Phase::Acquiring if now >= self.wait_until && self.main_kind() == Some(Kind::Watch) => {
+            Phase::Acquiring
+                if now >= self.attempts.wait_until && self.main_kind() == Some(Kind::Watch) =>
+            {
                 // Queued behind a holder for the whole wait: give up.
                 let e = self.error(NodeOutcome::Refused, true);
                 self.give_up(e);
@@ -639,7 +631,7 @@ impl EtcdLock {
                 self.rev = create_revision;
                 if owner_revision == create_revision {
                     self.owned();
-                } else if self.now >= self.wait_until {
+                } else if self.now >= self.attempts.wait_until {
                     let e = self.error(NodeOutcome::Refused, true);
                     self.give_up(e);
                 } else {
@@ -770,14 +762,9 @@ impl LockMachine for EtcdLock {
         if !matches!(self.phase, Phase::Idle | Phase::Done) {
             return Err(UsageError::Busy);
         }
-        self.attempts = 0;
+        self.attempts.begin(self.now, self.cfg.wait);
         self.last_error = None;
         self.fresh_lease = false;
-        self.wait_until = match self.cfg.wait {
-            Wait::None => self.now,
-            Wait::For(d) => self.now + d,
-            Wait::Forever => Instant::MAX,
-        };
         self.start_attempt();
         Ok(())
     }
@@ -889,7 +876,7 @@ impl LockMachine for EtcdLock {
         if let Some(p) = self.main {
             at = at.min(p.deadline);
             if p.kind == Kind::Watch {
-                at = at.min(self.wait_until);
+                at = at.min(self.attempts.wait_until);
             }
         }
         match self.keepalive {

@@ -4,51 +4,16 @@ use bytes::Bytes;
 
 use crate::error::UsageError;
 use crate::quorum::Tally;
+use crate::settings::{
+    check_drift, check_retry, Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN,
+    MAX_TTL,
+};
 use crate::time::{drift_allowance, Duration};
 
 /// Most nodes a RedLock may span.
 pub const MAX_NODES: usize = 255;
-/// Longest ttl accepted: one year. Longer leases are almost surely a unit mistake, and the
-/// value stays far inside Redis's PX range and our nanosecond arithmetic.
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Longest key (prefix + name) accepted, in bytes.
-pub const MAX_KEY_LEN: usize = 512;
 /// Default ttl.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-/// Default clock drift rate bound, in parts per million (1%, as the Redis page suggests).
-pub const DEFAULT_DRIFT_PPM: u32 = 10_000;
-/// Default constant added to the drift allowance (timer and scheduling slack).
-pub const DEFAULT_DRIFT_FLOOR: Duration = Duration::from_millis(2);
-
-/// How long an acquisition keeps trying.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// One attempt only.
-    None,
-    /// Start attempts until this long after `acquire` was called.
-    For(Duration),
-    /// Keep trying until acquired or cancelled.
-    Forever,
-}
-
-/// Delay between attempts: `delay + uniform(0..=jitter)`, from the caller-given seed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retry {
-    /// Fixed part of the delay.
-    pub delay: Duration,
-    /// Upper bound of the random part.
-    pub jitter: Duration,
-}
-
-impl Default for Retry {
-    /// 50 to 250 ms, as go-redsync.
-    fn default() -> Self {
-        Retry {
-            delay: Duration::from_millis(50),
-            jitter: Duration::from_millis(200),
-        }
-    }
-}
 
 /// Automatic extension of a held lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,31 +287,6 @@ impl RedLockConfigBuilder {
             bugs: self.bugs,
         })
     }
-}
-
-/// A drift allowance above half the ttl leaves a lock too short to be of use (and says the
-/// bound is almost surely a unit mistake).
-pub(crate) fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageError> {
-    if drift > ttl / 2 {
-        return Err(UsageError::DriftTooLarge { drift, ttl });
-    }
-    Ok(())
-}
-
-/// Attempts with no delay between them would spin; zero attempts cannot acquire.
-pub(crate) fn check_retry(
-    retry: Retry,
-    wait: Wait,
-    max_attempts: Option<u32>,
-) -> Result<(), UsageError> {
-    if max_attempts == Some(0) {
-        return Err(UsageError::MaxAttemptsZero);
-    }
-    let retries = wait != Wait::None && max_attempts != Some(1);
-    if retries && retry.delay.is_zero() && retry.jitter.is_zero() {
-        return Err(UsageError::RetrySpins);
-    }
-    Ok(())
 }
 
 fn check_nodes<T: PartialEq>(nodes: &[T]) -> Result<usize, UsageError> {

@@ -29,16 +29,16 @@ pub use command::{
     FENCE_KEY_SUFFIX, FENCE_SCRIPT, FENCE_SHA1, RELEASE_CHANNEL_PREFIX, RELEASE_QUIET_SCRIPT,
     RELEASE_QUIET_SHA1, RELEASE_SCRIPT, RELEASE_SHA1,
 };
-pub(crate) use config::{check_drift, check_retry};
-pub use config::{
-    AutoExtend, RedLockConfig, RedLockConfigBuilder, Retry, Wait, DEFAULT_DRIFT_FLOOR,
-    DEFAULT_DRIFT_PPM, DEFAULT_TTL, MAX_KEY_LEN, MAX_NODES, MAX_TTL,
+pub use config::{AutoExtend, RedLockConfig, RedLockConfigBuilder, DEFAULT_TTL, MAX_NODES};
+// The shared settings, where RedLock users have always found them.
+pub use crate::settings::{
+    Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN, MAX_TTL,
 };
 
 use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
 use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
 use crate::quorum::{Decision, Tally};
-use crate::rng::SplitMix64;
+use crate::settings::Attempts;
 use crate::time::{Duration, Instant};
 
 use crate::bugs::Bug;
@@ -47,10 +47,6 @@ use crate::bugs::Bug;
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Maximum length of the caller's token, in bytes (it travels, in hex, with every command).
 pub const MAX_TOKEN_LEN: usize = 64;
-
-/// The least round trip a quick retry after a split vote assumes: replies read together (a
-/// busy client, a simulator with no delay) must not make it an immediate retry.
-const MIN_SPLIT_ROUND_TRIP: Duration = Duration::from_micros(500);
 
 /// The RedLock machine for one lock name.
 #[derive(Debug)]
@@ -66,7 +62,6 @@ pub struct RedLock {
     now: Instant,
     next_op: u64,
     serial: u64,
-    rng: SplitMix64,
     phase: Phase,
     /// One slot per node for the round in flight.
     slots: Vec<Slot>,
@@ -76,8 +71,7 @@ pub struct RedLock {
     orphans: Vec<Orphan>,
     /// The error a failing acquisition reports once its clean-up is done.
     failure: Option<LockError>,
-    attempts: u32,
-    wait_until: Instant,
+    attempts: Attempts,
     extensions: u32,
     last_extend_error: Option<LockError>,
     /// A quick retry after a split vote may be taken (once per wake-up; see `fail_attempt`).
@@ -218,14 +212,12 @@ impl RedLock {
             now: Instant::ZERO,
             next_op: crate::rng::op_base(seed, token),
             serial: 0,
-            rng: SplitMix64::new(seed),
             phase: Phase::Idle,
             slots: alloc::vec![Slot::default(); n],
             orphans: Vec::new(),
             failure: None,
             out: VecDeque::with_capacity(n + 2),
-            attempts: 0,
-            wait_until: Instant::ZERO,
+            attempts: Attempts::new(seed),
             extensions: 0,
             last_extend_error: None,
             quick_retry: true,
@@ -328,7 +320,7 @@ impl RedLock {
     /// The caller's clock stepped back by `by`: every deadline moves back as much, so none
     /// lies later than under either reading of the clock.
     fn rebase_back(&mut self, by: Duration) {
-        self.wait_until = self.wait_until.rebase_back(by);
+        self.attempts.rebase_back(by);
         // Orphans keep their `forget_at`: remembering a SET longer is the safe side.
         let mut held = None;
         self.phase = match self.phase {
@@ -467,7 +459,7 @@ impl RedLock {
     }
 
     fn start_attempt(&mut self) {
-        self.attempts = self.attempts.saturating_add(1);
+        self.attempts.start();
         self.serial += 1;
         let mut value = BytesMut::with_capacity(self.token_hex.len() + 20);
         value.put_slice(&self.token_hex);
@@ -569,12 +561,13 @@ impl RedLock {
             }
             _ => None,
         };
-        match self.next_retry(quick) {
+        let (now, retry, max) = (self.now, self.cfg.retry, self.cfg.max_attempts);
+        match self.attempts.next_retry(now, retry, max, quick) {
             Some(retry_at) => {
                 self.release_unwatched();
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
-                    attempt: self.attempts,
+                    attempt: self.attempts.count,
                     retry_at,
                 });
             }
@@ -648,37 +641,12 @@ impl RedLock {
         }
     }
 
-    /// When the next attempt may start, if the wait and attempt limits allow one: after the
-    /// configured delay and jitter, or after 1-3 `quick` round trips when that is sooner.
-    fn next_retry(&mut self, quick: Option<Duration>) -> Option<Instant> {
-        if self
-            .cfg
-            .max_attempts
-            .is_some_and(|max| self.attempts >= max)
-        {
-            return None;
-        }
-        if self.now >= self.wait_until {
-            return None;
-        }
-        let retry = self.cfg.retry;
-        let jitter = self.rng.below_or_eq(crate::time::nanos(retry.jitter));
-        let mut at = self.now + retry.delay + Duration::from_nanos(jitter);
-        if let Some(rtt) = quick {
-            let rtt = crate::time::nanos(rtt.max(MIN_SPLIT_ROUND_TRIP));
-            let spread = self.rng.below_or_eq(rtt.saturating_mul(2));
-            let soon = self.now + Duration::from_nanos(rtt.saturating_add(spread));
-            at = at.min(soon);
-        }
-        Some(at.min(self.wait_until))
-    }
-
     /// Classifies a lost round by who said no: no quorum if failures and timeouts alone
     /// made a quorum of the round's voters impossible, else taken (refusals by another owner
     /// were needed to lose). A write-back round's voters are the nodes that granted.
     fn round_error(&self, won_too_late: bool) -> LockError {
         let nodes: Vec<NodeOutcome> = self.slots.iter().map(|s| s.outcome.clone()).collect();
-        let attempts = self.attempts;
+        let attempts = self.attempts.count;
         let voters = nodes
             .iter()
             .filter(|o| !matches!(o, NodeOutcome::NotSent))
@@ -919,13 +887,8 @@ impl LockMachine for RedLock {
         if !matches!(self.phase, Phase::Idle | Phase::Done) {
             return Err(UsageError::Busy);
         }
-        self.attempts = 0;
+        self.attempts.begin(self.now, self.cfg.wait);
         self.quick_retry = true;
-        self.wait_until = match self.cfg.wait {
-            Wait::None => self.now,
-            Wait::For(d) => self.now + d,
-            Wait::Forever => Instant::MAX,
-        };
         self.start_attempt();
         Ok(())
     }

@@ -1,0 +1,140 @@
+//! Settings every lease protocol shares: how long to wait and how to space attempts, the
+//! drift allowance and its defaults, the largest ttl and key, checked in one place; and the
+//! attempt bookkeeping (count, wait deadline, jittered retry) every machine keeps alike.
+
+use crate::error::UsageError;
+use crate::rng::SplitMix64;
+use crate::time::{nanos, Duration, Instant};
+
+/// Longest ttl accepted: one year. Longer leases are almost surely a unit mistake, and the
+/// value stays far inside Redis's PX range and our nanosecond arithmetic.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest key (prefix + name) accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+/// Default clock drift rate bound, in parts per million (1%, as the Redis page suggests).
+pub const DEFAULT_DRIFT_PPM: u32 = 10_000;
+/// Default constant added to the drift allowance (timer and scheduling slack).
+pub const DEFAULT_DRIFT_FLOOR: Duration = Duration::from_millis(2);
+
+/// How long an acquisition keeps trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// One attempt only.
+    None,
+    /// Start attempts until this long after `acquire` was called.
+    For(Duration),
+    /// Keep trying until acquired or cancelled.
+    Forever,
+}
+
+/// Delay between attempts: `delay + uniform(0..=jitter)`, from the caller-given seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Fixed part of the delay.
+    pub delay: Duration,
+    /// Upper bound of the random part.
+    pub jitter: Duration,
+}
+
+impl Default for Retry {
+    /// 50 to 250 ms, as go-redsync.
+    fn default() -> Self {
+        Retry {
+            delay: Duration::from_millis(50),
+            jitter: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A drift allowance above half the ttl leaves a lock too short to be of use (and says the
+/// bound is almost surely a unit mistake).
+pub(crate) fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageError> {
+    if drift > ttl / 2 {
+        return Err(UsageError::DriftTooLarge { drift, ttl });
+    }
+    Ok(())
+}
+
+/// Attempts with no delay between them would spin; zero attempts cannot acquire.
+pub(crate) fn check_retry(
+    retry: Retry,
+    wait: Wait,
+    max_attempts: Option<u32>,
+) -> Result<(), UsageError> {
+    if max_attempts == Some(0) {
+        return Err(UsageError::MaxAttemptsZero);
+    }
+    let retries = wait != Wait::None && max_attempts != Some(1);
+    if retries && retry.delay.is_zero() && retry.jitter.is_zero() {
+        return Err(UsageError::RetrySpins);
+    }
+    Ok(())
+}
+
+/// The least round trip a quick retry after a split vote assumes: replies read together (a
+/// busy client, a simulator with no delay) must not make it an immediate retry.
+const MIN_QUICK_ROUND_TRIP: Duration = Duration::from_micros(500);
+
+/// Attempts of one acquisition: how many were made, until when new ones may start, and the
+/// jitter of the delay between them (seeded by the caller).
+#[derive(Clone, Debug)]
+pub(crate) struct Attempts {
+    /// Attempts started in this acquisition.
+    pub(crate) count: u32,
+    /// No attempt starts at or after this.
+    pub(crate) wait_until: Instant,
+    rng: SplitMix64,
+}
+
+impl Attempts {
+    pub(crate) const fn new(seed: u64) -> Attempts {
+        Attempts {
+            count: 0,
+            wait_until: Instant::ZERO,
+            rng: SplitMix64::new(seed),
+        }
+    }
+
+    /// A new acquisition at `now` that may keep trying as `wait` says.
+    pub(crate) fn begin(&mut self, now: Instant, wait: Wait) {
+        self.count = 0;
+        self.wait_until = match wait {
+            Wait::None => now,
+            Wait::For(d) => now + d,
+            Wait::Forever => Instant::MAX,
+        };
+    }
+
+    /// Counts an attempt starting.
+    pub(crate) fn start(&mut self) {
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// When the next attempt may start, if the wait and attempt limits allow one: after
+    /// `retry`'s delay and jitter, or after 1-3 `quick` round trips when that is sooner.
+    pub(crate) fn next_retry(
+        &mut self,
+        now: Instant,
+        retry: Retry,
+        max_attempts: Option<u32>,
+        quick: Option<Duration>,
+    ) -> Option<Instant> {
+        if max_attempts.is_some_and(|max| self.count >= max) || now >= self.wait_until {
+            return None;
+        }
+        let jitter = self.rng.below_or_eq(nanos(retry.jitter));
+        let mut at = now + retry.delay + Duration::from_nanos(jitter);
+        if let Some(rtt) = quick {
+            let rtt = nanos(rtt.max(MIN_QUICK_ROUND_TRIP));
+            let spread = self.rng.below_or_eq(rtt.saturating_mul(2));
+            let soon = now + Duration::from_nanos(rtt.saturating_add(spread));
+            at = at.min(soon);
+        }
+        Some(at.min(self.wait_until))
+    }
+
+    /// The caller's clock stepped back by `by`.
+    pub(crate) fn rebase_back(&mut self, by: Duration) {
+        self.wait_until = self.wait_until.rebase_back(by);
+    }
+}
