@@ -130,7 +130,6 @@ pub(crate) fn acquire<M, T>(
     transport: Arc<T>,
     clock: Clock,
     name: String,
-    wake_channel: Option<Vec<u8>>,
     recycle: Option<Recycle<M>>,
 ) -> impl Future<Output = Result<Guard, Error>> + Send + 'static
 where
@@ -145,7 +144,7 @@ where
         transport,
         clock,
         shared: shared.clone(),
-        wake_channel,
+        listened: false,
         subscription: None,
         inflight: Vec::new(),
         timer: Timer::new(),
@@ -173,13 +172,15 @@ where
             Ok(fence) => {
                 // A hold with nothing to send before its deadline (no renewal) needs no
                 // task: the guard keeps the driver and runs it when asked.
-                let link = if driver.has_work_before_deadline() {
+                let key = driver.machine.held_key();
+                let link = if driver.machine.renews_while_held() {
                     spawn_task(driver).map_or(Link::Gone, Link::Task)
                 } else {
                     Link::Parked(driver)
                 };
                 Ok(Guard {
                     name,
+                    key,
                     fence,
                     shared,
                     clock,
@@ -325,8 +326,8 @@ struct Driver<M, T: Transport> {
     transport: Arc<T>,
     clock: Clock,
     shared: Arc<Hold>,
-    /// Where release hints for this lock arrive, subscribed once the lock is found busy.
-    wake_channel: Option<Vec<u8>>,
+    /// Release hints were asked for (once, when the lock was first found busy).
+    listened: bool,
     subscription: Option<Subscription>,
     /// Commands in flight, polled by whoever drives the machine (no task per command).
     inflight: Vec<InFlight<T::Reply>>,
@@ -377,9 +378,10 @@ where
             }
             let state = self.machine.state();
             let waiting = matches!(state, State::Waiting);
-            if waiting && self.subscription.is_none() {
-                if let Some(channel) = self.wake_channel.take() {
-                    self.subscription = self.transport.subscribe(channel).await;
+            if waiting && !self.listened {
+                self.listened = true;
+                if let Some(channel) = self.machine.release_channel() {
+                    self.subscription = self.transport.subscribe(channel.to_vec()).await;
                     // A release may have happened before the subscription took: try now.
                     if self.subscription.is_some() {
                         self.machine.wake(self.clock.now());
@@ -429,17 +431,6 @@ where
             op: t.op,
             reply: Box::pin(self.transport.send(t.node.index(), t.command)),
         });
-    }
-
-    /// Whether a held lock's machine wants to act before its deadline (renewal, a round in
-    /// flight); if not, nothing need run until the guard asks for something.
-    fn has_work_before_deadline(&self) -> bool {
-        match self.machine.state() {
-            State::Held { valid_until } => {
-                self.machine.poll_timeout().is_some_and(|t| t < valid_until)
-            }
-            _ => true,
-        }
     }
 
     /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
@@ -731,6 +722,7 @@ impl Timer {
 /// `lost()` and `is_held()` read the clock, so they need no task.
 pub struct Guard {
     name: String,
+    key: Option<bytes::Bytes>,
     fence: Option<Fence>,
     shared: Arc<Hold>,
     clock: Clock,
@@ -770,6 +762,12 @@ impl Guard {
     /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The key the lock is held under on the servers, when the backend names one per hold
+    /// (etcd: `<name>/<lease hex>`, the key [`guarded_put`](crate::etcd::guarded_put) checks).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
     }
 
     /// The fencing token, when the backend provides one.

@@ -499,7 +499,6 @@ impl LockRequest<'_> {
             transport,
             clock,
             self.name,
-            None,
             Some(recycle),
         ))
     }

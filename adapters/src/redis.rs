@@ -298,22 +298,30 @@ impl RedLockBuilder {
         }
         // Configuration errors (no nodes, duplicates, bad ttl) surface before any IO.
         let displays: Vec<&str> = nodes.iter().map(|n| n.display.as_str()).collect();
-        RedLockConfig::builder().nodes(&displays).build()?;
+        let needed = RedLockConfig::builder().nodes(&displays).build()?.quorum();
         self.defaults.config(nodes.len())?;
         let nodes = Arc::new(Nodes {
             tasks: Arc::default(),
             nodes,
             wake: Arc::default(),
         });
-        let results = futures_join(
-            nodes
-                .nodes
-                .iter()
-                .map(|n| async move { n.conn().await.map(|_| ()) }),
-        )
-        .await;
+        // Every node at once: dead nodes cost one connect timeout in all, not one each.
+        let mut probes = tokio::task::JoinSet::new();
+        for i in 0..nodes.nodes.len() {
+            let nodes = nodes.clone();
+            probes.spawn(async move {
+                let r = nodes.nodes[i].conn().await.map(|_| ());
+                (i, r.map_err(|e| e.to_string()))
+            });
+        }
+        let mut results: Vec<Result<(), String>> =
+            vec![Err("no answer".to_owned()); nodes.nodes.len()];
+        while let Some(done) = probes.join_next().await {
+            if let Ok((i, r)) = done {
+                results[i] = r;
+            }
+        }
         let total = results.len();
-        let needed = total / 2 + 1;
         let reachable = results.iter().filter(|r| r.is_ok()).count();
         if reachable < needed {
             let details = results
@@ -335,19 +343,6 @@ impl RedLockBuilder {
             defaults: self.defaults,
         })
     }
-}
-
-/// Runs futures concurrently and collects their outputs in order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    for f in set {
-        out.push(f.await);
-    }
-    out
 }
 
 /// One lock request; `.await` it to acquire.
@@ -420,19 +415,8 @@ impl LockRequest<'_> {
         getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
         let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x9E37_79B9;
         let machine = lucky_core::redlock::RedLock::new(&cfg, self.name.as_bytes(), &token, seed)?;
-        let mut channel = lucky_core::redlock::RELEASE_CHANNEL_PREFIX
-            .as_bytes()
-            .to_vec();
-        channel.extend_from_slice(machine.key());
         let (nodes, clock) = (self.client.nodes.clone(), self.client.clock);
-        Ok(driver::acquire(
-            machine,
-            nodes,
-            clock,
-            self.name,
-            Some(channel),
-            None,
-        ))
+        Ok(driver::acquire(machine, nodes, clock, self.name, None))
     }
 }
 

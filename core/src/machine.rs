@@ -185,4 +185,28 @@ pub trait LockMachine {
 
     /// The coarse state.
     fn state(&self) -> State;
+
+    /// Where the backend announces that this lock was released, for a driver that can
+    /// listen (RedLock: a Redis pub/sub channel); `None` when the protocol has no such hint
+    /// (etcd waits on watches). Listening helps only while the machine waits between attempts
+    /// ([`State::Waiting`]); feed each announcement back with [`wake`](Self::wake).
+    fn release_channel(&self) -> Option<bytes::Bytes> {
+        None
+    }
+
+    /// Whether a held lock has work before its deadline (renewal), so a driver must keep
+    /// running the machine while it is held; `false` means nothing happens until the caller
+    /// asks or the deadline passes (a driver then needs no task of its own).
+    fn renews_while_held(&self) -> bool {
+        match self.state() {
+            State::Held { valid_until } => self.poll_timeout().is_some_and(|t| t < valid_until),
+            _ => true,
+        }
+    }
+
+    /// The key the lock is held under on the servers, while held, for writes guarded by it
+    /// (etcd: `<name>/<lease hex>`, whose create revision is the fence).
+    fn held_key(&self) -> Option<bytes::Bytes> {
+        None
+    }
 }

@@ -58,6 +58,17 @@ async fn the_key_is_name_slash_lease_hex_and_the_fence_its_create_revision() {
     let ttl = raw.lease_time_to_live(lease, None).await.unwrap();
     assert!(ttl.ttl() > 0, "the key is on a live lease");
     assert_eq!(guard.fence().unwrap().get(), u64::try_from(*rev).unwrap());
+    // The guard knows its key: a guarded write needs no lookup first.
+    assert_eq!(guard.key(), Some(key.as_bytes()));
+    assert!(lucky::etcd::guarded_put(
+        &mut raw,
+        guard.key().unwrap(),
+        guard.fence().unwrap().get(),
+        format!("{name}-data"),
+        "v"
+    )
+    .await
+    .unwrap());
     let outcome = guard.release().await.unwrap();
     assert_eq!(outcome, vec![NodeOutcome::Granted]);
     assert!(keys_under(&mut raw, &name).await.is_empty());

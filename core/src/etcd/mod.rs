@@ -892,6 +892,15 @@ impl LockMachine for EtcdLock {
         (held || at != Instant::MAX).then_some(at)
     }
 
+    fn renews_while_held(&self) -> bool {
+        // The lease needs keepalives whenever a lock is held.
+        true
+    }
+
+    fn held_key(&self) -> Option<Bytes> {
+        matches!(self.phase, Phase::Held { .. }).then(|| self.key.clone())
+    }
+
     fn state(&self) -> State {
         match self.phase {
             Phase::Idle => State::Idle,

@@ -1039,6 +1039,28 @@ impl LockMachine for RedLock {
         }
     }
 
+    fn release_channel(&self) -> Option<Bytes> {
+        let mut channel = BytesMut::with_capacity(RELEASE_CHANNEL_PREFIX.len() + self.key.len());
+        channel.put_slice(RELEASE_CHANNEL_PREFIX.as_bytes());
+        channel.put_slice(&self.key);
+        Some(channel.freeze())
+    }
+
+    fn renews_while_held(&self) -> bool {
+        match self.phase {
+            Phase::Held {
+                next_extend,
+                extending,
+                ..
+            } => next_extend.is_some() || extending.is_some(),
+            _ => true,
+        }
+    }
+
+    fn held_key(&self) -> Option<Bytes> {
+        matches!(self.phase, Phase::Held { .. }).then(|| self.key.clone())
+    }
+
     fn state(&self) -> State {
         match self.phase {
             Phase::Idle => State::Idle,
