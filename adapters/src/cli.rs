@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::etcd::Etcd;
-use crate::redis::RedLock;
+use crate::redis::Redis;
 use crate::Guard;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -28,7 +28,7 @@ const USAGE: &str = "usage:
 
 const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock NAME.
 
-  --backend URL   redis://host:port[,host:port...]   one node, or several (RedLock; use 3 or 5)
+  --backend URL   redis://host:port[,host:port...]   one node, or several (Redis; use 3 or 5)
                   redis://:password@host:port,...    credentials apply to every node
                   rediss://host:port,...             Redis over TLS (system roots, or
                                                      the CA file named by SSL_CERT_FILE)
@@ -368,7 +368,7 @@ fn parse_one_backend(url: &str) -> Result<Backend, String> {
 
 /// A connected backend.
 enum Locks {
-    Redis(RedLock),
+    Redis(Redis),
     Etcd(Etcd),
 }
 
@@ -377,7 +377,7 @@ struct Failure(u8, String);
 
 async fn connect(b: &Backend) -> Result<Locks, Failure> {
     match b {
-        Backend::Redis(urls) => RedLock::builder(urls)
+        Backend::Redis(urls) => Redis::builder(urls)
             .connect()
             .await
             .map(Locks::Redis)

@@ -2,7 +2,7 @@
 //!
 //! Every protocol is a sans-IO state machine in [`lucky_core`] (re-exported here); this crate
 //! adds thin tokio drivers, one module per backend behind a cargo feature:
-//! - `redis`: [`redis::RedLock`], RedLock over independent Redis nodes.
+//! - `redis`: [`redis::Redis`], RedLock over independent Redis nodes.
 //! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the

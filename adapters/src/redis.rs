@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn f() -> Result<(), lucky::redis::Error> {
 //! use std::time::Duration;
-//! let locks = lucky::redis::RedLock::connect([
+//! let locks = lucky::redis::Redis::connect([
 //!     "redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003",
 //! ]).await?;
 //! let guard = locks.lock("jobs/nightly").ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).await?;
@@ -116,7 +116,7 @@ impl Error {
     }
 }
 
-/// Per-lock settings; defaults come from [`RedLockBuilder`].
+/// Per-lock settings; defaults come from [`RedisBuilder`].
 #[derive(Clone, Debug)]
 struct Options {
     ttl: Duration,
@@ -172,39 +172,39 @@ impl Options {
 
 /// A RedLock client over N independent Redis nodes. Cheap to clone; share one per process.
 #[derive(Clone, Debug)]
-pub struct RedLock {
+pub struct Redis {
     nodes: Arc<Nodes>,
     clock: Clock,
     defaults: Options,
 }
 
-/// Configures a [`RedLock`] before connecting.
+/// Configures a [`Redis`] before connecting.
 #[derive(Clone, Debug)]
-pub struct RedLockBuilder {
+pub struct RedisBuilder {
     urls: Vec<String>,
     defaults: Options,
     connect_timeout: Duration,
 }
 
-impl RedLock {
+impl Redis {
     /// Connects to the nodes with the default settings (ttl 30 s, wait 10 s, auto-extension
     /// every ttl/3, per-node timeout ttl/20).
-    pub async fn connect<I, S>(urls: I) -> Result<RedLock, Error>
+    pub async fn connect<I, S>(urls: I) -> Result<Redis, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        RedLock::builder(urls).connect().await
+        Redis::builder(urls).connect().await
     }
 
     /// Starts configuring a client for these node URLs (`redis://` or `rediss://`, with
     /// optional `user:password@`).
-    pub fn builder<I, S>(urls: I) -> RedLockBuilder
+    pub fn builder<I, S>(urls: I) -> RedisBuilder
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        RedLockBuilder {
+        RedisBuilder {
             urls: urls.into_iter().map(|u| u.as_ref().to_owned()).collect(),
             defaults: Options::default(),
             connect_timeout: Duration::from_secs(2),
@@ -235,7 +235,7 @@ impl RedLock {
     }
 }
 
-impl RedLockBuilder {
+impl RedisBuilder {
     /// Default time to live of each lock.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.defaults.ttl = ttl;
@@ -291,7 +291,7 @@ impl RedLockBuilder {
 
     /// Validates the URLs and settings, then connects to every node at once. Succeeds when a
     /// quorum answered; the others are retried on use.
-    pub async fn connect(self) -> Result<RedLock, Error> {
+    pub async fn connect(self) -> Result<Redis, Error> {
         let mut nodes = Vec::with_capacity(self.urls.len());
         for url in &self.urls {
             nodes.push(Node::new(url, self.connect_timeout)?);
@@ -337,7 +337,7 @@ impl RedLockBuilder {
                 details,
             });
         }
-        Ok(RedLock {
+        Ok(Redis {
             nodes,
             clock: Clock::new(),
             defaults: self.defaults,
@@ -348,7 +348,7 @@ impl RedLockBuilder {
 /// One lock request; `.await` it to acquire.
 #[derive(Debug)]
 pub struct LockRequest<'a> {
-    client: &'a RedLock,
+    client: &'a Redis,
     name: String,
     options: Options,
 }

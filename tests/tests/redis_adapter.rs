@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lucky::redis::{Error, RedLock};
+use lucky::redis::{Error, Redis};
 use lucky::{NodeOutcome, UsageError};
 use lucky_tests::servers::{redis_available, redis_urls};
 
@@ -16,12 +16,12 @@ fn unique(name: &str) -> String {
 }
 
 /// The test nodes and a client on them, or None (the test is skipped) when they are absent.
-async fn setup() -> Option<(Vec<String>, RedLock)> {
+async fn setup() -> Option<(Vec<String>, Redis)> {
     let urls = redis_urls();
     if !redis_available(&urls).await {
         return None;
     }
-    let locks = RedLock::connect(&urls).await.unwrap();
+    let locks = Redis::connect(&urls).await.unwrap();
     Some((urls, locks))
 }
 
@@ -332,11 +332,9 @@ async fn auto_extension_keeps_the_lock_past_its_ttl() {
 
 #[tokio::test]
 async fn bad_input_is_a_clear_error() {
-    let e = RedLock::connect(["http://127.0.0.1:7001"])
-        .await
-        .unwrap_err();
+    let e = Redis::connect(["http://127.0.0.1:7001"]).await.unwrap_err();
     assert!(matches!(e, Error::BadUrl { .. }), "{e}");
-    let e = RedLock::connect(["redis://:s3cret@127.0.0.1:1"])
+    let e = Redis::connect(["redis://:s3cret@127.0.0.1:1"])
         .await
         .unwrap_err();
     assert!(!e.to_string().contains("s3cret"), "password leaked: {e}");
@@ -346,17 +344,17 @@ async fn bad_input_is_a_clear_error() {
     );
     let none: [&str; 0] = [];
     assert!(matches!(
-        RedLock::connect(none).await.unwrap_err(),
+        Redis::connect(none).await.unwrap_err(),
         Error::Usage(UsageError::NoNodes)
     ));
     let dup = ["redis://127.0.0.1:7001", "redis://127.0.0.1:7001"];
     assert!(matches!(
-        RedLock::connect(dup).await.unwrap_err(),
+        Redis::connect(dup).await.unwrap_err(),
         Error::Usage(UsageError::DuplicateNode { .. })
     ));
     // Unreachable nodes: a clear error, quickly, no hang.
     let t = std::time::Instant::now();
-    let e = RedLock::builder([
+    let e = Redis::builder([
         "redis://127.0.0.1:1",
         "redis://127.0.0.1:2",
         "redis://127.0.0.1:3",
@@ -431,7 +429,7 @@ async fn fences_strictly_increase_across_holders() {
     let Some((urls, locks)) = setup().await else {
         return;
     };
-    let other = RedLock::connect(&urls).await.unwrap();
+    let other = Redis::connect(&urls).await.unwrap();
     let name = unique("fence");
     let mut last = 0;
     for i in 0..50 {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use lucky::redis::RedLock;
+use lucky::redis::Redis;
 use lucky_tests::servers::RedisProcess;
 
 fn cluster(base: u16) -> Option<Vec<RedisProcess>> {
@@ -16,8 +16,8 @@ fn urls(nodes: &[RedisProcess]) -> Vec<String> {
     nodes.iter().map(RedisProcess::url).collect()
 }
 
-async fn client(nodes: &[RedisProcess]) -> RedLock {
-    RedLock::builder(urls(nodes))
+async fn client(nodes: &[RedisProcess]) -> Redis {
+    Redis::builder(urls(nodes))
         .ttl(Duration::from_secs(2))
         .node_timeout(Duration::from_millis(100))
         .retry(Duration::from_millis(20), Duration::from_millis(20))
@@ -192,7 +192,7 @@ async fn a_wrong_password_is_a_clear_error_and_never_printed() {
         return;
     };
     let wrong = format!("redis://:wrong-battery@127.0.0.1:{}", node.port);
-    let e = RedLock::builder([wrong])
+    let e = Redis::builder([wrong])
         .connect_timeout(Duration::from_millis(500))
         .connect()
         .await
@@ -205,7 +205,7 @@ async fn a_wrong_password_is_a_clear_error_and_never_printed() {
         "{shown}"
     );
     let right = format!("redis://:right-horse@127.0.0.1:{}", node.port);
-    let locks = RedLock::connect([right]).await.unwrap();
+    let locks = Redis::connect([right]).await.unwrap();
     assert!(
         !format!("{locks:?}").contains("right-horse"),
         "password in Debug: {locks:?}"

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use lucky::redis::RedLock;
+use lucky::redis::Redis;
 use lucky_tests::servers::{redis_available, redis_urls, required};
 
 async fn postgres() -> Option<tokio_postgres::Client> {
@@ -57,7 +57,7 @@ async fn postgres_rejects_a_stale_fence() {
     .await
     .unwrap();
 
-    let locks = RedLock::connect(&urls).await.unwrap();
+    let locks = Redis::connect(&urls).await.unwrap();
     let name = format!("lucky-test/sql/{}", std::process::id());
     let a = locks
         .lock(&name)

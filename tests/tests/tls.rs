@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lucky::redis::RedLock;
+use lucky::redis::Redis;
 use lucky_tests::servers::{required, RedisProcess};
 
 /// A fresh directory `prefix-<pid>` holding the certificates of `make_certs`, or None (the
@@ -129,7 +129,7 @@ async fn rediss_verifies_the_server_and_locks_over_tls() {
     let url = format!("rediss://127.0.0.1:{port}");
     // Trusting only another CA: refused, and said so.
     std::env::set_var("SSL_CERT_FILE", file("other.pem"));
-    let e = RedLock::builder([&url])
+    let e = Redis::builder([&url])
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await
@@ -138,7 +138,7 @@ async fn rediss_verifies_the_server_and_locks_over_tls() {
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     // Trusted: locks work, fenced.
     std::env::set_var("SSL_CERT_FILE", &ca);
-    let locks = RedLock::connect([&url]).await.unwrap();
+    let locks = Redis::connect([&url]).await.unwrap();
     let g = locks.lock("tls-lock").await.unwrap();
     assert!(g.fence().is_some());
     let other = locks.lock("tls-lock").no_wait().await.unwrap_err();

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lucky::redis::RedLock;
+use lucky::redis::Redis;
 use lucky::redlock::{RELEASE_SCRIPT, RELEASE_SHA1};
 use lucky_tests::bench::{secs, serial_p50s, throughput_rounds, Case, Cycle, Handoff};
 use redis::aio::ConnectionManager;
@@ -108,7 +108,7 @@ async fn child(spec: &str) {
     let urls: Vec<String> = (7001..=7005)
         .map(|p| format!("redis://127.0.0.1:{p}"))
         .collect();
-    let locks = RedLock::builder(&urls)
+    let locks = Redis::builder(&urls)
         .fencing(false)
         .connect()
         .await
@@ -180,11 +180,11 @@ async fn run() {
         .collect();
     // Fenced (the default) and unfenced: the floor and rslock give no fence, so the unfenced
     // client is the like-for-like comparison; the fenced one pays one more round trip.
-    let Ok(fenced) = RedLock::builder(&urls).auto_extend(false).connect().await else {
+    let Ok(fenced) = Redis::builder(&urls).auto_extend(false).connect().await else {
         eprintln!("skipping: Redis nodes on 7001-7005 not reachable (scripts/services.sh start)");
         return;
     };
-    let locks = RedLock::builder(&urls)
+    let locks = Redis::builder(&urls)
         .auto_extend(false)
         .fencing(false)
         .connect()
