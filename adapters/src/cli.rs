@@ -433,7 +433,7 @@ async fn acquire(locks: &Locks, o: &Exec) -> Result<Guard, Failure> {
         Locks::Redis(l) => request!(l, o).await.map_err(|e| {
             let code = match &e {
                 crate::redis::Error::Usage(_) => EX_USAGE,
-                e if e.is_no_quorum() => EX_UNAVAILABLE,
+                e if e.is_unreachable() => EX_UNAVAILABLE,
                 _ => EX_TEMPFAIL,
             };
             Failure(code, e.to_string())

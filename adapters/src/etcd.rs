@@ -76,22 +76,32 @@ pub enum Error {
     /// The lock was not acquired.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The OS random source failed; no seed could be made.
+    #[error("the OS random source failed: {0}")]
+    Random(String),
     /// The background driver stopped (the runtime is shutting down).
     #[error("the lock driver stopped")]
     DriverGone,
 }
 
 impl Error {
+    /// Who said no: the same kinds for every backend.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::Lock(e) => crate::lock_error_kind(e),
+            Error::Random(_) | Error::DriverGone => ErrorKind::Local,
+        }
+    }
     /// Whether someone else holds the lock.
     pub fn is_taken(&self) -> bool {
-        matches!(self, Error::Lock(LockError::Taken { .. }))
+        self.kind() == crate::ErrorKind::Taken
     }
-    /// Whether etcd could not be reached.
+    /// Whether etcd could not be reached (or answered in time).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Error::Lock(LockError::NoQuorum { .. }) | Error::Unreachable { .. }
-        )
+        self.kind() == crate::ErrorKind::Unreachable
     }
 }
 
@@ -471,10 +481,7 @@ impl LockRequest<'_> {
             Some(m) => m,
             None => {
                 let mut seed = [0u8; 8];
-                getrandom::fill(&mut seed).map_err(|e| Error::Unreachable {
-                    endpoints: String::new(),
-                    reason: format!("the OS random source failed: {e}"),
-                })?;
+                getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
                 EtcdLock::new(&cfg, self.name.as_bytes(), u64::from_le_bytes(seed))?
             }
         };

@@ -26,6 +26,30 @@ pub mod redis;
 #[cfg(any(feature = "redis", feature = "etcd"))]
 pub use driver::Guard;
 
+/// Who said no, for every backend's error: what a caller branches on (skip the work when
+/// taken, retry later when unreachable, fix the call when usage).
+#[cfg(any(feature = "redis", feature = "etcd"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller's input was invalid; nothing was sent.
+    Usage,
+    /// Someone else holds the lock.
+    Taken,
+    /// Too few servers could be reached or answered in time.
+    Unreachable,
+    /// This process could not go on: the OS random source failed, or the runtime that drove
+    /// the lock is shutting down.
+    Local,
+}
+
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn lock_error_kind(e: &LockError) -> ErrorKind {
+    match e {
+        LockError::Taken { .. } => ErrorKind::Taken,
+        LockError::NoQuorum { .. } | LockError::TooSlow { .. } => ErrorKind::Unreachable,
+    }
+}
+
 /// Errors shared by every backend's driver.
 #[cfg(any(feature = "redis", feature = "etcd"))]
 #[derive(Debug, thiserror::Error)]
@@ -39,4 +63,16 @@ pub enum Error {
     /// The background driver stopped.
     #[error("the lock driver stopped")]
     DriverGone,
+}
+
+#[cfg(any(feature = "redis", feature = "etcd"))]
+impl Error {
+    /// Who said no.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Lock(e) => lock_error_kind(e),
+            Error::DriverGone => ErrorKind::Local,
+        }
+    }
 }

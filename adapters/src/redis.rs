@@ -103,16 +103,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// Who said no: the same kinds for every backend.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            Error::Usage(_) | Error::BadUrl { .. } => ErrorKind::Usage,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::Lock(e) => crate::lock_error_kind(e),
+            Error::Random(_) | Error::DriverGone => ErrorKind::Local,
+        }
+    }
     /// Whether someone else holds the lock.
     pub fn is_taken(&self) -> bool {
-        matches!(self, Error::Lock(LockError::Taken { .. }))
+        self.kind() == crate::ErrorKind::Taken
     }
-    /// Whether too few nodes could be reached for a quorum.
-    pub fn is_no_quorum(&self) -> bool {
-        matches!(
-            self,
-            Error::Lock(LockError::NoQuorum { .. }) | Error::Unreachable { .. }
-        )
+    /// Whether too few nodes could be reached for a quorum (or answered in time).
+    pub fn is_unreachable(&self) -> bool {
+        self.kind() == crate::ErrorKind::Unreachable
     }
 }
 
