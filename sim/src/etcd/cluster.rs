@@ -20,26 +20,17 @@ use lucky_core::endpoints::{Attempt, Endpoints, Resend};
 use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply};
 use lucky_core::time::nanos;
 use lucky_core::{
-    Duration, Event, Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError,
+    Duration, Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError,
 };
 
-use crate::etcd::EtcdNode;
+use crate::oracle::Violation;
 use crate::rng::Rng;
+use crate::scenario::{Injected, Runner, Setup};
+use crate::world::{MemberState, Report};
 use crate::{Protocol, Server};
 
-/// What one member does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberState {
-    /// Serves.
-    Up,
-    /// Killed: refuses connections; its streams break.
-    Down,
-    /// Stopped, or cut off from the client: answers nothing; what it received is applied when
-    /// it serves again.
-    Silent,
-    /// Cut off from the leader: answers "no leader" at once and cancels its watches.
-    NoLeader,
-}
+use super::lock::protocol;
+use super::EtcdNode;
 
 /// A request as the client sends it: to one member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,8 +165,8 @@ impl Server for EtcdCluster {
         self.store.recovered(now);
     }
 
-    fn max_woken(&self) -> usize {
-        self.store.max_woken()
+    fn check_at_end(&self, node: usize, found: &mut Vec<Violation>) {
+        self.store.check_at_end(node, found);
     }
 
     fn wipe(&mut self) {
@@ -542,14 +533,22 @@ impl Protocol for EtcdClusterSim {
     }
 }
 
-/// Whether `e` is the event of an acquisition that failed as "unreachable" or of a lost hold:
-/// what a cluster that kept its quorum must never cause.
-pub fn unavailable_event(e: &Event) -> Option<&'static str> {
-    match e {
-        Event::Failed(lucky_core::LockError::NoQuorum { .. }) => {
-            Some("an acquisition failed as unreachable")
-        }
-        Event::Lost { .. } => Some("a held lock was lost"),
-        _ => None,
+/// Runs a setup as the etcd lock through the client's view of a cluster of `members` members.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterRunner {
+    /// Members of the cluster.
+    pub members: usize,
+}
+
+impl Runner for ClusterRunner {
+    fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
+        let etcd = protocol(setup, false, bug);
+        let cluster = EtcdClusterSim {
+            cfg: etcd.cfg,
+            members: self.members,
+            fence_unchecked: etcd.fence_unchecked,
+            bug: Injected::machine(bug),
+        };
+        setup.run_world(&cluster, seed)
     }
 }
