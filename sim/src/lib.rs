@@ -19,6 +19,12 @@
 //! ([`redis`], [`etcd`]) with its server model, its protocol glue, its scenarios and its bugs,
 //! registered by one line in [`registry`]; [`cli`] reads the registry.
 //!
+//! Adding a backend: a folder `sim/src/<name>/` with its server model (a [`Server`]), its
+//! protocol glue (a [`Protocol`] pairing the real machine with the model, and a
+//! [`scenario::Runner`] that builds it from a [`scenario::Setup`]), its scenarios and a
+//! [`scenario::Backend`] naming them and its machine's bugs; then `pub mod <name>;` here and
+//! one line in [`registry::BACKENDS`]. Nothing in the engine changes.
+//!
 //! # Embedding a Lucky machine in your own simulation
 //!
 //! A machine only needs `now`, replies and polling, so any event loop can host it. Here one

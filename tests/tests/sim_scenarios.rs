@@ -135,7 +135,11 @@ fn every_injected_bug_is_caught() {
         (m(Bug::EtcdSkipRecheck), "etcd-predecessor-crash", 10),
         (m(Bug::EtcdNoFailover), "etcd-member-down", 10),
     ];
-    assert_eq!(cases.len(), registry::bugs().count(), "every bug has a case");
+    assert_eq!(
+        cases.len(),
+        registry::bugs().count(),
+        "every bug has a case"
+    );
     for (bug, name, seeds) in cases {
         let sc = registry::scenario(name).expect("scenario exists");
         let caught = (0..seeds)

@@ -1,5 +1,5 @@
 //! The etcd cluster scenarios: the etcd lock through the client's view of a three-member
-//! cluster ([`super::cluster`]). One member at a time is down, silent, or cut off from the
+//! cluster ([`super::cluster_client`]). One member at a time is down, silent, or cut off from the
 //! leader; the cluster keeps its quorum, so no acquisition may fail as "unreachable" and no
 //! hold may be lost (the oracle's availability check), besides every usual check.
 
@@ -10,7 +10,7 @@ use crate::rng::Rng;
 use crate::scenario::Setup;
 use crate::world::{Fault, MemberState};
 
-use super::cluster::ClusterRunner;
+use super::cluster_client::ClusterRunner;
 
 const MS: u64 = 1_000_000;
 const MEMBERS: usize = 3;

@@ -1,20 +1,22 @@
 //! The etcd backend: the [`EtcdNode`] model of a linearizable cluster ([`node`]), the glue that
-//! builds the real etcd lock machine from a scenario's setup ([`lock`]), the client's view of a
-//! cluster of members with lucky-core's fail-over rule ([`cluster`]), and the scenarios of
-//! each ([`scenarios`], [`cluster_scenarios`]). [`BACKEND`] registers them and the etcd
-//! machine's bugs.
+//! builds the real etcd lock machine from a scenario's setup ([`lock`]), the cluster as a set
+//! of members ([`cluster`]) seen by a client with lucky-core's fail-over rule
+//! ([`cluster_client`]), and the scenarios of each (`scenarios.rs`, `cluster_scenarios.rs`).
+//! [`BACKEND`] registers them and the etcd machine's bugs.
 
 use lucky_core::bugs::Bug;
 
 use crate::scenario::{Backend, Scenario};
 
 pub mod cluster;
+pub mod cluster_client;
 mod cluster_scenarios;
 pub mod lock;
 pub mod node;
 mod scenarios;
 
-pub use cluster::{ClusterClient, ClusterRunner, EtcdCluster, EtcdClusterSim};
+pub use cluster::EtcdCluster;
+pub use cluster_client::{ClusterClient, ClusterRunner, EtcdClusterSim};
 pub use lock::{EtcdRunner, EtcdSim};
 pub use node::EtcdNode;
 

@@ -3,9 +3,9 @@
 //! protocol-specific comes through [`Protocol`] and [`Server`].
 //!
 //! This file owns the [`World`] itself: building a run, the event loop and the trace hash.
-//! The jobs it dispatches to live beside it: [`queue`] (event ordering), [`clients`]
-//! (driving the machines), [`workload`] (what clients do with the lock), [`resource`] (the
-//! fenced resource), [`servers`] (node models behind the network), [`faults`], [`report`].
+//! The jobs it dispatches to live beside it: `queue.rs` (event ordering), `clients.rs`
+//! (driving the machines), `workload.rs` (what clients do with the lock), `resource.rs` (the
+//! fenced resource), `servers.rs` (node models behind the network), `faults.rs`, `report.rs`.
 
 use lucky_core::Instant;
 
