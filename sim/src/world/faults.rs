@@ -73,8 +73,8 @@ pub enum Fault {
         /// For how long.
         for_ns: u64,
     },
-    /// One member (endpoint) of a node reached through several changes state: see
-    /// [`MemberState`].
+    /// One member of a node reached through several endpoints (a cluster's members) changes
+    /// state: see [`MemberState`].
     Member {
         /// Which node.
         node: usize,
