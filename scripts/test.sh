@@ -25,8 +25,8 @@ SIM=target/release/lucky-sim
 echo "== simulator sweep: $SEEDS seeds per scenario"
 "$SIM" sweep --scenario all --seeds "$SEEDS"
 
-echo "== determinism: one seed twice, per protocol"
-for sc in random-chaos etcd-random-chaos etcd-member-down; do
+echo "== determinism: one seed twice, every scenario of every backend"
+for sc in $("$SIM" list | sed '/^$/q' | awk 'NF { print $1 }'); do
   a=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
   b=$("$SIM" run --scenario "$sc" --seed 424242 | tail -n 1)
   echo "$sc: $a / $b"

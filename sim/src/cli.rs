@@ -4,7 +4,8 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
-use crate::scenario::{bug_by_name, Injected, Scenario, SCENARIOS};
+use crate::registry;
+use crate::scenario::{Injected, Scenario};
 use crate::sweep::{sweep, Sweep};
 
 /// How a sweep reports.
@@ -78,7 +79,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--inject-bug" => {
                 let v = value()?;
                 o.bug = Some(
-                    bug_by_name(v)
+                    registry::bug(v)
                         .ok_or_else(|| format!("unknown bug {v:?} (see `lucky-sim list`)"))?,
                 );
             }
@@ -89,7 +90,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 fn scenario(name: &str) -> Result<&'static Scenario, String> {
-    Scenario::by_name(name)
+    registry::scenario(name)
         .ok_or_else(|| format!("unknown scenario {name:?} (see `lucky-sim list`)"))
 }
 
@@ -109,12 +110,12 @@ fn run(program: &str, args: &[String], style: Style) -> Result<ExitCode, String>
     };
     match cmd.as_str() {
         "list" => {
-            for s in SCENARIOS {
+            for s in registry::scenarios() {
                 println!("{:<30} {}", s.name, s.about);
             }
             println!();
             println!("injectable bugs (--inject-bug):");
-            for b in Injected::all() {
+            for b in registry::bugs() {
                 println!("{}", b.name());
             }
             Ok(ExitCode::SUCCESS)
@@ -182,11 +183,8 @@ fn run(program: &str, args: &[String], style: Style) -> Result<ExitCode, String>
             let name = o.scenario.as_deref().ok_or("sweep needs --scenario")?;
             let seeds = o.seeds.ok_or("sweep needs --seeds")?;
             let scenarios: Vec<&'static Scenario> = if name == "all" {
-                // With a bug, only the scenarios of the protocol it lives in.
-                SCENARIOS
-                    .iter()
-                    .filter(|sc| o.bug.is_none_or(|b| b.applies_to(sc.setup(0).backend)))
-                    .collect()
+                // With a bug, only the scenarios of the backend it lives in.
+                registry::scenarios_for(o.bug).collect()
             } else {
                 vec![scenario(name)?]
             };

@@ -11,6 +11,20 @@
 //! [`redis::RedisNode`] model, the [`oracle`], and [`world::World`] generic over any
 //! [`Protocol`]. Scenarios ([`scenario`]) are named, seeded setups.
 //!
+//! # Layout
+//!
+//! The engine knows no backend: [`world`] (event queue, clients, workload, fenced resource,
+//! servers, faults, report), [`oracle`], [`scenario`] (setups, outcomes, the [`scenario::Backend`]
+//! registration), [`sweep`], and the seam [`Protocol`] / [`Server`]. Each backend is a folder
+//! ([`redis`], [`etcd`]) with its server model, its protocol glue, its scenarios and its bugs,
+//! registered by one line in [`registry`]; [`cli`] reads the registry.
+//!
+//! Adding a backend: a folder `sim/src/<name>/` with its server model (a [`Server`]), its
+//! protocol glue (a [`Protocol`] pairing the real machine with the model, and a
+//! [`scenario::Runner`] that builds it from a [`scenario::Setup`]), its scenarios and a
+//! [`scenario::Backend`] naming them and its machine's bugs; then `pub mod <name>;` here and
+//! one line in [`registry::BACKENDS`]. Nothing in the engine changes.
+//!
 //! # Embedding a Lucky machine in your own simulation
 //!
 //! A machine only needs `now`, replies and polling, so any event loop can host it. Here one
@@ -54,101 +68,17 @@
 //! # Ok::<(), lucky_core::UsageError>(())
 //! ```
 
-use std::fmt::Debug;
-
-use lucky_core::LockMachine;
-
 pub mod cli;
 pub mod clock;
 pub mod etcd;
-pub mod etcd_cluster;
-pub mod etcd_lock;
 pub mod net;
 pub mod oracle;
+mod protocol;
 pub mod redis;
-pub mod redlock;
+pub mod registry;
 pub mod rng;
 pub mod scenario;
-mod scenario_cluster;
-mod scenario_etcd;
 pub mod sweep;
 pub mod world;
 
-/// A model of one server node.
-pub trait Server {
-    /// The commands it executes.
-    type Command: Clone + Debug;
-    /// The replies it gives.
-    type Reply: Clone + Debug;
-    /// Executes `command` at the node's local time `now` (ns).
-    fn apply(&mut self, now: u64, command: &Self::Command) -> Self::Reply;
-    /// Loses every key (a crash without persistence).
-    fn wipe(&mut self);
-    /// Keys still live at local time `now`.
-    fn live_keys(&self, now: u64) -> usize;
-    /// What a client reads from a crashed node (connection refused).
-    fn unavailable() -> Self::Reply;
-
-    /// Executes `command`, which the node may answer later (a watch): `None` means it is kept
-    /// under `id` and its answer comes out of [`fired`](Self::fired).
-    fn submit(&mut self, now: u64, command: &Self::Command, _id: u64) -> Option<Self::Reply> {
-        Some(self.apply(now, command))
-    }
-    /// Moves the answers to kept commands that became due into `out`, as `(id, reply)`.
-    fn fired(&mut self, _out: &mut Vec<(u64, Self::Reply)>) {}
-    /// The next local time at which the node acts on its own (a lease expiring).
-    fn next_timer(&self) -> Option<u64> {
-        None
-    }
-    /// Does everything due at local time `now`.
-    fn tick(&mut self, _now: u64) {}
-    /// Forgets every kept command (the connections carrying them broke).
-    fn forget_kept(&mut self) {}
-    /// The node serves again after a crash or leader loss, at local time `now`.
-    fn recovered(&mut self, _now: u64) {}
-    /// The most watches one deletion answered (the thundering-herd check).
-    fn max_woken(&self) -> usize {
-        0
-    }
-    /// One member of a clustered node changes state at local time `now` (the etcd cluster
-    /// view); a node without members ignores it.
-    fn member(&mut self, _now: u64, _member: usize, _state: etcd_cluster::MemberState) {}
-    /// Every member serves again (faults stopped).
-    fn heal_members(&mut self, _now: u64) {}
-}
-
-/// A lock protocol the simulator can run: its machine and its server model.
-pub trait Protocol {
-    /// The server model.
-    type Server: Server;
-    /// The client machine, speaking the server's commands and replies.
-    type Machine: LockMachine<
-        Command = <Self::Server as Server>::Command,
-        Reply = <Self::Server as Server>::Reply,
-    >;
-    /// Number of server nodes.
-    fn nodes(&self) -> usize;
-    /// A fresh machine for `client`, with its token and jitter seed drawn from `rng`.
-    fn machine(&self, client: usize, rng: &mut rng::Rng) -> Self::Machine;
-    /// A fresh node model.
-    fn server(&self, node: usize) -> Self::Server;
-    /// The lease ttl (ns): the bound used to judge restarts and pauses.
-    fn ttl_ns(&self) -> u64;
-    /// The relative clock drift rate the protocol is configured to tolerate (ppm).
-    fn drift_ppm(&self) -> u32;
-    /// Whether the resource skips its fence check (the `fence-unchecked` bug).
-    fn fence_unchecked(&self) -> bool {
-        false
-    }
-    /// Whether the protocol's fences keep rising after a node restarts without its data, once
-    /// it was away longer than its clock lags the others' (the claim the oracle then holds
-    /// it to).
-    fn fences_survive_state_loss(&self) -> bool {
-        false
-    }
-    /// Whether the backend keeps serving throughout (a cluster that keeps its quorum): then
-    /// an acquisition failing as "unreachable" or a lost hold is a violation.
-    fn must_stay_available(&self) -> bool {
-        false
-    }
-}
+pub use protocol::{Protocol, Server};

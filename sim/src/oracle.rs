@@ -389,3 +389,15 @@ impl Oracle {
         out
     }
 }
+
+/// Whether `e` is the event of an acquisition that failed as "unreachable" or of a lost hold:
+/// what a backend that kept serving (a cluster that kept its quorum) must never cause.
+pub fn unavailable_event(e: &lucky_core::Event) -> Option<&'static str> {
+    match e {
+        lucky_core::Event::Failed(lucky_core::LockError::NoQuorum { .. }) => {
+            Some("an acquisition failed as unreachable")
+        }
+        lucky_core::Event::Lost { .. } => Some("a held lock was lost"),
+        _ => None,
+    }
+}

@@ -47,7 +47,7 @@ fn schedule(f: impl Strategy<Value = Fault>) -> impl Strategy<Value = Vec<(u64, 
 }
 
 fn setup_with(faults: Vec<(u64, Fault)>) -> Setup {
-    let mut s = Setup::base(&mut Rng::new(0));
+    let mut s = lucky_sim::redis::base(&mut Rng::new(0));
     s.faults = faults;
     s
 }

@@ -5,7 +5,8 @@
 //! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40).
 
 use lucky_core::bugs::Bug;
-use lucky_sim::scenario::{Injected, Scenario, SCENARIOS};
+use lucky_sim::registry;
+use lucky_sim::scenario::Injected;
 
 fn seeds() -> u64 {
     std::env::var("LUCKY_SIM_SEEDS")
@@ -15,7 +16,7 @@ fn seeds() -> u64 {
 }
 
 fn check(name: &str) {
-    let sc = Scenario::by_name(name).expect("scenario exists");
+    let sc = registry::scenario(name).expect("scenario exists");
     let mut expected = 0;
     for seed in 0..seeds() {
         let out = sc.run(seed, None);
@@ -42,10 +43,10 @@ macro_rules! scenario_tests {
         #[test]
         fn every_scenario_has_a_test() {
             let tested = [$($name),*];
-            for s in SCENARIOS {
+            for s in registry::scenarios() {
                 assert!(tested.contains(&s.name), "scenario {} has no test", s.name);
             }
-            assert_eq!(tested.len(), SCENARIOS.len());
+            assert_eq!(tested.len(), registry::scenarios().count());
         }
     };
 }
@@ -95,7 +96,7 @@ scenario_tests! {
 
 #[test]
 fn a_seed_replays_bit_for_bit() {
-    for sc in SCENARIOS {
+    for sc in registry::scenarios() {
         let a = sc.run(7, None).report;
         let b = sc.run(7, None).report;
         assert_eq!(a.trace_hash, b.trace_hash, "{}", sc.name);
@@ -134,9 +135,13 @@ fn every_injected_bug_is_caught() {
         (m(Bug::EtcdSkipRecheck), "etcd-predecessor-crash", 10),
         (m(Bug::EtcdNoFailover), "etcd-member-down", 10),
     ];
-    assert_eq!(cases.len(), Injected::all().count(), "every bug has a case");
+    assert_eq!(
+        cases.len(),
+        registry::bugs().count(),
+        "every bug has a case"
+    );
     for (bug, name, seeds) in cases {
-        let sc = Scenario::by_name(name).expect("scenario exists");
+        let sc = registry::scenario(name).expect("scenario exists");
         let caught = (0..seeds)
             .filter(|&s| !sc.run(s, Some(bug)).passed())
             .count();

@@ -6,17 +6,18 @@ use lucky_core::Duration;
 
 use crate::net::Cut;
 use crate::rng::Rng;
-use crate::scenario::{Backend, Setup};
+use crate::scenario::Setup;
 use crate::world::Fault;
+
+use super::lock::EtcdRunner;
 
 const MS: u64 = 1_000_000;
 
 /// The etcd shape: one cluster, 3 clients, lease ttl 400 ms, fences checked by the resource.
-fn base(rng: &mut Rng) -> Setup {
-    let mut s = Setup::base(rng);
-    s.backend = Backend::Etcd {
+fn base(_rng: &mut Rng) -> Setup {
+    let mut s = Setup::new(&EtcdRunner {
         compact_always: false,
-    };
+    });
     s.nodes = 1;
     s.fencing = true;
     s.wait = Wait::For(Duration::from_millis(800));
@@ -25,7 +26,7 @@ fn base(rng: &mut Rng) -> Setup {
 
 /// Cron-style tries on etcd: one `no_wait` try per client at nearly the same instant, each
 /// client exiting for good when its try ends; a failed try's key must not stay in the queue.
-pub(crate) fn no_wait_exit(rng: &mut Rng) -> Setup {
+pub(super) fn no_wait_exit(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.wait = Wait::None;
     s.work.clients = 12;
@@ -36,7 +37,7 @@ pub(crate) fn no_wait_exit(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn holder_partitioned(rng: &mut Rng) -> Setup {
+pub(super) fn holder_partitioned(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2 + rng.range(0, 1) as usize;
     s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
@@ -48,7 +49,7 @@ pub(crate) fn holder_partitioned(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn keepalive_stall(rng: &mut Rng) -> Setup {
+pub(super) fn keepalive_stall(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2;
     s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
@@ -91,9 +92,9 @@ pub(crate) fn keepalive_stall(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn watch_compacted(rng: &mut Rng) -> Setup {
+pub(super) fn watch_compacted(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
-    s.backend = Backend::Etcd {
+    s.runner = &EtcdRunner {
         compact_always: true,
     };
     s.work.clients = 4;
@@ -104,7 +105,7 @@ pub(crate) fn watch_compacted(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn predecessor_crash(rng: &mut Rng) -> Setup {
+pub(super) fn predecessor_crash(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 4;
     s.work.hold_ns = Some((s.ttl(), 2 * s.ttl()));
@@ -121,7 +122,7 @@ pub(crate) fn predecessor_crash(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn holder_pause_fenced(rng: &mut Rng) -> Setup {
+pub(super) fn holder_pause_fenced(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.pause_after_check_ns = Some(2 * s.ttl());
     s.work.pause_only_client = Some(0);
@@ -131,7 +132,7 @@ pub(crate) fn holder_pause_fenced(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn clock_jump(rng: &mut Rng) -> Setup {
+pub(super) fn clock_jump(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
     s.work.think_ns = (0, MS);
@@ -151,7 +152,7 @@ pub(crate) fn clock_jump(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn client_drift(rng: &mut Rng) -> Setup {
+pub(super) fn client_drift(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2;
     // Long holds: a cut of the holder's keepalives lets its lease run out under it.
@@ -180,7 +181,7 @@ pub(crate) fn client_drift(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn data_loss(rng: &mut Rng) -> Setup {
+pub(super) fn data_loss(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
     s.work.think_ns = (0, MS);
@@ -213,7 +214,7 @@ pub(crate) fn data_loss(rng: &mut Rng) -> Setup {
     s
 }
 
-pub(crate) fn random_chaos(rng: &mut Rng) -> Setup {
+pub(super) fn random_chaos(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2 + rng.range(0, 2) as usize;
     let on = |rng: &mut Rng| rng.range(0, 1) == 1;
@@ -221,7 +222,7 @@ pub(crate) fn random_chaos(rng: &mut Rng) -> Setup {
         s.work.hold_ns = Some((MS, 2 * s.ttl()));
     }
     if on(rng) {
-        s.backend = Backend::Etcd {
+        s.runner = &EtcdRunner {
             compact_always: true,
         };
     }

@@ -1,39 +1,25 @@
 //! The etcd cluster scenarios: the etcd lock through the client's view of a three-member
-//! cluster ([`crate::etcd_cluster`]). One member at a time is down, silent, or cut off from the
+//! cluster ([`super::cluster_client`]). One member at a time is down, silent, or cut off from the
 //! leader; the cluster keeps its quorum, so no acquisition may fail as "unreachable" and no
 //! hold may be lost (the oracle's availability check), besides every usual check.
 
 use lucky_core::redlock::Wait;
 use lucky_core::Duration;
 
-use crate::etcd_cluster::{EtcdClusterSim, MemberState};
 use crate::rng::Rng;
-use crate::scenario::{Backend, Injected, Setup};
-use crate::world::Fault;
+use crate::scenario::Setup;
+use crate::world::{Fault, MemberState};
+
+use super::cluster_client::ClusterRunner;
 
 const MS: u64 = 1_000_000;
 const MEMBERS: usize = 3;
-
-/// The etcd lock of `s` through `members` members, with `bug` injected.
-pub(crate) fn protocol(s: &Setup, members: usize, bug: Option<Injected>) -> EtcdClusterSim {
-    let etcd = s.etcd_protocol(bug);
-    EtcdClusterSim {
-        cfg: etcd.cfg,
-        members,
-        fence_unchecked: etcd.fence_unchecked,
-        bug: match bug {
-            Some(Injected::Machine(b)) => Some(b),
-            _ => None,
-        },
-    }
-}
 
 /// Three members, 3 clients, lease ttl 400 ms (requests time out after 20 ms, so a silent
 /// member is left after 10 ms), fences checked; half the seeds try without waiting (each try
 /// must say "taken", never "unreachable"), half wait up to 800 ms.
 fn base(rng: &mut Rng) -> Setup {
-    let mut s = Setup::base(rng);
-    s.backend = Backend::EtcdCluster { members: MEMBERS };
+    let mut s = Setup::new(&ClusterRunner { members: MEMBERS });
     s.nodes = 1;
     s.fencing = true;
     s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
@@ -56,7 +42,7 @@ fn member(member: usize, state: MemberState) -> Fault {
 
 /// One member at a time is killed (refuses, its streams break) or stopped (silent; what it
 /// received is applied when it resumes), for ttl/4 to 2 ttl, round and round.
-pub(crate) fn member_down(rng: &mut Rng) -> Setup {
+pub(super) fn member_down(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     // Holds long enough for keepalives, short enough for many hand-offs.
     s.work.hold_ns = Some((s.ttl() / 3, 2 * s.ttl()));
@@ -80,7 +66,7 @@ pub(crate) fn member_down(rng: &mut Rng) -> Setup {
 /// The leader is killed while holders keep their leases alive: the cluster elects another
 /// (requests wait 10-80 ms; leases get a fresh ttl from the new leader), the old leader comes
 /// back later. Acquisitions wait (etcd serves nobody during an election).
-pub(crate) fn leader_change_keepalive(rng: &mut Rng) -> Setup {
+pub(super) fn leader_change_keepalive(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2 + rng.range(0, 1) as usize;
     s.work.hold_ns = Some((2 * s.ttl(), 3 * s.ttl()));
@@ -110,7 +96,7 @@ pub(crate) fn leader_change_keepalive(rng: &mut Rng) -> Setup {
 /// timeout (requests and watches on it stay silent), then it answers "no leader" and cancels
 /// its watches (half the seeds), or it stays silent throughout (a stopped process). The
 /// members are cut off in turn, starting with the one every client prefers at first.
-pub(crate) fn pinned_partitioned_member(rng: &mut Rng) -> Setup {
+pub(super) fn pinned_partitioned_member(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     let no_leader = rng.range(0, 1) == 0;
     let mut m = 0;

@@ -1,18 +1,10 @@
-//! The client's view of an etcd cluster: several members in front of one linearizable store.
-//!
-//! [`EtcdCluster`] is the cluster (the [`EtcdNode`] store, one World node) with members that
-//! can be up, down (killed: connections refused, streams broken), silent (stopped, or cut
-//! off from the client: requests and streams on it hang, and requests it queued are applied
-//! when it comes back) or without a leader (partitioned from the leader: it answers
-//! "no leader" and cancels its watches, as etcd does for clients that require a leader).
-//!
-//! [`ClusterClient`] is what the tokio adapter does between the machine and the members,
-//! sans-IO: each request goes to a member chosen by lucky-core's
-//! [`Endpoints`] rule and is sent to the next member when
-//! one fails (an "unavailable" answer, or silence past its share of the request timeout); a
-//! watch stays on its member, is probed with a progress request after a request timeout of
-//! silence, and ends "unavailable" when its member fails, so the machine reads the queue
-//! again elsewhere. The machine inside is the real [`EtcdLock`].
+//! The client's view of an etcd cluster: [`ClusterClient`] is what the tokio adapter does
+//! between the machine and the members of an [`EtcdCluster`], sans-IO. Each request goes to a
+//! member chosen by lucky-core's [`Endpoints`] rule and is sent to the next member when one
+//! fails (an "unavailable" answer, or silence past its share of the request timeout); a watch
+//! stays on its member, is probed with a progress request after a request timeout of silence,
+//! and ends "unavailable" when its member fails, so the machine reads the queue again
+//! elsewhere. The machine inside is the real [`EtcdLock`]. [`EtcdClusterSim`] runs it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -20,227 +12,16 @@ use lucky_core::endpoints::{Attempt, Endpoints, Resend};
 use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply};
 use lucky_core::time::nanos;
 use lucky_core::{
-    Duration, Event, Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError,
+    Duration, Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError,
 };
 
-use crate::etcd::EtcdNode;
 use crate::rng::Rng;
-use crate::{Protocol, Server};
+use crate::scenario::{Injected, Runner, Setup};
+use crate::world::Report;
+use crate::Protocol;
 
-/// What one member does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberState {
-    /// Serves.
-    Up,
-    /// Killed: refuses connections; its streams break.
-    Down,
-    /// Stopped, or cut off from the client: answers nothing; what it received is applied when
-    /// it serves again.
-    Silent,
-    /// Cut off from the leader: answers "no leader" at once and cancels its watches.
-    NoLeader,
-}
-
-/// A request as the client sends it: to one member.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Routed {
-    /// An etcd request for `member`.
-    Etcd {
-        /// The member.
-        member: usize,
-        /// The request.
-        command: Command,
-    },
-    /// A watch progress request to `member` (is the member behind the watch alive?).
-    Progress {
-        /// The member.
-        member: usize,
-    },
-}
-
-impl Routed {
-    fn member(&self) -> usize {
-        match self {
-            Routed::Etcd { member, .. } | Routed::Progress { member } => *member,
-        }
-    }
-}
-
-/// The cluster: one store, several members.
-#[derive(Clone, Debug)]
-pub struct EtcdCluster {
-    store: EtcdNode,
-    members: Vec<MemberState>,
-    /// Requests a silent member received: (id, member, request), applied when it serves.
-    queued: Vec<(u64, usize, Routed)>,
-    /// Watches the store keeps, by id: the member carrying each.
-    watch_member: BTreeMap<u64, usize>,
-    fired: Vec<(u64, Reply)>,
-}
-
-impl EtcdCluster {
-    /// A cluster of `members` members, all up.
-    pub fn new(members: usize, compact_always: bool) -> EtcdCluster {
-        let mut store = EtcdNode::new();
-        store.compact_always = compact_always;
-        EtcdCluster {
-            store,
-            members: vec![MemberState::Up; members.max(1)],
-            queued: Vec::new(),
-            watch_member: BTreeMap::new(),
-            fired: Vec::new(),
-        }
-    }
-
-    /// Ends the watches carried by `member`: answered `reply`, or never (None).
-    fn end_watches(&mut self, member: usize, reply: Option<Reply>) {
-        let ids: Vec<u64> = self
-            .watch_member
-            .iter()
-            .filter(|(_, m)| **m == member)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.watch_member.remove(&id);
-            self.store.drop_watch(id);
-            if let Some(r) = &reply {
-                self.fired.push((id, r.clone()));
-            }
-        }
-    }
-
-    fn serve(&mut self, now: u64, member: usize, routed: &Routed, id: u64) -> Option<Reply> {
-        match routed {
-            Routed::Progress { .. } => Some(Reply::Done),
-            Routed::Etcd { command, .. } => {
-                let r = self.store.submit(now, command, id);
-                if r.is_none() {
-                    self.watch_member.insert(id, member);
-                }
-                r
-            }
-        }
-    }
-}
-
-impl Server for EtcdCluster {
-    type Command = Routed;
-    type Reply = Reply;
-
-    fn apply(&mut self, now: u64, command: &Routed) -> Reply {
-        self.submit(now, command, 0)
-            .unwrap_or_else(|| Reply::Error("answered later".into()))
-    }
-
-    fn submit(&mut self, now: u64, command: &Routed, id: u64) -> Option<Reply> {
-        self.store.tick(now);
-        let m = command.member();
-        match self.members.get(m).copied() {
-            None | Some(MemberState::Down) => Some(Reply::Unavailable("connection refused".into())),
-            Some(MemberState::NoLeader) => Some(Reply::Unavailable("etcdserver: no leader".into())),
-            Some(MemberState::Silent) => {
-                self.queued.push((id, m, command.clone()));
-                None
-            }
-            Some(MemberState::Up) => self.serve(now, m, command, id),
-        }
-    }
-
-    fn fired(&mut self, out: &mut Vec<(u64, Reply)>) {
-        let mut fired = Vec::new();
-        self.store.fired(&mut fired);
-        for (id, r) in fired {
-            self.watch_member.remove(&id);
-            out.push((id, r));
-        }
-        out.append(&mut self.fired);
-    }
-
-    fn next_timer(&self) -> Option<u64> {
-        self.store.next_timer()
-    }
-
-    fn tick(&mut self, now: u64) {
-        self.store.tick(now);
-    }
-
-    fn forget_kept(&mut self) {
-        self.store.forget_kept();
-        self.watch_member.clear();
-        self.queued.clear();
-    }
-
-    fn recovered(&mut self, now: u64) {
-        self.store.recovered(now);
-    }
-
-    fn max_woken(&self) -> usize {
-        self.store.max_woken()
-    }
-
-    fn wipe(&mut self) {
-        self.store.wipe();
-        self.watch_member.clear();
-        self.queued.clear();
-    }
-
-    fn live_keys(&self, now: u64) -> usize {
-        self.store.live_keys(now)
-    }
-
-    fn unavailable() -> Reply {
-        Reply::Unavailable("connection refused".into())
-    }
-
-    fn member(&mut self, now: u64, member: usize, state: MemberState) {
-        let Some(old) = self.members.get(member).copied() else {
-            return;
-        };
-        if old == state {
-            return;
-        }
-        self.members[member] = state;
-        match state {
-            MemberState::Down => {
-                // Its streams break; what it had queued dies with it.
-                self.end_watches(member, Some(Reply::Unavailable("stream reset".into())));
-                let (lost, kept) = self.queued.drain(..).partition(|q| q.1 == member);
-                self.queued = kept;
-                let lost: Vec<(u64, usize, Routed)> = lost;
-                for (id, _, _) in lost {
-                    self.fired
-                        .push((id, Reply::Unavailable("connection reset".into())));
-                }
-            }
-            MemberState::NoLeader => {
-                self.end_watches(
-                    member,
-                    Some(Reply::Unavailable("etcdserver: no leader".into())),
-                );
-            }
-            // A silent member's watches say nothing more.
-            MemberState::Silent => self.end_watches(member, None),
-            MemberState::Up => {
-                // What it received meanwhile is applied now, late.
-                let (mine, kept) = self.queued.drain(..).partition(|q| q.1 == member);
-                self.queued = kept;
-                let mine: Vec<(u64, usize, Routed)> = mine;
-                for (id, m, routed) in mine {
-                    self.store.tick(now);
-                    if let Some(r) = self.serve(now, m, &routed, id) {
-                        self.fired.push((id, r));
-                    }
-                }
-            }
-        }
-    }
-
-    fn heal_members(&mut self, now: u64) {
-        for m in 0..self.members.len() {
-            self.member(now, m, MemberState::Up);
-        }
-    }
-}
+use super::cluster::{EtcdCluster, Routed};
+use super::lock::protocol;
 
 /// One request of the machine on its way through the members.
 #[derive(Clone, Debug)]
@@ -542,14 +323,22 @@ impl Protocol for EtcdClusterSim {
     }
 }
 
-/// Whether `e` is the event of an acquisition that failed as "unreachable" or of a lost hold:
-/// what a cluster that kept its quorum must never cause.
-pub fn unavailable_event(e: &Event) -> Option<&'static str> {
-    match e {
-        Event::Failed(lucky_core::LockError::NoQuorum { .. }) => {
-            Some("an acquisition failed as unreachable")
-        }
-        Event::Lost { .. } => Some("a held lock was lost"),
-        _ => None,
+/// Runs a setup as the etcd lock through the client's view of a cluster of `members` members.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterRunner {
+    /// Members of the cluster.
+    pub members: usize,
+}
+
+impl Runner for ClusterRunner {
+    fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
+        let etcd = protocol(setup, false, bug);
+        let cluster = EtcdClusterSim {
+            cfg: etcd.cfg,
+            members: self.members,
+            fence_unchecked: etcd.fence_unchecked,
+            bug: Injected::machine(bug),
+        };
+        setup.run_world(&cluster, seed)
     }
 }

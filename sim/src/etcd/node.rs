@@ -9,6 +9,7 @@ use bytes::Bytes;
 use lucky_core::etcd::{Command, Reply};
 use lucky_core::time::nanos;
 
+use crate::oracle::Violation;
 use crate::Server;
 
 #[derive(Clone, Debug)]
@@ -70,6 +71,11 @@ impl EtcdNode {
     /// Forgets the watch kept under `id` (its stream broke); it never fires.
     pub fn drop_watch(&mut self, id: u64) {
         self.watches.retain(|_, w| w.id != id);
+    }
+
+    /// The most watches one deletion answered (the thundering-herd check).
+    pub fn max_woken(&self) -> usize {
+        self.max_woken
     }
 
     /// The current revision.
@@ -316,8 +322,14 @@ impl Server for EtcdNode {
         }
     }
 
-    fn max_woken(&self) -> usize {
-        self.max_woken
+    /// Waiters must watch only their predecessor: one deletion waking several is a herd.
+    fn check_at_end(&self, node: usize, found: &mut Vec<Violation>) {
+        if self.max_woken > 1 {
+            found.push(Violation::Herd {
+                node,
+                woken: self.max_woken,
+            });
+        }
     }
 
     fn wipe(&mut self) {

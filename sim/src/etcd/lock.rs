@@ -1,12 +1,16 @@
 //! The etcd lease lock in the simulator: the real lucky-core machine against the
-//! [`EtcdNode`] cluster model.
+//! [`EtcdNode`] cluster model, built from a scenario's [`Setup`].
 
 use lucky_core::etcd::{EtcdConfig, EtcdLock};
 use lucky_core::time::nanos;
+use lucky_core::Duration;
 
-use crate::etcd::EtcdNode;
 use crate::rng::Rng;
+use crate::scenario::{Injected, Runner, Setup};
+use crate::world::Report;
 use crate::Protocol;
+
+use super::EtcdNode;
 
 /// The etcd lock with a given configuration.
 #[derive(Clone, Debug)]
@@ -48,5 +52,39 @@ impl Protocol for EtcdSim {
 
     fn fence_unchecked(&self) -> bool {
         self.fence_unchecked
+    }
+}
+
+/// Runs a setup as the etcd lock against one cluster model.
+#[derive(Clone, Copy, Debug)]
+pub struct EtcdRunner {
+    /// The cluster compacts after every write.
+    pub compact_always: bool,
+}
+
+impl Runner for EtcdRunner {
+    fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
+        setup.run_world(&protocol(setup, self.compact_always, bug), seed)
+    }
+}
+
+/// The etcd configuration of `s`, with `bug` injected.
+pub fn protocol(s: &Setup, compact_always: bool, bug: Option<Injected>) -> EtcdSim {
+    let mut b = EtcdConfig::builder()
+        .ttl(Duration::from_millis(s.ttl_ms))
+        .drift(s.drift_ppm, Duration::from_millis(2))
+        .retry(s.retry)
+        .wait(s.wait);
+    if let Some(t) = s.op_timeout {
+        b = b.op_timeout(t);
+    }
+    if let Some(bug) = Injected::machine(bug) {
+        b = b.inject_bug(bug);
+    }
+    let cfg = b.build().expect("scenario configurations are valid");
+    EtcdSim {
+        cfg,
+        compact_always,
+        fence_unchecked: bug == Some(Injected::FenceUnchecked),
     }
 }

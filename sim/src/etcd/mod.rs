@@ -1,0 +1,51 @@
+//! The etcd backend: the [`EtcdNode`] model of a linearizable cluster ([`node`]), the glue that
+//! builds the real etcd lock machine from a scenario's setup ([`lock`]), the cluster as a set
+//! of members ([`cluster`]) seen by a client with lucky-core's fail-over rule
+//! ([`cluster_client`]), and the scenarios of each (`scenarios.rs`, `cluster_scenarios.rs`).
+//! [`BACKEND`] registers them and the etcd machine's bugs.
+
+use lucky_core::bugs::Bug;
+
+use crate::scenario::{Backend, Scenario};
+
+pub mod cluster;
+pub mod cluster_client;
+mod cluster_scenarios;
+pub mod lock;
+pub mod node;
+mod scenarios;
+
+pub use cluster::EtcdCluster;
+pub use cluster_client::{ClusterClient, ClusterRunner, EtcdClusterSim};
+pub use lock::{EtcdRunner, EtcdSim};
+pub use node::EtcdNode;
+
+/// The etcd scenarios and the bugs of the etcd machine (and of its fail-over).
+pub const BACKEND: Backend = Backend {
+    name: "etcd",
+    scenarios: SCENARIOS,
+    bugs: &[
+        Bug::EtcdFailBeforeCleanup,
+        Bug::EtcdLostFromReceiveTime,
+        Bug::EtcdWatchAll,
+        Bug::EtcdSkipRecheck,
+        Bug::EtcdNoFailover,
+    ],
+};
+
+/// The etcd scenarios: one cluster model, then the client's view of three members.
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "etcd-holder-partitioned", about: "etcd: a client is cut off from the cluster for 1.5 ttl", draw: scenarios::holder_partitioned },
+    Scenario { name: "etcd-keepalive-stall", about: "etcd: replies to a client stall for ttl/3, then its keepalives are cut; leader losses", draw: scenarios::keepalive_stall },
+    Scenario { name: "etcd-watch-compacted", about: "etcd: the cluster compacts after every write, so watches start compacted", draw: scenarios::watch_compacted },
+    Scenario { name: "etcd-predecessor-crash", about: "etcd: queued clients crash for good while the owner holds", draw: scenarios::predecessor_crash },
+    Scenario { name: "etcd-holder-pause-fenced", about: "etcd: holder pauses 2 ttl between check and write; the resource rejects its stale revision", draw: scenarios::holder_pause_fenced },
+    Scenario { name: "etcd-clock-jump", about: "etcd: the cluster clock jumps forward by the ttl: overlap expected, fences hold", draw: scenarios::clock_jump },
+    Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: scenarios::client_drift },
+    Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data, restarts at once or after the ttl: revisions restart (expected)", draw: scenarios::data_loss },
+    Scenario { name: "etcd-no-wait-exit", about: "etcd: one-shot tries at once; each client exits when its try ends: no key left in the queue", draw: scenarios::no_wait_exit },
+    Scenario { name: "etcd-member-down", about: "etcd cluster: one member at a time killed or stopped; no false unreachable, no lost hold", draw: cluster_scenarios::member_down },
+    Scenario { name: "etcd-leader-change-keepalive", about: "etcd cluster: the leader is killed under held leases; an election, then a fresh ttl", draw: cluster_scenarios::leader_change_keepalive },
+    Scenario { name: "etcd-pinned-partitioned-member", about: "etcd cluster: the clients' member is cut off from the leader (silent, then \"no leader\") past the ttl", draw: cluster_scenarios::pinned_partitioned_member },
+    Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: scenarios::random_chaos },
+];

@@ -1,0 +1,91 @@
+//! The seam between the engine and a backend: a [`Server`] model of one node and the
+//! [`Protocol`] that pairs it with its client machine and states the assumptions the oracle
+//! holds it to. The engine ([`crate::world`]) is generic over these two traits and knows no
+//! backend.
+
+use std::fmt::Debug;
+
+use lucky_core::LockMachine;
+
+use crate::oracle::Violation;
+use crate::rng;
+use crate::world::MemberState;
+
+/// A model of one server node.
+pub trait Server {
+    /// The commands it executes.
+    type Command: Clone + Debug;
+    /// The replies it gives.
+    type Reply: Clone + Debug;
+    /// Executes `command` at the node's local time `now` (ns).
+    fn apply(&mut self, now: u64, command: &Self::Command) -> Self::Reply;
+    /// Loses every key (a crash without persistence).
+    fn wipe(&mut self);
+    /// Keys still live at local time `now`.
+    fn live_keys(&self, now: u64) -> usize;
+    /// What a client reads from a crashed node (connection refused).
+    fn unavailable() -> Self::Reply;
+
+    /// Executes `command`, which the node may answer later (a watch): `None` means it is kept
+    /// under `id` and its answer comes out of [`fired`](Self::fired).
+    fn submit(&mut self, now: u64, command: &Self::Command, _id: u64) -> Option<Self::Reply> {
+        Some(self.apply(now, command))
+    }
+    /// Moves the answers to kept commands that became due into `out`, as `(id, reply)`.
+    fn fired(&mut self, _out: &mut Vec<(u64, Self::Reply)>) {}
+    /// The next local time at which the node acts on its own (a lease expiring).
+    fn next_timer(&self) -> Option<u64> {
+        None
+    }
+    /// Does everything due at local time `now`.
+    fn tick(&mut self, _now: u64) {}
+    /// Forgets every kept command (the connections carrying them broke).
+    fn forget_kept(&mut self) {}
+    /// The node serves again after a crash or leader loss, at local time `now`.
+    fn recovered(&mut self, _now: u64) {}
+    /// The node's own end-of-run checks (node number `node`), run once every client stopped
+    /// and every message landed: pushes what it finds to `found` (etcd: the thundering herd).
+    fn check_at_end(&self, _node: usize, _found: &mut Vec<Violation>) {}
+    /// One member of a node reached through several endpoints changes state at local time
+    /// `now`; a node without members ignores it.
+    fn member(&mut self, _now: u64, _member: usize, _state: MemberState) {}
+    /// Every member serves again (faults stopped).
+    fn heal_members(&mut self, _now: u64) {}
+}
+
+/// A lock protocol the simulator can run: its machine and its server model.
+pub trait Protocol: Clone {
+    /// The server model.
+    type Server: Server;
+    /// The client machine, speaking the server's commands and replies.
+    type Machine: LockMachine<
+        Command = <Self::Server as Server>::Command,
+        Reply = <Self::Server as Server>::Reply,
+    >;
+    /// Number of server nodes.
+    fn nodes(&self) -> usize;
+    /// A fresh machine for `client`, with its token and jitter seed drawn from `rng`.
+    fn machine(&self, client: usize, rng: &mut rng::Rng) -> Self::Machine;
+    /// A fresh node model.
+    fn server(&self, node: usize) -> Self::Server;
+    /// The lease ttl (ns): the bound used to judge restarts and pauses.
+    fn ttl_ns(&self) -> u64;
+    /// The relative clock drift rate the protocol is configured to tolerate (ppm).
+    fn drift_ppm(&self) -> u32;
+    /// Whether the resource skips its fence check (the `fence-unchecked` bug).
+    fn fence_unchecked(&self) -> bool {
+        false
+    }
+    /// Whether the protocol's fences keep rising after a node that lost its data (fence
+    /// counters included) restarts with its clock at `local`, when the fastest node clock
+    /// read `fastest_then` as it went down (ns): the claim the oracle then holds it to.
+    /// By default fences never survive a loss of state.
+    fn fences_survive_state_loss(&self, _fastest_then: u64, _local: u64) -> bool {
+        false
+    }
+    /// Whether the backend keeps serving throughout (a cluster that keeps its quorum): then
+    /// an acquisition failing as "unreachable" or a lost hold is a violation.
+    fn must_stay_available(&self) -> bool {
+        false
+    }
+}

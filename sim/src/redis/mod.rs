@@ -1,0 +1,31 @@
+//! The RedLock backend: the [`RedisNode`] server model ([`node`]), the protocol glue that
+//! builds the real RedLock machine from a scenario's setup ([`protocol`]), and RedLock's
+//! scenarios ([`scenarios`]). [`BACKEND`] registers them and RedLock's machine bugs.
+
+use lucky_core::bugs::Bug;
+
+use crate::scenario::Backend;
+
+pub mod node;
+pub mod protocol;
+pub mod scenarios;
+
+pub use node::RedisNode;
+pub use protocol::{RedLockRunner, RedLockSim};
+pub use scenarios::base;
+
+/// RedLock's scenarios and the bugs of its machine.
+pub const BACKEND: Backend = Backend {
+    name: "redlock",
+    scenarios: scenarios::SCENARIOS,
+    bugs: &[
+        Bug::IgnoreDrift,
+        Bug::CountStaleReplies,
+        Bug::NoReleaseOnFailure,
+        Bug::ExtendAfterExpiry,
+        Bug::FenceMaxOfIncr,
+        Bug::FenceCounterOnly,
+        Bug::LateGrantOkOnly,
+        Bug::FailBeforeCleanup,
+    ],
+};

@@ -1,0 +1,224 @@
+//! Faults: what can go wrong ([`Fault`], [`MemberState`]), and how the world applies each one
+//! to its links, nodes, clocks and clients, noting which of the protocol's assumptions a
+//! fault breaks (the oracle excuses only the violations those allow).
+
+use crate::net::{Cut, NetParams};
+use crate::{Protocol, Server};
+
+use super::queue::Ev;
+use super::World;
+
+/// A fault, applied at a true time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut links between `client` (None = every client) and `node`.
+    Partition {
+        /// Which client, or all.
+        client: Option<usize>,
+        /// Which node.
+        node: usize,
+        /// Which direction.
+        cut: Cut,
+    },
+    /// Heal the links between `client` (None = every client) and `node`.
+    Heal {
+        /// Which client, or all.
+        client: Option<usize>,
+        /// Which node.
+        node: usize,
+    },
+    /// Crash a node; it answers nothing until restarted. `lose_state` wipes its keys.
+    Crash {
+        /// Which node.
+        node: usize,
+        /// Whether its keys are lost (no persistence).
+        lose_state: bool,
+    },
+    /// The node serves nothing for `for_ns` (leader loss): requests wait and are answered
+    /// after it, and nothing expires meanwhile; then it recovers (leases get a fresh ttl).
+    Stall {
+        /// Which node.
+        node: usize,
+        /// For how long.
+        for_ns: u64,
+    },
+    /// Every reply to `client` arrives `extra_ns` later than normal (0: back to normal).
+    SlowReplies {
+        /// Which client.
+        client: usize,
+        /// Extra delay, ns.
+        extra_ns: u64,
+    },
+    /// A client process dies for good: it sends nothing more and its claim ends.
+    CrashClient {
+        /// Which client.
+        client: usize,
+    },
+    /// Restart a crashed node.
+    Restart {
+        /// Which node.
+        node: usize,
+    },
+    /// Move a node's clock by `by_ns`.
+    ClockJump {
+        /// Which node.
+        node: usize,
+        /// How far, in nanoseconds (positive: forwards).
+        by_ns: i64,
+    },
+    /// Stop a client process for `for_ns` while true time runs on.
+    Pause {
+        /// Which client.
+        client: usize,
+        /// For how long.
+        for_ns: u64,
+    },
+    /// One member of a node reached through several endpoints (a cluster's members) changes
+    /// state: see [`MemberState`].
+    Member {
+        /// Which node.
+        node: usize,
+        /// Which member.
+        member: usize,
+        /// What it does from now on.
+        state: MemberState,
+    },
+    /// Change link behaviour.
+    Net(NetParams),
+    /// Faults stop: heal everything, restart every node, calm network. Liveness is judged
+    /// from here.
+    Quiet,
+}
+
+/// What one member of a node reached through several endpoints does (the members of an etcd
+/// cluster; a ZooKeeper ensemble's servers). The node model decides what each state means to
+/// its clients ([`Server::member`]); a node without members ignores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Serves.
+    Up,
+    /// Killed: refuses connections; its streams break.
+    Down,
+    /// Stopped, or cut off from the client: answers nothing; what it received is applied when
+    /// it serves again.
+    Silent,
+    /// Cut off from the leader: answers "no leader" at once and cancels its watches.
+    NoLeader,
+}
+
+impl<P: Protocol> World<P> {
+    /// Applies `f` now.
+    pub(super) fn fault(&mut self, f: Fault) {
+        let now = self.now;
+        match f {
+            Fault::Partition { client, node, cut } => self.net.set_cut(client, node, Some(cut)),
+            Fault::Heal { client, node } => self.net.set_cut(client, node, None),
+            Fault::Crash { node, lose_state } => {
+                let n = &mut self.nodes[node];
+                if n.up {
+                    n.up = false;
+                    n.crashed_at = now;
+                    n.lost_state = lose_state;
+                    if lose_state {
+                        n.server.wipe();
+                        self.broken.state_lost = true;
+                    }
+                    self.drop_kept(node);
+                }
+            }
+            Fault::Stall { node, for_ns } => {
+                let n = &mut self.nodes[node];
+                n.stalled_until = n.stalled_until.max(now + for_ns);
+                let until = n.stalled_until;
+                self.push(until, Ev::Unstall { node, until });
+            }
+            Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
+            Fault::CrashClient { client } => self.exit_client(client),
+            Fault::Restart { node } => self.restart(node),
+            Fault::ClockJump { node, by_ns } => {
+                self.nodes[node].clock.jump(by_ns);
+                self.broken.node_clock_jump = true;
+                // Its own timers (lease expiry) now fall at other true times.
+                self.nodes[node].timer_at = u64::MAX;
+                self.node_changed(node);
+            }
+            Fault::Pause { client, for_ns } => {
+                let c = &mut self.clients[client];
+                c.paused_until = c.paused_until.max(now + for_ns);
+                // A pause past the validity of a hold is the stalled-holder hazard.
+                if c.claim.is_some() && for_ns >= self.ttl_ns / 2 {
+                    self.broken.holder_stalled = true;
+                }
+            }
+            Fault::Member {
+                node,
+                member,
+                state,
+            } => {
+                let local = self.nodes[node].clock.local(now);
+                self.nodes[node].server.member(local, member, state);
+                self.node_changed(node);
+            }
+            Fault::Net(p) => {
+                self.broken.duplicated |= p.dup_ppm > 0;
+                self.net.params = p;
+            }
+            Fault::Quiet => {
+                self.quiet = true;
+                self.net.heal_all();
+                self.net.params = NetParams::CALM;
+                for i in 0..self.nodes.len() {
+                    self.restart(i);
+                    let local = self.nodes[i].clock.local(now);
+                    self.nodes[i].server.heal_members(local);
+                    self.node_changed(i);
+                    // A leader loss ends too.
+                    if self.nodes[i].stalled_until > now {
+                        self.nodes[i].stalled_until = now;
+                        self.push(
+                            now,
+                            Ev::Unstall {
+                                node: i,
+                                until: now,
+                            },
+                        );
+                    }
+                }
+                self.expect_progress();
+            }
+        }
+    }
+
+    /// Brings a crashed node back; a node that lost its state may have lost its fence
+    /// counter too.
+    fn restart(&mut self, node: usize) {
+        let now = self.now;
+        let ttl = self.ttl_ns;
+        let n = &mut self.nodes[node];
+        if !n.up {
+            n.up = true;
+            if n.lost_state && now - n.crashed_at < ttl + ttl / 50 {
+                self.broken.fast_restart_without_state = true;
+            }
+            let local = n.clock.local(now);
+            let crashed_at = n.crashed_at;
+            if n.lost_state {
+                // Whether the protocol's fences survive is its own rule, given the fastest
+                // node clock at the crash and this node's clock now. A clock that jumped makes
+                // "that moment" unknowable afterwards: no claim then.
+                let then = self.nodes.iter().map(|m| m.clock.local(crashed_at)).max();
+                if self.broken.node_clock_jump
+                    || !self
+                        .protocol
+                        .fences_survive_state_loss(then.unwrap_or(u64::MAX), local)
+                {
+                    self.broken.fence_counter_lost = true;
+                }
+            }
+            let n = &mut self.nodes[node];
+            n.server.recovered(local);
+            n.timer_at = u64::MAX;
+            self.node_changed(node);
+        }
+    }
+}
