@@ -668,19 +668,11 @@ fn request(command: &Command, verb: Verb) -> Result<redis::Cmd, Reply> {
             .push(b"PX")
             .push(n1.of(*ttl_ms))
             .cmd(),
-        // The naive INCR scheme and the counter without the clock exist only as simulator
-        // bugs.
-        Command::AcquireFenced { incr: true, .. } | Command::AcquireFenced { clock: false, .. } => {
-            return Err(Reply::Error(Bytes::from_static(
-                b"ERR this fencing scheme is not supported",
-            )));
-        }
         Command::AcquireFenced {
             key,
             fence_key,
             value,
             ttl_ms,
-            ..
         } => script(
             ACQUIRE_FENCED_SHA1,
             ACQUIRE_FENCED_SCRIPT,

@@ -104,8 +104,11 @@
 
 extern crate alloc;
 
-#[doc(hidden)]
+/// Deliberate protocol bugs for the simulator (feature `bugs`; never in a release build).
+#[cfg(feature = "bugs")]
 pub mod bugs;
+#[cfg(not(feature = "bugs"))]
+mod bugs;
 pub mod endpoints;
 pub mod error;
 pub mod etcd;

@@ -39,9 +39,9 @@ pub fn scenarios_for(bug: Option<Injected>) -> impl Iterator<Item = &'static Sce
         .flat_map(|b| b.scenarios)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "bugs"))]
 mod tests {
-    use lucky_core::bugs::Bug;
+    use crate::scenario::Bug;
 
     use super::*;
 

@@ -5,7 +5,24 @@
 
 use std::fmt;
 
-use lucky_core::bugs::Bug;
+/// The machines' deliberate bugs (lucky-core feature `bugs`, on with this crate's default
+/// feature `bugs`).
+#[cfg(feature = "bugs")]
+pub use lucky_core::bugs::Bug;
+
+/// Built without the `bugs` feature (as inside the installed `lucky` binary), the machines
+/// carry no deliberate bug: there is none to name.
+#[cfg(not(feature = "bugs"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {}
+
+#[cfg(not(feature = "bugs"))]
+impl Bug {
+    /// No bug has a name.
+    pub fn name(self) -> &'static str {
+        match self {}
+    }
+}
 // The lease settings every protocol shares; lucky-core keeps them beside RedLock for now.
 use lucky_core::redlock::{Retry, Wait};
 use lucky_core::Duration;

@@ -66,12 +66,6 @@ pub enum Command {
         value: Bytes,
         /// Time to live in milliseconds.
         ttl_ms: u64,
-        /// Simulator only (the injected `fence-max-of-incr` bug): the naive scheme, INCR the
-        /// counter on grant instead of writing it back. Always false otherwise.
-        incr: bool,
-        /// Raise the counter to the node's clock (the script does). False only in the
-        /// simulator's injected `fence-counter-only` bug.
-        clock: bool,
     },
     /// `EVALSHA FENCE_SHA1 2 key fence_key value fence`: raise the counter to `fence` while we
     /// own the key. Expects 1 (done) or 0 (not ours).

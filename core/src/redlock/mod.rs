@@ -468,15 +468,11 @@ impl RedLock {
         let round = self.round();
         let ttl_ms = self.cfg.ttl_ms();
         if self.cfg.fencing {
-            let incr = self.bug(Bug::FenceMaxOfIncr);
-            let clock = !self.bug(Bug::FenceCounterOnly);
             self.broadcast(|m| Command::AcquireFenced {
                 key: m.key.clone(),
                 fence_key: m.fence_key.clone(),
                 value: m.value.clone(),
                 ttl_ms,
-                incr,
-                clock,
             });
         } else {
             self.broadcast(|m| Command::Acquire {

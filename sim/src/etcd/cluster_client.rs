@@ -69,8 +69,9 @@ impl ClusterClient {
     }
 
     /// Turns on a deliberately wrong fail-over rule.
-    pub fn inject_bug(&mut self, bug: lucky_core::bugs::Bug) {
-        self.endpoints.inject_bug(bug);
+    pub fn inject_bug(&mut self, _bug: crate::scenario::Bug) {
+        #[cfg(feature = "bugs")]
+        self.endpoints.inject_bug(_bug);
     }
 
     fn transmit(&mut self, command: Routed) -> OpId {
@@ -281,7 +282,7 @@ pub struct EtcdClusterSim {
     /// The injected `fence-unchecked` bug: the resource accepts any fence.
     pub fence_unchecked: bool,
     /// A fail-over bug injected into every client.
-    pub bug: Option<lucky_core::bugs::Bug>,
+    pub bug: Option<crate::scenario::Bug>,
 }
 
 impl Protocol for EtcdClusterSim {

@@ -78,6 +78,7 @@ pub fn protocol(s: &Setup, compact_always: bool, bug: Option<Injected>) -> EtcdS
     if let Some(t) = s.op_timeout {
         b = b.op_timeout(t);
     }
+    #[cfg(feature = "bugs")]
     if let Some(bug) = Injected::machine(bug) {
         b = b.inject_bug(bug);
     }

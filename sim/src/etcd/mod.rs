@@ -4,6 +4,7 @@
 //! ([`cluster_client`]), and the scenarios of each (`scenarios.rs`, `cluster_scenarios.rs`).
 //! [`BACKEND`] registers them and the etcd machine's bugs.
 
+#[cfg(feature = "bugs")]
 use lucky_core::bugs::Bug;
 
 use crate::scenario::{Backend, Scenario};
@@ -24,13 +25,7 @@ pub use node::EtcdNode;
 pub const BACKEND: Backend = Backend {
     name: "etcd",
     scenarios: SCENARIOS,
-    bugs: &[
-        Bug::EtcdFailBeforeCleanup,
-        Bug::EtcdLostFromReceiveTime,
-        Bug::EtcdWatchAll,
-        Bug::EtcdSkipRecheck,
-        Bug::EtcdNoFailover,
-    ],
+    bugs: BUGS,
 };
 
 /// The etcd scenarios: one cluster model, then the client's view of three members.
@@ -49,3 +44,15 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "etcd-pinned-partitioned-member", about: "etcd cluster: the clients' member is cut off from the leader (silent, then \"no leader\") past the ttl", draw: cluster_scenarios::pinned_partitioned_member },
     Scenario { name: "etcd-random-chaos", about: "etcd: every assumption-keeping fault at rates drawn per seed", draw: scenarios::random_chaos },
 ];
+
+/// The deliberate bugs of the etcd machine (none without the `bugs` feature).
+#[cfg(feature = "bugs")]
+const BUGS: &[Bug] = &[
+    Bug::EtcdFailBeforeCleanup,
+    Bug::EtcdLostFromReceiveTime,
+    Bug::EtcdWatchAll,
+    Bug::EtcdSkipRecheck,
+    Bug::EtcdNoFailover,
+];
+#[cfg(not(feature = "bugs"))]
+const BUGS: &[crate::scenario::Bug] = &[];

@@ -2,6 +2,7 @@
 //! builds the real RedLock machine from a scenario's setup ([`protocol`]), and RedLock's
 //! scenarios ([`scenarios`]). [`BACKEND`] registers them and RedLock's machine bugs.
 
+#[cfg(feature = "bugs")]
 use lucky_core::bugs::Bug;
 
 use crate::scenario::Backend;
@@ -18,14 +19,20 @@ pub use scenarios::base;
 pub const BACKEND: Backend = Backend {
     name: "redlock",
     scenarios: scenarios::SCENARIOS,
-    bugs: &[
-        Bug::IgnoreDrift,
-        Bug::CountStaleReplies,
-        Bug::NoReleaseOnFailure,
-        Bug::ExtendAfterExpiry,
-        Bug::FenceMaxOfIncr,
-        Bug::FenceCounterOnly,
-        Bug::LateGrantOkOnly,
-        Bug::FailBeforeCleanup,
-    ],
+    bugs: BUGS,
 };
+
+/// The deliberate bugs of the RedLock machine (none without the `bugs` feature).
+#[cfg(feature = "bugs")]
+const BUGS: &[Bug] = &[
+    Bug::IgnoreDrift,
+    Bug::CountStaleReplies,
+    Bug::NoReleaseOnFailure,
+    Bug::ExtendAfterExpiry,
+    Bug::FenceMaxOfIncr,
+    Bug::FenceCounterOnly,
+    Bug::LateGrantOkOnly,
+    Bug::FailBeforeCleanup,
+];
+#[cfg(not(feature = "bugs"))]
+const BUGS: &[crate::scenario::Bug] = &[];

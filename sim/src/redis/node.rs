@@ -14,6 +14,21 @@ pub struct RedisNode {
     keys: BTreeMap<Bytes, (Bytes, u64)>,
     /// Fence counters (no expiry), kept apart so cleanup checks see only lock keys.
     counters: BTreeMap<Bytes, u64>,
+    /// What the fenced acquire script does on this node.
+    fence_script: FenceScript,
+}
+
+/// The fenced acquire script a node runs: Lucky's, or one of the wrong ones the simulator
+/// injects (they exist only here; the wire command is the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FenceScript {
+    /// Lucky's script: the counter raised to the node's clock in microseconds.
+    #[default]
+    Clock,
+    /// The counter alone (bug `fence-counter-only`).
+    CounterOnly,
+    /// The naive scheme: INCR the counter on every grant (bug `fence-max-of-incr`).
+    Incr,
 }
 
 const OK: Bytes = Bytes::from_static(b"OK");
@@ -22,6 +37,14 @@ impl RedisNode {
     /// An empty node.
     pub fn new() -> RedisNode {
         RedisNode::default()
+    }
+
+    /// An empty node running `script` for fenced acquires.
+    pub fn with_fence_script(script: FenceScript) -> RedisNode {
+        RedisNode {
+            fence_script: script,
+            ..RedisNode::default()
+        }
     }
 
     /// The live value of `key` at local time `now`.
@@ -73,8 +96,6 @@ impl Server for RedisNode {
                 fence_key,
                 value,
                 ttl_ms,
-                incr,
-                clock,
             } => {
                 if self.live(now, key).is_some() {
                     return Reply::Int(-1);
@@ -82,13 +103,16 @@ impl Server for RedisNode {
                 self.keys
                     .insert(key.clone(), (value.clone(), px(now, *ttl_ms)));
                 let c = self.counters.entry(fence_key.clone()).or_default();
-                if *incr {
+                if self.fence_script == FenceScript::Incr {
                     *c += 1;
                     return Reply::Int(i64::try_from(*c).unwrap_or(i64::MAX));
                 }
                 // The script raises what it returns to the node's clock in microseconds (`TIME`);
                 // the stored counter moves only by the write-back.
-                let read = if *clock { (*c).max(now / 1_000) } else { *c };
+                let read = match self.fence_script {
+                    FenceScript::CounterOnly => *c,
+                    _ => (*c).max(now / 1_000),
+                };
                 Reply::Int(i64::try_from(read).unwrap_or(i64::MAX))
             }
             Command::Fence {

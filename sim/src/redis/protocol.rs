@@ -10,6 +10,7 @@ use crate::scenario::{Injected, Runner, Setup};
 use crate::world::Report;
 use crate::Protocol;
 
+use super::node::FenceScript;
 use super::RedisNode;
 
 /// RedLock with a given configuration.
@@ -21,6 +22,8 @@ pub struct RedLockSim {
     pub drift_ppm: u32,
     /// The injected `fence-unchecked` bug: the resource accepts any fence.
     pub fence_unchecked: bool,
+    /// The fenced acquire script the nodes run (a wrong one under a fence bug).
+    pub fence_script: FenceScript,
 }
 
 impl Protocol for RedLockSim {
@@ -40,7 +43,7 @@ impl Protocol for RedLockSim {
     }
 
     fn server(&self, _node: usize) -> RedisNode {
-        RedisNode::new()
+        RedisNode::with_fence_script(self.fence_script)
     }
 
     fn ttl_ns(&self) -> u64 {
@@ -89,13 +92,31 @@ pub fn protocol(s: &Setup, bug: Option<Injected>) -> RedLockSim {
     if let Some((every, cap)) = s.auto_extend {
         b = b.auto_extend(every, cap);
     }
+    #[cfg(feature = "bugs")]
     if let Some(bug) = Injected::machine(bug) {
         b = b.inject_bug(bug);
     }
+    let fence_script = fence_script(bug);
     let cfg = b.build().expect("scenario configurations are valid");
     RedLockSim {
         cfg,
         drift_ppm: s.drift_ppm,
         fence_unchecked: bug == Some(Injected::FenceUnchecked),
+        fence_script,
     }
+}
+
+/// The fenced acquire script the nodes run: Lucky's, or the wrong one a fence bug needs on
+/// the server side.
+fn fence_script(_bug: Option<Injected>) -> FenceScript {
+    #[cfg(feature = "bugs")]
+    {
+        use lucky_core::bugs::Bug;
+        match Injected::machine(_bug) {
+            Some(Bug::FenceMaxOfIncr) => return FenceScript::Incr,
+            Some(Bug::FenceCounterOnly) => return FenceScript::CounterOnly,
+            _ => {}
+        }
+    }
+    FenceScript::Clock
 }
