@@ -189,6 +189,7 @@ impl std::fmt::Debug for Etcd {
 
 /// Configures an [`Etcd`] client before connecting.
 #[derive(Clone)]
+#[must_use = "a builder does nothing until `connect().await`"]
 pub struct EtcdBuilder {
     endpoints: Vec<String>,
     user: Option<(String, String)>,
@@ -439,6 +440,7 @@ impl EtcdBuilder {
 
 /// One lock request; `.await` it to acquire.
 #[derive(Debug)]
+#[must_use = "a lock request does nothing until it is awaited"]
 pub struct LockRequest<'a> {
     client: &'a Etcd,
     name: String,

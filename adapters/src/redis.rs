@@ -187,6 +187,7 @@ pub struct Redis {
 
 /// Configures a [`Redis`] before connecting.
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `connect().await`"]
 pub struct RedisBuilder {
     urls: Vec<String>,
     defaults: Options,
@@ -354,6 +355,7 @@ impl RedisBuilder {
 
 /// One lock request; `.await` it to acquire.
 #[derive(Debug)]
+#[must_use = "a lock request does nothing until it is awaited"]
 pub struct LockRequest<'a> {
     client: &'a Redis,
     name: String,

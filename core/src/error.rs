@@ -22,7 +22,7 @@ pub enum UsageError {
     TtlZero,
     #[error("ttl {ttl:?} is above the maximum {max:?}")]
     TtlTooLarge { ttl: Duration, max: Duration },
-    #[error("ttl {0:?} is not a whole number of milliseconds (Redis PX counts milliseconds)")]
+    #[error("ttl {0:?} is not a whole number of milliseconds (the backend counts milliseconds)")]
     TtlNotWholeMillis(Duration),
     #[error(
         "drift allowance {drift:?} is more than half of ttl {ttl:?}: lower the drift bound \
@@ -118,7 +118,8 @@ pub enum LockError {
         attempts: u32,
         nodes: Vec<NodeOutcome>,
     },
-    /// Too many nodes failed or timed out for a quorum to be possible.
+    /// Too many nodes failed or timed out for a quorum to be possible (for a backend reached
+    /// as one node, such as an etcd cluster: the backend did not answer in time).
     #[error(
         "no quorum of nodes reachable after {attempts} attempt(s) ({})",
         Summary(nodes)

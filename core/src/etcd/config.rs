@@ -69,6 +69,7 @@ impl EtcdConfig {
 
 /// Builder for [`EtcdConfig`]; every check happens in [`build`](Self::build).
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build()`"]
 pub struct EtcdConfigBuilder {
     ttl: Duration,
     drift_ppm: u32,

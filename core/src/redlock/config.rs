@@ -104,6 +104,7 @@ impl RedLockConfig {
 
 /// Builder for [`RedLockConfig`]; every check happens in [`build`](Self::build).
 #[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build()`"]
 pub struct RedLockConfigBuilder {
     nodes: Result<usize, UsageError>,
     ttl: Duration,
