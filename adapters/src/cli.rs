@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::etcd::Etcd;
+use crate::locker::LockerFuture;
 use crate::redis::Redis;
-use crate::Guard;
+use crate::{AnyError, ErrorKind, Guard, Locker, WaitFor};
 use tokio::signal::unix::{signal, SignalKind};
 
 const EX_USAGE: u8 = 64;
@@ -76,17 +77,9 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
-/// How long to wait for the lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WaitFor {
-    No,
-    For(Duration),
-    Forever,
-}
-
 #[derive(Debug)]
 struct Exec {
-    backend: Backend,
+    backend: BackendUrl,
     name: String,
     ttl: Duration,
     wait: WaitFor,
@@ -94,14 +87,136 @@ struct Exec {
     cmd: Vec<String>,
 }
 
-#[derive(Debug)]
-enum Backend {
-    Redis(Vec<String>),
-    Etcd {
-        endpoints: Vec<String>,
-        user: Option<(String, String)>,
-        ca: Option<String>,
+/// A `--backend` value: one scheme, its hosts, and what the scheme reads from the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BackendUrl {
+    scheme: String,
+    userinfo: Option<String>,
+    hosts: Vec<String>,
+    path: Option<String>,
+    query: Option<String>,
+}
+
+/// A connection in progress to a backend named by URL.
+type Connecting = LockerFuture<'static, Result<Box<dyn Locker>, AnyError>>;
+
+/// What an etcd URL carries besides its hosts: credentials and a CA file.
+struct EtcdParams {
+    user: Option<(String, String)>,
+    ca: Option<String>,
+}
+
+/// One backend on the command line: its URL schemes, what it refuses in a URL (a usage
+/// error, before any IO), and how it connects. Adding a backend adds one row to [`SCHEMES`].
+struct Scheme {
+    names: &'static [&'static str],
+    check: fn(&BackendUrl) -> Result<(), String>,
+    connect: fn(BackendUrl) -> Connecting,
+}
+
+const SCHEMES: &[Scheme] = &[
+    Scheme {
+        names: &["redis", "rediss"],
+        check: redis_check,
+        connect: redis_connect,
     },
+    Scheme {
+        names: &["etcd", "etcds"],
+        check: etcd_check,
+        connect: etcd_connect,
+    },
+];
+
+fn scheme_of(url: &BackendUrl) -> Result<&'static Scheme, String> {
+    SCHEMES
+        .iter()
+        .find(|s| s.names.contains(&url.scheme.as_str()))
+        .ok_or_else(|| {
+            let known: Vec<String> = SCHEMES
+                .iter()
+                .flat_map(|s| s.names)
+                .map(|n| format!("{n}://"))
+                .collect();
+            format!(
+                "unknown backend scheme {:?}: use {}",
+                url.scheme,
+                known.join(", ")
+            )
+        })
+}
+
+fn redis_check(u: &BackendUrl) -> Result<(), String> {
+    match u.query {
+        Some(_) => Err(format!("{}:// takes no query parameters", u.scheme)),
+        None => Ok(()),
+    }
+}
+
+fn redis_connect(u: BackendUrl) -> Connecting {
+    let auth = u.userinfo.map(|a| format!("{a}@")).unwrap_or_default();
+    let db = u.path.map(|p| format!("/{p}")).unwrap_or_default();
+    let urls: Vec<String> = u
+        .hosts
+        .iter()
+        .map(|h| format!("{}://{auth}{h}{db}", u.scheme))
+        .collect();
+    Box::pin(async move {
+        match Redis::builder(urls).connect().await {
+            Ok(c) => Ok(Box::new(c) as Box<dyn Locker>),
+            Err(e) => Err(AnyError::new(e.kind(), e)),
+        }
+    })
+}
+
+/// etcd's URL: `user:password@` credentials, `?cacert=` (etcds:// only).
+fn etcd_params(u: &BackendUrl) -> Result<EtcdParams, String> {
+    let user = match &u.userinfo {
+        Some(a) => {
+            let (name, pw) = a
+                .split_once(':')
+                .ok_or("etcd credentials must be user:password@")?;
+            Some((name.to_owned(), pw.to_owned()))
+        }
+        None => None,
+    };
+    let mut ca = None;
+    for kv in u.query.iter().flat_map(|q| q.split('&')) {
+        match kv.split_once('=') {
+            Some(("cacert", v)) => ca = Some(v.to_owned()),
+            _ => return Err(format!("unknown etcd URL parameter {kv:?} (only cacert=)")),
+        }
+    }
+    if u.scheme == "etcd" && ca.is_some() {
+        return Err("cacert= needs etcds:// (TLS)".into());
+    }
+    Ok(EtcdParams { user, ca })
+}
+
+fn etcd_check(u: &BackendUrl) -> Result<(), String> {
+    etcd_params(u).map(|_| ())
+}
+
+fn etcd_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let usage = |m: String| AnyError::new(ErrorKind::Usage, std::io::Error::other(m));
+        let EtcdParams { user, ca } = etcd_params(&u).map_err(usage)?;
+        let proto = if u.scheme == "etcds" { "https" } else { "http" };
+        let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("{proto}://{h}")).collect();
+        let mut builder = Etcd::builder(endpoints);
+        if let Some((name, pw)) = user {
+            builder = builder.user(name, pw);
+        }
+        if let Some(path) = ca {
+            let pem = std::fs::read(&path).map_err(|e| usage(format!("cacert {path}: {e}")))?;
+            let tls = crate::etcd::TlsOptions::new()
+                .ca_certificate(crate::etcd::Certificate::from_pem(pem));
+            builder = builder.tls(tls);
+        }
+        match builder.connect().await {
+            Ok(c) => Ok(Box::new(c) as Box<dyn Locker>),
+            Err(e) => Err(AnyError::new(e.kind(), e)),
+        }
+    })
 }
 
 fn exec_main(args: &[String]) -> ExitCode {
@@ -234,8 +349,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses `--backend`: one URL with several hosts (`redis://h1:p1,h2:p2`), or several full
 /// URLs of one scheme joined by commas (`redis://h1:p1,redis://h2:p2`, the form
-/// `LUCKY_REDIS_URLS` uses), or a mix of both.
-fn parse_backend(url: &str) -> Result<Backend, String> {
+/// `LUCKY_REDIS_URLS` uses), or a mix of both; every URL must agree on all but its hosts.
+fn parse_backend(url: &str) -> Result<BackendUrl, String> {
     let mut urls: Vec<String> = Vec::new();
     for piece in url.split(',') {
         match urls.last_mut() {
@@ -246,48 +361,34 @@ fn parse_backend(url: &str) -> Result<Backend, String> {
             _ => urls.push(piece.to_owned()),
         }
     }
-    let mut merged: Option<Backend> = None;
+    let mut merged: Option<BackendUrl> = None;
     for u in &urls {
         let next = parse_one_backend(u)?;
-        merged = Some(match (merged, next) {
-            (None, b) => b,
-            (Some(Backend::Redis(mut a)), Backend::Redis(b)) => {
-                if a[0].split("://").next() != b[0].split("://").next() {
-                    return Err("backend URLs mix redis:// and rediss://".into());
+        merged = Some(match merged {
+            None => next,
+            Some(mut m) => {
+                let same = BackendUrl {
+                    hosts: m.hosts.clone(),
+                    ..next.clone()
+                };
+                if same != m {
+                    return Err(format!(
+                        "backend URLs {} and {} differ in more than their hosts",
+                        crate::redis::redact(&urls[0]),
+                        crate::redis::redact(u)
+                    ));
                 }
-                a.extend(b);
-                Backend::Redis(a)
+                m.hosts.extend(next.hosts);
+                m
             }
-            (
-                Some(Backend::Etcd {
-                    mut endpoints,
-                    user,
-                    ca,
-                }),
-                Backend::Etcd {
-                    endpoints: more,
-                    user: user2,
-                    ca: ca2,
-                },
-            ) => {
-                let same_scheme = endpoints[0].split("://").next() == more[0].split("://").next();
-                if !same_scheme || user != user2 || ca != ca2 {
-                    return Err("etcd backend URLs differ in scheme, credentials or cacert".into());
-                }
-                endpoints.extend(more);
-                Backend::Etcd {
-                    endpoints,
-                    user,
-                    ca,
-                }
-            }
-            _ => return Err("backend URLs mix Redis and etcd".into()),
         });
     }
-    merged.ok_or_else(|| "no backend URL given".to_owned())
+    let merged = merged.ok_or_else(|| "no backend URL given".to_owned())?;
+    (scheme_of(&merged)?.check)(&merged)?;
+    Ok(merged)
 }
 
-fn parse_one_backend(url: &str) -> Result<Backend, String> {
+fn parse_one_backend(url: &str) -> Result<BackendUrl, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("bad backend URL {url:?}: expected scheme://host:port[,...]"))?;
@@ -319,134 +420,40 @@ fn parse_one_backend(url: &str) -> Result<Backend, String> {
             ));
         }
     }
-    match scheme {
-        "redis" | "rediss" => {
-            if query.is_some() {
-                return Err(format!("{scheme}:// takes no query parameters"));
-            }
-            let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-            let db = path.map(|p| format!("/{p}")).unwrap_or_default();
-            Ok(Backend::Redis(
-                hosts
-                    .iter()
-                    .map(|h| format!("{scheme}://{auth}{h}{db}"))
-                    .collect(),
-            ))
-        }
-        "etcd" | "etcds" => {
-            let user = match userinfo {
-                Some(u) => {
-                    let (name, pw) = u
-                        .split_once(':')
-                        .ok_or("etcd credentials must be user:password@")?;
-                    Some((name.to_owned(), pw.to_owned()))
-                }
-                None => None,
-            };
-            let mut ca = None;
-            for kv in query.into_iter().flat_map(|q| q.split('&')) {
-                match kv.split_once('=') {
-                    Some(("cacert", v)) => ca = Some(v.to_owned()),
-                    _ => return Err(format!("unknown etcd URL parameter {kv:?} (only cacert=)")),
-                }
-            }
-            if scheme == "etcd" && ca.is_some() {
-                return Err("cacert= needs etcds:// (TLS)".into());
-            }
-            let proto = if scheme == "etcds" { "https" } else { "http" };
-            Ok(Backend::Etcd {
-                endpoints: hosts.iter().map(|h| format!("{proto}://{h}")).collect(),
-                user,
-                ca,
-            })
-        }
-        other => Err(format!(
-            "unknown backend scheme {other:?}: use redis://, rediss://, etcd:// or etcds://"
-        )),
-    }
-}
-
-/// A connected backend.
-enum Locks {
-    Redis(Redis),
-    Etcd(Etcd),
+    Ok(BackendUrl {
+        scheme: scheme.to_owned(),
+        userinfo: userinfo.map(str::to_owned),
+        hosts: hosts.into_iter().map(str::to_owned).collect(),
+        path: path.map(str::to_owned),
+        query: query.map(str::to_owned),
+    })
 }
 
 /// Why the lock was not taken, as an exit code and a message.
 struct Failure(u8, String);
 
-async fn connect(b: &Backend) -> Result<Locks, Failure> {
-    match b {
-        Backend::Redis(urls) => Redis::builder(urls)
-            .connect()
-            .await
-            .map(Locks::Redis)
-            .map_err(|e| {
-                let code = match e {
-                    crate::redis::Error::Usage(_) | crate::redis::Error::BadUrl { .. } => EX_USAGE,
-                    _ => EX_UNAVAILABLE,
-                };
-                Failure(code, e.to_string())
-            }),
-        Backend::Etcd {
-            endpoints,
-            user,
-            ca,
-        } => {
-            let mut builder = Etcd::builder(endpoints);
-            if let Some((u, p)) = user {
-                builder = builder.user(u, p);
-            }
-            if let Some(path) = ca {
-                let pem = std::fs::read(path)
-                    .map_err(|e| Failure(EX_USAGE, format!("cacert {path}: {e}")))?;
-                let tls = crate::etcd::TlsOptions::new()
-                    .ca_certificate(crate::etcd::Certificate::from_pem(pem));
-                builder = builder.tls(tls);
-            }
-            builder.connect().await.map(Locks::Etcd).map_err(|e| {
-                let code = match e {
-                    crate::etcd::Error::Usage(_) => EX_USAGE,
-                    _ => EX_UNAVAILABLE,
-                };
-                Failure(code, e.to_string())
-            })
-        }
+/// Exit codes by who said no: bad input 64, unreachable (or this process failing) 69,
+/// taken 75.
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Usage => EX_USAGE,
+        ErrorKind::Taken => EX_TEMPFAIL,
+        ErrorKind::Unreachable | ErrorKind::Local => EX_UNAVAILABLE,
     }
 }
 
-/// The request for `o.name` with `o`'s ttl and wait, on either backend's request type.
-macro_rules! request {
-    ($locks:expr, $o:expr) => {{
-        let r = $locks.lock(&$o.name).ttl($o.ttl);
-        match $o.wait {
-            WaitFor::No => r.no_wait(),
-            WaitFor::For(d) => r.wait(d),
-            WaitFor::Forever => r.wait_forever(),
-        }
-    }};
+async fn connect(b: &BackendUrl) -> Result<Box<dyn Locker>, Failure> {
+    let scheme = scheme_of(b).map_err(|m| Failure(EX_USAGE, m))?;
+    (scheme.connect)(b.clone())
+        .await
+        .map_err(|e| Failure(exit_code(e.kind()), e.to_string()))
 }
 
-async fn acquire(locks: &Locks, o: &Exec) -> Result<Guard, Failure> {
-    // Taken -> 75; unreachable -> 69; bad input -> 64.
-    match locks {
-        Locks::Redis(l) => request!(l, o).await.map_err(|e| {
-            let code = match &e {
-                crate::redis::Error::Usage(_) => EX_USAGE,
-                e if e.is_unreachable() => EX_UNAVAILABLE,
-                _ => EX_TEMPFAIL,
-            };
-            Failure(code, e.to_string())
-        }),
-        Locks::Etcd(l) => request!(l, o).await.map_err(|e| {
-            let code = match &e {
-                crate::etcd::Error::Usage(_) => EX_USAGE,
-                e if e.is_unreachable() => EX_UNAVAILABLE,
-                _ => EX_TEMPFAIL,
-            };
-            Failure(code, e.to_string())
-        }),
-    }
+async fn acquire(locks: &dyn Locker, o: &Exec) -> Result<Guard, Failure> {
+    locks
+        .acquire(&o.name, o.ttl, o.wait)
+        .await
+        .map_err(|e| Failure(exit_code(e.kind()), e.to_string()))
 }
 
 // The one unsafe call of the project: kill(2) has no safe wrapper in std or tokio.
@@ -473,18 +480,12 @@ fn status_code(s: std::process::ExitStatus) -> u8 {
 /// background (a cancelled acquisition's releases, a lost lock's release).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-impl Locks {
-    /// Waits for every background clean-up, so nothing this process wrote outlives it.
-    async fn close(&self) {
-        let done = match self {
-            Locks::Redis(l) => l.close(CLOSE_WAIT).await,
-            Locks::Etcd(l) => l.close(CLOSE_WAIT).await,
-        };
-        if !done {
-            eprintln!(
-                "lucky exec: clean-up still running after {CLOSE_WAIT:?}; what remains expires with its ttl"
-            );
-        }
+/// Waits for every background clean-up, so nothing this process wrote outlives it.
+async fn close(locks: &dyn Locker) {
+    if !locks.close(CLOSE_WAIT).await {
+        eprintln!(
+            "lucky exec: clean-up still running after {CLOSE_WAIT:?}; what remains expires with its ttl"
+        );
     }
 }
 
@@ -504,14 +505,14 @@ async fn exec(o: Exec) -> u8 {
         }
     };
     // Every path out waits for the clean-ups it left in the background.
-    let code = run(&locks, &o, &mut sigint, &mut sigterm).await;
-    locks.close().await;
+    let code = run(&*locks, &o, &mut sigint, &mut sigterm).await;
+    close(&*locks).await;
     code
 }
 
 /// Acquires, runs the command, releases; the exit code.
 async fn run(
-    locks: &Locks,
+    locks: &dyn Locker,
     o: &Exec,
     sigint: &mut tokio::signal::unix::Signal,
     sigterm: &mut tokio::signal::unix::Signal,

@@ -914,3 +914,5 @@ fn error_reply(e: etcd_client::Error) -> Reply {
 const CANCELLED: i32 = 1;
 const DEADLINE_EXCEEDED: i32 = 4;
 const UNAVAILABLE: i32 = 14;
+
+crate::locker::impl_locker!(Etcd);

@@ -20,11 +20,15 @@ mod driver;
 pub mod etcd;
 #[cfg(any(feature = "redis", feature = "etcd"))]
 mod hold;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub mod locker;
 #[cfg(feature = "redis")]
 pub mod redis;
 
 #[cfg(any(feature = "redis", feature = "etcd"))]
 pub use driver::Guard;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+pub use locker::{AnyError, Locker, WaitFor};
 
 /// Who said no, for every backend's error: what a caller branches on (skip the work when
 /// taken, retry later when unreachable, fix the call when usage).

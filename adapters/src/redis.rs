@@ -920,3 +920,5 @@ mod tests {
         }
     }
 }
+
+crate::locker::impl_locker!(Redis);

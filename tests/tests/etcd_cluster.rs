@@ -19,8 +19,11 @@ use lucky_tests::servers::required;
 
 /// The lease ttl of the holder: keepalives every ttl/3, fail-over within ttl/40.
 const TTL: Duration = Duration::from_secs(4);
-/// A waiter must have the lock this soon after the holder released it.
-const PROMPT: Duration = Duration::from_secs(2);
+/// A waiter must have the lock this soon after the holder released it: within one watch
+/// re-check interval (the ttl: a waiter trusts one watch that long before it reads the queue
+/// again) and a request. Hand-offs measure milliseconds when the waiter's watch survives the
+/// fault, up to about 2.3 s seen when it had to be re-established around a member restart.
+const PROMPT: Duration = Duration::from_secs(5);
 
 /// One test at a time takes members down.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
