@@ -59,15 +59,41 @@ fn a_late_fenced_grant_is_released() {
         3,
         "the failed attempt releases every node"
     );
-    // Node 0's SET was overtaken by its release and granted late.
+    // Node 0's SET was overtaken by its release and granted late: the machine waits for
+    // that release's answer ...
     assert!(m.handle_reply(
         at_ms(2),
         sent[0].node,
         sent[0].op,
         Reply::Int(1_700_000_000_000_000)
     ));
-    let (again, _) = drain(&mut m);
+    assert!(drain(&mut m).0.is_empty());
+    // ... which says it deleted nothing (it ran first): release node 0 again.
+    let rel0 = cleanup.iter().find(|t| t.node == NodeId(0)).unwrap();
+    assert!(m.handle_reply(at_ms(3), rel0.node, rel0.op, Reply::Int(0)));
+    let (again, ev) = drain(&mut m);
     assert_eq!(releases(&again), vec![(NodeId(0), m.value().clone())]);
+    assert!(ev.is_empty(), "Failed waits for the second release: {ev:?}");
+}
+
+/// The same late grant, when the release answers that it deleted our key: the release ran
+/// after the SET (a value is written by one SET per node), so nothing more is sent.
+#[test]
+fn a_late_grant_whose_release_deleted_it_needs_nothing_more() {
+    let mut m = RedLock::new(&fenced(3), b"k", &TOKEN, 0).unwrap();
+    m.acquire(at_ms(0)).unwrap();
+    let (sent, _) = drain(&mut m);
+    assert!(m.handle_reply(at_ms(1), sent[1].node, sent[1].op, Reply::Int(-1)));
+    assert!(m.handle_reply(at_ms(1), sent[2].node, sent[2].op, Reply::Int(-1)));
+    let (cleanup, _) = drain(&mut m);
+    assert!(m.handle_reply(at_ms(2), sent[0].node, sent[0].op, Reply::Int(5)));
+    for t in &cleanup {
+        let deleted = if t.node == NodeId(0) { 1 } else { 0 };
+        m.handle_reply(at_ms(3), t.node, t.op, Reply::Int(deleted));
+    }
+    let (more, ev) = drain(&mut m);
+    assert!(more.is_empty(), "{more:?}");
+    assert!(matches!(ev[..], [Event::Failed(_)]), "{ev:?}");
 }
 
 /// Item 2a: every abandoned SET is remembered, not only the last one per node.

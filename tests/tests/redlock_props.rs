@@ -68,6 +68,15 @@ struct Harness {
     /// unanswered SET a ttl after it stopped waiting for it, on its own (stepped-back) clock.
     high: Instant,
     back: Duration,
+    /// (value, node) whose release answered "deleted": that node's key of that value is gone,
+    /// whatever answer its SET gets later (a value is written by one SET per node).
+    deleted: BTreeSet<(Bytes, u16)>,
+    /// (value, node) granted late while a release of it was in flight: the machine decides
+    /// on that release's answer (release again unless it deleted the key).
+    /// For each: a release of (value, node) must be sent at or after this index of `sent`
+    /// once every release of it that was in flight at the grant (the listed indices) answered
+    /// without deleting; an answer "deleted" drops the entry.
+    recheck: Vec<(Bytes, u16, usize, Vec<usize>)>,
     answered: BTreeSet<usize>,
     ops: BTreeSet<u64>,
     /// Per attempt value: nodes an Acquire went to, nodes a Release went to.
@@ -90,6 +99,8 @@ impl Harness {
             sent_at: Vec::new(),
             high: Instant::from_nanos(1),
             back: Duration::ZERO,
+            deleted: BTreeSet::new(),
+            recheck: Vec::new(),
             answered: BTreeSet::new(),
             ops: BTreeSet::new(),
             acquire_to: BTreeMap::new(),
@@ -208,11 +219,36 @@ impl Harness {
             // The key exists from now on: a release sent before this grant (which it may
             // have overtaken) no longer counts, unless the machine may have forgotten the SET
             // (a reply later than a ttl after the send).
-            if self.high.max(self.now) + self.back < self.sent_at[i] + self.cfg.ttl() {
-                if let Some(r) = self.release_to.get_mut(value) {
+            let gone = self.deleted.contains(&(value.clone(), t.node.0));
+            if !gone && self.high.max(self.now) + self.back < self.sent_at[i] + self.cfg.ttl() {
+                let in_flight: Vec<usize> = (0..self.sent.len())
+                    .filter(|j| {
+                        !self.answered.contains(j)
+                            && self.sent[*j].node == t.node
+                            && matches!(&self.sent[*j].command, Command::Release { value: v, .. } if v == value)
+                    })
+                    .collect();
+                if !in_flight.is_empty() {
+                    self.recheck
+                        .push((value.clone(), t.node.0, self.sent.len(), in_flight));
+                } else if let Some(r) = self.release_to.get_mut(value) {
                     r.remove(&t.node.0);
                 }
             }
+        }
+        if let (true, Command::Release { value, .. }) = (live, &t.command) {
+            let key = (value.clone(), t.node.0);
+            if reply == Reply::Int(1) {
+                self.deleted.insert(key.clone());
+            }
+            // A late grant waited on this answer: deleted, nothing is due; otherwise a
+            // release sent after the grant is.
+            let deleted = reply == Reply::Int(1);
+            self.recheck.retain_mut(|(_, _, _, waiting)| {
+                let was = waiting.len();
+                waiting.retain(|j| *j != i);
+                !(deleted && waiting.len() < was)
+            });
         }
         self.answered.insert(i);
         self.m.handle_reply(self.now, t.node, t.op, reply);
@@ -304,6 +340,19 @@ impl Harness {
                 prop_assert!(
                     lost,
                     "deadline {valid_until:?} passed at {input_now:?} without Lost"
+                );
+            }
+        }
+        // A late grant decided on its node's release answer: released again after it.
+        for (value, node, from, waiting) in &self.recheck {
+            if waiting.is_empty() {
+                let again = self.sent[*from..].iter().any(|t| {
+                    t.node.0 == *node
+                        && matches!(&t.command, Command::Release { value: v, .. } if v == value)
+                });
+                prop_assert!(
+                    again,
+                    "late grant of {value:?} on node {node} never released again"
                 );
             }
         }

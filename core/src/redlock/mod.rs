@@ -85,6 +85,9 @@ struct Slot {
     outcome: NodeOutcome,
     /// The fence counter the node reported when it granted a fenced acquire.
     counter: u64,
+    /// A SET of the value being released was granted late while this node's release was in
+    /// flight: release again unless that release reports it deleted our key.
+    recheck: bool,
 }
 
 /// A SET the machine no longer waits for.
@@ -309,6 +312,13 @@ impl RedLock {
                     self.start_extend();
                 }
                 Phase::Releasing { deadline } | Phase::Failing { deadline } if now >= deadline => {
+                    // A late grant waited on a release that never answered: release again
+                    // without waiting (the clean-up is bounded by its deadline).
+                    for i in 0..self.slots.len() {
+                        if core::mem::take(&mut self.slots[i].recheck) {
+                            self.release_one(i, self.value.clone());
+                        }
+                    }
                     self.time_out_pending(&mut Tally::checked(self.cfg.nodes, self.cfg.quorum));
                     self.finish_release(true);
                 }
@@ -399,6 +409,7 @@ impl RedLock {
             op: Some(op),
             outcome: NodeOutcome::Pending,
             counter: 0,
+            recheck: false,
         };
         op
     }
@@ -796,10 +807,19 @@ impl RedLock {
         } else {
             Expect::Ok.matches(reply)
         };
-        let holding = matches!(self.phase, Phase::Held { .. } | Phase::Fencing { .. })
-            && orphan.value == self.value;
+        let current = orphan.value == self.value;
+        let holding = matches!(self.phase, Phase::Held { .. } | Phase::Fencing { .. }) && current;
+        let cleaning = matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. });
         if granted && !holding && !self.bug(Bug::NoReleaseOnFailure) {
-            self.release_again(orphan);
+            let slot = &mut self.slots[orphan.node.index()];
+            if cleaning && current && slot.op.is_some() {
+                // Decide on that node's release answer: deleted, it came after this SET.
+                slot.recheck = true;
+            } else if !(cleaning && current && slot.outcome == NodeOutcome::Granted) {
+                // A release that deleted a key of this attempt's value deleted this SET's
+                // key (values are unique per attempt); otherwise release again.
+                self.release_again(orphan);
+            }
         }
         if matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. }) {
             self.finish_release(false);
@@ -972,6 +992,17 @@ impl LockMachine for RedLock {
         slot.op = None;
         slot.outcome = outcome;
         slot.counter = counter.unwrap_or(0);
+        let recheck = core::mem::take(&mut slot.recheck);
+        if recheck
+            && !granted
+            && matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. })
+        {
+            // A late grant of this value came while this release was in flight, and the
+            // release did not delete it: it ran first. Release again and wait for that.
+            let op = self.release_one(node.index(), self.value.clone());
+            self.slots[node.index()].op = Some(op);
+            self.slots[node.index()].outcome = NodeOutcome::Pending;
+        }
         match &mut self.phase {
             Phase::Acquiring(r) => {
                 vote(&mut r.tally, granted);
