@@ -31,6 +31,14 @@ fn releases(sent: &[Transmit<Command>]) -> Vec<(NodeId, bytes::Bytes)> {
         })
         .collect()
 }
+fn plain(n: usize) -> RedLockConfig {
+    RedLockConfig::builder()
+        .node_count(n)
+        .ttl(ms(10_000))
+        .wait(Wait::None)
+        .build()
+        .unwrap()
+}
 fn fenced(n: usize) -> RedLockConfig {
     RedLockConfig::builder()
         .node_count(n)
@@ -45,15 +53,23 @@ fn fenced(n: usize) -> RedLockConfig {
         .unwrap()
 }
 
-/// Item 1: a fenced grant is an integer, and a late one must be released like `+OK`.
-#[test]
-fn a_late_fenced_grant_is_released() {
+/// A fenced one-shot try on three nodes that the nodes `refusing` answer "taken" (a fenced
+/// refusal, `-1`): the machine, the SETs it sent and the clean-up releases that followed.
+fn refused_try(refusing: &[usize]) -> (RedLock, Vec<Transmit<Command>>, Vec<Transmit<Command>>) {
     let mut m = RedLock::new(&fenced(3), b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(0)).unwrap();
     let (sent, _) = drain(&mut m);
-    assert!(m.handle_reply(at_ms(1), sent[1].node, sent[1].op, Reply::Int(-1)));
-    assert!(m.handle_reply(at_ms(1), sent[2].node, sent[2].op, Reply::Int(-1)));
+    for &i in refusing {
+        assert!(m.handle_reply(at_ms(1), sent[i].node, sent[i].op, Reply::Int(-1)));
+    }
     let (cleanup, _) = drain(&mut m);
+    (m, sent, cleanup)
+}
+
+/// Item 1: a fenced grant is an integer, and a late one must be released like `+OK`.
+#[test]
+fn a_late_fenced_grant_is_released() {
+    let (mut m, sent, cleanup) = refused_try(&[1, 2]);
     assert_eq!(
         releases(&cleanup).len(),
         3,
@@ -80,12 +96,7 @@ fn a_late_fenced_grant_is_released() {
 /// after the SET (a value is written by one SET per node), so nothing more is sent.
 #[test]
 fn a_late_grant_whose_release_deleted_it_needs_nothing_more() {
-    let mut m = RedLock::new(&fenced(3), b"k", &TOKEN, 0).unwrap();
-    m.acquire(at_ms(0)).unwrap();
-    let (sent, _) = drain(&mut m);
-    assert!(m.handle_reply(at_ms(1), sent[1].node, sent[1].op, Reply::Int(-1)));
-    assert!(m.handle_reply(at_ms(1), sent[2].node, sent[2].op, Reply::Int(-1)));
-    let (cleanup, _) = drain(&mut m);
+    let (mut m, sent, cleanup) = refused_try(&[1, 2]);
     assert!(m.handle_reply(at_ms(2), sent[0].node, sent[0].op, Reply::Int(5)));
     for t in &cleanup {
         let deleted = if t.node == NodeId(0) { 1 } else { 0 };
@@ -139,12 +150,7 @@ fn every_abandoned_set_of_a_node_is_remembered() {
 /// lock's release overtook it, it is released again (and the release waits for that answer).
 #[test]
 fn a_set_pending_when_the_round_is_won_is_released_after_the_release() {
-    let cfg = RedLockConfig::builder()
-        .node_count(3)
-        .ttl(ms(10_000))
-        .wait(Wait::None)
-        .build()
-        .unwrap();
+    let cfg = plain(3);
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.acquire(at_ms(0)).unwrap();
     let (sent, _) = drain(&mut m);
@@ -181,12 +187,7 @@ fn a_set_pending_when_the_round_is_won_is_released_after_the_release() {
 /// reading, and the step is reported.
 #[test]
 fn a_clock_step_back_never_lengthens_a_lock() {
-    let cfg = RedLockConfig::builder()
-        .node_count(1)
-        .ttl(ms(10_000))
-        .wait(Wait::None)
-        .build()
-        .unwrap();
+    let cfg = plain(1);
     let mut m = RedLock::new(&cfg, b"k", &TOKEN, 0).unwrap();
     m.handle_timeout(at_ms(3_600_000));
     m.acquire(at_ms(1_000)).unwrap();
@@ -359,14 +360,8 @@ fn misrouted_replies_are_detected() {
 /// sent, not the failed round's outcomes as deletions.
 #[test]
 fn release_after_failed_reports_nothing_sent() {
-    let mut m = RedLock::new(&fenced(3), b"k", &TOKEN, 0).unwrap();
-    m.acquire(at_ms(0)).unwrap();
-    let (sent, _) = drain(&mut m);
-    for t in &sent {
-        m.handle_reply(at_ms(1), t.node, t.op, Reply::Int(-1));
-    }
-    let (cleanup, ev) = drain(&mut m);
-    assert!(ev.is_empty());
+    let (mut m, _, cleanup) = refused_try(&[0, 1, 2]);
+    assert_eq!(m.state(), State::Acquiring, "Failed waits for the clean-up");
     for t in &cleanup {
         m.handle_reply(at_ms(2), t.node, t.op, Reply::Int(0));
     }
@@ -386,13 +381,7 @@ fn release_after_failed_reports_nothing_sent() {
 /// Contract: cancelling while a failed attempt cleans up ends in `Released`, not `Failed`.
 #[test]
 fn a_release_during_the_clean_up_ends_in_released() {
-    let mut m = RedLock::new(&fenced(3), b"k", &TOKEN, 0).unwrap();
-    m.acquire(at_ms(0)).unwrap();
-    let (sent, _) = drain(&mut m);
-    for t in &sent {
-        m.handle_reply(at_ms(1), t.node, t.op, Reply::Int(-1));
-    }
-    let (cleanup, _) = drain(&mut m);
+    let (mut m, _, cleanup) = refused_try(&[0, 1, 2]);
     m.release(at_ms(1)).unwrap();
     assert!(drain(&mut m).0.is_empty(), "the clean-up in flight serves");
     for t in &cleanup {

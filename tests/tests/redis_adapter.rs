@@ -520,3 +520,35 @@ async fn scripts_flushed_from_the_servers_are_sent_again() {
     );
     assert!(get(&urls[0], &name).await.is_none());
 }
+
+/// `close()` waits for the background clean-ups a process leaves when it drops its guards:
+/// right after it returns, no dropped guard's key is left on any node. A guard still held
+/// keeps its renewal task, so `close()` then reports, at its timeout, that work remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_the_releases_of_dropped_guards() {
+    let Some((urls, locks)) = setup().await else {
+        return;
+    };
+    let names: Vec<String> = (0..8).map(|i| unique(&format!("close-{i}"))).collect();
+    for (i, name) in names.iter().enumerate() {
+        // Both ways a guard lives: parked in the guard (no renewal) and in a renewal task.
+        let g = locks.lock(name).auto_extend(i % 2 == 0).await.unwrap();
+        drop(g); // released in the background
+    }
+    assert!(
+        locks.close(Duration::from_secs(5)).await,
+        "clean-ups finished"
+    );
+    for name in &names {
+        for u in &urls {
+            assert!(get(u, name).await.is_none(), "{name} left on {u}");
+        }
+    }
+    let held = locks.lock(unique("close-held")).await.unwrap();
+    assert!(
+        !locks.close(Duration::from_millis(200)).await,
+        "a held lock's renewal task is still running"
+    );
+    held.release().await.unwrap();
+    assert!(locks.close(Duration::from_secs(5)).await);
+}

@@ -345,20 +345,16 @@ impl EtcdLock {
     /// The acquisition failed for good: revoke the lease (which deletes whatever key it
     /// wrote), and report `Failed` once etcd answered the revoke or the request timed out.
     fn give_up(&mut self, error: LockError) {
-        self.main = None;
-        self.keepalive = None;
-        self.owner_ready = false;
-        self.rev = 0;
-        match self.lease.take() {
+        match self.lease {
             Some(l) if !self.bug(Bug::EtcdFailBeforeCleanup) => {
+                self.drop_chain();
+                self.lease = None;
                 self.failure = Some(error);
                 self.phase = Phase::Failing;
                 self.send_main(Kind::Revoke, Command::Revoke { lease: l.id });
             }
-            lease => {
-                if let Some(l) = lease {
-                    self.send(Command::Revoke { lease: l.id });
-                }
+            _ => {
+                self.abandon();
                 self.phase = Phase::Done;
                 self.emit(Event::Failed(error));
             }
@@ -379,13 +375,18 @@ impl EtcdLock {
     /// lease). The next attempt grants a fresh lease, so its key has another name and no
     /// request of this attempt can touch it.
     fn abandon(&mut self) {
+        self.drop_chain();
+        if let Some(l) = self.lease.take() {
+            self.send(Command::Revoke { lease: l.id });
+        }
+    }
+
+    /// Stops waiting for the chain and keepalive in flight; this attempt's key is forgotten.
+    fn drop_chain(&mut self) {
         self.main = None;
         self.keepalive = None;
         self.owner_ready = false;
         self.rev = 0;
-        if let Some(l) = self.lease.take() {
-            self.send(Command::Revoke { lease: l.id });
-        }
     }
 
     /// The chain read that we own the lock.

@@ -587,12 +587,7 @@ impl RedLock {
                 // Give up only once the releases were answered (or timed out), so a caller
                 // that exits right after `Failed` leaves no key behind.
                 self.failure = Some(error);
-                let deadline = self.now + self.cfg.node_timeout;
-                self.broadcast(|m| Command::Release {
-                    key: m.key.clone(),
-                    value: m.value.clone(),
-                    notify: false,
-                });
+                let deadline = self.broadcast_release(false);
                 self.phase = Phase::Failing { deadline };
             }
         }
@@ -761,13 +756,19 @@ impl RedLock {
     }
 
     fn start_release(&mut self) {
-        let deadline = self.now + self.cfg.node_timeout;
+        let deadline = self.broadcast_release(true);
+        self.phase = Phase::Releasing { deadline };
+    }
+
+    /// Sends the current value's release to every node, waiting for each answer until the
+    /// returned deadline; `notify` tells waiters (a lock that was held or asked for).
+    fn broadcast_release(&mut self, notify: bool) -> Instant {
         self.broadcast(|m| Command::Release {
             key: m.key.clone(),
             value: m.value.clone(),
-            notify: true,
+            notify,
         });
-        self.phase = Phase::Releasing { deadline };
+        self.now + self.cfg.node_timeout
     }
 
     /// Ends a release or a failing acquisition's clean-up once every node answered its
@@ -809,33 +810,35 @@ impl RedLock {
         };
         let current = orphan.value == self.value;
         let holding = matches!(self.phase, Phase::Held { .. } | Phase::Fencing { .. }) && current;
-        let cleaning = matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. });
         if granted && !holding && !self.bug(Bug::NoReleaseOnFailure) {
-            let slot = &mut self.slots[orphan.node.index()];
-            if cleaning && current && slot.op.is_some() {
-                // Decide on that node's release answer: deleted, it came after this SET.
-                slot.recheck = true;
-            } else if !(cleaning && current && slot.outcome == NodeOutcome::Granted) {
-                // A release that deleted a key of this attempt's value deleted this SET's
-                // key (values are unique per attempt); otherwise release again.
-                self.release_again(orphan);
+            let node = orphan.node.index();
+            if !(self.cleaning() && current) {
+                // Nothing of ours in flight covers it: release that node again.
+                self.release_one(node, orphan.value);
+            } else if self.slots[node].op.is_some() {
+                // Decide on that node's release answer: deleted, it ran after this SET.
+                self.slots[node].recheck = true;
+            } else if self.slots[node].outcome != NodeOutcome::Granted {
+                // That release deleted nothing (a release that deletes a key of this value
+                // deletes this SET's key: values are unique per attempt): release again.
+                self.rearm_release(node);
             }
         }
-        if matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. }) {
+        if self.cleaning() {
             self.finish_release(false);
         }
     }
 
-    /// Releases `orphan`'s node again; a release or clean-up in flight waits for it too.
-    fn release_again(&mut self, orphan: Orphan) {
-        let node = orphan.node.index();
-        let current = orphan.value == self.value;
-        let op = self.release_one(node, orphan.value);
-        let cleaning = matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. });
-        if cleaning && current && self.slots[node].op.is_none() {
-            self.slots[node].op = Some(op);
-            self.slots[node].outcome = NodeOutcome::Pending;
-        }
+    /// A release or a failing acquisition's clean-up is in flight.
+    fn cleaning(&self) -> bool {
+        matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. })
+    }
+
+    /// Releases the current value on `node` again, and waits for that answer.
+    fn rearm_release(&mut self, node: usize) {
+        let op = self.release_one(node, self.value.clone());
+        self.slots[node].op = Some(op);
+        self.slots[node].outcome = NodeOutcome::Pending;
     }
 
     /// Interprets `reply` to the command kind of the round in flight.
@@ -993,15 +996,10 @@ impl LockMachine for RedLock {
         slot.outcome = outcome;
         slot.counter = counter.unwrap_or(0);
         let recheck = core::mem::take(&mut slot.recheck);
-        if recheck
-            && !granted
-            && matches!(self.phase, Phase::Releasing { .. } | Phase::Failing { .. })
-        {
+        if recheck && !granted && self.cleaning() {
             // A late grant of this value came while this release was in flight, and the
             // release did not delete it: it ran first. Release again and wait for that.
-            let op = self.release_one(node.index(), self.value.clone());
-            self.slots[node.index()].op = Some(op);
-            self.slots[node.index()].outcome = NodeOutcome::Pending;
+            self.rearm_release(node.index());
         }
         match &mut self.phase {
             Phase::Acquiring(r) => {
