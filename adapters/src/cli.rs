@@ -11,9 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::etcd::Etcd;
-use crate::locker::LockerFuture;
 use crate::redis::Redis;
-use crate::{AnyError, ErrorKind, Guard, Locker, WaitFor};
+use crate::{Error, ErrorKind, Guard, LockFuture, Locker, WaitFor};
 use tokio::signal::unix::{signal, SignalKind};
 
 const EX_USAGE: u8 = 64;
@@ -98,7 +97,7 @@ struct BackendUrl {
 }
 
 /// A connection in progress to a backend named by URL.
-type Connecting = LockerFuture<'static, Result<Box<dyn Locker>, AnyError>>;
+type Connecting = LockFuture<'static, Result<Box<dyn Locker>, Error>>;
 
 /// What an etcd URL carries besides its hosts: credentials and a CA file.
 struct EtcdParams {
@@ -161,10 +160,8 @@ fn redis_connect(u: BackendUrl) -> Connecting {
         .map(|h| format!("{}://{auth}{h}{db}", u.scheme))
         .collect();
     Box::pin(async move {
-        match Redis::builder(urls).connect().await {
-            Ok(c) => Ok(Box::new(c) as Box<dyn Locker>),
-            Err(e) => Err(AnyError::new(e.kind(), e)),
-        }
+        let c = Redis::builder(urls).connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
     })
 }
 
@@ -198,7 +195,11 @@ fn etcd_check(u: &BackendUrl) -> Result<(), String> {
 
 fn etcd_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let usage = |m: String| AnyError::new(ErrorKind::Usage, std::io::Error::other(m));
+        let usage = |m: String| Error::BadEndpoint {
+            backend: "etcd",
+            endpoint: crate::redact(&u.hosts.join(",")),
+            reason: m,
+        };
         let EtcdParams { user, ca } = etcd_params(&u).map_err(usage)?;
         let proto = if u.scheme == "etcds" { "https" } else { "http" };
         let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("{proto}://{h}")).collect();
@@ -212,10 +213,8 @@ fn etcd_connect(u: BackendUrl) -> Connecting {
                 .ca_certificate(crate::etcd::Certificate::from_pem(pem));
             builder = builder.tls(tls);
         }
-        match builder.connect().await {
-            Ok(c) => Ok(Box::new(c) as Box<dyn Locker>),
-            Err(e) => Err(AnyError::new(e.kind(), e)),
-        }
+        let c = builder.connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
     })
 }
 
@@ -438,7 +437,8 @@ fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::Usage => EX_USAGE,
         ErrorKind::Taken => EX_TEMPFAIL,
-        ErrorKind::Unreachable | ErrorKind::Local => EX_UNAVAILABLE,
+        // Unreachable, servers answering wrongly, this process failing.
+        _ => EX_UNAVAILABLE,
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
 /// dropped guards, renewals of held locks, commands left to finish. A process waits for them
 /// with the client's `close()` before it exits, so nothing it wrote outlives it.
 #[derive(Debug, Default)]
-pub(crate) struct Tasks {
+pub struct Tasks {
     live: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
 }
@@ -145,7 +145,10 @@ where
         clock,
         shared: shared.clone(),
         listened: false,
+        subscribing: None,
         subscription: None,
+        wakeup: None,
+        steps: std::collections::VecDeque::new(),
         inflight: Vec::new(),
         timer: Timer::new(),
         recycle,
@@ -279,24 +282,8 @@ where
             self.releasing = true;
         }
         loop {
-            while let Some(out) = self.machine.poll_output() {
-                match out {
-                    Output::Transmit(t) => self.transmit(t),
-                    Output::Event(Event::Released { nodes }) => {
-                        self.released();
-                        return Poll::Ready(nodes);
-                    }
-                    Output::Event(e) => self.event(e),
-                }
-            }
-            self.timer
-                .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
-            if let Poll::Ready(first) = poll_next_reply(&mut self.inflight, cx) {
-                self.feed(first, cx);
-            } else if self.timer.poll_fired(cx).is_ready() {
-                self.machine.handle_timeout(self.clock.now());
-            } else {
-                return Poll::Pending;
+            if let Step::Released(nodes) = std::task::ready!(self.poll_step(cx)) {
+                return Poll::Ready(nodes);
             }
         }
     }
@@ -328,7 +315,13 @@ struct Driver<M, T: Transport> {
     shared: Arc<Hold>,
     /// Release hints were asked for (once, when the lock was first found busy).
     listened: bool,
+    /// The subscription to release hints, while it is being set up.
+    subscribing: Option<BoxFuture<Option<Subscription>>>,
     subscription: Option<Subscription>,
+    /// The next release hint of `subscription`.
+    wakeup: Option<BoxFuture<()>>,
+    /// What the machine reported that the caller of the drive loop has not looked at yet.
+    steps: std::collections::VecDeque<Step>,
     /// Commands in flight, polled by whoever drives the machine (no task per command).
     inflight: Vec<InFlight<T::Reply>>,
     /// The machine's deadline, one timer for the driver's whole life.
@@ -344,65 +337,83 @@ where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
+    /// The drive loop, one step at a time, shared by the acquisition, the guard's inline
+    /// release and the hold task: hands out what the machine emitted, reports the first
+    /// thing it said that the caller waits for, else applies one input (a reply, a release
+    /// hint, the deadline) and reports `Moved`. Everything lives in the driver, so a step
+    /// dropped midway loses nothing.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                Output::Transmit(t) => self.transmit(t),
+                Output::Event(e) => self.event(e),
+            }
+        }
+        if let Some(step) = self.steps.pop_front() {
+            return Poll::Ready(step);
+        }
+        if let Poll::Ready(first) = poll_next_reply(&mut self.inflight, cx) {
+            self.feed(first, cx);
+            return Poll::Ready(Step::Moved);
+        }
+        if self.machine.state() == State::Waiting && self.poll_hint(cx).is_ready() {
+            self.machine.wake(self.clock.now());
+            return Poll::Ready(Step::Moved);
+        }
+        self.timer
+            .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
+        if self.timer.poll_fired(cx).is_ready() {
+            // Judge by the clock, not by the timer: it may have fired late.
+            self.machine.handle_timeout(self.clock.now());
+            return Poll::Ready(Step::Moved);
+        }
+        Poll::Pending
+    }
+
+    /// Ready when the lock may have been released: once the subscription to release hints
+    /// took (a release may have happened before it did), then at each hint. Hints are asked
+    /// for once, when the lock is first found busy, where the machine says to listen.
+    fn poll_hint(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.listened {
+            self.listened = true;
+            if let Some(channel) = self.machine.release_channel() {
+                self.subscribing = Some(self.transport.subscribe(channel.to_vec()));
+            }
+        }
+        if let Some(setting_up) = self.subscribing.as_mut() {
+            let subscription = std::task::ready!(setting_up.as_mut().poll(cx));
+            self.subscribing = None;
+            self.subscription = subscription;
+            if self.subscription.is_some() {
+                return Poll::Ready(());
+            }
+        }
+        let Some(subscription) = &self.subscription else {
+            return Poll::Pending;
+        };
+        let notify = subscription.notify.clone();
+        let wakeup = self
+            .wakeup
+            .get_or_insert_with(|| Box::pin(async move { notify.notified().await }));
+        std::task::ready!(wakeup.as_mut().poll(cx));
+        self.wakeup = None;
+        Poll::Ready(())
+    }
+
     /// Drives the machine until it holds the lock (its fence) or gives up.
     async fn acquire_inline(&mut self) -> Result<Option<Fence>, LockError> {
         tracing::debug!("acquiring");
         loop {
-            let mut acquired = None;
-            while let Some(out) = self.machine.poll_output() {
-                match out {
-                    Output::Transmit(t) => self.transmit(t),
-                    Output::Event(Event::Acquired { fence, valid_until }) => {
-                        self.shared.extend(valid_until.as_nanos());
-                        let valid_ms = valid_until
-                            .saturating_duration_since(self.clock.now())
-                            .as_millis();
-                        tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
-                        self.subscription = None;
-                        acquired = Some(fence);
-                    }
-                    Output::Event(Event::Failed(error)) => {
-                        tracing::info!(%error, "not acquired");
-                        return Err(error);
-                    }
-                    Output::Event(Event::Retrying { attempt, .. }) => {
-                        tracing::debug!(attempt, "lock busy, waiting")
-                    }
-                    // What follows the acquisition in the same batch belongs to the hold.
-                    Output::Event(e) if acquired.is_some() => self.event(e),
-                    Output::Event(_) => {}
+            match std::future::poll_fn(|cx| self.poll_step(cx)).await {
+                Step::Acquired(fence) => {
+                    // Hints serve only the acquisition.
+                    self.subscribing = None;
+                    self.wakeup = None;
+                    self.subscription = None;
+                    return Ok(fence);
                 }
-            }
-            if let Some(fence) = acquired {
-                return Ok(fence);
-            }
-            let state = self.machine.state();
-            let waiting = matches!(state, State::Waiting);
-            if waiting && !self.listened {
-                self.listened = true;
-                if let Some(channel) = self.machine.release_channel() {
-                    self.subscription = self.transport.subscribe(channel.to_vec()).await;
-                    // A release may have happened before the subscription took: try now.
-                    if self.subscription.is_some() {
-                        self.machine.wake(self.clock.now());
-                        continue;
-                    }
-                }
-            }
-            let notify = self.subscription.as_ref().map(|s| s.notify.clone());
-            self.timer
-                .set(self.machine.poll_timeout().map(|t| self.clock.to_tokio(t)));
-            tokio::select! {
-                biased;
-                first = next_reply(&mut self.inflight) => {
-                    self.feed(first, &mut Context::from_waker(std::task::Waker::noop()));
-                }
-                () = notified(notify.as_deref()), if waiting => {
-                    self.machine.wake(self.clock.now());
-                }
-                () = self.timer.fired() => {
-                    self.machine.handle_timeout(self.clock.now());
-                }
+                Step::Failed(error) => return Err(error),
+                _ => {}
             }
         }
     }
@@ -416,12 +427,6 @@ where
         while let Poll::Ready(Some((node, op, reply))) = poll_ready_reply(&mut self.inflight, cx) {
             self.machine.handle_reply(now, node, op, reply);
         }
-    }
-
-    /// The machine reported the release: the hold ends (waking `lost()` waiters).
-    fn released(&self) {
-        end_hold(&self.shared, End::Released);
-        tracing::info!("released");
     }
 
     /// Hands `t` to the transport; its reply comes back through `inflight`.
@@ -440,75 +445,48 @@ where
         let mut guard_open = true;
         let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
-            let mut released = None;
-            while let Some(out) = self.machine.poll_output() {
-                match out {
-                    Output::Transmit(t) => self.transmit(t),
-                    Output::Event(Event::Released { nodes }) => {
-                        self.released();
-                        answer(&mut extending, || Err(Error::Usage(UsageError::NotHeld)));
-                        released = Some(nodes);
-                    }
-                    Output::Event(e) => {
-                        // The answer to `extend()` goes out after the guard's state has the
-                        // new deadline (or the end), so the caller reads what it was told.
-                        let outcome = match &e {
-                            Event::Extended { valid_until } => Some(Ok(*valid_until)),
-                            Event::ExtendFailed { error, .. } => Some(Err(Some(error.clone()))),
-                            Event::Lost { reason } => Some(Err(match reason {
-                                LostReason::ExtendFailed(error) => Some(error.clone()),
-                                LostReason::Expired => None,
-                            })),
-                            _ => None,
-                        };
-                        self.event(e);
-                        if let Some(outcome) = outcome {
-                            answer(&mut extending, || {
-                                outcome.clone().map_err(|e| {
-                                    e.map_or(Error::Usage(UsageError::NotHeld), Error::Lock)
-                                })
-                            });
-                        }
-                    }
-                }
-            }
-            let state = self.machine.state();
-            if let Some(nodes) = released {
-                // Released and nobody can ask anything more: hand the machine back before
-                // answering, so the caller's next acquisition finds it; commands still in
-                // flight (cleanup the machine does not wait for) finish in the background.
-                let closing = !waiters.is_empty() || !guard_open;
-                if closing && state == State::Done && self.recycle.is_some() {
-                    let waiters = std::mem::take(&mut waiters);
-                    self.wind_up();
-                    for w in waiters {
-                        let _ = w.send(nodes.clone());
-                    }
-                    return;
-                }
-                for w in waiters.drain(..) {
-                    let _ = w.send(nodes.clone());
-                }
-            }
             // Done, nobody waiting, and no guard that could still ask: the task ends once the
             // commands still in flight (cleanup the machine sent without waiting) are out, or
             // after a grace period if a server does not answer them.
-            let idle = matches!(state, State::Done | State::Idle);
-            let mut deadline = self.machine.poll_timeout().map(|t| self.clock.to_tokio(t));
-            if idle && waiters.is_empty() && !guard_open {
+            let idle = matches!(self.machine.state(), State::Done | State::Idle);
+            let mut grace = None;
+            if idle && waiters.is_empty() && !guard_open && self.steps.is_empty() {
                 let until =
                     *drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLEANUP_GRACE);
                 if self.inflight.is_empty() || tokio::time::Instant::now() >= until {
                     break;
                 }
-                deadline = Some(deadline.map_or(until, |d| d.min(until)));
+                grace = Some(until);
             }
-            self.timer.set(deadline);
             tokio::select! {
                 biased;
-                first = next_reply(&mut self.inflight) => {
-                    self.feed(first, &mut Context::from_waker(std::task::Waker::noop()));
-                }
+                step = std::future::poll_fn(|cx| self.poll_step(cx)) => match step {
+                    Step::Released(nodes) => {
+                        answer(&mut extending, || Err(Error::Lost));
+                        // Released and nobody can ask anything more: hand the machine back
+                        // before answering, so the caller's next acquisition finds it;
+                        // commands still in flight (cleanup the machine does not wait for)
+                        // finish in the background.
+                        let closing = !waiters.is_empty() || !guard_open;
+                        if closing && self.machine.state() == State::Done && self.recycle.is_some() {
+                            let waiters = std::mem::take(&mut waiters);
+                            self.wind_up();
+                            for w in waiters {
+                                let _ = w.send(nodes.clone());
+                            }
+                            return;
+                        }
+                        for w in waiters.drain(..) {
+                            let _ = w.send(nodes.clone());
+                        }
+                    }
+                    // The answer to `extend()` goes out after the guard's state has the new
+                    // deadline (or the end), so the caller reads what it was told.
+                    Step::Extension(outcome) => answer(&mut extending, || {
+                        outcome.clone().map_err(|e| e.map_or(Error::Lost, Error::Lock))
+                    }),
+                    Step::Moved | Step::Acquired(_) | Step::Failed(_) => {}
+                },
                 c = ctl.recv(), if guard_open => match c {
                     Some(Control::Release(w)) => {
                         waiters.push(w);
@@ -516,6 +494,9 @@ where
                     }
                     Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
                         Ok(()) => extending.push(w),
+                        Err(UsageError::NotHeld) => {
+                            let _ = w.send(Err(Error::Lost));
+                        }
                         Err(e) => {
                             let _ = w.send(Err(Error::Usage(e)));
                         }
@@ -526,10 +507,7 @@ where
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = self.timer.fired() => {
-                    // Judge by the clock, not by the timer: it may have fired late.
-                    self.machine.handle_timeout(self.clock.now());
-                }
+                () = sleep_until(grace) => {}
             }
         }
         end_hold(&self.shared, End::Released);
@@ -549,22 +527,46 @@ where
         }
     }
 
+    /// Applies what an event means for the guard, and queues what a drive loop waits for.
     fn event(&mut self, e: Event) {
-        match e {
-            // The acquisition itself ran in `acquire_inline`; these cannot follow a hold.
-            // `Released` is handled where the release is driven.
-            Event::Acquired { .. }
-            | Event::Retrying { .. }
-            | Event::Failed(_)
-            | Event::Released { .. } => {}
+        let step = match e {
+            Event::Acquired { fence, valid_until } => {
+                self.shared.extend(valid_until.as_nanos());
+                let valid_ms = valid_until
+                    .saturating_duration_since(self.clock.now())
+                    .as_millis();
+                tracing::info!(fence = fence.map(Fence::get), valid_ms, "acquired");
+                Step::Acquired(fence)
+            }
+            Event::Failed(error) => {
+                tracing::info!(%error, "not acquired");
+                Step::Failed(error)
+            }
+            Event::Retrying { attempt, .. } => {
+                tracing::debug!(attempt, "lock busy, waiting");
+                return;
+            }
+            Event::Released { nodes } => {
+                end_hold(&self.shared, End::Released);
+                tracing::info!("released");
+                Step::Released(nodes)
+            }
             Event::Extended { valid_until } => {
                 self.shared.extend(valid_until.as_nanos());
                 tracing::debug!("extended");
+                Step::Extension(Ok(valid_until))
             }
-            Event::ExtendFailed { error, .. } => tracing::warn!(%error, "extension failed"),
+            Event::ExtendFailed { error, .. } => {
+                tracing::warn!(%error, "extension failed");
+                Step::Extension(Err(Some(error)))
+            }
             Event::Lost { reason } => {
                 tracing::warn!(?reason, "lock lost");
                 end_hold(&self.shared, End::Lost);
+                Step::Extension(Err(match reason {
+                    LostReason::ExtendFailed(error) => Some(error),
+                    LostReason::Expired => None,
+                }))
             }
             Event::TimeWentBack { by, valid_until } => {
                 // The driver's clock is monotonic: this is a bug of ours. The machine moved
@@ -574,8 +576,32 @@ where
                 if let Some(v) = valid_until {
                     self.shared.shorten(v.as_nanos());
                 }
+                return;
             }
-        }
+        };
+        self.steps.push_back(step);
+    }
+}
+
+/// What one step of the drive loop reports.
+enum Step {
+    /// An input was applied; look at the machine again.
+    Moved,
+    /// The lock is held, with this fence.
+    Acquired(Option<Fence>),
+    /// The acquisition gave up (its clean-up done).
+    Failed(LockError),
+    /// Released; each node's outcome.
+    Released(Vec<NodeOutcome>),
+    /// The outcome of an extension: the new deadline, or why not (`None`: no longer held).
+    Extension(Result<lucky_core::Instant, Option<LockError>>),
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -628,13 +654,6 @@ fn finish_detached<R: Send + 'static>(inflight: Vec<InFlight<R>>, tasks: &Arc<Ta
             };
             let _ = tokio::time::timeout(CLEANUP_GRACE, all).await;
         });
-    }
-}
-
-async fn notified(n: Option<&tokio::sync::Notify>) {
-    match n {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -706,11 +725,6 @@ impl Timer {
             self.armed = None;
         }
         fired
-    }
-
-    /// Resolves at the armed deadline (never, if none); then disarms.
-    async fn fired(&mut self) {
-        std::future::poll_fn(|cx| self.poll_fired(cx)).await
     }
 }
 
@@ -816,7 +830,7 @@ impl Guard {
 
     /// Extends the lock now (auto-extension does this by itself) and returns the new local
     /// deadline. Fails with [`Error::Lock`] when the extension did not win (the lock stays
-    /// held until its old deadline) and with `NotHeld` once the lock is lost or released.
+    /// held until its old deadline) and with [`Error::Lost`] once the lock is lost or released.
     pub async fn extend(&self) -> Result<std::time::Instant, Error> {
         let ctl = {
             let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());

@@ -128,5 +128,5 @@ pub use error::{BackendError, LockError, NodeOutcome, UsageError};
 pub use fence::Fence;
 pub use machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
 pub use quorum::{Decision, Tally};
-pub use settings::{Retry, Wait};
+pub use settings::{Lease, Retry, Wait};
 pub use time::{Duration, Instant};

@@ -46,9 +46,91 @@ impl Default for Retry {
     }
 }
 
+/// The settings every lease protocol shares, checked by one rule set (run by
+/// every protocol's config builder): how long the lock lives, how much of that is kept back for
+/// clock drift, how long one request may take, and how an acquisition waits and retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Time to live: positive, at most [`MAX_TTL`] (a protocol may ask for a coarser unit).
+    pub ttl: Duration,
+    /// Clock drift rate bound, in parts per million.
+    pub drift_ppm: u32,
+    /// Constant added to the drift allowance.
+    pub drift_floor: Duration,
+    /// Timeout of one request to one node; `None`: the protocol's default (about ttl/20).
+    pub op_timeout: Option<Duration>,
+    /// How long an acquisition keeps trying.
+    pub wait: Wait,
+    /// Delay between attempts.
+    pub retry: Retry,
+}
+
+impl Default for Lease {
+    /// ttl 30 s, drift 10 000 ppm + 2 ms, the protocol's request timeout, wait 10 s, retry
+    /// 50-250 ms.
+    fn default() -> Self {
+        Lease {
+            ttl: Duration::from_secs(30),
+            drift_ppm: DEFAULT_DRIFT_PPM,
+            drift_floor: DEFAULT_DRIFT_FLOOR,
+            op_timeout: None,
+            wait: Wait::For(Duration::from_secs(10)),
+            retry: Retry::default(),
+        }
+    }
+}
+
+/// A [`Lease`] that passed [`Lease::check`], with what follows from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CheckedLease {
+    pub(crate) ttl: Duration,
+    pub(crate) drift: Duration,
+    pub(crate) validity: Duration,
+    pub(crate) op_timeout: Duration,
+}
+
+impl Lease {
+    /// Checks the settings: ttl positive and at most [`MAX_TTL`], drift at most half the ttl,
+    /// attempts that cannot spin, a request timeout (`default_op(ttl, validity)` when none is
+    /// given) positive and shorter than the validity.
+    pub(crate) fn check(
+        &self,
+        max_attempts: Option<u32>,
+        default_op: impl FnOnce(Duration, Duration) -> Duration,
+    ) -> Result<CheckedLease, UsageError> {
+        let ttl = self.ttl;
+        if ttl.is_zero() {
+            return Err(UsageError::TtlZero);
+        }
+        if ttl > MAX_TTL {
+            return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
+        }
+        let drift = crate::time::drift_allowance(ttl, self.drift_ppm, self.drift_floor);
+        check_drift(drift, ttl)?;
+        check_retry(self.retry, self.wait, max_attempts)?;
+        let validity = ttl - drift;
+        let op_timeout = self.op_timeout.unwrap_or_else(|| default_op(ttl, validity));
+        if op_timeout.is_zero() {
+            return Err(UsageError::NodeTimeoutZero);
+        }
+        if op_timeout >= validity {
+            return Err(UsageError::NodeTimeoutTooLarge {
+                timeout: op_timeout,
+                validity,
+            });
+        }
+        Ok(CheckedLease {
+            ttl,
+            drift,
+            validity,
+            op_timeout,
+        })
+    }
+}
+
 /// A drift allowance above half the ttl leaves a lock too short to be of use (and says the
 /// bound is almost surely a unit mistake).
-pub(crate) fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageError> {
+fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageError> {
     if drift > ttl / 2 {
         return Err(UsageError::DriftTooLarge { drift, ttl });
     }
@@ -56,11 +138,7 @@ pub(crate) fn check_drift(drift: Duration, ttl: Duration) -> Result<(), UsageErr
 }
 
 /// Attempts with no delay between them would spin; zero attempts cannot acquire.
-pub(crate) fn check_retry(
-    retry: Retry,
-    wait: Wait,
-    max_attempts: Option<u32>,
-) -> Result<(), UsageError> {
+fn check_retry(retry: Retry, wait: Wait, max_attempts: Option<u32>) -> Result<(), UsageError> {
     if max_attempts == Some(0) {
         return Err(UsageError::MaxAttemptsZero);
     }

@@ -1,10 +1,7 @@
 //! etcd lock configuration: validated once, shared by every lock of a client.
 
 use crate::error::UsageError;
-use crate::settings::{
-    check_drift, check_retry, Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN,
-    MAX_TTL,
-};
+use crate::settings::{Lease, Retry, Wait, MAX_KEY_LEN};
 use crate::time::{drift_allowance, Duration};
 
 /// Default lease ttl (etcd's own `concurrency` default is 60 s; a shorter lease frees the lock
@@ -68,55 +65,38 @@ impl EtcdConfig {
 }
 
 /// Builder for [`EtcdConfig`]; every check happens in [`build`](Self::build).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 #[must_use = "a builder does nothing until `build()`"]
 pub struct EtcdConfigBuilder {
-    ttl: Duration,
-    drift_ppm: u32,
-    drift_floor: Duration,
-    op_timeout: Option<Duration>,
+    lease: Lease,
     keepalive_every: Option<Duration>,
     recheck: Option<Duration>,
-    retry: Retry,
-    wait: Wait,
     #[cfg(feature = "bugs")]
     bugs: crate::bugs::Bugs,
 }
 
-impl Default for EtcdConfigBuilder {
-    fn default() -> Self {
-        EtcdConfigBuilder {
-            ttl: DEFAULT_TTL,
-            drift_ppm: DEFAULT_DRIFT_PPM,
-            drift_floor: DEFAULT_DRIFT_FLOOR,
-            op_timeout: None,
-            keepalive_every: None,
-            recheck: None,
-            retry: Retry::default(),
-            wait: Wait::For(Duration::from_secs(10)),
-            #[cfg(feature = "bugs")]
-            bugs: crate::bugs::Bugs::default(),
-        }
-    }
-}
-
 impl EtcdConfigBuilder {
-    /// Lease time to live: positive, at most [`MAX_TTL`]. etcd grants whole seconds (the
+    /// Lease time to live: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL). etcd grants whole seconds (the
     /// `lucky` adapter asks for the ttl rounded up) and may grant more (its minimum is about
     /// 2 s by default) or less: the machine relies on the smaller of granted and asked.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.lease.ttl = ttl;
+        self
+    }
+    /// Every shared lease setting at once (ttl, drift, request timeout, wait, retry).
+    pub fn lease(mut self, lease: Lease) -> Self {
+        self.lease = lease;
         self
     }
     /// Clock drift rate bound in parts per million and the constant floor added to it.
     pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
-        self.drift_ppm = ppm;
-        self.drift_floor = floor;
+        self.lease.drift_ppm = ppm;
+        self.lease.drift_floor = floor;
         self
     }
     /// Timeout of each request (not of watches); must be shorter than the validity.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = Some(timeout);
+        self.lease.op_timeout = Some(timeout);
         self
     }
     /// Time between keepalives (default ttl/3, as etcd's own client).
@@ -132,12 +112,12 @@ impl EtcdConfigBuilder {
     }
     /// Delay between attempts after a failed request.
     pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
+        self.lease.retry = retry;
         self
     }
     /// How long to keep trying: queued behind the holder, or retrying after errors.
     pub fn wait(mut self, wait: Wait) -> Self {
-        self.wait = wait;
+        self.lease.wait = wait;
         self
     }
     /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
@@ -149,29 +129,10 @@ impl EtcdConfigBuilder {
 
     /// Checks everything and returns the configuration, or the first problem found.
     pub fn build(self) -> Result<EtcdConfig, UsageError> {
-        let ttl = self.ttl;
-        if ttl.is_zero() {
-            return Err(UsageError::TtlZero);
-        }
-        if ttl > MAX_TTL {
-            return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
-        }
-        let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
-        check_drift(drift, ttl)?;
-        check_retry(self.retry, self.wait, None)?;
-        let validity = ttl - drift;
-        let op_timeout = self
-            .op_timeout
-            .unwrap_or_else(|| (ttl / 20).min(Duration::from_secs(5)).min(validity / 2));
-        if op_timeout.is_zero() {
-            return Err(UsageError::NodeTimeoutZero);
-        }
-        if op_timeout >= validity {
-            return Err(UsageError::NodeTimeoutTooLarge {
-                timeout: op_timeout,
-                validity,
-            });
-        }
+        let lease = self.lease.check(None, |ttl, validity| {
+            (ttl / 20).min(Duration::from_secs(5)).min(validity / 2)
+        })?;
+        let (ttl, validity, op_timeout) = (lease.ttl, lease.validity, lease.op_timeout);
         let every = self.keepalive_every.unwrap_or(ttl / 3);
         if every.is_zero() || every >= validity {
             return Err(UsageError::BadExtendInterval { every, validity });
@@ -179,13 +140,13 @@ impl EtcdConfigBuilder {
         let recheck = self.recheck.unwrap_or(ttl).max(op_timeout);
         Ok(EtcdConfig {
             ttl,
-            drift_ppm: self.drift_ppm,
-            drift_floor: self.drift_floor,
+            drift_ppm: self.lease.drift_ppm,
+            drift_floor: self.lease.drift_floor,
             op_timeout,
             keepalive_every: every,
             recheck,
-            retry: self.retry,
-            wait: self.wait,
+            retry: self.lease.retry,
+            wait: self.lease.wait,
             #[cfg(feature = "bugs")]
             bugs: self.bugs,
         })

@@ -4,11 +4,8 @@ use bytes::Bytes;
 
 use crate::error::UsageError;
 use crate::quorum::Tally;
-use crate::settings::{
-    check_drift, check_retry, Retry, Wait, DEFAULT_DRIFT_FLOOR, DEFAULT_DRIFT_PPM, MAX_KEY_LEN,
-    MAX_TTL,
-};
-use crate::time::{drift_allowance, Duration};
+use crate::settings::{Lease, Retry, Wait, MAX_KEY_LEN};
+use crate::time::Duration;
 
 /// Most nodes a RedLock may span.
 pub const MAX_NODES: usize = 255;
@@ -107,12 +104,7 @@ impl RedLockConfig {
 #[must_use = "a builder does nothing until `build()`"]
 pub struct RedLockConfigBuilder {
     nodes: Result<usize, UsageError>,
-    ttl: Duration,
-    drift_ppm: u32,
-    drift_floor: Duration,
-    node_timeout: Option<Duration>,
-    retry: Retry,
-    wait: Wait,
+    lease: Lease,
     max_attempts: Option<u32>,
     auto_extend: Option<(Option<Duration>, Option<u32>)>,
     key_prefix: Bytes,
@@ -125,12 +117,7 @@ impl Default for RedLockConfigBuilder {
     fn default() -> Self {
         RedLockConfigBuilder {
             nodes: Err(UsageError::NoNodes),
-            ttl: DEFAULT_TTL,
-            drift_ppm: DEFAULT_DRIFT_PPM,
-            drift_floor: DEFAULT_DRIFT_FLOOR,
-            node_timeout: None,
-            retry: Retry::default(),
-            wait: Wait::For(Duration::from_secs(10)),
+            lease: Lease::default(),
             max_attempts: None,
             auto_extend: None,
             key_prefix: Bytes::new(),
@@ -162,30 +149,35 @@ impl RedLockConfigBuilder {
         };
         self
     }
-    /// Time to live: positive, whole milliseconds, at most [`MAX_TTL`].
+    /// Every shared lease setting at once (ttl, drift, per-node timeout, wait, retry).
+    pub fn lease(mut self, lease: Lease) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// Time to live: positive, whole milliseconds, at most [`MAX_TTL`](crate::settings::MAX_TTL).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.lease.ttl = ttl;
         self
     }
     /// Clock drift rate bound in parts per million and the constant floor added to it.
     pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
-        self.drift_ppm = ppm;
-        self.drift_floor = floor;
+        self.lease.drift_ppm = ppm;
+        self.lease.drift_floor = floor;
         self
     }
     /// Per-node timeout of each round; must be shorter than the validity.
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
-        self.node_timeout = Some(timeout);
+        self.lease.op_timeout = Some(timeout);
         self
     }
     /// Delay between attempts.
     pub fn retry(mut self, retry: Retry) -> Self {
-        self.retry = retry;
+        self.lease.retry = retry;
         self
     }
     /// How long to keep trying.
     pub fn wait(mut self, wait: Wait) -> Self {
-        self.wait = wait;
+        self.lease.wait = wait;
         self
     }
     /// At most this many attempts (in addition to the wait bound); at least one.
@@ -226,32 +218,16 @@ impl RedLockConfigBuilder {
     /// Checks everything and returns the configuration, or the first problem found.
     pub fn build(self) -> Result<RedLockConfig, UsageError> {
         let nodes = self.nodes?;
-        let ttl = self.ttl;
-        if ttl.is_zero() {
-            return Err(UsageError::TtlZero);
-        }
-        if ttl > MAX_TTL {
-            return Err(UsageError::TtlTooLarge { ttl, max: MAX_TTL });
-        }
-        if ttl.subsec_nanos() % 1_000_000 != 0 {
+        let ttl = self.lease.ttl;
+        // In the order the shared checks run: zero and too large are reported as such.
+        if ttl.subsec_nanos() % 1_000_000 != 0 && !ttl.is_zero() && ttl <= crate::settings::MAX_TTL
+        {
             return Err(UsageError::TtlNotWholeMillis(ttl));
         }
-        let drift = drift_allowance(ttl, self.drift_ppm, self.drift_floor);
-        check_drift(drift, ttl)?;
-        check_retry(self.retry, self.wait, self.max_attempts)?;
-        let validity = ttl - drift;
-        let node_timeout = self
-            .node_timeout
-            .unwrap_or_else(|| (ttl / 20).min(validity / 2));
-        if node_timeout.is_zero() {
-            return Err(UsageError::NodeTimeoutZero);
-        }
-        if node_timeout >= validity {
-            return Err(UsageError::NodeTimeoutTooLarge {
-                timeout: node_timeout,
-                validity,
-            });
-        }
+        let lease = self.lease.check(self.max_attempts, |ttl, validity| {
+            (ttl / 20).min(validity / 2)
+        })?;
+        let validity = lease.validity;
         let auto_extend = match self.auto_extend {
             None => None,
             Some((every, max_extensions)) => {
@@ -276,10 +252,10 @@ impl RedLockConfigBuilder {
             nodes,
             quorum: Tally::majority(nodes),
             ttl,
-            drift,
-            node_timeout,
-            retry: self.retry,
-            wait: self.wait,
+            drift: lease.drift,
+            node_timeout: lease.op_timeout,
+            retry: self.lease.retry,
+            wait: self.lease.wait,
             max_attempts: self.max_attempts,
             auto_extend,
             key_prefix: self.key_prefix,

@@ -1,0 +1,365 @@
+//! The etcd transport: one connection per member (made on first use), each request sent to the
+//! preferred member and moved to the next when one fails (as [`Endpoints`] decides), watches
+//! that end "unavailable" when their member fails, and the gRPC encoding of the machine's
+//! commands.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
+    SortTarget, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use lucky_core::endpoints::{Endpoints, Resend};
+use lucky_core::etcd::{Command, Reply};
+
+use crate::clock::Clock;
+use crate::driver::{self, Transport};
+
+/// How long a member that failed a request is passed over while other members are untried.
+pub(super) const FAILED_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// One cluster member: its own connection (made on first use), so a dead member's errors
+/// stay its own.
+pub(super) struct Member {
+    pub(super) endpoint: String,
+    pub(super) client: tokio::sync::OnceCell<Client>,
+    /// Woken when a request to this member failed: watches on it end and move elsewhere.
+    pub(super) failed: tokio::sync::Notify,
+}
+
+impl Member {
+    pub(super) async fn client(&self, opts: &ConnectOptions) -> Result<Client, etcd_client::Error> {
+        let connect = || Client::connect([self.endpoint.as_str()], Some(opts.clone()));
+        self.client.get_or_try_init(connect).await.cloned()
+    }
+}
+
+/// The connections to the cluster's members and which of them answer.
+pub(super) struct Cluster {
+    pub(super) members: Vec<Member>,
+    pub(super) health: Mutex<Endpoints>,
+    pub(super) opts: ConnectOptions,
+    pub(super) endpoints: String,
+    pub(super) clock: Clock,
+    /// Background tasks of every lock of this client, for `Etcd::close`.
+    pub(super) tasks: Arc<driver::Tasks>,
+}
+
+/// One lock's way to the cluster: a request's tries across members fit in the machine's own
+/// request timeout.
+pub(super) struct Route {
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) op_timeout: Duration,
+}
+
+impl Transport for Route {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn tasks(&self) -> &Arc<driver::Tasks> {
+        &self.cluster.tasks
+    }
+
+    fn send(
+        self: &Arc<Self>,
+        _node: usize,
+        command: Command,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
+        let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
+        async move {
+            match command {
+                Command::WaitDelete {
+                    key, prefix, from, ..
+                } => cluster.watch(key, prefix, from, budget).await,
+                command => cluster.request(command, budget).await,
+            }
+        }
+    }
+}
+
+impl Cluster {
+    pub(super) fn health(&self) -> std::sync::MutexGuard<'_, Endpoints> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The preferred member's connection if it is made, else `first`.
+    pub(super) fn any_client(&self, first: &Client) -> Client {
+        let preferred = self.health().preferred();
+        self.members
+            .get(preferred)
+            .and_then(|m| m.client.get().cloned())
+            .unwrap_or_else(|| first.clone())
+    }
+
+    fn mark_failed(&self, i: usize) {
+        self.health().failed(i, self.clock.now());
+        self.members[i].failed.notify_waiters();
+    }
+
+    /// Runs `command` on the preferred member, and on the next ones while members fail to
+    /// answer, all within `budget`. Every command sent here is safe to apply twice.
+    async fn request(&self, command: Command, budget: Duration) -> Reply {
+        debug_assert!(command.resend_safe());
+        let mut attempt = self.health().start(self.clock.now(), budget);
+        let mut last = String::from("no member answered in time");
+        loop {
+            let now = self.clock.now();
+            let Some((i, until)) = self.health().next(&mut attempt, now) else {
+                return Reply::Unavailable(format!("{}: {last}", self.endpoints));
+            };
+            let member = &self.members[i];
+            let limit = until.saturating_duration_since(now);
+            let try_once = async {
+                let mut c = member.client(&self.opts).await?;
+                run(&mut c, command.clone()).await
+            };
+            let reply = match tokio::time::timeout(limit, try_once).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => error_reply(e),
+                Err(_) => Reply::Unavailable(format!("no answer within {limit:?}")),
+            };
+            match reply {
+                Reply::Unavailable(why) => {
+                    self.mark_failed(i);
+                    last = format!("{}: {why}", member.endpoint);
+                }
+                reply => {
+                    self.health().succeeded(i);
+                    return reply;
+                }
+            }
+        }
+    }
+
+    /// Watches `key` from revision `from` on one member until it is deleted. Not resent: a
+    /// watch whose member fails ends "unavailable", and the machine reads the queue again
+    /// (elsewhere) before it watches anew. A silent member is found by progress requests:
+    /// after `probe` without a word, one is sent, and another `probe` without an answer ends
+    /// the watch.
+    async fn watch(&self, key: Bytes, prefix: bool, from: i64, probe: Duration) -> Reply {
+        let now = self.clock.now();
+        let picked = {
+            let mut health = self.health();
+            let mut attempt = health.start(now, probe);
+            health.next(&mut attempt, now)
+        };
+        let Some((i, _)) = picked else {
+            return Reply::Unavailable("no member to watch on".into());
+        };
+        let member = &self.members[i];
+        let failed = member.failed.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        let mut opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        if prefix {
+            opts = opts.with_prefix();
+        }
+        let open = async {
+            let mut c = member.client(&self.opts).await?;
+            c.watch(key.to_vec(), Some(opts)).await
+        };
+        let mut stream = match tokio::time::timeout(probe, open).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
+            Err(_) => {
+                return self.watch_failed(i, Reply::Unavailable("watch not opened in time".into()))
+            }
+        };
+        let mut asked = false;
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = &mut failed => {
+                    return Reply::Unavailable(format!("{} failed a request", member.endpoint));
+                }
+                m = tokio::time::timeout(probe, stream.message()) => m,
+            };
+            let r = match message {
+                Err(_) if asked => {
+                    let why = format!("{} left a progress request unanswered", member.endpoint);
+                    return self.watch_failed(i, Reply::Unavailable(why));
+                }
+                Err(_) => {
+                    asked = true;
+                    if let Err(e) = stream.request_progress().await {
+                        return self.watch_failed(i, error_reply(e));
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
+                Ok(Ok(None)) => {
+                    return self.watch_failed(i, Reply::Unavailable("watch stream closed".into()))
+                }
+                Ok(Ok(Some(r))) => r,
+            };
+            asked = false;
+            if r.compact_revision() > 0 {
+                return Reply::Compacted;
+            }
+            if r.canceled() {
+                let why = format!("watch canceled: {}", r.cancel_reason());
+                return self.watch_failed(i, Reply::Unavailable(why));
+            }
+            if r.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Reply::Deleted;
+            }
+        }
+    }
+
+    fn watch_failed(&self, i: usize, reply: Reply) -> Reply {
+        if matches!(reply, Reply::Unavailable(_)) {
+            self.mark_failed(i);
+        }
+        reply
+    }
+}
+
+fn secs(ttl: Duration) -> i64 {
+    let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(s.max(1)).unwrap_or(i64::MAX)
+}
+
+fn owner_op(prefix: &[u8]) -> TxnOp {
+    TxnOp::get(
+        prefix.to_vec(),
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1),
+        ),
+    )
+}
+
+async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client::Error> {
+    Ok(match command {
+        Command::LeaseGrant { ttl } => {
+            let r = client.lease_grant(secs(ttl), None).await?;
+            Reply::Lease {
+                id: r.id(),
+                ttl: Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)),
+            }
+        }
+        Command::KeepAlive { lease } => {
+            // etcd-client queues a first request when it opens the stream, but etcd answers
+            // only the requests sent once the stream is up: send one.
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            match stream.message().await? {
+                Some(r) => Reply::KeepAlive {
+                    ttl: Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)),
+                },
+                None => Reply::Unavailable("keepalive stream closed".into()),
+            }
+        }
+        Command::Revoke { lease } => {
+            client.lease_revoke(lease).await?;
+            Reply::Done
+        }
+        Command::Take { key, prefix, lease } => {
+            let txn = etcd_client::Txn::new()
+                .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        key.to_vec(),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    owner_op(&prefix),
+                ])
+                .or_else([TxnOp::get(key.to_vec(), None), owner_op(&prefix)]);
+            let r = client.txn(txn).await?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let ops = r.op_responses();
+            let first_create = |op: Option<&TxnOpResponse>| match op {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            };
+            let create_revision = if r.succeeded() {
+                revision
+            } else {
+                first_create(ops.first()).unwrap_or(0)
+            };
+            Reply::Taken {
+                create_revision,
+                owner_revision: first_create(ops.get(1)).unwrap_or(0),
+                revision,
+            }
+        }
+        Command::Queue { key, prefix, below } => {
+            let pred = GetOptions::new()
+                .with_prefix()
+                .with_max_create_revision(below.saturating_sub(1).max(1))
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only();
+            let txn = etcd_client::Txn::new().and_then([
+                TxnOp::get(key.to_vec(), None),
+                TxnOp::get(prefix.to_vec(), Some(pred)),
+            ]);
+            let r = client.txn(txn).await?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let ops = r.op_responses();
+            let mine = match ops.first() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            };
+            let predecessor = match ops.get(1) {
+                Some(TxnOpResponse::Get(g)) => g
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.create_revision() < below)
+                    .map(|kv| bytes::Bytes::copy_from_slice(kv.key())),
+                _ => None,
+            };
+            Reply::Queue {
+                mine,
+                predecessor,
+                revision,
+            }
+        }
+        // Watches run in `Cluster::watch`.
+        Command::WaitDelete { .. } => Reply::Error("a watch is not a request".into()),
+        Command::Delete { key, revision } => {
+            let txn = etcd_client::Txn::new()
+                .when([Compare::create_revision(
+                    key.to_vec(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::delete(key.to_vec(), None)]);
+            client.txn(txn).await?;
+            Reply::Done
+        }
+    })
+}
+
+fn error_reply(e: etcd_client::Error) -> Reply {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            if s.message().contains("lease not found") {
+                Reply::LeaseNotFound
+            } else if matches!(
+                i32::from(s.code()),
+                CANCELLED | DEADLINE_EXCEEDED | UNAVAILABLE
+            ) {
+                Reply::Unavailable(s.message().to_owned())
+            } else {
+                Reply::Error(s.message().to_owned())
+            }
+        }
+        other => Reply::Unavailable(other.to_string()),
+    }
+}
+
+/// gRPC status codes that mean "not reached" rather than "refused".
+const CANCELLED: i32 = 1;
+const DEADLINE_EXCEEDED: i32 = 4;
+pub(super) const UNAVAILABLE: i32 = 14;
