@@ -1,98 +1,70 @@
-//! Deliberate protocol bugs, compiled in only with the `bugs` feature, so the simulator can
-//! prove that its oracle catches each one. Never enable this feature in production.
+//! What every protocol's deliberate bugs share: a set of them ([`Bugs`]) and the macro that
+//! declares one protocol's list (`redlock/bugs.rs`, `etcd/bugs.rs`). Each protocol keeps its
+//! bugs in its own folder; the simulator proves that its oracle catches each one. Compiled in
+//! only with the `bugs` feature (without it the modules are private and every check is false).
 // Without the feature only the machines' `bug()` checks name it (always false then).
-#![cfg_attr(not(feature = "bugs"), allow(dead_code, unreachable_pub))]
+#![cfg_attr(
+    not(feature = "bugs"),
+    allow(dead_code, unreachable_pub, unused_macros)
+)]
 
-/// A deliberately wrong behaviour of a machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Bug {
-    /// Validity is `start + ttl`: no allowance for clock drift.
-    IgnoreDrift,
-    /// A reply counts for a node's pending slot whatever op it answers (stale or duplicated).
-    CountStaleReplies,
-    /// A failed attempt does not release the nodes that granted it.
-    NoReleaseOnFailure,
-    /// The hold goes on past its deadline while an extension is in flight, and an extension
-    /// won after the deadline revives it.
-    ExtendAfterExpiry,
-    /// The naive RedLock fence: each granting node INCRs its counter and the fence is the max
-    /// of the quorum's, with no write-back (not monotonic across quorums).
-    FenceMaxOfIncr,
-    /// The RedLock fence counter without the node's clock mixed in: a node that restarts
-    /// without its data reads 0 and can pull the next fence below one already issued.
-    FenceCounterOnly,
-    /// A SET granted after its attempt ended is released again only if its reply is `+OK`:
-    /// a fenced grant (an integer) is kept, and blocks the node for a ttl whenever the
-    /// attempt's release overtook the SET.
-    LateGrantOkOnly,
-    /// A failed acquisition reports `Failed` at once, its releases still in flight: a caller
-    /// that exits then leaves the keys behind for a ttl.
-    FailBeforeCleanup,
-    /// etcd: a failed acquisition reports `Failed` at once, its lease revoke still in flight.
-    EtcdFailBeforeCleanup,
-    /// etcd: the lease deadline counts from when a keepalive's answer was read, not from when
-    /// the keepalive was sent (a delayed answer or a pause stretches the lock past the lease).
-    EtcdLostFromReceiveTime,
-    /// etcd: every waiter watches the whole lock prefix instead of its predecessor (a release
-    /// wakes them all: the thundering herd).
-    EtcdWatchAll,
-    /// etcd: a waiter whose predecessor's key was deleted claims the lock without reading the
-    /// queue again (the predecessor may have been a waiter that gave up or crashed).
-    EtcdSkipRecheck,
-    /// etcd cluster: an error from one member is the request's answer (no fail-over to
-    /// another member), as a plain balancer that may pick a dead member does.
-    EtcdNoFailover,
+use core::marker::PhantomData;
+
+/// One protocol's deliberate bugs (declared with `declare_bugs!`).
+pub trait Bug: Copy {
+    /// Its bit in a [`Bugs`] set.
+    fn bit(self) -> u32;
 }
 
-impl Bug {
-    /// Every bug, in a stable order.
-    pub const ALL: [Bug; 13] = [
-        Bug::IgnoreDrift,
-        Bug::CountStaleReplies,
-        Bug::NoReleaseOnFailure,
-        Bug::ExtendAfterExpiry,
-        Bug::FenceMaxOfIncr,
-        Bug::FenceCounterOnly,
-        Bug::LateGrantOkOnly,
-        Bug::FailBeforeCleanup,
-        Bug::EtcdFailBeforeCleanup,
-        Bug::EtcdLostFromReceiveTime,
-        Bug::EtcdWatchAll,
-        Bug::EtcdSkipRecheck,
-        Bug::EtcdNoFailover,
-    ];
+/// A set of one protocol's bugs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bugs<B>(u32, PhantomData<B>);
 
-    /// The name used on the command line, e.g. `ignore-drift`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Bug::IgnoreDrift => "ignore-drift",
-            Bug::CountStaleReplies => "count-stale-replies",
-            Bug::NoReleaseOnFailure => "no-release-on-failure",
-            Bug::ExtendAfterExpiry => "extend-after-expiry",
-            Bug::FenceMaxOfIncr => "fence-max-of-incr",
-            Bug::FenceCounterOnly => "fence-counter-only",
-            Bug::LateGrantOkOnly => "late-grant-ok-only",
-            Bug::FailBeforeCleanup => "fail-before-cleanup",
-            Bug::EtcdFailBeforeCleanup => "etcd-fail-before-cleanup",
-            Bug::EtcdLostFromReceiveTime => "etcd-lost-from-receive-time",
-            Bug::EtcdWatchAll => "etcd-watch-all",
-            Bug::EtcdSkipRecheck => "etcd-skip-recheck",
-            Bug::EtcdNoFailover => "etcd-no-failover",
-        }
+impl<B> Default for Bugs<B> {
+    fn default() -> Self {
+        Bugs(0, PhantomData)
     }
 }
 
-/// A set of [`Bug`]s.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bugs(u32);
-
-impl Bugs {
+impl<B: Bug> Bugs<B> {
     /// Adds `bug`.
-    pub fn insert(&mut self, bug: Bug) {
-        self.0 |= 1 << bug as u32;
+    pub fn insert(&mut self, bug: B) {
+        self.0 |= 1 << bug.bit();
     }
     /// Whether `bug` is in the set.
-    pub const fn contains(self, bug: Bug) -> bool {
-        self.0 & (1 << bug as u32) != 0
+    pub fn contains(self, bug: B) -> bool {
+        self.0 & (1 << bug.bit()) != 0
     }
 }
+
+/// Declares a protocol's bug enum with its command-line names: `ALL`, `NAMES`, `name()`,
+/// `from_name()` and the [`Bug`] bit.
+macro_rules! declare_bugs {
+    ($(#[$m:meta])* pub enum $name:ident { $( $(#[$vm:meta])* $variant:ident => $label:literal, )* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum $name { $( $(#[$vm])* $variant, )* }
+
+        impl $name {
+            /// Every bug, in a stable order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            /// Their command-line names, in the same order.
+            pub const NAMES: &'static [&'static str] = &[$($label),*];
+            /// The name used on the command line, e.g. `ignore-drift`.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $label),* }
+            }
+            /// The bug named `name`.
+            pub fn from_name(name: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|b| b.name() == name)
+            }
+        }
+
+        impl $crate::bugs::Bug for $name {
+            fn bit(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+pub(crate) use declare_bugs;

@@ -23,8 +23,6 @@
 
 use alloc::vec::Vec;
 
-#[cfg(feature = "bugs")]
-use crate::bugs::Bug;
 use crate::time::{Duration, Instant};
 
 /// Most endpoints one [`Endpoints`] tracks (the tried set of an attempt is a bit mask).
@@ -37,7 +35,7 @@ pub struct Endpoints {
     down_until: Vec<Instant>,
     preferred: usize,
     cooldown: Duration,
-    /// The `etcd-no-failover` bug: rotate blindly, never retry.
+    /// The no-fail-over bug (etcd's `etcd-no-failover`): rotate blindly, never retry.
     no_failover: bool,
 }
 
@@ -74,12 +72,11 @@ impl Endpoints {
         }
     }
 
-    /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
+    /// Turns on a deliberately wrong fail-over (an error from one endpoint is the request's
+    /// answer, and requests rotate blindly), so the simulator can prove it catches it.
     #[cfg(feature = "bugs")]
-    pub fn inject_bug(&mut self, bug: Bug) {
-        if bug == Bug::EtcdNoFailover {
-            self.no_failover = true;
-        }
+    pub fn inject_no_failover(&mut self) {
+        self.no_failover = true;
     }
 
     /// Number of endpoints.

@@ -104,7 +104,7 @@
 
 extern crate alloc;
 
-/// Deliberate protocol bugs for the simulator (feature `bugs`; never in a release build).
+/// What every protocol's deliberate bugs share (feature `bugs`; never in a release build).
 #[cfg(feature = "bugs")]
 pub mod bugs;
 #[cfg(not(feature = "bugs"))]

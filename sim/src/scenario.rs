@@ -5,27 +5,7 @@
 
 use std::fmt;
 
-/// The machines' deliberate bugs (lucky-core feature `bugs`, on with this crate's default
-/// feature `bugs`).
-#[cfg(feature = "bugs")]
-pub use lucky_core::bugs::Bug;
-
-/// Built without the `bugs` feature (as inside the installed `lucky` binary), the machines
-/// carry no deliberate bug: there is none to name.
-#[cfg(not(feature = "bugs"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bug {}
-
-#[cfg(not(feature = "bugs"))]
-impl Bug {
-    /// No bug has a name.
-    pub fn name(self) -> &'static str {
-        match self {}
-    }
-}
-// The lease settings every protocol shares; lucky-core keeps them beside RedLock for now.
-use lucky_core::redlock::{Retry, Wait};
-use lucky_core::Duration;
+use lucky_core::{Duration, Retry, Wait};
 
 use crate::net::{Cut, NetParams};
 use crate::rng::Rng;
@@ -42,9 +22,10 @@ pub struct Backend {
     pub name: &'static str,
     /// Its scenarios, in the order `list` and `sweep --scenario all` show them.
     pub scenarios: &'static [Scenario],
-    /// The deliberate bugs of its machine (`--inject-bug`); they can change only its own
-    /// scenarios.
-    pub bugs: &'static [Bug],
+    /// The names of its machine's deliberate bugs (`--inject-bug`), from the protocol's own
+    /// bug enum in lucky-core (feature `bugs`; none without it); they can change only its
+    /// own scenarios.
+    pub bugs: &'static [&'static str],
 }
 
 /// How a backend runs a [`Setup`]: builds its [`Protocol`] from the setup's settings (and its
@@ -219,8 +200,8 @@ impl Outcome {
 /// names its own in its [`Backend`]) or in the simulated resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Injected {
-    /// A bug in the lock machine.
-    Machine(Bug),
+    /// A bug in the lock machine, by name (its backend maps it to its protocol's bug).
+    Machine(&'static str),
     /// The resource accepts every write, whatever its fence.
     FenceUnchecked,
 }
@@ -229,7 +210,7 @@ impl Injected {
     /// Its command-line name.
     pub fn name(self) -> &'static str {
         match self {
-            Injected::Machine(b) => b.name(),
+            Injected::Machine(b) => b,
             Injected::FenceUnchecked => "fence-unchecked",
         }
     }
@@ -244,7 +225,7 @@ impl Injected {
     }
 
     /// The machine bug to build a machine with, if this is one.
-    pub fn machine(bug: Option<Injected>) -> Option<Bug> {
+    pub fn machine(bug: Option<Injected>) -> Option<&'static str> {
         match bug {
             Some(Injected::Machine(b)) => Some(b),
             _ => None,

@@ -4,7 +4,8 @@
 //!
 //! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40).
 
-use lucky_core::bugs::Bug;
+use lucky_core::etcd::bugs::EtcdBug;
+use lucky_core::redlock::bugs::RedLockBug;
 use lucky_sim::registry;
 use lucky_sim::scenario::Injected;
 
@@ -118,22 +119,42 @@ fn a_seed_replays_bit_for_bit() {
 /// Each bug, and a scenario where the oracle must catch it within a few seeds.
 #[test]
 fn every_injected_bug_is_caught() {
-    let m = Injected::Machine;
+    let m = |name: &'static str| Injected::Machine(name);
     let cases = [
-        (m(Bug::IgnoreDrift), "client-drift-sweep", 300),
-        (m(Bug::CountStaleReplies), "split-vote", 10),
-        (m(Bug::NoReleaseOnFailure), "split-vote", 5),
-        (m(Bug::ExtendAfterExpiry), "extend-after-expiry", 5),
-        (m(Bug::FenceMaxOfIncr), "fence-sequence", 5),
-        (m(Bug::FenceCounterOnly), "restart-delayed-fenced", 10),
-        (m(Bug::LateGrantOkOnly), "overtaken-release-fenced", 20),
-        (m(Bug::FailBeforeCleanup), "no-wait-exit", 20),
-        (m(Bug::EtcdFailBeforeCleanup), "etcd-no-wait-exit", 20),
+        (m(RedLockBug::IgnoreDrift.name()), "client-drift-sweep", 300),
+        (m(RedLockBug::CountStaleReplies.name()), "split-vote", 10),
+        (m(RedLockBug::NoReleaseOnFailure.name()), "split-vote", 5),
+        (
+            m(RedLockBug::ExtendAfterExpiry.name()),
+            "extend-after-expiry",
+            5,
+        ),
+        (m(RedLockBug::FenceMaxOfIncr.name()), "fence-sequence", 5),
+        (
+            m(RedLockBug::FenceCounterOnly.name()),
+            "restart-delayed-fenced",
+            10,
+        ),
+        (
+            m(RedLockBug::LateGrantOkOnly.name()),
+            "overtaken-release-fenced",
+            20,
+        ),
+        (m(RedLockBug::FailBeforeCleanup.name()), "no-wait-exit", 20),
+        (
+            m(EtcdBug::FailBeforeCleanup.name()),
+            "etcd-no-wait-exit",
+            20,
+        ),
         (Injected::FenceUnchecked, "holder-pause-fenced", 5),
-        (m(Bug::EtcdLostFromReceiveTime), "etcd-keepalive-stall", 20),
-        (m(Bug::EtcdWatchAll), "etcd-predecessor-crash", 5),
-        (m(Bug::EtcdSkipRecheck), "etcd-predecessor-crash", 10),
-        (m(Bug::EtcdNoFailover), "etcd-member-down", 10),
+        (
+            m(EtcdBug::LostFromReceiveTime.name()),
+            "etcd-keepalive-stall",
+            20,
+        ),
+        (m(EtcdBug::WatchAll.name()), "etcd-predecessor-crash", 5),
+        (m(EtcdBug::SkipRecheck.name()), "etcd-predecessor-crash", 10),
+        (m(EtcdBug::NoFailover.name()), "etcd-member-down", 10),
     ];
     assert_eq!(
         cases.len(),

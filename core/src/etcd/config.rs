@@ -20,7 +20,7 @@ pub struct EtcdConfig {
     pub(crate) retry: Retry,
     pub(crate) wait: Wait,
     #[cfg(feature = "bugs")]
-    pub(crate) bugs: crate::bugs::Bugs,
+    pub(crate) bugs: crate::bugs::Bugs<super::bugs::EtcdBug>,
 }
 
 impl EtcdConfig {
@@ -72,7 +72,7 @@ pub struct EtcdConfigBuilder {
     keepalive_every: Option<Duration>,
     recheck: Option<Duration>,
     #[cfg(feature = "bugs")]
-    bugs: crate::bugs::Bugs,
+    bugs: crate::bugs::Bugs<super::bugs::EtcdBug>,
 }
 
 impl EtcdConfigBuilder {
@@ -122,7 +122,7 @@ impl EtcdConfigBuilder {
     }
     /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
     #[cfg(feature = "bugs")]
-    pub fn inject_bug(mut self, bug: crate::bugs::Bug) -> Self {
+    pub fn inject_bug(mut self, bug: super::bugs::EtcdBug) -> Self {
         self.bugs.insert(bug);
         self
     }

@@ -30,6 +30,12 @@
 //! lock `a/b` as contenders (as etcd's own `concurrency.Mutex` does, whose layout Lucky keeps
 //! for interop). Do not nest lock names if the locks are meant to be independent.
 
+/// The etcd lock's deliberate bugs, for the simulator (feature `bugs`; never in a release
+/// build).
+#[cfg(feature = "bugs")]
+pub mod bugs;
+#[cfg(not(feature = "bugs"))]
+mod bugs;
 mod command;
 mod config;
 
@@ -40,11 +46,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub use command::{Command, Reply};
 pub use config::{EtcdConfig, EtcdConfigBuilder, DEFAULT_TTL, MAX_NAME_LEN};
 
-use crate::bugs::Bug;
 use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
 use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
 use crate::settings::Attempts;
 use crate::time::{Duration, Instant};
+use bugs::EtcdBug as Bug;
 
 /// The etcd lock machine for one lock name. It talks to one node: the cluster.
 #[derive(Debug)]
@@ -249,7 +255,7 @@ impl EtcdLock {
     /// the asked ttl; a shorter one is renewed at a third of itself).
     fn confirm_lease(&mut self, sent: Instant, granted: Duration) {
         let ttl = granted.min(self.cfg.ttl);
-        let from = if self.bug(Bug::EtcdLostFromReceiveTime) {
+        let from = if self.bug(Bug::LostFromReceiveTime) {
             self.now
         } else {
             sent
@@ -346,7 +352,7 @@ impl EtcdLock {
     /// wrote), and report `Failed` once etcd answered the revoke or the request timed out.
     fn give_up(&mut self, error: LockError) {
         match self.lease {
-            Some(l) if !self.bug(Bug::EtcdFailBeforeCleanup) => {
+            Some(l) if !self.bug(Bug::FailBeforeCleanup) => {
                 self.drop_chain();
                 self.lease = None;
                 self.failure = Some(error);
@@ -654,7 +660,7 @@ impl EtcdLock {
                     self.rev = 0;
                     self.lease_gone();
                 } else if let Some(pred) = predecessor {
-                    let (key, prefix) = if self.bug(Bug::EtcdWatchAll) {
+                    let (key, prefix) = if self.bug(Bug::WatchAll) {
                         (self.prefix.clone(), true)
                     } else {
                         (pred, false)
@@ -672,7 +678,7 @@ impl EtcdLock {
                     self.owned();
                 }
             }
-            (Kind::Watch, Reply::Deleted) if self.bug(Bug::EtcdSkipRecheck) => self.owned(),
+            (Kind::Watch, Reply::Deleted) if self.bug(Bug::SkipRecheck) => self.owned(),
             // Whatever the watch said, read the queue again.
             (Kind::Watch, _) => self.send_queue(Kind::Queue),
             (

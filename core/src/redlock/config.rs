@@ -36,7 +36,7 @@ pub struct RedLockConfig {
     pub(crate) key_prefix: Bytes,
     pub(crate) fencing: bool,
     #[cfg(feature = "bugs")]
-    pub(crate) bugs: crate::bugs::Bugs,
+    pub(crate) bugs: crate::bugs::Bugs<super::bugs::RedLockBug>,
 }
 
 impl RedLockConfig {
@@ -110,7 +110,7 @@ pub struct RedLockConfigBuilder {
     key_prefix: Bytes,
     fencing: bool,
     #[cfg(feature = "bugs")]
-    bugs: crate::bugs::Bugs,
+    bugs: crate::bugs::Bugs<super::bugs::RedLockBug>,
 }
 
 impl Default for RedLockConfigBuilder {
@@ -199,7 +199,7 @@ impl RedLockConfigBuilder {
 
     /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.
     #[cfg(feature = "bugs")]
-    pub fn inject_bug(mut self, bug: crate::bugs::Bug) -> Self {
+    pub fn inject_bug(mut self, bug: super::bugs::RedLockBug) -> Self {
         self.bugs.insert(bug);
         self
     }

@@ -17,6 +17,11 @@
 //!   late release of an earlier attempt can never delete a later attempt's key.
 //! - a failed extension deletes nothing; the lock is reported lost exactly at the old deadline.
 
+/// RedLock's deliberate bugs, for the simulator (feature `bugs`; never in a release build).
+#[cfg(feature = "bugs")]
+pub mod bugs;
+#[cfg(not(feature = "bugs"))]
+mod bugs;
 mod command;
 mod config;
 
@@ -41,7 +46,7 @@ use crate::quorum::{Decision, Tally};
 use crate::settings::Attempts;
 use crate::time::{Duration, Instant};
 
-use crate::bugs::Bug;
+use bugs::RedLockBug as Bug;
 
 /// Minimum length of the caller's random token, in bytes (128 bits).
 pub const MIN_TOKEN_LEN: usize = 16;

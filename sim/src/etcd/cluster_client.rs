@@ -68,10 +68,10 @@ impl ClusterClient {
         }
     }
 
-    /// Turns on a deliberately wrong fail-over rule.
-    pub fn inject_bug(&mut self, _bug: crate::scenario::Bug) {
-        #[cfg(feature = "bugs")]
-        self.endpoints.inject_bug(_bug);
+    /// Turns on the deliberately wrong fail-over rule (`etcd-no-failover`).
+    #[cfg(feature = "bugs")]
+    pub fn inject_no_failover(&mut self) {
+        self.endpoints.inject_no_failover();
     }
 
     fn transmit(&mut self, command: Routed) -> OpId {
@@ -281,8 +281,8 @@ pub struct EtcdClusterSim {
     pub members: usize,
     /// The injected `fence-unchecked` bug: the resource accepts any fence.
     pub fence_unchecked: bool,
-    /// A fail-over bug injected into every client.
-    pub bug: Option<crate::scenario::Bug>,
+    /// The fail-over bug (`etcd-no-failover`) injected into every client.
+    pub no_failover: bool,
 }
 
 impl Protocol for EtcdClusterSim {
@@ -296,9 +296,11 @@ impl Protocol for EtcdClusterSim {
     fn machine(&self, _client: usize, rng: &mut Rng) -> ClusterClient {
         // The name is valid by construction; a failure is a simulator bug.
         let m = EtcdLock::new(&self.cfg, b"lock", rng.next_u64()).expect("valid lock name");
+        #[cfg_attr(not(feature = "bugs"), allow(unused_mut))]
         let mut c = ClusterClient::new(m, &self.cfg, self.members);
-        if let Some(b) = self.bug {
-            c.inject_bug(b);
+        #[cfg(feature = "bugs")]
+        if self.no_failover {
+            c.inject_no_failover();
         }
         c
     }
@@ -338,8 +340,20 @@ impl Runner for ClusterRunner {
             cfg: etcd.cfg,
             members: self.members,
             fence_unchecked: etcd.fence_unchecked,
-            bug: Injected::machine(bug),
+            no_failover: no_failover(bug),
         };
         setup.run_world(&cluster, seed)
     }
+}
+
+/// Whether `bug` is the fail-over bug, which lives in the client's endpoint rule rather than in
+/// the machine.
+fn no_failover(_bug: Option<Injected>) -> bool {
+    #[cfg(feature = "bugs")]
+    {
+        use lucky_core::etcd::bugs::EtcdBug;
+        Injected::machine(_bug).and_then(EtcdBug::from_name) == Some(EtcdBug::NoFailover)
+    }
+    #[cfg(not(feature = "bugs"))]
+    false
 }

@@ -1,6 +1,8 @@
 //! The etcd lease lock in the simulator: the real lucky-core machine against the
 //! [`EtcdNode`] cluster model, built from a scenario's [`Setup`].
 
+#[cfg(feature = "bugs")]
+use lucky_core::etcd::bugs::EtcdBug;
 use lucky_core::etcd::{EtcdConfig, EtcdLock};
 use lucky_core::time::nanos;
 use lucky_core::Duration;
@@ -79,7 +81,7 @@ pub fn protocol(s: &Setup, compact_always: bool, bug: Option<Injected>) -> EtcdS
         b = b.op_timeout(t);
     }
     #[cfg(feature = "bugs")]
-    if let Some(bug) = Injected::machine(bug) {
+    if let Some(bug) = Injected::machine(bug).and_then(EtcdBug::from_name) {
         b = b.inject_bug(bug);
     }
     let cfg = b.build().expect("scenario configurations are valid");

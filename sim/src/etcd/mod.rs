@@ -4,9 +4,6 @@
 //! ([`cluster_client`]), and the scenarios of each (`scenarios.rs`, `cluster_scenarios.rs`).
 //! [`BACKEND`] registers them and the etcd machine's bugs.
 
-#[cfg(feature = "bugs")]
-use lucky_core::bugs::Bug;
-
 use crate::scenario::{Backend, Scenario};
 
 pub mod cluster;
@@ -47,12 +44,6 @@ const SCENARIOS: &[Scenario] = &[
 
 /// The deliberate bugs of the etcd machine (none without the `bugs` feature).
 #[cfg(feature = "bugs")]
-const BUGS: &[Bug] = &[
-    Bug::EtcdFailBeforeCleanup,
-    Bug::EtcdLostFromReceiveTime,
-    Bug::EtcdWatchAll,
-    Bug::EtcdSkipRecheck,
-    Bug::EtcdNoFailover,
-];
+const BUGS: &[&str] = lucky_core::etcd::bugs::EtcdBug::NAMES;
 #[cfg(not(feature = "bugs"))]
-const BUGS: &[crate::scenario::Bug] = &[];
+const BUGS: &[&str] = &[];

@@ -2,9 +2,6 @@
 //! builds the real RedLock machine from a scenario's setup ([`protocol`]), and RedLock's
 //! scenarios ([`scenarios`]). [`BACKEND`] registers them and RedLock's machine bugs.
 
-#[cfg(feature = "bugs")]
-use lucky_core::bugs::Bug;
-
 use crate::scenario::Backend;
 
 pub mod node;
@@ -24,15 +21,6 @@ pub const BACKEND: Backend = Backend {
 
 /// The deliberate bugs of the RedLock machine (none without the `bugs` feature).
 #[cfg(feature = "bugs")]
-const BUGS: &[Bug] = &[
-    Bug::IgnoreDrift,
-    Bug::CountStaleReplies,
-    Bug::NoReleaseOnFailure,
-    Bug::ExtendAfterExpiry,
-    Bug::FenceMaxOfIncr,
-    Bug::FenceCounterOnly,
-    Bug::LateGrantOkOnly,
-    Bug::FailBeforeCleanup,
-];
+const BUGS: &[&str] = lucky_core::redlock::bugs::RedLockBug::NAMES;
 #[cfg(not(feature = "bugs"))]
-const BUGS: &[crate::scenario::Bug] = &[];
+const BUGS: &[&str] = &[];

@@ -1,6 +1,8 @@
 //! RedLock in the simulator: the real lucky-core machine against [`RedisNode`] models, built
 //! from a scenario's [`Setup`], and the rule by which its fences survive a node's lost data.
 
+#[cfg(feature = "bugs")]
+use lucky_core::redlock::bugs::RedLockBug;
 use lucky_core::redlock::{RedLock, RedLockConfig};
 use lucky_core::time::nanos;
 use lucky_core::Duration;
@@ -93,7 +95,7 @@ pub fn protocol(s: &Setup, bug: Option<Injected>) -> RedLockSim {
         b = b.auto_extend(every, cap);
     }
     #[cfg(feature = "bugs")]
-    if let Some(bug) = Injected::machine(bug) {
+    if let Some(bug) = Injected::machine(bug).and_then(RedLockBug::from_name) {
         b = b.inject_bug(bug);
     }
     let fence_script = fence_script(bug);
@@ -111,10 +113,9 @@ pub fn protocol(s: &Setup, bug: Option<Injected>) -> RedLockSim {
 fn fence_script(_bug: Option<Injected>) -> FenceScript {
     #[cfg(feature = "bugs")]
     {
-        use lucky_core::bugs::Bug;
-        match Injected::machine(_bug) {
-            Some(Bug::FenceMaxOfIncr) => return FenceScript::Incr,
-            Some(Bug::FenceCounterOnly) => return FenceScript::CounterOnly,
+        match Injected::machine(_bug).and_then(RedLockBug::from_name) {
+            Some(RedLockBug::FenceMaxOfIncr) => return FenceScript::Incr,
+            Some(RedLockBug::FenceCounterOnly) => return FenceScript::CounterOnly,
             _ => {}
         }
     }
