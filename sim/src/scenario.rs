@@ -127,6 +127,60 @@ impl Setup {
         self.ttl_ms * MS
     }
 
+    /// The same run with every duration and instant multiplied by `num / den` (settings,
+    /// workload, network delays, fault times and lengths): a pure dilation of time, for a
+    /// backend whose server counts in coarser units than a scenario was drawn in (etcd grants
+    /// whole-second leases). Rates (drift, loss) are kept.
+    pub fn dilated(&self, num: u64, den: u64) -> Setup {
+        let t = |ns: u64| ns.saturating_mul(num) / den;
+        let d =
+            |x: Duration| Duration::from_nanos(t(u64::try_from(x.as_nanos()).unwrap_or(u64::MAX)));
+        let pair = |(a, b): (u64, u64)| (t(a), t(b));
+        let mut s = self.clone();
+        s.ttl_ms = t(s.ttl_ms);
+        s.retry = Retry {
+            delay: d(s.retry.delay),
+            jitter: d(s.retry.jitter),
+        };
+        if let Wait::For(w) = s.wait {
+            s.wait = Wait::For(d(w));
+        }
+        s.auto_extend = s.auto_extend.map(|(every, cap)| (every.map(d), cap));
+        s.op_timeout = s.op_timeout.map(d);
+        let w = &mut s.work;
+        w.hold_ns = w.hold_ns.map(pair);
+        w.think_ns = pair(w.think_ns);
+        w.write_delay_ns = pair(w.write_delay_ns);
+        w.write_every_ns = pair(w.write_every_ns);
+        w.pause_after_check_ns = w.pause_after_check_ns.map(t);
+        w.cancel = w.cancel.map(|(n, range)| (n, pair(range)));
+        w.quiet_at = t(w.quiet_at);
+        w.stop_at = t(w.stop_at);
+        w.progress_within = w.progress_within.map(t);
+        s.net.delay_ns = pair(s.net.delay_ns);
+        for (at, fault) in &mut s.faults {
+            *at = t(*at);
+            match fault {
+                Fault::Stall { for_ns, .. } | Fault::Pause { for_ns, .. } => *for_ns = t(*for_ns),
+                Fault::SlowReplies { extra_ns, .. } => *extra_ns = t(*extra_ns),
+                Fault::ClockJump { by_ns, .. } => {
+                    let by = by_ns.unsigned_abs().saturating_mul(num) / den;
+                    let by = i64::try_from(by).unwrap_or(i64::MAX);
+                    *by_ns = if *by_ns < 0 { -by } else { by };
+                }
+                Fault::Net(params) => params.delay_ns = pair(params.delay_ns),
+                Fault::Partition { .. }
+                | Fault::Heal { .. }
+                | Fault::Crash { .. }
+                | Fault::CrashClient { .. }
+                | Fault::Restart { .. }
+                | Fault::Member { .. }
+                | Fault::Quiet => {}
+            }
+        }
+        s
+    }
+
     /// Random instants within the faulty phase.
     pub fn at(&self, rng: &mut Rng) -> u64 {
         rng.range(50 * MS, self.work.quiet_at - 50 * MS)

@@ -356,8 +356,15 @@ fn bad_input_is_a_usage_error() {
             .unwrap_err(),
         UsageError::TtlTooLarge { .. }
     ));
+    // etcd counts whole seconds: a ttl is rounded up, and the lease asked for says so.
+    let rounded = b().ttl(Duration::from_millis(1_200)).build().unwrap();
+    assert_eq!(rounded.ttl(), Duration::from_secs(2));
+    assert_eq!(rounded.ttl_secs(), 2);
     assert!(matches!(
-        b().ttl(Duration::from_millis(1)).build().unwrap_err(),
+        b().ttl(Duration::from_millis(1))
+            .drift(600_000, Duration::ZERO)
+            .build()
+            .unwrap_err(),
         UsageError::DriftTooLarge { .. }
     ));
     let mut m = EtcdLock::new(&c, b"x", 0).unwrap();

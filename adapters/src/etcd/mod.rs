@@ -61,8 +61,8 @@ pub type EtcdBuilder = crate::Builder<Etcd>;
 /// One lock request of an [`Etcd`] client; `.await` it to acquire.
 pub type LockRequest<'a> = crate::LockRequest<'a, Etcd>;
 
-/// The machine's configuration (etcd counts the lease in whole seconds: the machine asks for
-/// the ttl rounded up).
+/// The machine's configuration (etcd counts the lease in whole seconds: the configuration
+/// rounds the ttl up, and the machine asks for that).
 fn config(o: &Options<()>) -> Result<EtcdConfig, lucky_core::UsageError> {
     EtcdConfig::builder().lease(o.lease).build()
 }

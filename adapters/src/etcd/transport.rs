@@ -221,11 +221,6 @@ impl Cluster {
     }
 }
 
-fn secs(ttl: Duration) -> i64 {
-    let s = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    i64::try_from(s.max(1)).unwrap_or(i64::MAX)
-}
-
 fn owner_op(prefix: &[u8]) -> TxnOp {
     TxnOp::get(
         prefix.to_vec(),
@@ -240,8 +235,8 @@ fn owner_op(prefix: &[u8]) -> TxnOp {
 
 async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client::Error> {
     Ok(match command {
-        Command::LeaseGrant { ttl } => {
-            let r = client.lease_grant(secs(ttl), None).await?;
+        Command::LeaseGrant { ttl_secs } => {
+            let r = client.lease_grant(ttl_secs, None).await?;
             Reply::Lease {
                 id: r.id(),
                 ttl: Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0)),

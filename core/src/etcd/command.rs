@@ -9,11 +9,11 @@ use crate::time::Duration;
 /// One request to the etcd cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// `LeaseGrant(ttl)` (etcd counts whole seconds: a driver rounds up). Reply:
-    /// [`Reply::Lease`].
+    /// `LeaseGrant(TTL)`, in whole seconds as etcd counts them (the configured ttl rounded
+    /// up). Reply: [`Reply::Lease`].
     LeaseGrant {
-        /// Requested time to live.
-        ttl: Duration,
+        /// Requested time to live, in seconds (at least 1).
+        ttl_secs: i64,
     },
     /// One `LeaseKeepAlive` request for `lease`. Reply: [`Reply::KeepAlive`] (ttl zero when the
     /// lease no longer exists).

@@ -30,9 +30,13 @@ impl EtcdConfig {
     pub fn builder() -> EtcdConfigBuilder {
         EtcdConfigBuilder::default()
     }
-    /// Requested lease time to live.
+    /// Requested lease time to live: the configured one rounded up to whole seconds.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+    /// The lease ttl in the whole seconds etcd counts (the ttl is a whole number of seconds).
+    pub fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX)
     }
     /// Drift allowance subtracted from a lease of `ttl`.
     pub fn drift_for(&self, ttl: Duration) -> Duration {
@@ -76,9 +80,10 @@ pub struct EtcdConfigBuilder {
 }
 
 impl EtcdConfigBuilder {
-    /// Lease time to live: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL). etcd grants whole seconds (the
-    /// `lucky` adapter asks for the ttl rounded up) and may grant more (its minimum is about
-    /// 2 s by default) or less: the machine relies on the smaller of granted and asked.
+    /// Lease time to live: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL). etcd
+    /// counts whole seconds: the ttl is rounded up. etcd may grant more (its minimum is 1.5x
+    /// its election timeout, 2 s by default) or less: the machine relies on the smaller of
+    /// granted and asked.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.lease.ttl = ttl;
         self
@@ -129,7 +134,13 @@ impl EtcdConfigBuilder {
 
     /// Checks everything and returns the configuration, or the first problem found.
     pub fn build(self) -> Result<EtcdConfig, UsageError> {
-        let lease = self.lease.check(None, |ttl, validity| {
+        // etcd grants whole seconds: the lease asked for (and relied on) is the ttl rounded
+        // up, so every check below judges the lease that will exist.
+        let mut asked = self.lease;
+        if asked.ttl.subsec_nanos() > 0 {
+            asked.ttl = Duration::from_secs(asked.ttl.as_secs().saturating_add(1));
+        }
+        let lease = asked.check(None, |ttl, validity| {
             (ttl / 20).min(Duration::from_secs(5)).min(validity / 2)
         })?;
         let (ttl, validity, op_timeout) = (lease.ttl, lease.validity, lease.op_timeout);

@@ -283,7 +283,12 @@ impl EtcdLock {
         self.owner_ready = false;
         self.rev = 0;
         match self.lease {
-            None => self.send_main(Kind::Grant, Command::LeaseGrant { ttl: self.cfg.ttl }),
+            None => self.send_main(
+                Kind::Grant,
+                Command::LeaseGrant {
+                    ttl_secs: self.cfg.ttl_secs(),
+                },
+            ),
             Some(_) => {
                 // A lease renewed less than a keepalive interval ago still backs a whole
                 // hold: take at once. Otherwise renew and take in parallel (one round trip).

@@ -335,7 +335,8 @@ pub struct ClusterRunner {
 
 impl Runner for ClusterRunner {
     fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
-        let etcd = protocol(setup, false, bug);
+        let setup = super::lock::whole_seconds(setup);
+        let etcd = protocol(&setup, false, bug);
         let cluster = EtcdClusterSim {
             cfg: etcd.cfg,
             members: self.members,

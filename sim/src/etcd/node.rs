@@ -192,10 +192,13 @@ impl Server for EtcdNode {
     fn submit(&mut self, now: u64, command: &Command, id: u64) -> Option<Reply> {
         self.tick(now);
         Some(match command {
-            Command::LeaseGrant { ttl } => {
-                let ttl_ns = nanos(*ttl).max(1);
-                let id = self.grant(now, ttl_ns);
-                Reply::Lease { id, ttl: *ttl }
+            Command::LeaseGrant { ttl_secs } => {
+                // What etcd grants: whole seconds (this model's etcd runs with an election
+                // timeout short enough that its minimum lease is at most 1 s).
+                let secs = u64::try_from((*ttl_secs).max(1)).unwrap_or(1);
+                let ttl = std::time::Duration::from_secs(secs);
+                let id = self.grant(now, nanos(ttl));
+                Reply::Lease { id, ttl }
             }
             Command::KeepAlive { lease } => match self.leases.get_mut(lease) {
                 Some(l) => {
