@@ -113,6 +113,7 @@ pub mod endpoints;
 pub mod error;
 pub mod etcd;
 pub mod fence;
+pub mod lease;
 pub mod machine;
 pub mod quorum;
 pub mod redlock;
