@@ -3,34 +3,37 @@
 
 use lucky_core::Instant;
 
-/// Nanoseconds since this clock was made, on `std::time::Instant`.
+/// Nanoseconds since this clock was made, on tokio's clock: the process's monotonic clock,
+/// or the test's virtual one under `tokio::time::pause()` (so locks expire on the time a
+/// deterministic test controls).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Clock {
-    epoch: std::time::Instant,
+    epoch: tokio::time::Instant,
 }
 
 impl Clock {
     pub(crate) fn new() -> Clock {
         Clock {
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
     /// Now, for the machine.
     pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(lucky_core::time::nanos(self.epoch.elapsed()))
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        Instant::from_nanos(lucky_core::time::nanos(elapsed))
     }
 
-    /// A machine instant on the std clock.
-    pub(crate) fn to_std(self, t: Instant) -> std::time::Instant {
+    /// A machine instant on tokio's clock.
+    pub(crate) fn to_tokio(self, t: Instant) -> tokio::time::Instant {
         let d = std::time::Duration::from_nanos(t.as_nanos());
         self.epoch
             .checked_add(d)
             .unwrap_or_else(|| self.epoch + std::time::Duration::from_secs(86_400 * 365 * 30))
     }
 
-    /// A machine instant on tokio's clock.
-    pub(crate) fn to_tokio(self, t: Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.to_std(t))
+    /// A machine instant as a `std::time::Instant` (tokio's instant underneath).
+    pub(crate) fn to_std(self, t: Instant) -> std::time::Instant {
+        self.to_tokio(t).into_std()
     }
 }

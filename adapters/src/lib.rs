@@ -4,6 +4,7 @@
 //! adds thin tokio drivers, one module per backend behind a cargo feature:
 //! - `redis`: [`redis::Redis`], RedLock over independent Redis nodes.
 //! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
+//! - `memory`: [`memory::Memory`], a process-local lock table on the lease-record machine.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
@@ -22,6 +23,8 @@ mod driver;
 pub mod etcd;
 #[cfg(feature = "client")]
 mod hold;
+#[cfg(feature = "memory")]
+pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -1,0 +1,237 @@
+//! An in-memory lock table (feature `memory`): locks between the tasks and threads of one
+//! process, with the same [`Guard`] as every other backend (fence, deadline, `lost()`,
+//! `extend()`, `release()`). It runs the lease-record machine of lucky-core against a
+//! process-local [`Table`], so it behaves as the database backends do, without a server.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lucky::Error> {
+//! use std::time::Duration;
+//! let locks = lucky::memory::Memory::new();
+//! let guard = locks.lock("jobs/nightly").ttl(Duration::from_secs(10)).await?;
+//! let fence = guard.fence(); // rises with every new holder of any name in this table
+//! assert!(locks.lock("jobs/nightly").no_wait().await.unwrap_err().is_taken());
+//! guard.release().await?;
+//! # let _ = fence;
+//! # Ok(()) }
+//! ```
+//!
+//! Leases expire on tokio's clock: under `tokio::time::pause()` a test moves them with
+//! `tokio::time::advance`. Waiters are woken in arrival order by releases (no polling, no
+//! stampede); a waiter also retries when the holder's lease would run out. Clones of a
+//! [`Memory`] share its table; [`Memory::with_table`] shares one with code that drives the
+//! machine itself (a blocking program: see the `memory_blocking` example).
+
+mod table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lucky_core::lease::{Command, LeaseConfig, LeaseLock, Reply};
+
+use crate::client::{self, sealed, LockFuture, Options};
+use crate::clock::Clock;
+use crate::driver::{self, BoxFuture, Subscription, Tasks, Transport};
+pub use crate::{Error, Guard};
+pub use table::Table;
+
+/// Configures a [`Memory`] client.
+pub type MemoryBuilder = crate::Builder<Memory>;
+/// One lock request of a [`Memory`] client; `.await` it to acquire.
+pub type LockRequest<'a> = crate::LockRequest<'a, Memory>;
+
+/// The in-memory backend's own per-lock settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryExtra {
+    auto_extend: bool,
+}
+
+/// A handle on an in-memory lock table. Cheap to clone; clones share the table.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    shared: Arc<Shared>,
+    clock: Clock,
+    defaults: Options<MemoryExtra>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    table: Arc<Table>,
+    tasks: Arc<Tasks>,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::new()
+    }
+}
+
+impl Memory {
+    /// A new, empty table with the default settings (ttl 30 s, wait 10 s, renewal every
+    /// ttl/3).
+    pub fn new() -> Memory {
+        Memory::with_table(Arc::default())
+    }
+
+    /// A handle on `table`, shared with whoever else holds it.
+    pub fn with_table(table: Arc<Table>) -> Memory {
+        Memory {
+            shared: Arc::new(Shared {
+                table,
+                tasks: Arc::default(),
+            }),
+            clock: Clock::new(),
+            defaults: Options {
+                lease: lucky_core::Lease::default(),
+                extra: <Memory as sealed::Client>::default_extra(),
+            },
+        }
+    }
+
+    /// Starts configuring a client with its own new table.
+    pub fn builder() -> MemoryBuilder {
+        MemoryBuilder::new(Vec::<String>::new())
+    }
+
+    /// Asks for the lock `name`; configure it, then `.await` it.
+    pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
+        LockRequest::new(self, name.into())
+    }
+
+    /// Waits, at most `timeout`, until every background task of this handle has finished
+    /// (releases of dropped guards, renewals of held locks).
+    pub async fn close(&self, timeout: Duration) -> bool {
+        client::close(self, timeout).await
+    }
+
+    /// How many locks of the table are held now.
+    pub fn held(&self) -> usize {
+        self.shared.table.held(self.clock.now())
+    }
+
+    /// The table.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.shared.table
+    }
+}
+
+impl MemoryBuilder {
+    /// Keep held locks alive in the background (default on, every ttl/3).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.defaults.extra.auto_extend = on;
+        self
+    }
+}
+
+impl LockRequest<'_> {
+    /// Keep the lock alive in the background (default on).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.extra().auto_extend = on;
+        self
+    }
+}
+
+fn config(o: &Options<MemoryExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
+    let b = LeaseConfig::builder().lease(o.lease);
+    let b = if o.extra.auto_extend {
+        b.auto_extend(None, None)
+    } else {
+        b
+    };
+    b.build()
+}
+
+impl sealed::Client for Memory {
+    type Extra = MemoryExtra;
+    type Setup = ();
+
+    fn default_extra() -> MemoryExtra {
+        MemoryExtra { auto_extend: true }
+    }
+
+    async fn connect(b: MemoryBuilder) -> Result<Memory, Error> {
+        config(&b.defaults)?;
+        let mut m = Memory::new();
+        m.defaults = b.defaults;
+        Ok(m)
+    }
+
+    fn defaults(&self) -> &Options<MemoryExtra> {
+        &self.defaults
+    }
+
+    fn start(
+        &self,
+        name: String,
+        options: &Options<MemoryExtra>,
+    ) -> Result<LockFuture<'static>, Error> {
+        let cfg = config(options)?;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
+        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default());
+        let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
+        let transport = Arc::new(Local {
+            shared: self.shared.clone(),
+            clock: self.clock,
+        });
+        Ok(Box::pin(driver::acquire(
+            machine, transport, self.clock, name, None,
+        )))
+    }
+
+    fn tasks(&self) -> &Arc<Tasks> {
+        &self.shared.tasks
+    }
+}
+
+/// The transport: each command runs on the table at once, at the driver's clock.
+struct Local {
+    shared: Arc<Shared>,
+    clock: Clock,
+}
+
+impl Transport for Local {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn send(
+        self: &Arc<Self>,
+        _node: usize,
+        command: Command,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
+        std::future::ready(self.shared.table.execute(self.clock.now(), &command))
+    }
+
+    fn tasks(&self) -> &Arc<Tasks> {
+        &self.shared.tasks
+    }
+
+    fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let name = Bytes::from(channel);
+        let id = self.shared.table.wait(name.clone(), notify.clone());
+        let keep = Unwait {
+            table: self.shared.table.clone(),
+            name,
+            id,
+        };
+        Box::pin(std::future::ready(Some(Subscription {
+            notify,
+            _keep: Box::new(keep),
+        })))
+    }
+}
+
+/// Leaves the line of waiters when dropped.
+struct Unwait {
+    table: Arc<Table>,
+    name: Bytes,
+    id: u64,
+}
+
+impl Drop for Unwait {
+    fn drop(&mut self) {
+        self.table.unwait(&self.name, self.id);
+    }
+}
