@@ -12,13 +12,20 @@ use lucky::{ErrorKind, UsageError};
 #[tokio::test(start_paused = true)]
 async fn a_held_lock_is_taken_for_others_and_fences_rise_across_releases() {
     let locks = Memory::new();
-    let a = locks.lock("job").ttl(Duration::from_secs(10)).await.unwrap();
+    let a = locks
+        .lock("job")
+        .ttl(Duration::from_secs(10))
+        .await
+        .unwrap();
     let err = locks.lock("job").no_wait().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Taken, "{err}");
     let fa = a.fence().unwrap().get();
     a.release().await.unwrap();
     let b = locks.lock("job").no_wait().await.unwrap();
-    assert!(b.fence().unwrap().get() > fa, "the fence rises after a release");
+    assert!(
+        b.fence().unwrap().get() > fa,
+        "the fence rises after a release"
+    );
     // Another name draws from the same counter: fences never go back, even for new names.
     let c = locks.lock("other").no_wait().await.unwrap();
     assert_eq!(locks.held(), 2);
@@ -70,7 +77,11 @@ async fn auto_renewal_keeps_a_lock_for_many_ttls() {
 #[tokio::test(start_paused = true)]
 async fn waiters_are_served_in_arrival_order() {
     let locks = Memory::new();
-    let holder = locks.lock("job").ttl(Duration::from_secs(60)).await.unwrap();
+    let holder = locks
+        .lock("job")
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -99,25 +110,41 @@ async fn waiters_are_served_in_arrival_order() {
 #[tokio::test(start_paused = true)]
 async fn an_acquisition_dropped_while_waiting_leaves_nothing_behind() {
     let locks = Memory::new();
-    let holder = locks.lock("job").ttl(Duration::from_secs(60)).await.unwrap();
+    let holder = locks
+        .lock("job")
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(locks.held(), 1);
     let waiting = locks.lock("job").wait(Duration::from_secs(60));
     // Give up after a while: the future is dropped mid-wait.
-    assert!(tokio::time::timeout(Duration::from_secs(1), waiting.into_future())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), waiting.into_future())
+            .await
+            .is_err()
+    );
     holder.release().await.unwrap();
     assert!(locks.close(Duration::from_secs(5)).await);
     assert_eq!(locks.held(), 0);
     // And the next one gets it at once.
-    locks.lock("job").no_wait().await.unwrap().release().await.unwrap();
+    locks
+        .lock("job")
+        .no_wait()
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn bad_input_is_a_usage_error_and_sends_nothing() {
     let locks = Memory::new();
     let e = locks.lock("").await.unwrap_err();
-    assert!(matches!(e, lucky::Error::Usage(UsageError::EmptyKey)), "{e}");
+    assert!(
+        matches!(e, lucky::Error::Usage(UsageError::EmptyKey)),
+        "{e}"
+    );
     let e = locks.lock("x").ttl(Duration::ZERO).await.unwrap_err();
     assert!(matches!(e, lucky::Error::Usage(UsageError::TtlZero)), "{e}");
     let e = locks
