@@ -71,6 +71,7 @@
 pub mod cli;
 pub mod clock;
 pub mod etcd;
+pub mod lease;
 pub mod net;
 pub mod oracle;
 mod protocol;
