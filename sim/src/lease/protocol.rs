@@ -135,6 +135,8 @@ mod tests {
     struct Log {
         applied: BTreeMap<Key, u64>,
         answered: BTreeMap<Key, u64>,
+        /// Releases that reached the store while another owner held the record live.
+        late_releases: u64,
     }
 
     fn key(c: &Command) -> Option<Key> {
@@ -165,6 +167,14 @@ mod tests {
         type Command = Command;
         type Reply = Reply;
         fn apply(&mut self, now: u64, c: &Command) -> Reply {
+            if let Command::Release { name, owner } = c {
+                let other = self
+                    .inner
+                    .record(name)
+                    .and_then(|r| r.live_owner(now))
+                    .is_some_and(|o| o != owner);
+                self.log.borrow_mut().late_releases += u64::from(other);
+            }
             let r = self.inner.apply(now, c);
             if let (Some(k), true) = (key(c), success(&r)) {
                 *self.log.borrow_mut().applied.entry(k).or_default() += 1;
@@ -267,20 +277,37 @@ mod tests {
         }
     }
 
+    /// Runs seed `seed` of `scenario` watched; panics on an unexpected violation.
+    fn watched(scenario: &str, seed: u64) -> (crate::scenario::Setup, Log) {
+        let sc = registry::scenario(scenario).expect("scenario exists");
+        let setup = sc.setup(seed);
+        let w = Watched {
+            inner: protocol(&setup, None),
+            log: Rc::default(),
+        };
+        let report = setup.run_world(&w, seed);
+        assert!(
+            report.unexpected().next().is_none(),
+            "{scenario} seed {seed}"
+        );
+        let log = w.log.take();
+        (setup, log)
+    }
+
+    #[test]
+    fn late_release_meets_the_next_owner() {
+        let late: u64 = (0..10)
+            .map(|seed| watched("lease-late-release", seed).1.late_releases)
+            .sum();
+        assert!(late > 0, "no release reached the store under a later owner");
+    }
+
     #[test]
     fn unknown_outcome_loses_answers_to_applied_writes() {
-        let sc = registry::scenario("lease-unknown-outcome").expect("scenario exists");
         let mut lost = BTreeMap::<&'static str, u64>::new();
         for seed in 0..10 {
-            let setup = sc.setup(seed);
+            let (setup, log) = watched("lease-unknown-outcome", seed);
             assert_eq!(setup.net.dup_ppm, 0, "no copies: every apply is one send");
-            let w = Watched {
-                inner: protocol(&setup, None),
-                log: Rc::default(),
-            };
-            let report = setup.run_world(&w, seed);
-            assert!(report.unexpected().next().is_none(), "seed {seed}");
-            let log = w.log.borrow();
             for (k, applied) in &log.applied {
                 let answered = log.answered.get(k).copied().unwrap_or(0);
                 assert!(answered <= *applied, "{k:?}: answered more than applied");
