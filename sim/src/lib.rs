@@ -16,8 +16,8 @@
 //! The engine knows no backend: [`world`] (event queue, clients, workload, fenced resource,
 //! servers, faults, report), [`oracle`], [`scenario`] (setups, outcomes, the [`scenario::Backend`]
 //! registration), [`sweep`], and the seam [`Protocol`] / [`Server`]. Each backend is a folder
-//! ([`redis`], [`etcd`]) with its server model, its protocol glue, its scenarios and its bugs,
-//! registered by one line in [`registry`]; [`cli`] reads the registry.
+//! ([`redis`], [`etcd`], [`lease`]) with its server model, its protocol glue, its scenarios and
+//! its bugs, registered by one line in [`registry`]; [`cli`] reads the registry.
 //!
 //! Adding a backend: a folder `sim/src/<name>/` with its server model (a [`Server`]), its
 //! protocol glue (a [`Protocol`] pairing the real machine with the model, and a
@@ -71,6 +71,7 @@
 pub mod cli;
 pub mod clock;
 pub mod etcd;
+pub mod lease;
 pub mod net;
 pub mod oracle;
 mod protocol;

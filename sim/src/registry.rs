@@ -5,7 +5,11 @@
 use crate::scenario::{Backend, Injected, Scenario};
 
 /// Every backend, in the order `list` and `sweep --scenario all` show their scenarios.
-pub const BACKENDS: &[&Backend] = &[&crate::redis::BACKEND, &crate::etcd::BACKEND];
+pub const BACKENDS: &[&Backend] = &[
+    &crate::redis::BACKEND,
+    &crate::etcd::BACKEND,
+    &crate::lease::BACKEND,
+];
 
 /// Every scenario of every backend.
 pub fn scenarios() -> impl Iterator<Item = &'static Scenario> {

@@ -5,6 +5,7 @@
 //! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40).
 
 use lucky_core::etcd::bugs::EtcdBug;
+use lucky_core::lease::bugs::LeaseBug;
 use lucky_core::redlock::bugs::RedLockBug;
 use lucky_sim::registry;
 use lucky_sim::scenario::Injected;
@@ -93,6 +94,14 @@ scenario_tests! {
     etcd_member_down => "etcd-member-down",
     etcd_leader_change_keepalive => "etcd-leader-change-keepalive",
     etcd_pinned_partitioned_member => "etcd-pinned-partitioned-member",
+    lease_holder_pause_fenced => "lease-holder-pause-fenced",
+    lease_late_release => "lease-late-release",
+    lease_cancel_in_flight => "lease-cancel-in-flight",
+    lease_unknown_outcome => "lease-unknown-outcome",
+    lease_slow_grant => "lease-slow-grant",
+    lease_clock_step => "lease-clock-step",
+    lease_data_loss => "lease-data-loss",
+    lease_random_chaos => "lease-random-chaos",
 }
 
 #[test]
@@ -155,6 +164,17 @@ fn every_injected_bug_is_caught() {
         (m(EtcdBug::WatchAll.name()), "etcd-predecessor-crash", 5),
         (m(EtcdBug::SkipRecheck.name()), "etcd-predecessor-crash", 10),
         (m(EtcdBug::NoFailover.name()), "etcd-member-down", 10),
+        (m(LeaseBug::DeleteOnRelease.name()), "lease-late-release", 5),
+        (
+            m(LeaseBug::ValidityFromReceive.name()),
+            "lease-slow-grant",
+            20,
+        ),
+        (
+            m(LeaseBug::UnknownAsGranted.name()),
+            "lease-unknown-outcome",
+            10,
+        ),
     ];
     assert_eq!(
         cases.len(),
