@@ -41,6 +41,11 @@ pub(crate) trait Transport: Send + Sync + 'static {
         node: usize,
         command: Self::Command,
     ) -> impl Future<Output = Self::Reply> + Send + 'static;
+    /// Answers `command` at once when the transport can (an in-process store): no future, no
+    /// allocation. The default hands it back, to go through [`send`](Self::send).
+    fn send_now(&self, _node: usize, command: Self::Command) -> Result<Self::Reply, Self::Command> {
+        Err(command)
+    }
     /// The client's background tasks, so `close()` can wait for them.
     fn tasks(&self) -> &Arc<Tasks>;
     /// A source of "the lock may be free now" hints for `channel`, if the backend has one.
@@ -148,6 +153,7 @@ where
         subscribing: None,
         subscription: None,
         wakeup: None,
+        answered: std::collections::VecDeque::new(),
         steps: std::collections::VecDeque::new(),
         inflight: Vec::new(),
         timer: Timer::new(),
@@ -320,6 +326,8 @@ struct Driver<M, T: Transport> {
     subscription: Option<Subscription>,
     /// The next release hint of `subscription`.
     wakeup: Option<BoxFuture<()>>,
+    /// Replies the transport gave at once, fed to the machine as the next input.
+    answered: std::collections::VecDeque<(NodeId, OpId, T::Reply)>,
     /// What the machine reported that the caller of the drive loop has not looked at yet.
     steps: std::collections::VecDeque<Step>,
     /// Commands in flight, polled by whoever drives the machine (no task per command).
@@ -351,6 +359,14 @@ where
         }
         if let Some(step) = self.steps.pop_front() {
             return Poll::Ready(step);
+        }
+        if !self.answered.is_empty() {
+            // Answered at once: read now, after the whole batch went out.
+            let now = self.clock.now();
+            while let Some((node, op, reply)) = self.answered.pop_front() {
+                self.machine.handle_reply(now, node, op, reply);
+            }
+            return Poll::Ready(Step::Moved);
         }
         if let Poll::Ready(first) = poll_next_reply(&mut self.inflight, cx) {
             self.feed(first, cx);
@@ -431,11 +447,14 @@ where
 
     /// Hands `t` to the transport; its reply comes back through `inflight`.
     fn transmit(&mut self, t: lucky_core::Transmit<T::Command>) {
-        self.inflight.push(InFlight {
-            node: t.node,
-            op: t.op,
-            reply: Box::pin(self.transport.send(t.node.index(), t.command)),
-        });
+        match self.transport.send_now(t.node.index(), t.command) {
+            Ok(reply) => self.answered.push_back((t.node, t.op, reply)),
+            Err(command) => self.inflight.push(InFlight {
+                node: t.node,
+                op: t.op,
+                reply: Box::pin(self.transport.send(t.node.index(), command)),
+            }),
+        }
     }
 
     /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
@@ -450,7 +469,12 @@ where
             // after a grace period if a server does not answer them.
             let idle = matches!(self.machine.state(), State::Done | State::Idle);
             let mut grace = None;
-            if idle && waiters.is_empty() && !guard_open && self.steps.is_empty() {
+            if idle
+                && waiters.is_empty()
+                && !guard_open
+                && self.steps.is_empty()
+                && self.answered.is_empty()
+            {
                 let until =
                     *drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLEANUP_GRACE);
                 if self.inflight.is_empty() || tokio::time::Instant::now() >= until {

@@ -24,6 +24,7 @@
 
 mod table;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,10 +56,14 @@ pub struct Memory {
     defaults: Options<MemoryExtra>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     table: Arc<Table>,
     tasks: Arc<Tasks>,
+    /// Tokens are this handle's random prefix and a counter: unique within the process
+    /// (the only place this table is seen) without a system call per lock.
+    prefix: [u8; 8],
+    issued: AtomicU64,
 }
 
 impl Default for Memory {
@@ -76,10 +81,18 @@ impl Memory {
 
     /// A handle on `table`, shared with whoever else holds it.
     pub fn with_table(table: Arc<Table>) -> Memory {
+        // Without OS randomness the prefix is the handle's address: still unique per live
+        // handle in this process, which is all a process-local token needs.
+        let mut prefix = [0u8; 8];
+        if getrandom::fill(&mut prefix).is_err() {
+            prefix = (Arc::as_ptr(&table) as usize as u64).to_le_bytes();
+        }
         Memory {
             shared: Arc::new(Shared {
                 table,
                 tasks: Arc::default(),
+                prefix,
+                issued: AtomicU64::new(0),
             }),
             clock: Clock::new(),
             defaults: Options {
@@ -167,13 +180,16 @@ impl sealed::Client for Memory {
         options: &Options<MemoryExtra>,
     ) -> Result<LockFuture<'static>, Error> {
         let cfg = config(options)?;
+        let n = self.shared.issued.fetch_add(1, Ordering::Relaxed);
         let mut token = [0u8; 16];
-        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
-        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default());
+        token[..8].copy_from_slice(&self.shared.prefix);
+        token[8..].copy_from_slice(&n.to_le_bytes());
+        let seed = u64::from_le_bytes(self.shared.prefix) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
         let transport = Arc::new(Local {
             shared: self.shared.clone(),
             clock: self.clock,
+            waiter: AtomicU64::new(0),
         });
         Ok(Box::pin(driver::acquire(
             machine, transport, self.clock, name, None,
@@ -185,10 +201,13 @@ impl sealed::Client for Memory {
     }
 }
 
-/// The transport: each command runs on the table at once, at the driver's clock.
+/// The transport of one acquisition: each command runs on the table at once, at the
+/// driver's clock, as this acquisition's waiter once it stands in line.
 struct Local {
     shared: Arc<Shared>,
     clock: Clock,
+    /// Its id in the line of waiters (0: not in line).
+    waiter: AtomicU64,
 }
 
 impl Transport for Local {
@@ -197,10 +216,14 @@ impl Transport for Local {
 
     fn send(
         self: &Arc<Self>,
-        _node: usize,
+        node: usize,
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
-        std::future::ready(self.shared.table.execute(self.clock.now(), &command))
+        std::future::ready(self.run(node, &command))
+    }
+
+    fn send_now(&self, node: usize, command: Command) -> Result<Reply, Command> {
+        Ok(self.run(node, &command))
     }
 
     fn tasks(&self) -> &Arc<Tasks> {
@@ -211,6 +234,7 @@ impl Transport for Local {
         let notify = Arc::new(tokio::sync::Notify::new());
         let name = Bytes::from(channel);
         let id = self.shared.table.wait(name.clone(), notify.clone());
+        self.waiter.store(id, Ordering::Release);
         let keep = Unwait {
             table: self.shared.table.clone(),
             name,
@@ -223,7 +247,19 @@ impl Transport for Local {
     }
 }
 
-/// Leaves the line of waiters when dropped.
+impl Local {
+    fn run(&self, _node: usize, command: &Command) -> Reply {
+        let waiter = match self.waiter.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        };
+        self.shared
+            .table
+            .execute_as(self.clock.now(), command, waiter)
+    }
+}
+
+/// Leaves the line of waiters when dropped (the acquisition ended).
 struct Unwait {
     table: Arc<Table>,
     name: Bytes,

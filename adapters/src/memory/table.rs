@@ -23,10 +23,24 @@ struct Inner {
     records: BTreeMap<Bytes, Record>,
     /// The last fence handed out, for any name.
     fence: u64,
-    /// Per name, who waits for a release, in arrival order (id, wake-up).
-    waiters: BTreeMap<Bytes, VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+    /// Per name, who waits for a release, in arrival order.
+    lines: BTreeMap<Bytes, Line>,
     next_waiter: u64,
 }
+
+/// The waiters of one name, and whom a release handed the record to.
+#[derive(Debug, Default)]
+struct Line {
+    waiters: VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+    /// After a release, the first waiter may take the free record until then; others are
+    /// told it is held (no barging past the line).
+    reserved: Option<(u64, Instant)>,
+}
+
+/// How long a released record waits for the waiter it was handed to: long enough for a
+/// woken task to be scheduled, short enough that a waiter that stopped being polled delays
+/// the others little.
+const HAND_OFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct Record {
@@ -48,9 +62,25 @@ impl Table {
     /// Runs one command of the lease-record machine at `now` (the caller's monotonic clock;
     /// every caller of one table must use the same clock).
     pub fn execute(&self, now: Instant, command: &Command) -> Reply {
+        self.execute_as(now, command, None)
+    }
+
+    /// [`execute`](Self::execute) for the waiter `waiter` (its place in the line of its name).
+    pub(crate) fn execute_as(&self, now: Instant, command: &Command, waiter: Option<u64>) -> Reply {
         let mut t = self.lock();
         match command {
             Command::Take { name, owner, ttl } => {
+                if let Some(line) = t.lines.get_mut(name) {
+                    match line.reserved {
+                        Some((id, until)) if now < until && waiter != Some(id) => {
+                            return Reply::Held {
+                                left: until.saturating_duration_since(now),
+                            };
+                        }
+                        Some(_) => line.reserved = None,
+                        None => {}
+                    }
+                }
                 let expires_at = now.saturating_add(*ttl);
                 let next = t.fence + 1;
                 let (reply, raised) = match t.records.get_mut(name) {
@@ -99,9 +129,12 @@ impl Table {
                 }
                 // The fence counter is the table's: dropping the record lowers nothing.
                 t.records.remove(name);
-                // Wake the longest waiter of this name (FIFO hand-off, no stampede).
-                if let Some((_, n)) = t.waiters.get(name).and_then(|q| q.front()) {
-                    n.notify_one();
+                // Hand the record to the longest waiter of this name (FIFO, no stampede).
+                if let Some(line) = t.lines.get_mut(name) {
+                    if let Some((id, n)) = line.waiters.front() {
+                        line.reserved = Some((*id, now.saturating_add(HAND_OFF)));
+                        n.notify_one();
+                    }
                 }
                 Reply::Released
             }
@@ -132,26 +165,32 @@ impl Table {
         let mut t = self.lock();
         t.next_waiter += 1;
         let id = t.next_waiter;
-        t.waiters.entry(name).or_default().push_back((id, notify));
+        t.lines
+            .entry(name)
+            .or_default()
+            .waiters
+            .push_back((id, notify));
         id
     }
 
-    /// Removes waiter `id` of `name`; if it was first and had been woken, the next in line is
-    /// woken instead, so a release's wake-up is never lost on a waiter that left.
+    /// Removes waiter `id` of `name` (it acquired, or gave up). A hand-off reserved for it
+    /// passes to the next in line, so a release is never lost on a waiter that left.
     pub(crate) fn unwait(&self, name: &[u8], id: u64) {
         let mut t = self.lock();
-        let Some(q) = t.waiters.get_mut(name) else {
+        let Some(line) = t.lines.get_mut(name) else {
             return;
         };
-        let was_first = q.front().is_some_and(|(first, _)| *first == id);
-        q.retain(|(w, _)| *w != id);
-        if was_first {
-            if let Some((_, n)) = q.front() {
-                n.notify_one();
+        line.waiters.retain(|(w, _)| *w != id);
+        if let Some((reserved, until)) = line.reserved {
+            if reserved == id {
+                line.reserved = line.waiters.front().map(|(next, n)| {
+                    n.notify_one();
+                    (*next, until)
+                });
             }
         }
-        if q.is_empty() {
-            t.waiters.remove(name);
+        if line.waiters.is_empty() && line.reserved.is_none() {
+            t.lines.remove(name);
         }
     }
 }

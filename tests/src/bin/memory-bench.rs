@@ -49,7 +49,11 @@ where
     for _ in 0..10_000 {
         cycle().await; // warm-up
     }
-    let (end, start, a0) = (Instant::now() + secs(), Instant::now(), ALLOCS.load(Ordering::Relaxed));
+    let (end, start, a0) = (
+        Instant::now() + secs(),
+        Instant::now(),
+        ALLOCS.load(Ordering::Relaxed),
+    );
     let mut n = 0u64;
     while Instant::now() < end {
         for _ in 0..1_000 {
@@ -83,8 +87,7 @@ fn drive(m: &mut LeaseLock, table: &Table, now: lucky::Instant) {
 async fn parallel(tasks: usize, lucky: bool) -> f64 {
     let locks = Memory::new();
     let end = Instant::now() + secs();
-    let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> =
-        (0..tasks).map(|_| Arc::default()).collect();
+    let mutexes: Vec<Arc<tokio::sync::Mutex<()>>> = (0..tasks).map(|_| Arc::default()).collect();
     let handles: Vec<_> = (0..tasks)
         .map(|i| {
             let (locks, m) = (locks.clone(), mutexes[i].clone());
@@ -148,7 +151,11 @@ fn main() {
 }
 
 async fn run() {
-    let locks = Memory::builder().auto_extend(false).connect().await.unwrap();
+    let locks = Memory::builder()
+        .auto_extend(false)
+        .connect()
+        .await
+        .unwrap();
     let (lucky_ns, lucky_allocs) = serial(|| async {
         let g = locks.lock("bench").no_wait().await.unwrap();
         g.release().await.unwrap();
