@@ -13,8 +13,8 @@ bash scripts/services.sh start
 # cargo builds the `lucky` command line for the tests that run it (lucky-tests' own binary).
 cargo test --workspace --all-features
 
-echo "== loom model of the guard/driver shared state"
-RUSTFLAGS="--cfg lucky_loom" CARGO_TARGET_DIR=target/loom cargo test -p lucky --features redis --lib loom
+echo "== loom models: the guard/driver shared state, the in-memory lock table"
+RUSTFLAGS="--cfg lucky_loom" CARGO_TARGET_DIR=target/loom cargo test -p lucky --features redis,memory --lib loom
 
 echo "== the RedLock machine from plain threads, no async runtime"
 cargo run -q -p lucky --features redis --example redlock_blocking
