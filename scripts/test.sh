@@ -18,6 +18,8 @@ RUSTFLAGS="--cfg lucky_loom" CARGO_TARGET_DIR=target/loom cargo test -p lucky --
 
 echo "== the RedLock machine from plain threads, no async runtime"
 cargo run -q -p lucky --features redis --example redlock_blocking
+echo "== the lease machine on the in-memory table from plain threads"
+cargo run -q -p lucky --features memory --example memory_blocking
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim

@@ -35,7 +35,7 @@ use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, BoxFuture, Subscription, Tasks, Transport};
 pub use crate::{Error, Guard};
-pub use table::Table;
+pub use table::{Table, Wake};
 
 /// Configures a [`Memory`] client.
 pub type MemoryBuilder = crate::Builder<Memory>;

@@ -106,8 +106,9 @@ impl<W: Wake> Table<W> {
         self.execute_as(now, command, None)
     }
 
-    /// [`execute`](Self::execute) for the waiter `waiter` (its place in the line of its name).
-    pub(crate) fn execute_as(&self, now: Instant, command: &Command, waiter: Option<u64>) -> Reply {
+    /// [`execute`](Self::execute) for the waiter `waiter` (its id from [`wait`](Self::wait)):
+    /// a record a release handed to the first waiter is taken only by that waiter.
+    pub fn execute_as(&self, now: Instant, command: &Command, waiter: Option<u64>) -> Reply {
         let mut t = self.lock();
         match command {
             Command::Take { name, owner, ttl } => {
@@ -201,8 +202,9 @@ impl<W: Wake> Table<W> {
         t.records.len()
     }
 
-    /// Registers a waiter of `name`; it is woken (once per release) while first in line.
-    pub(crate) fn wait(&self, name: Bytes, notify: Arc<W>) -> u64 {
+    /// Puts a waiter of `name` in line; `notify` is woken when a release hands it the record.
+    /// After registering, take again: a release just before it woke nobody.
+    pub fn wait(&self, name: Bytes, notify: Arc<W>) -> u64 {
         let mut t = self.lock();
         t.next_waiter += 1;
         let id = t.next_waiter;
@@ -216,7 +218,7 @@ impl<W: Wake> Table<W> {
 
     /// Removes waiter `id` of `name` (it acquired, or gave up). A hand-off reserved for it
     /// passes to the next in line, so a release is never lost on a waiter that left.
-    pub(crate) fn unwait(&self, name: &[u8], id: u64) {
+    pub fn unwait(&self, name: &[u8], id: u64) {
         let mut t = self.lock();
         let Some(line) = t.lines.get_mut(name) else {
             return;

@@ -13,9 +13,10 @@
 //! - **Unknown outcomes** (a timeout or a dropped connection after a write was sent): a take
 //!   is resolved by inspecting the record before anything is claimed; an inspected record of
 //!   ours is held until the inspect's send time + the time it had left - drift.
-//! - **Waiting**: no polling. A taken record reports its time left; the next attempt starts
-//!   when it would expire (not sooner than the retry delay), or at once on a release hint
-//!   ([`release_channel`](LockMachine::release_channel) names the lock).
+//! - **Waiting**: no spinning. The next attempt starts after the retry delay (jittered), or
+//!   when the holder's record runs out if that is sooner (the store reports its time left),
+//!   or at once on a release hint ([`release_channel`](LockMachine::release_channel) names
+//!   the lock; the in-memory table and PostgreSQL give hints).
 //! - **Loss and give-up**: a lost lock and a failed acquisition that may have taken the
 //!   record both send a release before they end, so nothing of ours blocks others.
 
@@ -288,14 +289,14 @@ impl LeaseLock {
         self.emit(Event::Acquired { fence, valid_until });
     }
 
-    /// An attempt failed: wait and try again (until the record's expiry, when it reported
-    /// one, and not sooner than the retry delay), or give up.
+    /// An attempt failed: wait and try again (after the retry delay, or when the record's
+    /// holder runs out if that is sooner; a release hint cuts the wait short), or give up.
     fn fail_attempt(&mut self, error: LockError, left: Option<Duration>) {
         let retry = self.cfg.retry;
         match self.attempts.next_retry(self.now, retry, None, None) {
             Some(backoff) => {
-                let expiry = self.now.saturating_add(left.unwrap_or(Duration::ZERO));
-                let retry_at = backoff.max(expiry).min(self.attempts.wait_until);
+                let expiry = left.map_or(Instant::MAX, |l| self.now.saturating_add(l));
+                let retry_at = backoff.min(expiry).min(self.attempts.wait_until);
                 self.phase = Phase::Waiting { retry_at };
                 self.emit(Event::Retrying {
                     attempt: self.attempts.count,
