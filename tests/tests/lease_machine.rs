@@ -360,3 +360,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_late_grant_of_a_timed_out_take_is_released_once_nothing_uses_it() {
+    let (cfg, table) = (cfg(), Table::new());
+    let mut a = machine(&cfg, 1);
+    a.acquire(at(0)).unwrap();
+    let (t, _) = sent(&mut a);
+    let take = t[0].clone();
+    // Cancelled while the take is in flight: the release waits for the take's answer.
+    a.release(at(10)).unwrap();
+    let (t, _) = sent(&mut a);
+    assert!(t.is_empty(), "{t:?}");
+    // No answer within the request timeout: the release goes out.
+    a.handle_timeout(at(0) + cfg.op_timeout());
+    let (t, _) = sent(&mut a);
+    assert!(matches!(t[0].command, Command::Release { .. }));
+    let reply = table.execute(at(200), &t[0].command);
+    assert!(a.handle_reply(at(200), t[0].node, t[0].op, reply));
+    let (_, e) = sent(&mut a);
+    assert!(matches!(e[0], Event::Released { .. }), "{e:?}");
+    // The take arrives after the release and is applied: its late grant is released again.
+    let late = table.execute(at(300), &take.command);
+    assert!(matches!(late, Reply::Granted { .. }));
+    assert!(a.handle_reply(at(300), take.node, take.op, late));
+    let (t, _) = sent(&mut a);
+    assert!(matches!(t[0].command, Command::Release { .. }), "{t:?}");
+    assert_eq!(table.execute(at(301), &t[0].command), Reply::Released);
+    assert_eq!(table.held(at(301)), 0);
+}
+
+#[test]
+fn a_late_grant_of_the_acquisition_holding_the_lock_is_kept() {
+    let (cfg, table) = (cfg(), Table::new());
+    let mut a = machine(&cfg, 1);
+    a.acquire(at(0)).unwrap();
+    let (t, _) = sent(&mut a);
+    let first = t[0].clone();
+    // The first take times out; the inspect shows it was not applied; the retake wins.
+    a.handle_timeout(at(0) + cfg.op_timeout());
+    let e = run(&mut a, &table, at(160));
+    assert!(matches!(e[0], Event::Retrying { .. }), "{e:?}");
+    a.wake(at(170));
+    let e = run(&mut a, &table, at(170));
+    assert!(matches!(e[0], Event::Acquired { .. }), "{e:?}");
+    // The first take's late answer (a retake of our own record) changes nothing.
+    let late = table.execute(at(180), &first.command);
+    assert!(a.handle_reply(at(180), first.node, first.op, late));
+    let (t, _) = sent(&mut a);
+    assert!(t.is_empty(), "{t:?}");
+    assert!(matches!(a.state(), State::Held { .. }));
+}

@@ -75,7 +75,13 @@ pub struct LeaseLock {
     failure: Option<LockError>,
     /// A release asked for while a take was in flight: sent once the take is answered.
     release_after: bool,
+    /// Takes that timed out (their answer may still come) with their owner: a late grant
+    /// that no acquisition of ours uses is released again.
+    late_takes: VecDeque<(OpId, Bytes)>,
 }
+
+/// Timed-out takes remembered for a late answer.
+const LATE_TAKES: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -167,6 +173,7 @@ impl LeaseLock {
             renew_error: None,
             failure: None,
             release_after: false,
+            late_takes: VecDeque::new(),
         })
     }
 
@@ -424,6 +431,12 @@ impl LeaseLock {
         if let Some(p) = self.pending {
             if now >= p.deadline {
                 self.pending = None;
+                if p.kind == Kind::Take {
+                    if self.late_takes.len() == LATE_TAKES {
+                        self.late_takes.pop_front();
+                    }
+                    self.late_takes.push_back((p.op, self.owner.clone()));
+                }
                 self.on_reply(
                     p,
                     Reply::Unknown("no answer within the request timeout".into()),
@@ -437,6 +450,35 @@ impl LeaseLock {
             }
             _ => {}
         }
+    }
+
+    /// The answer to a take that had timed out. A grant that no acquisition of ours is using
+    /// (an earlier acquisition's, or this one's after it ended) is released again, so it
+    /// does not block others until it expires. Returns whether `op` was such a take.
+    fn late_answer(&mut self, op: OpId, reply: &Reply) -> bool {
+        let Some(i) = self.late_takes.iter().position(|(o, _)| *o == op) else {
+            return false;
+        };
+        let Some((_, owner)) = self.late_takes.remove(i) else {
+            return false;
+        };
+        let ended = matches!(
+            self.phase,
+            Phase::Idle | Phase::Done | Phase::Releasing | Phase::Failing
+        );
+        if matches!(reply, Reply::Granted { .. }) && (owner != self.owner || ended) {
+            self.next_op = self.next_op.wrapping_add(1);
+            let command = Command::Release {
+                name: self.name.clone(),
+                owner,
+            };
+            self.out.push_back(Output::Transmit(Transmit {
+                node: NodeId(0),
+                op: OpId(self.next_op),
+                command,
+            }));
+        }
+        true
     }
 
     fn on_reply(&mut self, p: Pending, reply: Reply) {
@@ -665,7 +707,7 @@ impl LockMachine for LeaseLock {
             return false;
         }
         let Some(p) = self.pending.filter(|p| p.op == op) else {
-            return false;
+            return self.late_answer(op, &reply);
         };
         self.pending = None;
         self.on_reply(p, reply);
