@@ -1,4 +1,4 @@
-//! What every protocol's deliberate bugs share: a set of them ([`Bugs`]) and the macro that
+//! What every protocol's deliberate bugs share: a set of them (`Bugs`) and the macro that
 //! declares one protocol's list (`redlock/bugs.rs`, `etcd/bugs.rs`). Each protocol keeps its
 //! bugs in its own folder; the simulator proves that its oracle catches each one. Compiled in
 //! only with the `bugs` feature (without it the modules are private and every check is false).

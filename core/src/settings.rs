@@ -11,6 +11,10 @@ use crate::time::{nanos, Duration, Instant};
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest key (prefix + name) accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
+/// Shortest token accepted (bytes): 128 bits.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest token accepted (bytes).
+pub const MAX_TOKEN_LEN: usize = 64;
 /// Default clock drift rate bound, in parts per million (1%, as the Redis page suggests).
 pub const DEFAULT_DRIFT_PPM: u32 = 10_000;
 /// Default constant added to the drift allowance (timer and scheduling slack).
@@ -126,6 +130,74 @@ impl Lease {
             op_timeout,
         })
     }
+}
+
+/// The setters of the shared [`Lease`] settings, written once for every protocol's config
+/// builder (a builder with a `lease: Lease` field): `lease`, `ttl`, `drift`, the request
+/// timeout (named as the protocol names it), `retry`, `wait`.
+macro_rules! lease_setters {
+    (ttl: $ttl_doc:literal, timeout: $timeout:ident, $timeout_doc:literal) => {
+        /// Every shared lease setting at once (ttl, drift, request timeout, wait, retry).
+        pub fn lease(mut self, lease: $crate::settings::Lease) -> Self {
+            self.lease = lease;
+            self
+        }
+        #[doc = $ttl_doc]
+        pub fn ttl(mut self, ttl: $crate::time::Duration) -> Self {
+            self.lease.ttl = ttl;
+            self
+        }
+        /// Clock drift rate bound in parts per million and the constant floor added to it.
+        pub fn drift(mut self, ppm: u32, floor: $crate::time::Duration) -> Self {
+            self.lease.drift_ppm = ppm;
+            self.lease.drift_floor = floor;
+            self
+        }
+        #[doc = $timeout_doc]
+        pub fn $timeout(mut self, timeout: $crate::time::Duration) -> Self {
+            self.lease.op_timeout = Some(timeout);
+            self
+        }
+        /// Delay between attempts.
+        pub fn retry(mut self, retry: $crate::settings::Retry) -> Self {
+            self.lease.retry = retry;
+            self
+        }
+        /// How long to keep trying.
+        pub fn wait(mut self, wait: $crate::settings::Wait) -> Self {
+            self.lease.wait = wait;
+            self
+        }
+    };
+}
+pub(crate) use lease_setters;
+
+/// A lock key (`len` bytes, prefix included) must be non-empty and at most `max` bytes.
+pub(crate) fn check_key(len: usize, max: usize) -> Result<(), UsageError> {
+    if len == 0 {
+        return Err(UsageError::EmptyKey);
+    }
+    if len > max {
+        return Err(UsageError::KeyTooLong { len, max });
+    }
+    Ok(())
+}
+
+/// A token proves a key is ours: [`MIN_TOKEN_LEN`] to [`MAX_TOKEN_LEN`] bytes.
+pub(crate) fn check_token(token: &[u8]) -> Result<(), UsageError> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(UsageError::TokenTooShort {
+            len: token.len(),
+            min: MIN_TOKEN_LEN,
+        });
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(UsageError::TokenTooLong {
+            len: token.len(),
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    Ok(())
 }
 
 /// A drift allowance above half the ttl leaves a lock too short to be of use (and says the

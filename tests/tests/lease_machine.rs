@@ -307,6 +307,8 @@ proptest! {
         let mut m = machine(&cfg, 7);
         let mut now = at(1_000);
         let mut ops: Vec<(OpId, Instant, Command)> = Vec::new();
+        // The deadline last claimed (Acquired or Extended), itself checked when claimed.
+        let mut claimed = Instant::ZERO;
         for a in actions {
             let mut backed: Option<Instant> = None;
             match a {
@@ -346,10 +348,18 @@ proptest! {
             while let Some(out) = m.poll_output() {
                 match out {
                     Output::Transmit(t) => ops.push((t.op, now, t.command)),
-                    Output::Event(Event::Acquired { valid_until, .. } | Event::Extended { valid_until }) => {
+                    Output::Event(e @ (Event::Acquired { .. } | Event::Extended { .. })) => {
+                        let (valid_until, earlier) = match e {
+                            Event::Acquired { valid_until, .. } => (valid_until, Instant::ZERO),
+                            Event::Extended { valid_until } => (valid_until, claimed),
+                            _ => unreachable!(),
+                        };
                         prop_assert!(valid_until > now, "claimed at or past its deadline");
                         let bound = backed.ok_or_else(|| TestCaseError::fail("a claim not backed by an acknowledged write"))?;
-                        prop_assert!(valid_until <= bound, "{valid_until:?} past what the store granted ({bound:?})");
+                        // An extension never shortens the hold: its deadline is what this
+                        // answer backs, or the one already claimed.
+                        prop_assert!(valid_until <= bound.max(earlier), "{valid_until:?} past what the store granted ({bound:?})");
+                        claimed = valid_until;
                     }
                     Output::Event(_) => {}
                 }

@@ -80,30 +80,11 @@ pub struct EtcdConfigBuilder {
 }
 
 impl EtcdConfigBuilder {
-    /// Lease time to live: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL). etcd
-    /// counts whole seconds: the ttl is rounded up. etcd may grant more (its minimum is 1.5x
-    /// its election timeout, 2 s by default) or less: the machine relies on the smaller of
-    /// granted and asked.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.lease.ttl = ttl;
-        self
-    }
-    /// Every shared lease setting at once (ttl, drift, request timeout, wait, retry).
-    pub fn lease(mut self, lease: Lease) -> Self {
-        self.lease = lease;
-        self
-    }
-    /// Clock drift rate bound in parts per million and the constant floor added to it.
-    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
-        self.lease.drift_ppm = ppm;
-        self.lease.drift_floor = floor;
-        self
-    }
-    /// Timeout of each request (not of watches); must be shorter than the validity.
-    pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.lease.op_timeout = Some(timeout);
-        self
-    }
+    crate::settings::lease_setters!(
+        ttl: "Lease time to live: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL). etcd counts whole seconds: the ttl is rounded up. etcd may grant more (its minimum is 1.5x its election timeout, 2 s by default) or less: the machine relies on the smaller of granted and asked.",
+        timeout: op_timeout,
+        "Timeout of each request (not of watches; default ttl/20, at most 5 s); must be shorter than the validity."
+    );
     /// Time between keepalives (default ttl/3, as etcd's own client).
     pub fn keepalive_every(mut self, every: Duration) -> Self {
         self.keepalive_every = Some(every);
@@ -113,16 +94,6 @@ impl EtcdConfigBuilder {
     /// safety net for a watch the transport lost without saying so.
     pub fn recheck(mut self, every: Duration) -> Self {
         self.recheck = Some(every);
-        self
-    }
-    /// Delay between attempts after a failed request.
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.lease.retry = retry;
-        self
-    }
-    /// How long to keep trying: queued behind the holder, or retrying after errors.
-    pub fn wait(mut self, wait: Wait) -> Self {
-        self.lease.wait = wait;
         self
     }
     /// Turns on a deliberately wrong behaviour, so the simulator can prove it catches it.

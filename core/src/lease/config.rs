@@ -66,37 +66,11 @@ pub struct LeaseConfigBuilder {
 }
 
 impl LeaseConfigBuilder {
-    /// Every shared lease setting at once (ttl, drift, request timeout, wait, retry).
-    pub fn lease(mut self, lease: Lease) -> Self {
-        self.lease = lease;
-        self
-    }
-    /// Time to live of the record: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.lease.ttl = ttl;
-        self
-    }
-    /// Clock drift rate bound in parts per million and the constant floor added to it.
-    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
-        self.lease.drift_ppm = ppm;
-        self.lease.drift_floor = floor;
-        self
-    }
-    /// Timeout of each request; must be shorter than the validity.
-    pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.lease.op_timeout = Some(timeout);
-        self
-    }
-    /// Delay between attempts.
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.lease.retry = retry;
-        self
-    }
-    /// How long to keep trying.
-    pub fn wait(mut self, wait: Wait) -> Self {
-        self.lease.wait = wait;
-        self
-    }
+    crate::settings::lease_setters!(
+        ttl: "Time to live of the record: positive, at most [`MAX_TTL`](crate::settings::MAX_TTL).",
+        timeout: op_timeout,
+        "Timeout of each request (default ttl/20, at most 5 s); must be shorter than the validity."
+    );
     /// Renew automatically every `every` (default ttl/3), at most `max_extensions` times.
     pub fn auto_extend(mut self, every: Option<Duration>, max_extensions: Option<u32>) -> Self {
         self.auto_extend = Some((every, max_extensions));

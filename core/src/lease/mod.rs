@@ -43,10 +43,7 @@ use crate::settings::{Attempts, MAX_KEY_LEN};
 use crate::time::{Duration, Instant};
 use bugs::LeaseBug as Bug;
 
-/// Shortest token accepted (bytes): 128 bits.
-pub const MIN_TOKEN_LEN: usize = 16;
-/// Longest token accepted (bytes).
-pub const MAX_TOKEN_LEN: usize = 64;
+pub use crate::settings::{MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 
 /// The lease-record machine for one lock name. It talks to one node: the store.
 #[derive(Debug)]
@@ -133,27 +130,8 @@ impl LeaseLock {
         token: &[u8],
         seed: u64,
     ) -> Result<LeaseLock, UsageError> {
-        if name.is_empty() {
-            return Err(UsageError::EmptyKey);
-        }
-        if name.len() > MAX_KEY_LEN {
-            return Err(UsageError::KeyTooLong {
-                len: name.len(),
-                max: MAX_KEY_LEN,
-            });
-        }
-        if token.len() < MIN_TOKEN_LEN {
-            return Err(UsageError::TokenTooShort {
-                len: token.len(),
-                min: MIN_TOKEN_LEN,
-            });
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(UsageError::TokenTooLong {
-                len: token.len(),
-                max: MAX_TOKEN_LEN,
-            });
-        }
+        crate::settings::check_key(name.len(), MAX_KEY_LEN)?;
+        crate::settings::check_token(token)?;
         Ok(LeaseLock {
             cfg: cfg.clone(),
             name: Bytes::copy_from_slice(name),

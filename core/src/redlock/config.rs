@@ -129,6 +129,11 @@ impl Default for RedLockConfigBuilder {
 }
 
 impl RedLockConfigBuilder {
+    crate::settings::lease_setters!(
+        ttl: "Time to live: positive, whole milliseconds, at most [`MAX_TTL`](crate::settings::MAX_TTL).",
+        timeout: node_timeout,
+        "Per-node timeout of each round (default ttl/20); must be shorter than the validity."
+    );
     /// The nodes, by whatever identifies them to the caller (URLs, addresses). Only their
     /// count and distinctness matter here; node `i` of the machine is the `i`-th given.
     pub fn nodes<T: PartialEq>(mut self, nodes: &[T]) -> Self {
@@ -147,37 +152,6 @@ impl RedLockConfigBuilder {
         } else {
             Ok(n)
         };
-        self
-    }
-    /// Every shared lease setting at once (ttl, drift, per-node timeout, wait, retry).
-    pub fn lease(mut self, lease: Lease) -> Self {
-        self.lease = lease;
-        self
-    }
-    /// Time to live: positive, whole milliseconds, at most [`MAX_TTL`](crate::settings::MAX_TTL).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.lease.ttl = ttl;
-        self
-    }
-    /// Clock drift rate bound in parts per million and the constant floor added to it.
-    pub fn drift(mut self, ppm: u32, floor: Duration) -> Self {
-        self.lease.drift_ppm = ppm;
-        self.lease.drift_floor = floor;
-        self
-    }
-    /// Per-node timeout of each round; must be shorter than the validity.
-    pub fn node_timeout(mut self, timeout: Duration) -> Self {
-        self.lease.op_timeout = Some(timeout);
-        self
-    }
-    /// Delay between attempts.
-    pub fn retry(mut self, retry: Retry) -> Self {
-        self.lease.retry = retry;
-        self
-    }
-    /// How long to keep trying.
-    pub fn wait(mut self, wait: Wait) -> Self {
-        self.lease.wait = wait;
         self
     }
     /// At most this many attempts (in addition to the wait bound); at least one.

@@ -48,10 +48,7 @@ use crate::time::{Duration, Instant};
 
 use bugs::RedLockBug as Bug;
 
-/// Minimum length of the caller's random token, in bytes (128 bits).
-pub const MIN_TOKEN_LEN: usize = 16;
-/// Maximum length of the caller's token, in bytes (it travels, in hex, with every command).
-pub const MAX_TOKEN_LEN: usize = 64;
+pub use crate::settings::{MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 
 /// The RedLock machine for one lock name.
 #[derive(Debug)]
@@ -173,24 +170,8 @@ impl RedLock {
             return Err(UsageError::EmptyKey);
         }
         let len = cfg.key_prefix.len() + name.len();
-        if len > MAX_KEY_LEN {
-            return Err(UsageError::KeyTooLong {
-                len,
-                max: MAX_KEY_LEN,
-            });
-        }
-        if token.len() < MIN_TOKEN_LEN {
-            return Err(UsageError::TokenTooShort {
-                len: token.len(),
-                min: MIN_TOKEN_LEN,
-            });
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(UsageError::TokenTooLong {
-                len: token.len(),
-                max: MAX_TOKEN_LEN,
-            });
-        }
+        crate::settings::check_key(len, MAX_KEY_LEN)?;
+        crate::settings::check_token(token)?;
         let mut key = BytesMut::with_capacity(len);
         key.put_slice(&cfg.key_prefix);
         key.put_slice(name);
