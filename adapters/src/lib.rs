@@ -5,6 +5,7 @@
 //! - `redis`: [`redis::Redis`], RedLock over independent Redis nodes.
 //! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
 //! - `memory`: [`memory::Memory`], a process-local lock table on the lease-record machine.
+//! - `postgres`: [`postgres::Postgres`], lease rows in a PostgreSQL table.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
@@ -22,9 +23,13 @@ mod driver;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "client")]
+mod hints;
+#[cfg(feature = "client")]
 mod hold;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -2,8 +2,7 @@
 //! the RESP encoding of the RedLock machine's commands (scripts by SHA, loaded again when a
 //! server lost them) and the pub/sub release hints shared by every waiter of a client.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,10 @@ use lucky_core::redlock::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{RedisError, Value};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 
 use crate::driver::{self, Subscription, Transport};
+use crate::hints::Hints;
 use crate::{redact, Error};
 
 /// The connections to every node.
@@ -38,55 +38,22 @@ impl Nodes {
 }
 
 /// Release notifications: one pub/sub connection per node, shared by every waiter of the
-/// client; each message wakes the waiters of its channel. A channel stays subscribed once a
-/// waiter needed it (an UNSUBSCRIBE racing the next waiter's SUBSCRIBE would silently cost
-/// that waiter its wake-ups), up to [`MAX_CHANNELS`]; past that, waiters fall back to
-/// jittered retries.
+/// client; each message wakes the longest waiter of its channel ([`Hints`]). A channel stays
+/// subscribed once a waiter needed it (an UNSUBSCRIBE racing the next waiter's SUBSCRIBE would
+/// silently cost that waiter its wake-ups), up to [`MAX_CHANNELS`]; past that, waiters fall
+/// back to jittered retries.
 #[derive(Default)]
 struct Wake {
-    waiters: std::sync::Mutex<Waiters>,
+    hints: Arc<Hints>,
     subscribed: tokio::sync::Mutex<BTreeSet<Vec<u8>>>,
-    next_id: AtomicU64,
 }
-
-/// Per channel, its local waiters in arrival order (id, wake-up).
-type Waiters = BTreeMap<Vec<u8>, Vec<(u64, Arc<Notify>)>>;
 
 /// Most lock names one client keeps subscribed for release notifications.
 const MAX_CHANNELS: usize = 4096;
 
 impl Wake {
     fn notify(&self, channel: &[u8]) {
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Wake the longest-waiting local waiter only: one contender per process, in order,
-        // instead of a stampede of every waiter into a split vote.
-        if let Some((_, n)) = waiters.get(channel).and_then(|list| list.first()) {
-            n.notify_one();
-        }
-    }
-}
-
-/// Unregisters a waiter when dropped.
-struct Unsubscribe {
-    nodes: Arc<Nodes>,
-    channel: Vec<u8>,
-    id: u64,
-}
-
-impl Drop for Unsubscribe {
-    fn drop(&mut self) {
-        let mut w = self
-            .nodes
-            .wake
-            .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = w.get_mut(&self.channel) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                w.remove(&self.channel);
-            }
-        }
+        self.hints.notify(channel);
     }
 }
 
@@ -361,19 +328,7 @@ impl Transport for Nodes {
     fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> driver::BoxFuture<Option<Subscription>> {
         let nodes = self.clone();
         Box::pin(async move {
-            let notify = Arc::new(Notify::new());
-            let id = nodes.wake.next_id.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut w = nodes.wake.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                w.entry(channel.clone())
-                    .or_default()
-                    .push((id, notify.clone()));
-            }
-            let keep = Unsubscribe {
-                nodes: nodes.clone(),
-                channel: channel.clone(),
-                id,
-            };
+            let subscription = nodes.wake.hints.register(channel.clone());
             // Held across the SUBSCRIBEs: a second waiter of the channel waits until they took.
             let mut subscribed = nodes.wake.subscribed.lock().await;
             if !subscribed.contains(&channel) {
@@ -393,10 +348,7 @@ impl Transport for Nodes {
                 }
                 subscribed.insert(channel);
             }
-            Some(Subscription {
-                notify,
-                _keep: Box::new(keep),
-            })
+            Some(subscription)
         })
     }
     fn send(

@@ -1,0 +1,278 @@
+//! PostgreSQL (feature `postgres`): the lease-record machine of lucky-core on one row per lock
+//! name in a table (default `lucky_locks`), judged by the server's clock. Releases announce
+//! themselves with `NOTIFY`, so waiters are woken without polling.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), lucky::Error> {
+//! use std::time::Duration;
+//! let pg = lucky::postgres::Postgres::connect("postgres://postgres@127.0.0.1/postgres").await?;
+//! let guard = pg.lock("jobs/nightly").ttl(Duration::from_secs(30)).await?;
+//! let fence = guard.fence(); // rises with every new holder of the name, never reset
+//! guard.release().await?;
+//! # let _ = fence;
+//! # Ok(()) }
+//! ```
+//!
+//! The table (created on first use unless [`PostgresBuilder::create_table`] is off):
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS lucky_locks (name text PRIMARY KEY, owner bytea,
+//!                                         fence bigint NOT NULL, expires_at timestamptz);
+//! ```
+//!
+//! Each command is one statement: take is an `INSERT ... ON CONFLICT DO UPDATE ... WHERE`
+//! (free, expired on `clock_timestamp()`, or already ours; the fence rises on a takeover
+//! only), renew and release are `UPDATE`s guarded by the owner, and release clears the owner
+//! but keeps the row, so the fence never restarts. A statement whose connection broke after
+//! it was sent is an unknown outcome, settled by the machine with a read before anything is
+//! claimed. [`begin_guarded`] opens a transaction that first checks, inside it, that the lock
+//! is still ours on the server's clock: a holder that lost its lease cannot commit.
+
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lucky_core::lease::{LeaseConfig, LeaseLock};
+
+use crate::client::{self, sealed, LockFuture, Options};
+use crate::clock::Clock;
+use crate::driver::{self, Tasks};
+pub use crate::{Error, Guard};
+use transport::{Db, Route, Sql};
+
+/// Configures a [`Postgres`] client before connecting.
+pub type PostgresBuilder = crate::Builder<Postgres>;
+/// One lock request of a [`Postgres`] client; `.await` it to acquire.
+pub type LockRequest<'a> = crate::LockRequest<'a, Postgres>;
+
+/// PostgreSQL's own per-lock settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresExtra {
+    auto_extend: bool,
+}
+
+/// Connection settings beyond the URL: the table and whether to create it.
+#[derive(Clone, Debug)]
+pub struct PostgresSetup {
+    table: String,
+    create_table: bool,
+}
+
+impl Default for PostgresSetup {
+    fn default() -> Self {
+        PostgresSetup {
+            table: "lucky_locks".into(),
+            create_table: true,
+        }
+    }
+}
+
+/// A PostgreSQL lock client. Cheap to clone; share one per process.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    db: Arc<Db>,
+    table: String,
+    clock: Clock,
+    defaults: Options<PostgresExtra>,
+}
+
+impl Postgres {
+    /// Connects with the default settings (table `lucky_locks`, created if missing; ttl 30 s,
+    /// wait 10 s, renewal every ttl/3).
+    pub async fn connect(url: &str) -> Result<Postgres, Error> {
+        Postgres::builder(url).connect().await
+    }
+
+    /// Starts configuring a client for `url` (`postgres://user:password@host:port/db`, or a
+    /// `key=value` connection string).
+    pub fn builder(url: &str) -> PostgresBuilder {
+        PostgresBuilder::new([url])
+    }
+
+    /// Asks for the lock `name`; configure it, then `.await` it.
+    pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
+        LockRequest::new(self, name.into())
+    }
+
+    /// Waits, at most `timeout`, until every background task of this client has finished
+    /// (releases of dropped guards, renewals of held locks, clean-ups).
+    pub async fn close(&self, timeout: Duration) -> bool {
+        client::close(self, timeout).await
+    }
+
+    /// The table the locks live in.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+impl PostgresBuilder {
+    /// The table (default `lucky_locks`): an identifier, optionally schema-qualified
+    /// (`app.locks`); letters, digits and `_`, not starting with a digit.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.setup.table = table.into();
+        self
+    }
+    /// Create the table on connect if it is missing (default on; off for schemas managed
+    /// elsewhere: the DDL is in the module documentation).
+    pub fn create_table(mut self, on: bool) -> Self {
+        self.setup.create_table = on;
+        self
+    }
+    /// Keep held locks alive in the background (default on, every ttl/3).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.defaults.extra.auto_extend = on;
+        self
+    }
+}
+
+impl LockRequest<'_> {
+    /// Keep the lock alive in the background (default on).
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.extra().auto_extend = on;
+        self
+    }
+}
+
+/// Whether `table` is a plain identifier, optionally schema-qualified: what may be written
+/// into a statement unquoted.
+fn check_table(table: &str) -> Result<(), String> {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 63
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !part.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| ok(p)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "table {table:?} is not an identifier (letters, digits, _; optionally schema.table)"
+        ))
+    }
+}
+
+fn config(o: &Options<PostgresExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
+    let b = LeaseConfig::builder().lease(o.lease);
+    let b = if o.extra.auto_extend {
+        b.auto_extend(None, None)
+    } else {
+        b
+    };
+    b.build()
+}
+
+impl sealed::Client for Postgres {
+    type Extra = PostgresExtra;
+    type Setup = PostgresSetup;
+
+    fn default_extra() -> PostgresExtra {
+        PostgresExtra { auto_extend: true }
+    }
+
+    async fn connect(b: PostgresBuilder) -> Result<Postgres, Error> {
+        config(&b.defaults)?;
+        let bad = |endpoint: &str, reason: String| Error::BadEndpoint {
+            backend: "PostgreSQL",
+            endpoint: crate::redact(endpoint),
+            reason,
+        };
+        let [url] = &b.targets[..] else {
+            return Err(bad(
+                &b.targets.join(","),
+                "give exactly one connection URL".into(),
+            ));
+        };
+        check_table(&b.setup.table).map_err(|r| bad(url, r))?;
+        let pg_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| bad(url, crate::redact(&e.to_string())))?;
+        let db = Arc::new(Db::new(
+            pg_config,
+            Sql::new(&b.setup.table),
+            b.connect_timeout,
+        ));
+        let ready = if b.setup.create_table {
+            db.prepare(&db.sql.create).await
+        } else {
+            db.prepare("SELECT 1").await
+        };
+        if let Err(e) = ready {
+            return Err(Error::Unreachable {
+                backend: "PostgreSQL",
+                reachable: 0,
+                total: 1,
+                needed: 1,
+                details: format!("{}: {}", crate::redact(url), crate::redact(&e)),
+            });
+        }
+        Ok(Postgres {
+            db,
+            table: b.setup.table,
+            clock: Clock::new(),
+            defaults: b.defaults,
+        })
+    }
+
+    fn defaults(&self) -> &Options<PostgresExtra> {
+        &self.defaults
+    }
+
+    fn start(
+        &self,
+        name: String,
+        options: &Options<PostgresExtra>,
+    ) -> Result<LockFuture<'static>, Error> {
+        let cfg = config(options)?;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
+        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x5bd1_e995;
+        let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
+        let transport = Arc::new(Route {
+            db: self.db.clone(),
+        });
+        Ok(Box::pin(driver::acquire(
+            machine, transport, self.clock, name, None,
+        )))
+    }
+
+    fn tasks(&self) -> &Arc<Tasks> {
+        &self.db.tasks
+    }
+}
+
+/// Opens a transaction on `client` that first checks, inside it, that `guard`'s lock is still
+/// held on the server's clock (its row names our owner and has not expired), and locks the
+/// row against takeover until commit. Returns the transaction and the fence, or `None` when
+/// the lock is no longer ours: then nothing may be written. Commit it as usual.
+pub async fn begin_guarded<'c>(
+    client: &'c mut tokio_postgres::Client,
+    table: &str,
+    guard: &Guard,
+) -> Result<Option<(tokio_postgres::Transaction<'c>, u64)>, tokio_postgres::Error> {
+    let Some(owner) = guard.key() else {
+        return Ok(None);
+    };
+    if check_table(table).is_err() {
+        return Ok(None);
+    }
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT fence FROM {table} WHERE name = $1 AND owner = $2 \
+                 AND expires_at > clock_timestamp() FOR SHARE"
+            ),
+            &[&guard.name(), &owner],
+        )
+        .await?;
+    match row {
+        Some(r) => {
+            let fence: i64 = r.try_get(0)?;
+            Ok(Some((tx, u64::try_from(fence).unwrap_or(0))))
+        }
+        None => Ok(None),
+    }
+}
