@@ -35,6 +35,8 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   etcd://host:2379[,host:2379...]    etcd lease lock (etcdctl lock compatible)
                   etcd://user:password@host:2379     etcd authentication
                   etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
+                  postgres://user:pw@host:5432/db[?table=lucky_locks&mode=lease]
+                                                     lease rows in a PostgreSQL table
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
   --wait D        how long to wait for the lock (default: forever, as flock)
@@ -123,6 +125,11 @@ const SCHEMES: &[Scheme] = &[
         names: &["etcd", "etcds"],
         check: etcd_check,
         connect: etcd_connect,
+    },
+    Scheme {
+        names: &["postgres", "postgresql"],
+        check: postgres_check,
+        connect: postgres_connect,
     },
 ];
 
@@ -214,6 +221,56 @@ fn etcd_connect(u: BackendUrl) -> Connecting {
             builder = builder.tls(tls);
         }
         let c = builder.connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
+    })
+}
+
+/// PostgreSQL's URL: `?table=` (default `lucky_locks`) and `?mode=lease` are Lucky's; every
+/// other parameter goes to the driver (`application_name=`, `connect_timeout=`, ...).
+fn postgres_params(u: &BackendUrl) -> Result<(Option<String>, Vec<String>), String> {
+    let (mut table, mut rest) = (None, Vec::new());
+    for kv in u.query.iter().flat_map(|q| q.split('&')) {
+        match kv.split_once('=') {
+            Some(("table", t)) => table = Some(t.to_owned()),
+            Some(("mode", "lease")) => {}
+            Some(("mode", m)) => {
+                return Err(format!(
+                    "mode={m} is not available: PostgreSQL locks are lease rows (mode=lease)"
+                ))
+            }
+            _ => rest.push(kv.to_owned()),
+        }
+    }
+    if u.hosts.len() != 1 {
+        return Err("postgres:// takes one host".into());
+    }
+    Ok((table, rest))
+}
+
+fn postgres_check(u: &BackendUrl) -> Result<(), String> {
+    postgres_params(u).map(|_| ())
+}
+
+fn postgres_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let (table, rest) = postgres_params(&u).map_err(|reason| Error::BadEndpoint {
+            backend: "PostgreSQL",
+            endpoint: crate::redact(&u.hosts.join(",")),
+            reason,
+        })?;
+        let auth = u.userinfo.map(|a| format!("{a}@")).unwrap_or_default();
+        let db = u.path.map(|p| format!("/{p}")).unwrap_or_default();
+        let query = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", rest.join("&"))
+        };
+        let url = format!("postgres://{auth}{}{db}{query}", u.hosts[0]);
+        let mut b = crate::postgres::Postgres::builder(&url);
+        if let Some(t) = table {
+            b = b.table(t);
+        }
+        let c = b.connect().await?;
         Ok(Box::new(c) as Box<dyn Locker>)
     })
 }

@@ -48,7 +48,31 @@ fn backends() -> Vec<String> {
     if rt.block_on(etcd_available(&etcd_endpoints())) {
         v.push(etcd_backend());
     }
+    if rt.block_on(postgres_available()) {
+        v.push(postgres_backend());
+    }
     v
+}
+
+/// The PostgreSQL of this machine (`LUCKY_POSTGRES_URL`), its locks in a table of the CLI
+/// tests' own.
+fn postgres_backend() -> String {
+    let base = std::env::var("LUCKY_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    format!("{base}?table=lucky_cli_test&mode=lease")
+}
+
+async fn postgres_available() -> bool {
+    let base = std::env::var("LUCKY_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let up = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .is_ok();
+    assert!(
+        up || !lucky_tests::servers::required(),
+        "PostgreSQL unreachable and LUCKY_REQUIRE_SERVERS=1"
+    );
+    up
 }
 
 fn exec(backend: &str, name: &str, flags: &[&str], cmd: &[&str]) -> Command {
