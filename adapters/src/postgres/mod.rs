@@ -232,6 +232,7 @@ impl sealed::Client for Postgres {
         let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
         let transport = Arc::new(Route {
             db: self.db.clone(),
+            waiter: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Box::pin(driver::acquire(
             machine, transport, self.clock, name, None,

@@ -335,6 +335,8 @@ fn failure(e: tokio_postgres::Error) -> Failure {
 /// One acquisition's way to the server.
 pub(super) struct Route {
     pub(super) db: Arc<Db>,
+    /// Its place in the client's line of waiters for the name (0: not in line).
+    pub(super) waiter: std::sync::atomic::AtomicU64,
 }
 
 impl Transport for Route {
@@ -347,7 +349,19 @@ impl Transport for Route {
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let db = self.db.clone();
-        async move { db.run(command).await }
+        // While a release hands the name to a local waiter, other local contenders wait
+        // their turn instead of overtaking it (the server still decides who holds).
+        let me = self.waiter.load(std::sync::atomic::Ordering::Acquire);
+        let hand_off = match &command {
+            Command::Take { name, .. } => db.hints.held_for(name, me),
+            _ => None,
+        };
+        async move {
+            match hand_off {
+                Some(left) => Reply::Held { left },
+                None => db.run(command).await,
+            }
+        }
     }
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
@@ -356,7 +370,8 @@ impl Transport for Route {
 
     fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
         self.db.listen();
-        let sub = self.db.hints.register(channel);
+        let (sub, id) = self.db.hints.register(channel);
+        self.waiter.store(id, std::sync::atomic::Ordering::Release);
         Box::pin(std::future::ready(Some(sub)))
     }
 }

@@ -328,7 +328,7 @@ impl Transport for Nodes {
     fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> driver::BoxFuture<Option<Subscription>> {
         let nodes = self.clone();
         Box::pin(async move {
-            let subscription = nodes.wake.hints.register(channel.clone());
+            let (subscription, _) = nodes.wake.hints.register(channel.clone());
             // Held across the SUBSCRIBEs: a second waiter of the channel waits until they took.
             let mut subscribed = nodes.wake.subscribed.lock().await;
             if !subscribed.contains(&channel) {
