@@ -6,6 +6,7 @@
 //! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
 //! - `memory`: [`memory::Memory`], a process-local lock table on the lease-record machine.
 //! - `postgres`: [`postgres::Postgres`], lease rows in a PostgreSQL table.
+//! - `mysql`: [`mysql::Mysql`], lease rows in a MySQL/MariaDB table.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
@@ -28,6 +29,8 @@ mod hints;
 mod hold;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

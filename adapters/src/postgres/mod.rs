@@ -135,25 +135,6 @@ impl LockRequest<'_> {
     }
 }
 
-/// Whether `table` is a plain identifier, optionally schema-qualified: what may be written
-/// into a statement unquoted.
-fn check_table(table: &str) -> Result<(), String> {
-    let ok = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 63
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !part.starts_with(|c: char| c.is_ascii_digit())
-    };
-    let parts: Vec<&str> = table.split('.').collect();
-    if parts.len() <= 2 && parts.iter().all(|p| ok(p)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "table {table:?} is not an identifier (letters, digits, _; optionally schema.table)"
-        ))
-    }
-}
-
 fn config(o: &Options<PostgresExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
     let b = LeaseConfig::builder().lease(o.lease);
     let b = if o.extra.auto_extend {
@@ -185,7 +166,7 @@ impl sealed::Client for Postgres {
                 "give exactly one connection URL".into(),
             ));
         };
-        check_table(&b.setup.table).map_err(|r| bad(url, r))?;
+        crate::client::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
         let pg_config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| bad(url, crate::redact(&e.to_string())))?;
@@ -256,7 +237,7 @@ pub async fn begin_guarded<'c>(
     let Some(owner) = guard.key() else {
         return Ok(None);
     };
-    if check_table(table).is_err() {
+    if crate::client::check_table(table).is_err() {
         return Ok(None);
     }
     let tx = client.transaction().await?;

@@ -1,0 +1,231 @@
+//! The MySQL/MariaDB transport: the lease-record machine's commands as parameterised
+//! statements on the `lucky_locks` table, judged by the server's `UTC_TIMESTAMP(6)` (never the
+//! session's local-time `NOW()`, which jumps at daylight-saving changes), over a connection
+//! pool. MySQL has no notifications: a release by this process wakes its local waiters; other
+//! processes' waiters retry after their delay, or when the holder's row runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lucky_core::lease::{Command, Reply};
+use mysql_async::prelude::Queryable;
+use mysql_async::Pool;
+
+use crate::driver::{self, BoxFuture, Subscription, Transport};
+use crate::hints::Hints;
+
+/// The statements of one table.
+#[derive(Debug)]
+pub(super) struct Sql {
+    pub(super) create: String,
+    take: String,
+    left: String,
+    renew: String,
+    release: String,
+    inspect: String,
+}
+
+impl Sql {
+    pub(super) fn new(table: &str) -> Sql {
+        let now = "UTC_TIMESTAMP(6)";
+        // Who may take: free, expired, or already the taker. MySQL assigns left to right,
+        // each assignment seeing the ones before: the fence reads the old owner and expiry,
+        // the owner the old expiry, the expiry the new owner.
+        let may = format!("(owner IS NULL OR expires_at <= {now} OR owner = VALUES(owner))");
+        Sql {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {table} (name VARCHAR(512) NOT NULL PRIMARY KEY, \
+                 owner VARBINARY(80) NULL, fence BIGINT NOT NULL, expires_at DATETIME(6) NULL) \
+                 ENGINE=InnoDB"
+            ),
+            take: format!(
+                "INSERT INTO {table} (name, owner, fence, expires_at) \
+                 VALUES (?, ?, LAST_INSERT_ID(1), {now} + INTERVAL ? MICROSECOND) \
+                 ON DUPLICATE KEY UPDATE \
+                 fence = IF({may}, LAST_INSERT_ID(IF(owner = VALUES(owner) AND expires_at > {now}, \
+                 fence, fence + 1)), fence), \
+                 owner = IF({may}, VALUES(owner), owner), \
+                 expires_at = IF(owner = VALUES(owner), VALUES(expires_at), expires_at)"
+            ),
+            left: format!(
+                "SELECT GREATEST(0, TIMESTAMPDIFF(MICROSECOND, {now}, expires_at)) \
+                 FROM {table} WHERE name = ?"
+            ),
+            renew: format!(
+                "UPDATE {table} SET expires_at = {now} + INTERVAL ? MICROSECOND \
+                 WHERE name = ? AND owner = ? AND expires_at > {now}"
+            ),
+            release: format!(
+                "UPDATE {table} SET owner = NULL, expires_at = NULL WHERE name = ? AND owner = ?"
+            ),
+            inspect: format!(
+                "SELECT IF(expires_at > {now}, owner, NULL), fence, \
+                 GREATEST(0, IFNULL(TIMESTAMPDIFF(MICROSECOND, {now}, expires_at), 0)) \
+                 FROM {table} WHERE name = ?"
+            ),
+        }
+    }
+}
+
+/// The pool every lock of a client shares.
+pub(super) struct Db {
+    pub(super) pool: Pool,
+    pub(super) sql: Sql,
+    pub(super) tasks: Arc<driver::Tasks>,
+    pub(super) hints: Arc<Hints>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+enum Failure {
+    /// The server refused the statement (nothing applied).
+    Refused(String),
+    /// Sent; what happened is unknown.
+    Unknown(String),
+    /// Not sent (no connection).
+    NotSent(String),
+}
+
+fn failure(e: mysql_async::Error) -> Failure {
+    match e {
+        mysql_async::Error::Server(s) => Failure::Refused(format!("{} ({})", s.message, s.code)),
+        other => Failure::Unknown(other.to_string()),
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn text(name: &Bytes) -> Result<&str, Failure> {
+    std::str::from_utf8(name).map_err(|_| Failure::Refused("lock name is not UTF-8".into()))
+}
+
+impl Db {
+    async fn run(&self, command: Command) -> Reply {
+        let is_read = matches!(command, Command::Inspect { .. });
+        match self.execute(command).await {
+            Ok(r) => r,
+            Err(Failure::Refused(e)) => Reply::Error(e),
+            Err(Failure::NotSent(e)) => Reply::Unavailable(e),
+            Err(Failure::Unknown(e)) if is_read => Reply::Unavailable(e),
+            Err(Failure::Unknown(e)) => Reply::Unknown(e),
+        }
+    }
+
+    async fn execute(&self, command: Command) -> Result<Reply, Failure> {
+        let mut c = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| Failure::NotSent(e.to_string()))?;
+        Ok(match command {
+            Command::Take { name, owner, ttl } => {
+                let n = text(&name)?;
+                c.exec_drop(&self.sql.take, (n, owner.to_vec(), micros(ttl)))
+                    .await
+                    .map_err(failure)?;
+                // 1: inserted, 2: updated (taken or retaken); 0: held by another.
+                if c.affected_rows() > 0 {
+                    Reply::Granted {
+                        fence: c.last_insert_id().unwrap_or(0),
+                    }
+                } else {
+                    let left: Option<i64> =
+                        c.exec_first(&self.sql.left, (n,)).await.map_err(failure)?;
+                    Reply::Held {
+                        left: Duration::from_micros(left.map_or(0, |l| l.max(0) as u64)),
+                    }
+                }
+            }
+            Command::Renew { name, owner, ttl } => {
+                let n = text(&name)?;
+                c.exec_drop(&self.sql.renew, (micros(ttl), n, owner.to_vec()))
+                    .await
+                    .map_err(failure)?;
+                if c.affected_rows() == 1 {
+                    Reply::Renewed
+                } else {
+                    Reply::NotOwner
+                }
+            }
+            Command::Release { name, owner } => {
+                let n = text(&name)?;
+                c.exec_drop(&self.sql.release, (n, owner.to_vec()))
+                    .await
+                    .map_err(failure)?;
+                if c.affected_rows() == 1 {
+                    // No server notifications: wake this process's longest waiter.
+                    self.hints.notify(&name);
+                    Reply::Released
+                } else {
+                    Reply::NotOwner
+                }
+            }
+            Command::Inspect { name } => {
+                let n = text(&name)?;
+                let row: Option<(Option<Vec<u8>>, i64, i64)> = c
+                    .exec_first(&self.sql.inspect, (n,))
+                    .await
+                    .map_err(failure)?;
+                match row {
+                    None => Reply::State {
+                        owner: None,
+                        fence: 0,
+                        left: Duration::ZERO,
+                    },
+                    Some((owner, fence, left)) => Reply::State {
+                        owner: owner.map(Bytes::from),
+                        fence: u64::try_from(fence).unwrap_or(0),
+                        left: Duration::from_micros(left.max(0) as u64),
+                    },
+                }
+            }
+        })
+    }
+}
+
+/// One acquisition's way to the server.
+pub(super) struct Route {
+    pub(super) db: Arc<Db>,
+    pub(super) waiter: std::sync::atomic::AtomicU64,
+}
+
+impl Transport for Route {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn send(
+        self: &Arc<Self>,
+        _node: usize,
+        command: Command,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
+        let db = self.db.clone();
+        let me = self.waiter.load(std::sync::atomic::Ordering::Acquire);
+        let hand_off = match &command {
+            Command::Take { name, .. } => db.hints.held_for(name, me),
+            _ => None,
+        };
+        async move {
+            match hand_off {
+                Some(left) => Reply::Held { left },
+                None => db.run(command).await,
+            }
+        }
+    }
+
+    fn tasks(&self) -> &Arc<driver::Tasks> {
+        &self.db.tasks
+    }
+
+    fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
+        let (sub, id) = self.db.hints.register(channel);
+        self.waiter.store(id, std::sync::atomic::Ordering::Release);
+        Box::pin(std::future::ready(Some(sub)))
+    }
+}
