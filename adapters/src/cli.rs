@@ -37,6 +37,8 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
                   postgres://user:pw@host:5432/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a PostgreSQL table
+                  mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
+                                                     lease rows in a MySQL/MariaDB table
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
   --wait D        how long to wait for the lock (default: forever, as flock)
@@ -128,8 +130,13 @@ const SCHEMES: &[Scheme] = &[
     },
     Scheme {
         names: &["postgres", "postgresql"],
-        check: postgres_check,
+        check: sql_check,
         connect: postgres_connect,
+    },
+    Scheme {
+        names: &["mysql", "mariadb"],
+        check: sql_check,
+        connect: mysql_connect,
     },
 ];
 
@@ -225,9 +232,13 @@ fn etcd_connect(u: BackendUrl) -> Connecting {
     })
 }
 
-/// PostgreSQL's URL: `?table=` (default `lucky_locks`) and `?mode=lease` are Lucky's; every
-/// other parameter goes to the driver (`application_name=`, `connect_timeout=`, ...).
-fn postgres_params(u: &BackendUrl) -> Result<(Option<String>, Vec<String>), String> {
+/// A SQL backend's URL: `?table=` (default `lucky_locks`) and `?mode=lease` are Lucky's;
+/// every other parameter goes to the driver. Returns the table and the driver's URL.
+fn sql_params(
+    u: &BackendUrl,
+    backend: &str,
+    scheme: &str,
+) -> Result<(Option<String>, String), String> {
     let (mut table, mut rest) = (None, Vec::new());
     for kv in u.query.iter().flat_map(|q| q.split('&')) {
         match kv.split_once('=') {
@@ -235,38 +246,60 @@ fn postgres_params(u: &BackendUrl) -> Result<(Option<String>, Vec<String>), Stri
             Some(("mode", "lease")) => {}
             Some(("mode", m)) => {
                 return Err(format!(
-                    "mode={m} is not available: PostgreSQL locks are lease rows (mode=lease)"
+                    "mode={m} is not available: {backend} locks are lease rows (mode=lease)"
                 ))
             }
             _ => rest.push(kv.to_owned()),
         }
     }
     if u.hosts.len() != 1 {
-        return Err("postgres:// takes one host".into());
+        return Err(format!("{}:// takes one host", u.scheme));
     }
-    Ok((table, rest))
+    let auth = u
+        .userinfo
+        .as_ref()
+        .map(|a| format!("{a}@"))
+        .unwrap_or_default();
+    let db = u.path.as_ref().map(|p| format!("/{p}")).unwrap_or_default();
+    let query = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", rest.join("&"))
+    };
+    let driver_url = format!("{scheme}://{auth}{}{db}{query}", u.hosts[0]);
+    Ok((table, driver_url))
 }
 
-fn postgres_check(u: &BackendUrl) -> Result<(), String> {
-    postgres_params(u).map(|_| ())
+fn sql_check(u: &BackendUrl) -> Result<(), String> {
+    sql_params(u, "SQL", "sql").map(|_| ())
+}
+
+fn sql_error(u: &BackendUrl, backend: &'static str, reason: String) -> Error {
+    Error::BadEndpoint {
+        backend,
+        endpoint: crate::redact(&u.hosts.join(",")),
+        reason,
+    }
 }
 
 fn postgres_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let (table, rest) = postgres_params(&u).map_err(|reason| Error::BadEndpoint {
-            backend: "PostgreSQL",
-            endpoint: crate::redact(&u.hosts.join(",")),
-            reason,
-        })?;
-        let auth = u.userinfo.map(|a| format!("{a}@")).unwrap_or_default();
-        let db = u.path.map(|p| format!("/{p}")).unwrap_or_default();
-        let query = if rest.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", rest.join("&"))
-        };
-        let url = format!("postgres://{auth}{}{db}{query}", u.hosts[0]);
+        let (table, url) =
+            sql_params(&u, "PostgreSQL", "postgres").map_err(|r| sql_error(&u, "PostgreSQL", r))?;
         let mut b = crate::postgres::Postgres::builder(&url);
+        if let Some(t) = table {
+            b = b.table(t);
+        }
+        let c = b.connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
+    })
+}
+
+fn mysql_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let (table, url) =
+            sql_params(&u, "MySQL", "mysql").map_err(|r| sql_error(&u, "MySQL", r))?;
+        let mut b = crate::mysql::Mysql::builder(&url);
         if let Some(t) = table {
             b = b.table(t);
         }

@@ -51,7 +51,29 @@ fn backends() -> Vec<String> {
     if rt.block_on(postgres_available()) {
         v.push(postgres_backend());
     }
+    if rt.block_on(mysql_available()) {
+        v.push(mysql_backend());
+    }
     v
+}
+
+/// The MariaDB/MySQL of this machine (`LUCKY_MYSQL_URL`), its locks in a table of the CLI
+/// tests' own.
+fn mysql_backend() -> String {
+    let base = std::env::var("LUCKY_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    format!("{base}?table=lucky_cli_test")
+}
+
+async fn mysql_available() -> bool {
+    let base = std::env::var("LUCKY_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let up = mysql_async::Conn::from_url(base).await.is_ok();
+    assert!(
+        up || !lucky_tests::servers::required(),
+        "MySQL unreachable and LUCKY_REQUIRE_SERVERS=1"
+    );
+    up
 }
 
 /// The PostgreSQL of this machine (`LUCKY_POSTGRES_URL`), its locks in a table of the CLI

@@ -98,6 +98,19 @@ fn failure(e: mysql_async::Error) -> Failure {
     }
 }
 
+/// Column `i` of `row` (`None` for SQL NULL); a value of another type is an unexpected reply,
+/// never a panic.
+fn column<T: mysql_async::prelude::FromValue>(
+    row: &mut mysql_async::Row,
+    i: usize,
+) -> Result<Option<T>, Failure> {
+    match row.take_opt::<Option<T>, usize>(i) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(Failure::Refused(format!("unexpected column {i}: {e}"))),
+        None => Err(Failure::Refused(format!("no column {i}"))),
+    }
+}
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -136,8 +149,13 @@ impl Db {
                         fence: c.last_insert_id().unwrap_or(0),
                     }
                 } else {
-                    let left: Option<i64> =
+                    // Released in between: the row's expiry is NULL (no time left).
+                    let row: Option<mysql_async::Row> =
                         c.exec_first(&self.sql.left, (n,)).await.map_err(failure)?;
+                    let left = match row {
+                        Some(mut r) => column::<i64>(&mut r, 0)?,
+                        None => None,
+                    };
                     Reply::Held {
                         left: Duration::from_micros(left.map_or(0, |l| l.max(0) as u64)),
                     }
@@ -169,7 +187,7 @@ impl Db {
             }
             Command::Inspect { name } => {
                 let n = text(&name)?;
-                let row: Option<(Option<Vec<u8>>, i64, i64)> = c
+                let row: Option<mysql_async::Row> = c
                     .exec_first(&self.sql.inspect, (n,))
                     .await
                     .map_err(failure)?;
@@ -179,11 +197,16 @@ impl Db {
                         fence: 0,
                         left: Duration::ZERO,
                     },
-                    Some((owner, fence, left)) => Reply::State {
-                        owner: owner.map(Bytes::from),
-                        fence: u64::try_from(fence).unwrap_or(0),
-                        left: Duration::from_micros(left.max(0) as u64),
-                    },
+                    Some(mut r) => {
+                        let owner = column::<Vec<u8>>(&mut r, 0)?;
+                        let fence = column::<i64>(&mut r, 1)?.unwrap_or(0);
+                        let left = column::<i64>(&mut r, 2)?.unwrap_or(0);
+                        Reply::State {
+                            owner: owner.map(Bytes::from),
+                            fence: u64::try_from(fence).unwrap_or(0),
+                            left: Duration::from_micros(left.max(0) as u64),
+                        }
+                    }
                 }
             }
         })
