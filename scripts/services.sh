@@ -5,7 +5,8 @@
 #   a three-member etcd cluster on 127.0.0.1:22791-22793 (peers 22801-22803; the tests' own
 #   single members use 23790-23797), data under $DIR/cluster/m1..m3, for the fail-over tests
 #   (LUCKY_ETCD_CLUSTER);
-#   the machine's PostgreSQL on 127.0.0.1:5432, if it is installed but stopped.
+#   the machine's PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (database
+#   `test`), if they are installed but stopped.
 # Installs redis-server, etcd-server, etcd-client and protobuf-compiler (protoc, which the
 # etcd-client crate's build needs) from Debian when they are missing. Idempotent.
 set -euo pipefail
@@ -64,12 +65,26 @@ start() {
     || { echo "etcd on 2379 did not start (see $DIR/etcd.log)" >&2; exit 1; }
   echo "etcd up on 127.0.0.1:2379"
   start_cluster
-  # PostgreSQL (the fenced-write example) runs on this kind of machine already; start it if
-  # it stopped.
+  # PostgreSQL and MariaDB run on this kind of machine already (the SQL backends' tests use
+  # them); start them if they stopped, and say when one is not there.
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
     if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
       pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
     fi
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo "PostgreSQL up on 127.0.0.1:5432" \
+    || echo "PostgreSQL not running on 127.0.0.1:5432" >&2
+  if command -v mysqladmin >/dev/null && ! mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+    if command -v mysqld_safe >/dev/null; then
+      (nohup mysqld_safe >/dev/null 2>&1 &)
+      for _ in $(seq 50); do mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 0.2; done
+    fi
+  fi
+  if mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+    mysql -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null 2>&1 || true
+    echo "MariaDB up on 127.0.0.1:3306"
+  else
+    echo "MariaDB not running on 127.0.0.1:3306" >&2
   fi
 }
 

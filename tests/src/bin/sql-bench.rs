@@ -1,5 +1,6 @@
-//! Lucky's PostgreSQL backend against its floor, in the same run, on the PostgreSQL of this
-//! machine (`LUCKY_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`):
+//! Lucky's PostgreSQL and MySQL/MariaDB backends against their floors, in the same run, on the
+//! servers of this machine (MySQL: `LUCKY_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`,
+//! floor = the same two statements raw on a pool, `GET_LOCK` for scale). PostgreSQL (`LUCKY_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`):
 //! the floor is the raw statements of one cycle (the taking upsert, the releasing update) on
 //! one connection, as Lucky shares one connection; and `pg_try_advisory_lock` /
 //! `pg_advisory_unlock` for scale. Cases: serial acquire+release p50 (one cycle of each case
@@ -26,10 +27,143 @@ const RELEASE: &str =
     "UPDATE lucky_bench SET owner = NULL, expires_at = NULL WHERE name = $1 AND owner = $2";
 
 fn main() {
-    lucky_tests::bench::runtime().block_on(run());
+    let rt = lucky_tests::bench::runtime();
+    let pg = rt.block_on(run());
+    let my = rt.block_on(run_mysql());
+    println!("summary {pg} {my}");
 }
 
-async fn run() {
+/// The MySQL floor's statements: a take and a release, written by hand.
+const MY_TAKE: &str = "INSERT INTO lucky_bench (name, owner, fence, expires_at) \
+    VALUES (?, ?, LAST_INSERT_ID(1), UTC_TIMESTAMP(6) + INTERVAL 30 SECOND) \
+    ON DUPLICATE KEY UPDATE fence = IF(owner IS NULL OR expires_at <= UTC_TIMESTAMP(6), \
+    LAST_INSERT_ID(fence + 1), fence), owner = IF(owner IS NULL OR expires_at <= \
+    UTC_TIMESTAMP(6), VALUES(owner), owner), expires_at = IF(owner = VALUES(owner), \
+    VALUES(expires_at), expires_at)";
+const MY_RELEASE: &str =
+    "UPDATE lucky_bench SET owner = NULL, expires_at = NULL WHERE name = ? AND owner = ?";
+
+/// The MySQL/MariaDB half; its summary fields.
+async fn run_mysql() -> String {
+    use mysql_async::prelude::Queryable;
+    let url = std::env::var("LUCKY_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let Ok(my) = lucky::mysql::Mysql::builder(&url)
+        .table(TABLE)
+        .auto_extend(false)
+        .connect()
+        .await
+    else {
+        eprintln!("skipping: MySQL at {url} not reachable");
+        return String::new();
+    };
+    let pool = mysql_async::Pool::new(url.as_str());
+    let pid = std::process::id();
+    println!("MySQL/MariaDB backend, one local server, a connection pool on both sides");
+    let floor_cycle = {
+        let pool = pool.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let name = format!("bench/{pid}/raw/{task}");
+                let owner: &[u8] = b"floor-owner-0123";
+                let mut c = pool.get_conn().await.unwrap();
+                c.exec_drop(MY_TAKE, (&name, owner)).await.unwrap();
+                assert!(c.affected_rows() > 0);
+                c.exec_drop(MY_RELEASE, (&name, owner)).await.unwrap();
+            }) as Cycle
+        })
+    };
+    let lucky_cycle = {
+        let my = my.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let my = my.clone();
+            Box::pin(async move {
+                let g = my
+                    .lock(format!("bench/{pid}/lucky/{task}"))
+                    .no_wait()
+                    .await
+                    .unwrap();
+                g.release().await.unwrap();
+            }) as Cycle
+        })
+    };
+    let get_lock_cycle = {
+        let pool = pool.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let name = format!("bench/{pid}/gl/{task}");
+                let mut c = pool.get_conn().await.unwrap();
+                let got: Option<i64> = c
+                    .exec_first("SELECT GET_LOCK(?, 0)", (&name,))
+                    .await
+                    .unwrap();
+                assert_eq!(got, Some(1));
+                let _: Option<i64> = c
+                    .exec_first("SELECT RELEASE_LOCK(?)", (&name,))
+                    .await
+                    .unwrap();
+            }) as Cycle
+        })
+    };
+    let cases: Vec<Case> = vec![
+        ("floor", floor_cycle),
+        ("lucky", lucky_cycle),
+        ("get_lock", get_lock_cycle),
+    ];
+    let serial = serial_p50s(2_000, 0, &cases).await;
+    let my_serial = serial[1].as_secs_f64() / serial[0].as_secs_f64();
+    println!(
+        "serial acquire+release p50: floor (the same two statements, raw) {:?}, lucky {:?} ({my_serial:.2}x), GET_LOCK/RELEASE_LOCK {:?} ({:.2}x)",
+        serial[0],
+        serial[1],
+        serial[2],
+        serial[2].as_secs_f64() / serial[0].as_secs_f64()
+    );
+    let rates = throughput_rounds(32, 3, secs() * 3, &cases).await;
+    let my_parallel = rates[1].rate() / rates[0].rate();
+    println!(
+        "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({my_parallel:.2}x), GET_LOCK {:.0}/s",
+        rates[0].rate(),
+        rates[1].rate(),
+        rates[2].rate()
+    );
+    let name = format!("bench/{pid}/handoff");
+    let end = Instant::now() + secs();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (my, name) = (my.clone(), name.clone());
+            tokio::spawn(async move {
+                let mut waits = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let g = my.lock(&name).wait(secs() * 4).await.unwrap();
+                    waits.push(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    g.release().await.unwrap();
+                }
+                waits
+            })
+        })
+        .collect();
+    let h = Handoff::join(handles).await;
+    println!("{}", h.line("8 tasks on one name, hold 1 ms", "lucky"));
+    let mut c = pool.get_conn().await.unwrap();
+    c.query_drop(format!(
+        "DELETE FROM {TABLE} WHERE name LIKE 'bench/{pid}/%'"
+    ))
+    .await
+    .unwrap();
+    format!(
+        "my_serial_vs_floor={my_serial:.2} my_parallel_vs_floor={my_parallel:.2} my_handoff_p99_ms={:.2} my_fairness={:.2}",
+        h.p99.as_secs_f64() * 1e3,
+        h.fairness
+    )
+}
+
+/// The PostgreSQL half; its summary fields.
+async fn run() -> String {
     let url = std::env::var("LUCKY_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let Ok(pg) = Postgres::builder(&url)
@@ -39,7 +173,7 @@ async fn run() {
         .await
     else {
         eprintln!("skipping: PostgreSQL at {url} not reachable");
-        return;
+        return String::new();
     };
     let (raw, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -149,11 +283,11 @@ async fn run() {
     ))
     .await
     .unwrap();
-    println!(
-        "summary serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2}",
+    format!(
+        "serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2}",
         h.n,
         h.p99.as_secs_f64() * 1e3,
         h.max.as_secs_f64() * 1e3,
         h.fairness
-    );
+    )
 }
