@@ -7,6 +7,7 @@ use crate::scenario::Backend;
 
 pub mod protocol;
 pub mod scenarios;
+mod sql_scenarios;
 pub mod store;
 
 pub use protocol::{LeaseRunner, LeaseSim};
