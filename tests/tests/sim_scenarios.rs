@@ -102,6 +102,8 @@ scenario_tests! {
     lease_clock_step => "lease-clock-step",
     lease_data_loss => "lease-data-loss",
     lease_random_chaos => "lease-random-chaos",
+    sql_killed_connection => "sql-killed-connection",
+    pg_backend_paused => "pg-backend-paused",
 }
 
 #[test]
