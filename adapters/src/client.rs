@@ -276,22 +276,3 @@ impl<B: Backend> Locker for B {
         Box::pin(close(self, timeout))
     }
 }
-
-/// Whether `table` is a plain SQL identifier, optionally schema-qualified: what a SQL backend
-/// may write into a statement unquoted (every value is a parameter; a table name cannot be).
-pub(crate) fn check_table(table: &str) -> Result<(), String> {
-    let ok = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 63
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !part.starts_with(|c: char| c.is_ascii_digit())
-    };
-    let parts: Vec<&str> = table.split('.').collect();
-    if parts.len() <= 2 && parts.iter().all(|p| ok(p)) {
-        Ok(())
-    } else {
-        Err(format!(
-            "table {table:?} is not an identifier (letters, digits, _; optionally schema.table)"
-        ))
-    }
-}

@@ -27,6 +27,8 @@ pub mod etcd;
 mod hints;
 #[cfg(feature = "client")]
 mod hold;
+#[cfg(feature = "lease-family")]
+mod lease_family;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mysql")]

@@ -29,11 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lucky_core::lease::{Command, LeaseConfig, LeaseLock, Reply};
+use lucky_core::lease::{Command, LeaseLock, Reply};
 
 use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, BoxFuture, Subscription, Tasks, Transport};
+use crate::lease_family::{self, LeaseExtra};
 pub use crate::{Error, Guard};
 pub use table::{Table, Wake};
 
@@ -42,18 +43,12 @@ pub type MemoryBuilder = crate::Builder<Memory>;
 /// One lock request of a [`Memory`] client; `.await` it to acquire.
 pub type LockRequest<'a> = crate::LockRequest<'a, Memory>;
 
-/// The in-memory backend's own per-lock settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemoryExtra {
-    auto_extend: bool,
-}
-
 /// A handle on an in-memory lock table. Cheap to clone; clones share the table.
 #[derive(Clone, Debug)]
 pub struct Memory {
     shared: Arc<Shared>,
     clock: Clock,
-    defaults: Options<MemoryExtra>,
+    defaults: Options<LeaseExtra>,
 }
 
 #[derive(Debug)]
@@ -129,57 +124,31 @@ impl Memory {
     }
 }
 
-impl MemoryBuilder {
-    /// Keep held locks alive in the background (default on, every ttl/3).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.defaults.extra.auto_extend = on;
-        self
-    }
-}
-
-impl LockRequest<'_> {
-    /// Keep the lock alive in the background (default on).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.extra().auto_extend = on;
-        self
-    }
-}
-
-fn config(o: &Options<MemoryExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
-    let b = LeaseConfig::builder().lease(o.lease);
-    let b = if o.extra.auto_extend {
-        b.auto_extend(None, None)
-    } else {
-        b
-    };
-    b.build()
-}
-
 impl sealed::Client for Memory {
-    type Extra = MemoryExtra;
+    type Extra = LeaseExtra;
     type Setup = ();
 
-    fn default_extra() -> MemoryExtra {
-        MemoryExtra { auto_extend: true }
+    fn default_extra() -> LeaseExtra {
+        LeaseExtra::default()
     }
 
     async fn connect(b: MemoryBuilder) -> Result<Memory, Error> {
-        config(&b.defaults)?;
+        lease_family::config(&b.defaults)?;
         let mut m = Memory::new();
         m.defaults = b.defaults;
         Ok(m)
     }
 
-    fn defaults(&self) -> &Options<MemoryExtra> {
+    fn defaults(&self) -> &Options<LeaseExtra> {
         &self.defaults
     }
 
     fn start(
         &self,
         name: String,
-        options: &Options<MemoryExtra>,
+        options: &Options<LeaseExtra>,
     ) -> Result<LockFuture<'static>, Error> {
-        let cfg = config(options)?;
+        let cfg = lease_family::config(options)?;
         let n = self.shared.issued.fetch_add(1, Ordering::Relaxed);
         let mut token = [0u8; 16];
         token[..8].copy_from_slice(&self.shared.prefix);

@@ -10,7 +10,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The table (created on first use unless [`MysqlBuilder::create_table`] is off):
+//! The table (created on first use unless `.create_table(false)`):
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS lucky_locks (name VARCHAR(512) NOT NULL PRIMARY KEY,
@@ -29,40 +29,17 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lucky_core::lease::{LeaseConfig, LeaseLock};
-
 use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
+use crate::lease_family::{self, LeaseExtra, Route, SqlSetup};
 pub use crate::{Error, Guard};
-use transport::{Db, Route, Sql};
+use transport::{Db, Sql};
 
 /// Configures a [`Mysql`] client before connecting.
 pub type MysqlBuilder = crate::Builder<Mysql>;
 /// One lock request of a [`Mysql`] client; `.await` it to acquire.
 pub type LockRequest<'a> = crate::LockRequest<'a, Mysql>;
-
-/// MySQL's own per-lock settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MysqlExtra {
-    auto_extend: bool,
-}
-
-/// Connection settings beyond the URL: the table and whether to create it.
-#[derive(Clone, Debug)]
-pub struct MysqlSetup {
-    table: String,
-    create_table: bool,
-}
-
-impl Default for MysqlSetup {
-    fn default() -> Self {
-        MysqlSetup {
-            table: "lucky_locks".into(),
-            create_table: true,
-        }
-    }
-}
 
 /// A MySQL/MariaDB lock client. Cheap to clone; share one per process.
 #[derive(Clone, Debug)]
@@ -70,7 +47,7 @@ pub struct Mysql {
     db: Arc<Db>,
     table: String,
     clock: Clock,
-    defaults: Options<MysqlExtra>,
+    defaults: Options<LeaseExtra>,
 }
 
 impl Mysql {
@@ -100,52 +77,16 @@ impl Mysql {
     }
 }
 
-impl MysqlBuilder {
-    /// The table (default `lucky_locks`): an identifier, optionally `db.table`.
-    pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.setup.table = table.into();
-        self
-    }
-    /// Create the table on connect if it is missing (default on).
-    pub fn create_table(mut self, on: bool) -> Self {
-        self.setup.create_table = on;
-        self
-    }
-    /// Keep held locks alive in the background (default on, every ttl/3).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.defaults.extra.auto_extend = on;
-        self
-    }
-}
-
-impl LockRequest<'_> {
-    /// Keep the lock alive in the background (default on).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.extra().auto_extend = on;
-        self
-    }
-}
-
-fn config(o: &Options<MysqlExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
-    let b = LeaseConfig::builder().lease(o.lease);
-    let b = if o.extra.auto_extend {
-        b.auto_extend(None, None)
-    } else {
-        b
-    };
-    b.build()
-}
-
 impl sealed::Client for Mysql {
-    type Extra = MysqlExtra;
-    type Setup = MysqlSetup;
+    type Extra = LeaseExtra;
+    type Setup = SqlSetup;
 
-    fn default_extra() -> MysqlExtra {
-        MysqlExtra { auto_extend: true }
+    fn default_extra() -> LeaseExtra {
+        LeaseExtra::default()
     }
 
     async fn connect(b: MysqlBuilder) -> Result<Mysql, Error> {
-        let cfg = config(&b.defaults)?;
+        let cfg = lease_family::config(&b.defaults)?;
         let bad = |endpoint: &str, reason: String| Error::BadEndpoint {
             backend: "MySQL",
             endpoint: crate::redact(endpoint),
@@ -157,7 +98,7 @@ impl sealed::Client for Mysql {
                 "give exactly one connection URL".into(),
             ));
         };
-        crate::client::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
+        crate::lease_family::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
         let opts = mysql_async::Opts::from_url(url)
             .map_err(|e| bad(url, crate::redact(&e.to_string())))?;
         let wait_secs = cfg.op_timeout().as_secs().max(1);
@@ -203,24 +144,17 @@ impl sealed::Client for Mysql {
         })
     }
 
-    fn defaults(&self) -> &Options<MysqlExtra> {
+    fn defaults(&self) -> &Options<LeaseExtra> {
         &self.defaults
     }
 
     fn start(
         &self,
         name: String,
-        options: &Options<MysqlExtra>,
+        options: &Options<LeaseExtra>,
     ) -> Result<LockFuture<'static>, Error> {
-        let cfg = config(options)?;
-        let mut token = [0u8; 16];
-        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
-        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x27d4_eb2f;
-        let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
-        let transport = Arc::new(Route {
-            db: self.db.clone(),
-            waiter: std::sync::atomic::AtomicU64::new(0),
-        });
+        let machine = lease_family::machine(&lease_family::config(options)?, &name)?;
+        let transport = Arc::new(Route::new(self.db.clone()));
         Ok(Box::pin(driver::acquire(
             machine, transport, self.clock, name, None,
         )))

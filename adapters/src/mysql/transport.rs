@@ -12,8 +12,9 @@ use lucky_core::lease::{Command, Reply};
 use mysql_async::prelude::Queryable;
 use mysql_async::Pool;
 
-use crate::driver::{self, BoxFuture, Subscription, Transport};
+use crate::driver;
 use crate::hints::Hints;
+use crate::lease_family::Store;
 
 /// The statements of one table.
 #[derive(Debug)]
@@ -213,42 +214,16 @@ impl Db {
     }
 }
 
-/// One acquisition's way to the server.
-pub(super) struct Route {
-    pub(super) db: Arc<Db>,
-    pub(super) waiter: std::sync::atomic::AtomicU64,
-}
-
-impl Transport for Route {
-    type Command = Command;
-    type Reply = Reply;
-
-    fn send(
-        self: &Arc<Self>,
-        _node: usize,
-        command: Command,
-    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
-        let db = self.db.clone();
-        let me = self.waiter.load(std::sync::atomic::Ordering::Acquire);
-        let hand_off = match &command {
-            Command::Take { name, .. } => db.hints.held_for(name, me),
-            _ => None,
-        };
-        async move {
-            match hand_off {
-                Some(left) => Reply::Held { left },
-                None => db.run(command).await,
-            }
-        }
+impl Store for Db {
+    async fn run(self: Arc<Self>, command: Command) -> Reply {
+        Db::run(&self, command).await
     }
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
-        &self.db.tasks
+        &self.tasks
     }
 
-    fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
-        let (sub, id) = self.db.hints.register(channel);
-        self.waiter.store(id, std::sync::atomic::Ordering::Release);
-        Box::pin(std::future::ready(Some(sub)))
+    fn hints(&self) -> &Arc<Hints> {
+        &self.hints
     }
 }

@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The table (created on first use unless [`PostgresBuilder::create_table`] is off):
+//! The table (created on first use unless `.create_table(false)`):
 //!
 //! ```sql
 //! CREATE TABLE IF NOT EXISTS lucky_locks (name text PRIMARY KEY, owner bytea,
@@ -33,40 +33,17 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lucky_core::lease::{LeaseConfig, LeaseLock};
-
 use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
+use crate::lease_family::{self, LeaseExtra, Route, SqlSetup};
 pub use crate::{Error, Guard};
-use transport::{Db, Route, Sql};
+use transport::{Db, Sql};
 
 /// Configures a [`Postgres`] client before connecting.
 pub type PostgresBuilder = crate::Builder<Postgres>;
 /// One lock request of a [`Postgres`] client; `.await` it to acquire.
 pub type LockRequest<'a> = crate::LockRequest<'a, Postgres>;
-
-/// PostgreSQL's own per-lock settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PostgresExtra {
-    auto_extend: bool,
-}
-
-/// Connection settings beyond the URL: the table and whether to create it.
-#[derive(Clone, Debug)]
-pub struct PostgresSetup {
-    table: String,
-    create_table: bool,
-}
-
-impl Default for PostgresSetup {
-    fn default() -> Self {
-        PostgresSetup {
-            table: "lucky_locks".into(),
-            create_table: true,
-        }
-    }
-}
 
 /// A PostgreSQL lock client. Cheap to clone; share one per process.
 #[derive(Clone, Debug)]
@@ -74,7 +51,7 @@ pub struct Postgres {
     db: Arc<Db>,
     table: String,
     clock: Clock,
-    defaults: Options<PostgresExtra>,
+    defaults: Options<LeaseExtra>,
 }
 
 impl Postgres {
@@ -107,54 +84,16 @@ impl Postgres {
     }
 }
 
-impl PostgresBuilder {
-    /// The table (default `lucky_locks`): an identifier, optionally schema-qualified
-    /// (`app.locks`); letters, digits and `_`, not starting with a digit.
-    pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.setup.table = table.into();
-        self
-    }
-    /// Create the table on connect if it is missing (default on; off for schemas managed
-    /// elsewhere: the DDL is in the module documentation).
-    pub fn create_table(mut self, on: bool) -> Self {
-        self.setup.create_table = on;
-        self
-    }
-    /// Keep held locks alive in the background (default on, every ttl/3).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.defaults.extra.auto_extend = on;
-        self
-    }
-}
-
-impl LockRequest<'_> {
-    /// Keep the lock alive in the background (default on).
-    pub fn auto_extend(mut self, on: bool) -> Self {
-        self.extra().auto_extend = on;
-        self
-    }
-}
-
-fn config(o: &Options<PostgresExtra>) -> Result<LeaseConfig, lucky_core::UsageError> {
-    let b = LeaseConfig::builder().lease(o.lease);
-    let b = if o.extra.auto_extend {
-        b.auto_extend(None, None)
-    } else {
-        b
-    };
-    b.build()
-}
-
 impl sealed::Client for Postgres {
-    type Extra = PostgresExtra;
-    type Setup = PostgresSetup;
+    type Extra = LeaseExtra;
+    type Setup = SqlSetup;
 
-    fn default_extra() -> PostgresExtra {
-        PostgresExtra { auto_extend: true }
+    fn default_extra() -> LeaseExtra {
+        LeaseExtra::default()
     }
 
     async fn connect(b: PostgresBuilder) -> Result<Postgres, Error> {
-        config(&b.defaults)?;
+        lease_family::config(&b.defaults)?;
         let bad = |endpoint: &str, reason: String| Error::BadEndpoint {
             backend: "PostgreSQL",
             endpoint: crate::redact(endpoint),
@@ -166,7 +105,7 @@ impl sealed::Client for Postgres {
                 "give exactly one connection URL".into(),
             ));
         };
-        crate::client::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
+        crate::lease_family::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
         let pg_config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| bad(url, crate::redact(&e.to_string())))?;
@@ -197,24 +136,17 @@ impl sealed::Client for Postgres {
         })
     }
 
-    fn defaults(&self) -> &Options<PostgresExtra> {
+    fn defaults(&self) -> &Options<LeaseExtra> {
         &self.defaults
     }
 
     fn start(
         &self,
         name: String,
-        options: &Options<PostgresExtra>,
+        options: &Options<LeaseExtra>,
     ) -> Result<LockFuture<'static>, Error> {
-        let cfg = config(options)?;
-        let mut token = [0u8; 16];
-        getrandom::fill(&mut token).map_err(|e| Error::Random(e.to_string()))?;
-        let seed = u64::from_le_bytes(token[..8].try_into().unwrap_or_default()) ^ 0x5bd1_e995;
-        let machine = LeaseLock::new(&cfg, name.as_bytes(), &token, seed)?;
-        let transport = Arc::new(Route {
-            db: self.db.clone(),
-            waiter: std::sync::atomic::AtomicU64::new(0),
-        });
+        let machine = lease_family::machine(&lease_family::config(options)?, &name)?;
+        let transport = Arc::new(Route::new(self.db.clone()));
         Ok(Box::pin(driver::acquire(
             machine, transport, self.clock, name, None,
         )))
@@ -237,7 +169,7 @@ pub async fn begin_guarded<'c>(
     let Some(owner) = guard.key() else {
         return Ok(None);
     };
-    if crate::client::check_table(table).is_err() {
+    if crate::lease_family::check_table(table).is_err() {
         return Ok(None);
     }
     let tx = client.transaction().await?;

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use lucky_core::lease::{Command, Reply};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
-use crate::driver::{self, BoxFuture, Subscription, Transport};
+use crate::driver;
 use crate::hints::Hints;
+use crate::lease_family::Store;
 
 /// The notification channel releases announce on.
 pub(super) const CHANNEL: &str = "lucky_locks";
@@ -332,46 +333,20 @@ fn failure(e: tokio_postgres::Error) -> Failure {
     Failure::Unknown(e.to_string())
 }
 
-/// One acquisition's way to the server.
-pub(super) struct Route {
-    pub(super) db: Arc<Db>,
-    /// Its place in the client's line of waiters for the name (0: not in line).
-    pub(super) waiter: std::sync::atomic::AtomicU64,
-}
-
-impl Transport for Route {
-    type Command = Command;
-    type Reply = Reply;
-
-    fn send(
-        self: &Arc<Self>,
-        _node: usize,
-        command: Command,
-    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
-        let db = self.db.clone();
-        // While a release hands the name to a local waiter, other local contenders wait
-        // their turn instead of overtaking it (the server still decides who holds).
-        let me = self.waiter.load(std::sync::atomic::Ordering::Acquire);
-        let hand_off = match &command {
-            Command::Take { name, .. } => db.hints.held_for(name, me),
-            _ => None,
-        };
-        async move {
-            match hand_off {
-                Some(left) => Reply::Held { left },
-                None => db.run(command).await,
-            }
-        }
+impl Store for Db {
+    async fn run(self: Arc<Self>, command: Command) -> Reply {
+        Db::run(&self, command).await
     }
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
-        &self.db.tasks
+        &self.tasks
     }
 
-    fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
-        self.db.listen();
-        let (sub, id) = self.db.hints.register(channel);
-        self.waiter.store(id, std::sync::atomic::Ordering::Release);
-        Box::pin(std::future::ready(Some(sub)))
+    fn hints(&self) -> &Arc<Hints> {
+        &self.hints
+    }
+
+    fn listen(self: &Arc<Self>) {
+        Db::listen(self);
     }
 }
