@@ -23,6 +23,12 @@ pub trait Server {
     fn wipe(&mut self);
     /// Keys still live at local time `now`.
     fn live_keys(&self, now: u64) -> usize;
+    /// Loses the writes applied at local time `since` or later: a failover to a standby
+    /// that had not received them (asynchronous replication). A model that keeps no history
+    /// loses everything.
+    fn roll_back(&mut self, _since: u64) {
+        self.wipe();
+    }
     /// What a client reads from a crashed node (connection refused).
     fn unavailable() -> Self::Reply;
 

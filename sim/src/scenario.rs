@@ -161,7 +161,9 @@ impl Setup {
         for (at, fault) in &mut s.faults {
             *at = t(*at);
             match fault {
-                Fault::Stall { for_ns, .. } | Fault::Pause { for_ns, .. } => *for_ns = t(*for_ns),
+                Fault::Stall { for_ns, .. }
+                | Fault::Pause { for_ns, .. }
+                | Fault::RollBack { for_ns, .. } => *for_ns = t(*for_ns),
                 Fault::SlowReplies { extra_ns, .. } => *extra_ns = t(*extra_ns),
                 Fault::ClockJump { by_ns, .. } => {
                     let by = by_ns.unsigned_abs().saturating_mul(num) / den;

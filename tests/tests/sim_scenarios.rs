@@ -104,6 +104,7 @@ scenario_tests! {
     lease_random_chaos => "lease-random-chaos",
     sql_killed_connection => "sql-killed-connection",
     pg_backend_paused => "pg-backend-paused",
+    sql_replica_promoted => "sql-replica-promoted",
 }
 
 #[test]

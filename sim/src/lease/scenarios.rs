@@ -34,6 +34,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "lease-data-loss", about: "lease: the store loses its records, back at once or after the ttl: fences restart, holders may overlap (expected)", draw: data_loss },
     Scenario { name: "lease-random-chaos", about: "lease: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
     Scenario { name: "sql-killed-connection", about: "SQL stores: connections killed right after statements were sent (pg_terminate_backend, KILL, pooler timeouts): unknown outcomes settled by reading the row", draw: super::sql_scenarios::killed_connection },
+    Scenario { name: "sql-replica-promoted", about: "SQL stores: an async replica promoted without the last commits: acknowledged takes and renewals vanish: overlap and fence reuse expected", draw: super::sql_scenarios::replica_promoted },
     Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: super::sql_scenarios::backend_paused },
 ];
 

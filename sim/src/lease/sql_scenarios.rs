@@ -62,3 +62,22 @@ pub(super) fn backend_paused(rng: &mut Rng) -> Setup {
     }
     s
 }
+
+/// A primary fails and an asynchronous replica is promoted without its last commits
+/// (streaming or binlog replication behind by a moment): takes and renewals the old primary
+/// acknowledged are gone, so a holder's row may be free again or carry an older fence. The
+/// lease cannot survive this; the violations are expected and named.
+pub(super) fn replica_promoted(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.auto_extend = Some((None, None));
+    s.work.clients = 5;
+    s.work.think_ns = (0, MS);
+    s.work.hold_ns = Some((s.ttl() / 4, s.ttl() / 2));
+    s.must_violate = true;
+    for _ in 0..rng.range(4, 8) {
+        let t = s.at(rng);
+        let for_ns = rng.range(s.ttl() / 2, s.ttl());
+        s.faults.push((t, Fault::RollBack { node: 0, for_ns }));
+    }
+    s
+}

@@ -46,7 +46,12 @@ pub enum OnRelease {
 pub struct LeaseStore {
     records: BTreeMap<Bytes, Record>,
     on_release: OnRelease,
+    /// Recent writes, oldest first: (local time, name, the record before), for a rollback.
+    undo: std::collections::VecDeque<(u64, Bytes, Option<Record>)>,
 }
+
+/// Writes remembered for a rollback.
+const UNDO: usize = 4096;
 
 impl LeaseStore {
     /// An empty store.
@@ -81,6 +86,16 @@ impl Server for LeaseStore {
     type Reply = Reply;
 
     fn apply(&mut self, now: u64, command: &Command) -> Reply {
+        if let Command::Take { name, .. }
+        | Command::Renew { name, .. }
+        | Command::Release { name, .. } = command
+        {
+            if self.undo.len() == UNDO {
+                self.undo.pop_front();
+            }
+            let before = self.records.get(name).cloned();
+            self.undo.push_back((now, name.clone(), before));
+        }
         match command {
             Command::Take { name, owner, ttl } => {
                 let rec = self.records.entry(name.clone()).or_default();
@@ -148,6 +163,20 @@ impl Server for LeaseStore {
 
     fn wipe(&mut self) {
         self.records.clear();
+        self.undo.clear();
+    }
+
+    fn roll_back(&mut self, since: u64) {
+        while let Some((at, name, before)) = self.undo.pop_back() {
+            if at < since {
+                self.undo.push_back((at, name, before));
+                break;
+            }
+            match before {
+                Some(r) => self.records.insert(name, r),
+                None => self.records.remove(&name),
+            };
+        }
     }
 
     /// Records with a live owner: a record without one (released, expired) blocks nobody.
@@ -257,6 +286,26 @@ mod tests {
         // Free after a release: the same owner's late retake is a takeover too.
         assert_eq!(take(&mut s, 170 * MS, b"b"), Reply::Granted { fence: 3 });
         assert_eq!(s.live_keys(170 * MS), 1);
+    }
+
+    #[test]
+    fn a_rollback_loses_the_writes_since_and_keeps_the_ones_before() {
+        let mut s = LeaseStore::new();
+        assert_eq!(take(&mut s, 0, b"a"), Reply::Granted { fence: 1 });
+        assert_eq!(release(&mut s, 10 * MS, b"a"), Reply::Released);
+        assert_eq!(take(&mut s, 20 * MS, b"b"), Reply::Granted { fence: 2 });
+        // The standby has everything before 15 ms: b's take is gone, a's release is not.
+        s.roll_back(15 * MS);
+        assert_eq!(
+            inspect(&mut s, 21 * MS),
+            Reply::State {
+                owner: None,
+                fence: 1,
+                left: Duration::ZERO
+            }
+        );
+        // The next take reuses fence 2: what makes this fault break fences.
+        assert_eq!(take(&mut s, 22 * MS, b"c"), Reply::Granted { fence: 2 });
     }
 
     #[test]

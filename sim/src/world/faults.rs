@@ -42,6 +42,14 @@ pub enum Fault {
         /// For how long.
         for_ns: u64,
     },
+    /// The node fails over to a standby that lacks the writes of the last `for_ns` of its
+    /// clock (asynchronous replication): they are lost; it serves on at once.
+    RollBack {
+        /// Which node.
+        node: usize,
+        /// How much of its recent history is lost.
+        for_ns: u64,
+    },
     /// Every reply to `client` arrives `extra_ns` later than normal (0: back to normal).
     SlowReplies {
         /// Which client.
@@ -131,6 +139,16 @@ impl<P: Protocol> World<P> {
                 n.stalled_until = n.stalled_until.max(now + for_ns);
                 let until = n.stalled_until;
                 self.push(until, Ev::Unstall { node, until });
+            }
+            Fault::RollBack { node, for_ns } => {
+                let n = &mut self.nodes[node];
+                let since = n.clock.local(now).saturating_sub(for_ns);
+                n.server.roll_back(since);
+                // State lost while serving on at once: holders may overlap, fences go back.
+                self.broken.state_lost = true;
+                self.broken.fast_restart_without_state = true;
+                self.broken.fence_counter_lost = true;
+                self.node_changed(node);
             }
             Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
             Fault::CrashClient { client } => self.exit_client(client),
