@@ -3,7 +3,7 @@
 //! a scenario's setup ([`protocol`]), and its scenarios ([`scenarios`]). [`BACKEND`] registers
 //! them and the lease-record machine's bugs.
 
-use crate::scenario::Backend;
+use crate::scenario::{Backend, Scenario};
 
 pub mod protocol;
 pub mod scenarios;
@@ -16,7 +16,7 @@ pub use store::LeaseStore;
 /// The lease-record scenarios and the bugs of its machine (and of a store's encoding).
 pub const BACKEND: Backend = Backend {
     name: "lease",
-    scenarios: scenarios::SCENARIOS,
+    scenarios: SCENARIOS,
     bugs: BUGS,
 };
 
@@ -25,3 +25,18 @@ pub const BACKEND: Backend = Backend {
 const BUGS: &[&str] = lucky_core::lease::bugs::LeaseBug::NAMES;
 #[cfg(not(feature = "bugs"))]
 const BUGS: &[&str] = &[];
+
+/// The lease-record scenarios.
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "lease-holder-pause-fenced", about: "lease: holder pauses 2 ttl between check and write; the resource rejects its stale fence", draw: scenarios::holder_pause_fenced },
+    Scenario { name: "lease-late-release", about: "lease: releases delayed (and duplicated) past the next owner's take never free it", draw: scenarios::late_release },
+    Scenario { name: "lease-cancel-in-flight", about: "lease: one-shot tries cancelled in flight over reordering links; clients exit: nothing left held", draw: scenarios::cancel_in_flight },
+    Scenario { name: "lease-unknown-outcome", about: "lease: replies to applied takes and renewals are lost (cuts, drops): unknown outcomes resolved by inspecting", draw: scenarios::unknown_outcome },
+    Scenario { name: "lease-slow-grant", about: "lease: answers arrive late and clients pause with answers in flight; holders keep the lock to its deadline", draw: scenarios::slow_grant },
+    Scenario { name: "lease-clock-step", about: "lease: the store clock steps forward by the ttl under holders: overlap expected, fences still rise", draw: scenarios::clock_step },
+    Scenario { name: "lease-data-loss", about: "lease: the store loses its records, back at once or after the ttl: fences restart, holders may overlap (expected)", draw: scenarios::data_loss },
+    Scenario { name: "lease-random-chaos", about: "lease: every assumption-keeping fault at rates drawn per seed", draw: scenarios::random_chaos },
+    Scenario { name: "sql-killed-connection", about: "SQL stores: connections killed right after statements were sent (pg_terminate_backend, KILL, pooler timeouts): unknown outcomes settled by reading the row", draw: sql_scenarios::killed_connection },
+    Scenario { name: "sql-replica-promoted", about: "SQL stores: an async replica promoted without the last commits: acknowledged takes and renewals vanish: overlap and fence reuse expected", draw: sql_scenarios::replica_promoted },
+    Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: sql_scenarios::backend_paused },
+];

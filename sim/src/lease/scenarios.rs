@@ -6,7 +6,7 @@ use lucky_core::{Duration, Retry, Wait};
 
 use crate::net::{Cut, NetParams};
 use crate::rng::Rng;
-use crate::scenario::{Scenario, Setup};
+use crate::scenario::Setup;
 use crate::world::Fault;
 
 use super::LeaseRunner;
@@ -23,22 +23,7 @@ pub fn base(_rng: &mut Rng) -> Setup {
     s
 }
 
-/// The lease-record scenarios.
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "lease-holder-pause-fenced", about: "lease: holder pauses 2 ttl between check and write; the resource rejects its stale fence", draw: holder_pause_fenced },
-    Scenario { name: "lease-late-release", about: "lease: releases delayed (and duplicated) past the next owner's take never free it", draw: late_release },
-    Scenario { name: "lease-cancel-in-flight", about: "lease: one-shot tries cancelled in flight over reordering links; clients exit: nothing left held", draw: cancel_in_flight },
-    Scenario { name: "lease-unknown-outcome", about: "lease: replies to applied takes and renewals are lost (cuts, drops): unknown outcomes resolved by inspecting", draw: unknown_outcome },
-    Scenario { name: "lease-slow-grant", about: "lease: answers arrive late and clients pause with answers in flight; holders keep the lock to its deadline", draw: slow_grant },
-    Scenario { name: "lease-clock-step", about: "lease: the store clock steps forward by the ttl under holders: overlap expected, fences still rise", draw: clock_step },
-    Scenario { name: "lease-data-loss", about: "lease: the store loses its records, back at once or after the ttl: fences restart, holders may overlap (expected)", draw: data_loss },
-    Scenario { name: "lease-random-chaos", about: "lease: every assumption-keeping fault at rates drawn per seed", draw: random_chaos },
-    Scenario { name: "sql-killed-connection", about: "SQL stores: connections killed right after statements were sent (pg_terminate_backend, KILL, pooler timeouts): unknown outcomes settled by reading the row", draw: super::sql_scenarios::killed_connection },
-    Scenario { name: "sql-replica-promoted", about: "SQL stores: an async replica promoted without the last commits: acknowledged takes and renewals vanish: overlap and fence reuse expected", draw: super::sql_scenarios::replica_promoted },
-    Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: super::sql_scenarios::backend_paused },
-];
-
-fn holder_pause_fenced(rng: &mut Rng) -> Setup {
+pub(super) fn holder_pause_fenced(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.pause_after_check_ns = Some(2 * s.ttl());
     // Only client 0 stalls, so later holders write before its stale write lands.
@@ -53,7 +38,7 @@ fn holder_pause_fenced(rng: &mut Rng) -> Setup {
 /// slower than the ttl, so a holder's release lands after its record expired and the next
 /// owner took it. Short think times make the same client take again right after its own
 /// release, so a late copy of that release meets the client's next acquisition.
-fn late_release(rng: &mut Rng) -> Setup {
+pub(super) fn late_release(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 4;
     s.work.think_ns = (0, MS);
@@ -83,7 +68,7 @@ fn late_release(rng: &mut Rng) -> Setup {
 /// Cron-style one-shot tries, many cancelled while their take is in flight, over links that
 /// reorder (delays within the request timeout): every client exits once its try ends, and
 /// nothing it took may be left held.
-fn cancel_in_flight(rng: &mut Rng) -> Setup {
+pub(super) fn cancel_in_flight(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.wait = if rng.range(0, 1) == 0 {
         Wait::None
@@ -109,7 +94,7 @@ fn cancel_in_flight(rng: &mut Rng) -> Setup {
 /// Replies are lost after the store applied the write: short one-way cuts of the store's
 /// replies to one client (the requests get through), and random drops both ways. Renewals
 /// run, so renewals' outcomes are unknown too.
-fn unknown_outcome(rng: &mut Rng) -> Setup {
+pub(super) fn unknown_outcome(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.auto_extend = Some((None, None));
     s.work.hold_ns = Some((MS, 2 * s.ttl()));
@@ -130,7 +115,7 @@ fn unknown_outcome(rng: &mut Rng) -> Setup {
 /// timeout, and clients paused (up to the ttl) while an answer is in flight. Holders keep the
 /// lock to their deadline and waiters retry at the record's expiry, so a validity counted from
 /// anything later than the send overlaps the next holder.
-fn slow_grant(rng: &mut Rng) -> Setup {
+pub(super) fn slow_grant(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.hold_ns = None;
     s.work.think_ns = (0, MS);
@@ -158,7 +143,7 @@ fn slow_grant(rng: &mut Rng) -> Setup {
     s
 }
 
-fn clock_step(rng: &mut Rng) -> Setup {
+pub(super) fn clock_step(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 4;
     s.work.hold_ns = Some((s.ttl() / 4, s.ttl() * 3 / 4));
@@ -181,7 +166,7 @@ fn clock_step(rng: &mut Rng) -> Setup {
     s
 }
 
-fn data_loss(rng: &mut Rng) -> Setup {
+pub(super) fn data_loss(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.hold_ns = Some((s.ttl() / 2, s.ttl() * 3 / 4));
     s.work.think_ns = (0, MS);
@@ -214,7 +199,7 @@ fn data_loss(rng: &mut Rng) -> Setup {
     s
 }
 
-fn random_chaos(rng: &mut Rng) -> Setup {
+pub(super) fn random_chaos(rng: &mut Rng) -> Setup {
     let mut s = base(rng);
     s.work.clients = 2 + rng.range(0, 2) as usize;
     let on = |rng: &mut Rng| rng.range(0, 1) == 1;

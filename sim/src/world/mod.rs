@@ -16,6 +16,7 @@ use crate::rng::Rng;
 use crate::{Protocol, Server};
 
 mod clients;
+mod fault;
 mod faults;
 mod queue;
 mod report;
@@ -23,7 +24,7 @@ mod resource;
 mod servers;
 mod workload;
 
-pub use faults::{Fault, MemberState};
+pub use fault::{Fault, MemberState};
 pub use report::Report;
 pub use workload::Workload;
 

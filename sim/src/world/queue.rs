@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use lucky_core::OpId;
 
-use super::faults::Fault;
+use super::fault::Fault;
 
 /// One thing that happens at a true time.
 #[derive(Debug)]
