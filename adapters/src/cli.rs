@@ -37,6 +37,7 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
                   postgres://user:pw@host:5432/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a PostgreSQL table
+                  postgres://...?sslmode=require[&cacert=/path/ca.pem]   over TLS
                   mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a MySQL/MariaDB table
   --name NAME     the lock name
@@ -232,17 +233,14 @@ fn etcd_connect(u: BackendUrl) -> Connecting {
     })
 }
 
-/// A SQL backend's URL: `?table=` (default `lucky_locks`) and `?mode=lease` are Lucky's;
-/// every other parameter goes to the driver. Returns the table and the driver's URL.
-fn sql_params(
-    u: &BackendUrl,
-    backend: &str,
-    scheme: &str,
-) -> Result<(Option<String>, String), String> {
-    let (mut table, mut rest) = (None, Vec::new());
+/// A SQL backend's URL: `?table=` (default `lucky_locks`), `?cacert=` (TLS, verified against
+/// that CA file) and `?mode=lease` are Lucky's; every other parameter goes to the driver.
+fn sql_params(u: &BackendUrl, backend: &str, scheme: &str) -> Result<(SqlOptions, String), String> {
+    let (mut options, mut rest) = (SqlOptions::default(), Vec::new());
     for kv in u.query.iter().flat_map(|q| q.split('&')) {
         match kv.split_once('=') {
-            Some(("table", t)) => table = Some(t.to_owned()),
+            Some(("table", t)) => options.table = Some(t.to_owned()),
+            Some(("cacert", c)) => options.cacert = Some(c.to_owned()),
             Some(("mode", "lease")) => {}
             Some(("mode", m)) => {
                 return Err(format!(
@@ -267,7 +265,14 @@ fn sql_params(
         format!("?{}", rest.join("&"))
     };
     let driver_url = format!("{scheme}://{auth}{}{db}{query}", u.hosts[0]);
-    Ok((table, driver_url))
+    Ok((options, driver_url))
+}
+
+/// What a SQL URL asks of Lucky itself.
+#[derive(Default)]
+struct SqlOptions {
+    table: Option<String>,
+    cacert: Option<String>,
 }
 
 fn sql_check(u: &BackendUrl) -> Result<(), String> {
@@ -284,11 +289,14 @@ fn sql_error(u: &BackendUrl, backend: &'static str, reason: String) -> Error {
 
 fn postgres_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let (table, url) =
+        let (o, url) =
             sql_params(&u, "PostgreSQL", "postgres").map_err(|r| sql_error(&u, "PostgreSQL", r))?;
         let mut b = crate::postgres::Postgres::builder(&url);
-        if let Some(t) = table {
+        if let Some(t) = o.table {
             b = b.table(t);
+        }
+        if let Some(c) = o.cacert {
+            b = b.ca_file(c);
         }
         let c = b.connect().await?;
         Ok(Box::new(c) as Box<dyn Locker>)
@@ -297,11 +305,13 @@ fn postgres_connect(u: BackendUrl) -> Connecting {
 
 fn mysql_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let (table, url) =
-            sql_params(&u, "MySQL", "mysql").map_err(|r| sql_error(&u, "MySQL", r))?;
+        let (o, url) = sql_params(&u, "MySQL", "mysql").map_err(|r| sql_error(&u, "MySQL", r))?;
         let mut b = crate::mysql::Mysql::builder(&url);
-        if let Some(t) = table {
+        if let Some(t) = o.table {
             b = b.table(t);
+        }
+        if let Some(c) = o.cacert {
+            b = b.ca_file(c);
         }
         let c = b.connect().await?;
         Ok(Box::new(c) as Box<dyn Locker>)

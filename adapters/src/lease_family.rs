@@ -72,6 +72,7 @@ impl<B: sealed::Client<Extra = LeaseExtra>> crate::LockRequest<'_, B> {
 pub struct SqlSetup {
     pub(crate) table: String,
     pub(crate) create_table: bool,
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SqlSetup {
@@ -79,6 +80,7 @@ impl Default for SqlSetup {
         SqlSetup {
             table: "lucky_locks".into(),
             create_table: true,
+            ca_file: None,
         }
     }
 }
@@ -94,6 +96,12 @@ impl<B: sealed::Client<Setup = SqlSetup>> crate::Builder<B> {
     /// elsewhere: each backend's documentation has its DDL).
     pub fn create_table(mut self, on: bool) -> Self {
         self.setup.create_table = on;
+        self
+    }
+    /// TLS, verifying the server against the CA certificates in this PEM file instead of the
+    /// system's roots (TLS is then required).
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.setup.ca_file = Some(path.into());
         self
     }
 }
@@ -182,4 +190,36 @@ pub(crate) fn check_table(table: &str) -> Result<(), String> {
             "table {table:?} is not an identifier (letters, digits, _; optionally schema.table)"
         ))
     }
+}
+
+/// A rustls client configuration that verifies servers against the CA certificates in the
+/// PEM file `ca`, or the system's roots (`SSL_CERT_FILE` when set).
+#[cfg(feature = "postgres")]
+pub(crate) fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to verify the server with".into());
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -99,6 +99,9 @@ impl sealed::Client for Mysql {
             ));
         };
         crate::lease_family::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
+        if b.setup.ca_file.is_some() {
+            return Err(bad(url, "TLS to MySQL is not available yet".into()));
+        }
         let opts = mysql_async::Opts::from_url(url)
             .map_err(|e| bad(url, crate::redact(&e.to_string())))?;
         let wait_secs = cfg.op_timeout().as_secs().max(1);

@@ -38,7 +38,7 @@ use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 use crate::lease_family::{self, LeaseExtra, Route, SqlSetup};
 pub use crate::{Error, Guard};
-use transport::{Db, Sql};
+use transport::{Db, Sql, Tls};
 
 /// Configures a [`Postgres`] client before connecting.
 pub type PostgresBuilder = crate::Builder<Postgres>;
@@ -106,11 +106,24 @@ impl sealed::Client for Postgres {
             ));
         };
         crate::lease_family::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
-        let pg_config: tokio_postgres::Config = url
+        let mut pg_config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| bad(url, crate::redact(&e.to_string())))?;
+        // TLS when asked for (`sslmode=require`, or a CA file): then required, and the server
+        // verified (its chain against the CA file or the system's roots, and its name).
+        let wants_tls = b.setup.ca_file.is_some()
+            || pg_config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+        let tls = if wants_tls {
+            pg_config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let config = crate::lease_family::tls_config(b.setup.ca_file.as_deref())
+                .map_err(|r| bad(url, r))?;
+            Tls::On(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+        } else {
+            Tls::Off
+        };
         let db = Arc::new(Db::new(
             pg_config,
+            tls,
             Sql::new(&b.setup.table),
             b.connect_timeout,
         ));

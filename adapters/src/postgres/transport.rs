@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lucky_core::lease::{Command, Reply};
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Socket, Statement};
 
 use crate::driver;
 use crate::hints::Hints;
@@ -85,9 +86,59 @@ struct Live {
     prepared: Prepared,
 }
 
+/// How connections are made: in plain text, or over TLS verified by rustls.
+#[derive(Clone)]
+pub(super) enum Tls {
+    Off,
+    On(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// The notifications of a connection, as the task driving it forwards them.
+type Notes = tokio::sync::mpsc::UnboundedReceiver<String>;
+
+/// Connects (bounded by `limit`) and drives the connection in a task that forwards its
+/// notifications.
+async fn connect(config: &Config, tls: &Tls, limit: Duration) -> Result<(Client, Notes), String> {
+    match tls {
+        Tls::Off => connect_with(config, NoTls, limit).await,
+        Tls::On(t) => connect_with(config, t.clone(), limit).await,
+    }
+}
+
+async fn connect_with<T>(
+    config: &Config,
+    tls: T,
+    limit: Duration,
+) -> Result<(Client, Notes), String>
+where
+    T: MakeTlsConnect<Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = tokio::time::timeout(limit, config.connect(tls))
+        .await
+        .map_err(|_| format!("no connection within {limit:?}"))?
+        .map_err(|e| message(&e))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
 /// The connection every lock of a client shares, made on first use and again after it breaks.
 pub(super) struct Db {
     pub(super) config: Config,
+    pub(super) tls: Tls,
     pub(super) sql: Sql,
     pub(super) tasks: Arc<driver::Tasks>,
     pub(super) hints: Arc<Hints>,
@@ -114,9 +165,10 @@ enum Failure {
 }
 
 impl Db {
-    pub(super) fn new(config: Config, sql: Sql, connect_timeout: Duration) -> Db {
+    pub(super) fn new(config: Config, tls: Tls, sql: Sql, connect_timeout: Duration) -> Db {
         Db {
             config,
+            tls,
             sql,
             tasks: Arc::default(),
             hints: Arc::default(),
@@ -128,14 +180,7 @@ impl Db {
 
     /// Connects (bounded by the connect timeout) and drives the connection in a task.
     async fn open(&self) -> Result<Client, String> {
-        let connect = self.config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| format!("no connection within {:?}", self.connect_timeout))?
-            .map_err(|e| message(&e))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, _notes) = connect(&self.config, &self.tls, self.connect_timeout).await?;
         Ok(client)
     }
 
@@ -263,9 +308,14 @@ impl Db {
         tokio::spawn(async move {
             loop {
                 let Some(d) = db.upgrade() else { return };
-                let (config, hints, limit) = (d.config.clone(), d.hints.clone(), d.connect_timeout);
+                let (config, tls, hints, limit) = (
+                    d.config.clone(),
+                    d.tls.clone(),
+                    d.hints.clone(),
+                    d.connect_timeout,
+                );
                 drop(d);
-                let _ = listen_once(&config, &hints, limit).await;
+                let _ = listen_once(&config, &tls, &hints, limit).await;
                 // Gone or broken: try again shortly, unless the client is gone.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -274,42 +324,37 @@ impl Db {
 }
 
 /// One `LISTEN` connection, until it breaks.
-async fn listen_once(config: &Config, hints: &Hints, limit: Duration) -> Result<(), String> {
-    let (client, mut connection) = tokio::time::timeout(limit, config.connect(NoTls))
-        .await
-        .map_err(|_| "no connection".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let driver = tokio::spawn(async move {
-        while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
+async fn listen_once(
+    config: &Config,
+    tls: &Tls,
+    hints: &Hints,
+    limit: Duration,
+) -> Result<(), String> {
+    let (client, mut notes) = connect(config, tls, limit).await?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
-        .map_err(|e| e.to_string())?;
-    while let Some(name) = rx.recv().await {
+        .map_err(|e| message(&e))?;
+    while let Some(name) = notes.recv().await {
         hints.notify(name.as_bytes());
     }
-    driver.abort();
     Ok(())
 }
 
-/// A driver error as a message: the server's own words when it answered.
+/// A driver error as a message: the server's own words when it answered, else the error and
+/// its causes (a TLS handshake failure says which certificate check failed).
 pub(super) fn message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut m = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        m.push_str(": ");
+        m.push_str(&s.to_string());
+        source = s.source();
+    }
+    m
 }
 
 /// A lock name as text (names are UTF-8 in the SQL backends).
