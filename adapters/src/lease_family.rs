@@ -106,6 +106,39 @@ impl<B: sealed::Client<Setup = SqlSetup>> crate::Builder<B> {
     }
 }
 
+/// Why a store's statement gave no answer, as its driver saw it.
+pub(crate) enum Failure {
+    /// The server refused it: nothing was applied (a statement that failed rolled back).
+    Refused(String),
+    /// It was sent, and the connection broke or timed out: it may have been applied.
+    Unknown(String),
+    /// It was never sent (no connection).
+    NotSent(String),
+}
+
+impl Failure {
+    /// The machine's reply to `command` that failed so: an unknown outcome only for a write
+    /// (a read that did not answer changed nothing).
+    pub(crate) fn reply(self, command_is_read: bool) -> Reply {
+        match self {
+            Failure::Refused(e) => Reply::Error(e),
+            Failure::NotSent(e) => Reply::Unavailable(e),
+            Failure::Unknown(e) if command_is_read => Reply::Unavailable(e),
+            Failure::Unknown(e) => Reply::Unknown(e),
+        }
+    }
+}
+
+/// A lock name as text (the SQL stores keep names as text: UTF-8).
+pub(crate) fn text(name: &[u8]) -> Result<&str, Failure> {
+    std::str::from_utf8(name).map_err(|_| Failure::Refused("lock name is not UTF-8".into()))
+}
+
+/// A ttl in whole microseconds (the unit the SQL stores count it in).
+pub(crate) fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// A store reached over a connection: runs one command of the machine, and says how the
 /// client's release hints arrive.
 pub(crate) trait Store: Send + Sync + 'static {

@@ -6,6 +6,9 @@ use crate::error::UsageError;
 use crate::rng::SplitMix64;
 use crate::time::{nanos, Duration, Instant};
 
+/// Default ttl of every protocol: long enough that a renewal every ttl/3 costs little, short
+/// enough that a crashed holder's lock frees within half a minute.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// Longest ttl accepted: one year. Longer leases are almost surely a unit mistake, and the
 /// value stays far inside Redis's PX range and our nanosecond arithmetic.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -74,7 +77,7 @@ impl Default for Lease {
     /// 50-250 ms.
     fn default() -> Self {
         Lease {
-            ttl: Duration::from_secs(30),
+            ttl: DEFAULT_TTL,
             drift_ppm: DEFAULT_DRIFT_PPM,
             drift_floor: DEFAULT_DRIFT_FLOOR,
             op_timeout: None,

@@ -226,6 +226,37 @@ pub mod bench {
         }
     }
 
+    /// The hand-off of the lock `name` of `locks` between `tasks` tasks for the bench time:
+    /// each takes it (ttl 30 s, waiting up to four bench times), holds it 1 ms, releases it
+    /// and asks again at once; their waits, summarised.
+    pub async fn handoff<L>(locks: L, name: String, tasks: usize) -> Handoff
+    where
+        L: lucky::Locker + Clone + 'static,
+    {
+        let end = Instant::now() + secs();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (locks, name) = (locks.clone(), name.clone());
+                tokio::spawn(async move {
+                    let mut waits = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        let wait = lucky::WaitFor::For(secs() * 4);
+                        let g = locks
+                            .acquire(&name, Duration::from_secs(30), wait)
+                            .await
+                            .expect("the hand-off lock within four bench times");
+                        waits.push(t.elapsed());
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        g.release().await.expect("a release");
+                    }
+                    waits
+                })
+            })
+            .collect();
+        Handoff::join(handles).await
+    }
+
     /// The median latency of each case's cycle, run as task `task`: one cycle of each case in
     /// turn, `iters` times (a slow moment of a busy machine then hits every case alike).
     pub async fn serial_p50s(iters: usize, task: usize, cases: &[Case]) -> Vec<Duration> {
@@ -261,6 +292,108 @@ pub mod bench {
 pub mod servers {
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
+
+    /// `tag_` and 8 random hex digits: a name (table, database, application name) no other
+    /// test or run uses.
+    pub fn unique(tag: &str) -> String {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        format!("{tag}_{:08x}", u32::from_le_bytes(b))
+    }
+
+    /// A fresh directory `prefix-<pid>` with a test CA (`ca.pem`), another CA (`other.pem`) and
+    /// a server certificate for 127.0.0.1 signed by the first (`server.pem`, `server.key`),
+    /// made with openssl; None (the test skips) when openssl is missing and servers are not
+    /// required.
+    pub fn test_certs(prefix: &str) -> Option<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_err() || !make_certs(&dir) {
+            assert!(
+                !required(),
+                "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
+            );
+            eprintln!("skipping: openssl not installed");
+            return None;
+        }
+        Some(dir)
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 in `dir`, or false if openssl is missing.
+    fn make_certs(dir: &std::path::Path) -> bool {
+        let run = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .is_err()
+        {
+            return false;
+        }
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lucky-test-ca",
+        ]) && run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]) && run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=some-other-ca",
+        ]) && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ])
+    }
 
     /// The Redis node URLs: `LUCKY_REDIS_URLS` (comma-separated), else the five nodes that
     /// `scripts/services.sh start` runs on 127.0.0.1:7001-7005.

@@ -190,6 +190,7 @@ fn a_failed_try_releases_what_it_may_have_taken_before_reporting() {
     let mut a = machine(&cfg, 1);
     a.acquire(at(0)).unwrap();
     let (t, _) = sent(&mut a);
+    assert!(matches!(t[0].command, Command::Take { .. }));
     // The take times out: it may have been applied. The inspect fails too.
     a.handle_timeout(at(0) + cfg.op_timeout());
     let (t2, _) = sent(&mut a);
@@ -206,7 +207,6 @@ fn a_failed_try_releases_what_it_may_have_taken_before_reporting() {
     assert!(a.handle_reply(at(210), t3[0].node, t3[0].op, Reply::NotOwner));
     let (_, e) = sent(&mut a);
     assert!(matches!(e[0], Event::Failed(_)), "{e:?}");
-    let _ = t;
 }
 
 #[test]

@@ -8,17 +8,11 @@ use std::time::Duration;
 
 use lucky::mysql::Mysql;
 use lucky::ErrorKind;
-use lucky_tests::servers::required;
+use lucky_tests::servers::{required, unique};
 
 fn url() -> String {
     std::env::var("LUCKY_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
-}
-
-fn unique(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("{tag}_{:08x}", u32::from_le_bytes(b))
 }
 
 /// A client on its own table, or None (skip) when the server is absent.

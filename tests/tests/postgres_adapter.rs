@@ -9,18 +9,11 @@ use std::time::Duration;
 
 use lucky::postgres::{begin_guarded, Postgres};
 use lucky::ErrorKind;
-use lucky_tests::servers::required;
+use lucky_tests::servers::{required, unique};
 
 fn base_url() -> String {
     std::env::var("LUCKY_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A unique suffix for this test's table and application name.
-fn unique(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("{tag}_{:08x}", u32::from_le_bytes(b))
 }
 
 /// An admin connection, or None (skip) when the server is absent.
@@ -178,7 +171,7 @@ async fn a_stopped_holder_backend_loses_to_a_higher_fence_and_cannot_commit() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let (tx, fence) = begin_guarded(&mut holder_db, &table, &g)
+    let (tx, fence) = begin_guarded(&mut holder_db, &a, &g)
         .await
         .unwrap()
         .unwrap();
@@ -211,11 +204,11 @@ async fn a_stopped_holder_backend_loses_to_a_higher_fence_and_cannot_commit() {
     tokio::time::timeout(Duration::from_secs(5), g.lost())
         .await
         .unwrap();
-    assert!(begin_guarded(&mut holder_db, &table, &g)
+    assert!(begin_guarded(&mut holder_db, &a, &g)
         .await
         .unwrap()
         .is_none());
-    let (tx, f2) = begin_guarded(&mut holder_db, &table, &g2)
+    let (tx, f2) = begin_guarded(&mut holder_db, &b, &g2)
         .await
         .unwrap()
         .unwrap();

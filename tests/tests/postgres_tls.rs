@@ -1,6 +1,6 @@
 //! The PostgreSQL backend over TLS, against a PostgreSQL cluster this test makes and starts
 //! itself (initdb as the `postgres` user, port 55432, only `hostssl` connections accepted),
-//! serving a certificate from a CA made by the test (openssl). Trusted CA: locks work (a
+//! serving a certificate from a CA made by the test (`test_certs`, openssl). Trusted CA: locks work (a
 //! plain connection would be refused, so they went over TLS); another CA: a clear error.
 //! Skips when root, initdb or openssl are missing, unless `LUCKY_REQUIRE_SERVERS=1`.
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the report
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lucky::postgres::Postgres;
 use lucky::ErrorKind;
-use lucky_tests::servers::required;
+use lucky_tests::servers::{required, test_certs};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const PORT: u16 = 55432;
@@ -23,73 +23,6 @@ fn run(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A CA (`ca.pem`), another CA (`other.pem`) and a server certificate for 127.0.0.1 signed by
-/// the first, in `dir`.
-fn make_certs(dir: &Path) -> bool {
-    let ssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    ssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lucky-test-ca",
-    ]) && ssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=other-ca",
-    ]) && ssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]) && ssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])
-}
-
 /// A TLS-only cluster, stopped and removed when dropped.
 struct Cluster {
     dir: PathBuf,
@@ -97,11 +30,16 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Option<Cluster> {
+        let certs = test_certs("lucky-pgtls-certs")?;
         let dir = std::env::temp_dir().join(format!("lucky-pgtls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("certs")).unwrap();
+        for f in ["ca.pem", "other.pem", "server.pem", "server.key"] {
+            std::fs::copy(certs.join(f), dir.join("certs").join(f)).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&certs);
+        // The server reads its key as `postgres`, and only from a file no one else can read.
         let ok = Path::new(BIN).join("initdb").exists()
-            && make_certs(&dir.join("certs"))
             && run(Command::new("chown").args(["-R", "postgres"]).arg(&dir))
             && run(Command::new("chmod")
                 .arg("600")
@@ -114,7 +52,7 @@ impl Cluster {
         if !ok {
             assert!(
                 !required(),
-                "cannot make a TLS PostgreSQL cluster (root, initdb, openssl needed)"
+                "cannot make a TLS PostgreSQL cluster (root and initdb needed)"
             );
             eprintln!("skipping: cannot make a TLS PostgreSQL cluster");
             let _ = std::fs::remove_dir_all(&dir);
@@ -122,7 +60,7 @@ impl Cluster {
         }
         let d = dir.display();
         let conf = format!(
-            "ssl=on\nssl_cert_file='{d}/certs/server.crt'\nssl_key_file='{d}/certs/server.key'\n\
+            "ssl=on\nssl_cert_file='{d}/certs/server.pem'\nssl_key_file='{d}/certs/server.key'\n\
              port={PORT}\nlisten_addresses='127.0.0.1'\nunix_socket_directories='{d}'\n"
         );
         let mut pc = std::fs::OpenOptions::new()

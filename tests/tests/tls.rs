@@ -4,106 +4,15 @@
 //! connection fails with a clear error; trusted through `SSL_CERT_FILE`, locks work.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap and run processes
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use lucky::redis::Redis;
-use lucky_tests::servers::{required, RedisProcess};
-
-/// A fresh directory `prefix-<pid>` holding the certificates of `make_certs`, or None (the
-/// test is skipped) when openssl is missing and servers are not required.
-fn cert_dir(prefix: &str) -> Option<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    if !make_certs(&dir) {
-        assert!(
-            !required(),
-            "openssl is needed for the TLS test (LUCKY_REQUIRE_SERVERS=1)"
-        );
-        eprintln!("skipping: openssl not installed");
-        return None;
-    }
-    Some(dir)
-}
-
-/// A CA and a server certificate for 127.0.0.1 in `dir`, or false if openssl is missing.
-fn make_certs(dir: &Path) -> bool {
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=lucky-test-ca",
-    ]) && run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]) && run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "other.key",
-        "-out",
-        "other.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=some-other-ca",
-    ]) && run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])
-}
+use lucky_tests::servers::{test_certs, RedisProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_verifies_the_server_and_locks_over_tls() {
-    let Some(dir) = cert_dir("lucky-tls") else {
+    let Some(dir) = test_certs("lucky-tls") else {
         return;
     };
     let file = |n: &str| dir.join(n).display().to_string();
@@ -150,7 +59,7 @@ async fn rediss_verifies_the_server_and_locks_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_over_tls_verifies_the_server_and_locks() {
-    let Some(dir) = cert_dir("lucky-etcd-tls") else {
+    let Some(dir) = test_certs("lucky-etcd-tls") else {
         return;
     };
     let file = |n: &str| dir.join(n).display().to_string();

@@ -14,7 +14,7 @@ use mysql_async::Pool;
 
 use crate::driver;
 use crate::hints::Hints;
-use crate::lease_family::Store;
+use crate::lease_family::{micros, text, Failure, Store};
 
 /// The statements of one table.
 #[derive(Debug)]
@@ -83,15 +83,6 @@ impl std::fmt::Debug for Db {
     }
 }
 
-enum Failure {
-    /// The server refused the statement (nothing applied).
-    Refused(String),
-    /// Sent; what happened is unknown.
-    Unknown(String),
-    /// Not sent (no connection).
-    NotSent(String),
-}
-
 fn failure(e: mysql_async::Error) -> Failure {
     match e {
         mysql_async::Error::Server(s) => Failure::Refused(format!("{} ({})", s.message, s.code)),
@@ -112,24 +103,12 @@ fn column<T: mysql_async::prelude::FromValue>(
     }
 }
 
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn text(name: &Bytes) -> Result<&str, Failure> {
-    std::str::from_utf8(name).map_err(|_| Failure::Refused("lock name is not UTF-8".into()))
-}
-
 impl Db {
     async fn run(&self, command: Command) -> Reply {
         let is_read = matches!(command, Command::Inspect { .. });
-        match self.execute(command).await {
-            Ok(r) => r,
-            Err(Failure::Refused(e)) => Reply::Error(e),
-            Err(Failure::NotSent(e)) => Reply::Unavailable(e),
-            Err(Failure::Unknown(e)) if is_read => Reply::Unavailable(e),
-            Err(Failure::Unknown(e)) => Reply::Unknown(e),
-        }
+        self.execute(command)
+            .await
+            .unwrap_or_else(|f| f.reply(is_read))
     }
 
     async fn execute(&self, command: Command) -> Result<Reply, Failure> {

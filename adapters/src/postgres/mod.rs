@@ -170,21 +170,21 @@ impl sealed::Client for Postgres {
     }
 }
 
-/// Opens a transaction on `client` that first checks, inside it, that `guard`'s lock is still
-/// held on the server's clock (its row names our owner and has not expired), and locks the
-/// row against takeover until commit. Returns the transaction and the fence, or `None` when
-/// the lock is no longer ours: then nothing may be written. Commit it as usual.
+/// Opens a transaction on `client` that first checks, inside it, that `guard`'s lock (taken
+/// through `locks`) is still held on the server's clock (its row in `locks`' table names our
+/// owner and has not expired), and locks the row against takeover until commit. Returns the
+/// transaction and the fence, or `None` when the lock is no longer ours: then nothing may be
+/// written. Commit it as usual.
 pub async fn begin_guarded<'c>(
     client: &'c mut tokio_postgres::Client,
-    table: &str,
+    locks: &Postgres,
     guard: &Guard,
 ) -> Result<Option<(tokio_postgres::Transaction<'c>, u64)>, tokio_postgres::Error> {
     let Some(owner) = guard.key() else {
         return Ok(None);
     };
-    if crate::lease_family::check_table(table).is_err() {
-        return Ok(None);
-    }
+    // Checked when `locks` connected: an identifier.
+    let table = locks.table();
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Socket, Statement};
 
 use crate::driver;
 use crate::hints::Hints;
-use crate::lease_family::Store;
+use crate::lease_family::{micros, text, Failure, Store};
 
 /// The notification channel releases announce on.
 pub(super) const CHANNEL: &str = "lucky_locks";
@@ -156,14 +156,6 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// Why a statement did not answer: could it have been applied?
-enum Failure {
-    /// Sent; what happened is unknown (the connection broke).
-    Unknown(String),
-    /// The server refused it (rolled back).
-    Refused(String),
-}
-
 impl Db {
     pub(super) fn new(config: Config, tls: Tls, sql: Sql, connect_timeout: Duration) -> Db {
         Db {
@@ -218,13 +210,9 @@ impl Db {
             Err(e) => return Reply::Unavailable(e),
         };
         let is_read = matches!(command, Command::Inspect { .. });
-        match self.execute(&live, command).await {
-            Ok(reply) => reply,
-            Err(Failure::Refused(e)) => Reply::Error(e),
-            // A read that did not answer changed nothing.
-            Err(Failure::Unknown(e)) if is_read => Reply::Unavailable(e),
-            Err(Failure::Unknown(e)) => Reply::Unknown(e),
-        }
+        self.execute(&live, command)
+            .await
+            .unwrap_or_else(|f| f.reply(is_read))
     }
 
     async fn execute(&self, live: &Live, command: Command) -> Result<Reply, Failure> {
@@ -355,16 +343,6 @@ pub(super) fn message(e: &tokio_postgres::Error) -> String {
         source = s.source();
     }
     m
-}
-
-/// A lock name as text (names are UTF-8 in the SQL backends).
-fn text(name: &Bytes) -> Result<&str, Failure> {
-    std::str::from_utf8(name).map_err(|_| Failure::Refused("lock name is not UTF-8".into()))
-}
-
-/// A duration in whole microseconds (the ttl's unit on the server).
-fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// What a driver error means for the command.

@@ -6,7 +6,7 @@ use crate::time::{drift_allowance, Duration};
 
 /// Default lease ttl (etcd's own `concurrency` default is 60 s; a shorter lease frees the lock
 /// of a crashed holder sooner).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_TTL: Duration = crate::settings::DEFAULT_TTL;
 
 /// A validated etcd lock configuration. Build it with [`EtcdConfig::builder`].
 #[derive(Clone, Debug, PartialEq, Eq)]

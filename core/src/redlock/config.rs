@@ -9,8 +9,8 @@ use crate::time::Duration;
 
 /// Most nodes a RedLock may span.
 pub const MAX_NODES: usize = 255;
-/// Default ttl.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Default ttl (the one every protocol shares).
+pub const DEFAULT_TTL: Duration = crate::settings::DEFAULT_TTL;
 
 /// Automatic extension of a held lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,12 +11,12 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lucky::lease::{LeaseConfig, LeaseLock};
 use lucky::memory::{Memory, Table};
 use lucky::{LockMachine, Output};
-use lucky_tests::bench::{secs, Handoff};
+use lucky_tests::bench::{handoff, secs};
 
 /// Counts allocations, to show what a cycle costs the heap.
 struct Counting;
@@ -116,36 +116,6 @@ async fn parallel(tasks: usize, lucky: bool) -> f64 {
     total as f64 / secs().as_secs_f64()
 }
 
-async fn handoff(tasks: usize) -> Handoff {
-    let locks = Memory::new();
-    let end = Instant::now() + secs();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let l = locks.clone();
-            tokio::spawn(async move {
-                let mut waits = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let g = l
-                        .lock("handoff")
-                        .wait(Duration::from_secs(60))
-                        .await
-                        .unwrap();
-                    waits.push(t.elapsed());
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    g.release().await.unwrap();
-                }
-                waits
-            })
-        })
-        .collect();
-    let mut per_task = Vec::new();
-    for h in handles {
-        per_task.push(h.await.unwrap());
-    }
-    Handoff::from_tasks(per_task)
-}
-
 fn main() {
     lucky_tests::bench::runtime().block_on(run());
 }
@@ -183,7 +153,7 @@ async fn run() {
         "32 tasks, distinct names: lucky::memory {lucky_rate:.0}/s, tokio Mutex {floor_rate:.0}/s ({:.3}x)",
         lucky_rate / floor_rate
     );
-    let h = handoff(8).await;
+    let h = handoff(Memory::new(), "handoff".into(), 8).await;
     println!(
         "hand-off, 8 tasks, hold 1 ms: {} acquisitions, wait p99 {:.2} ms, max {:.2} ms, fairness {:.2}",
         h.n,

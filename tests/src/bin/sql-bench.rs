@@ -10,10 +10,9 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use lucky::postgres::Postgres;
-use lucky_tests::bench::{secs, serial_p50s, throughput_rounds, Case, Cycle, Handoff};
+use lucky_tests::bench::{handoff, secs, serial_p50s, throughput_rounds, Case, Cycle};
 
 const TABLE: &str = "lucky_bench";
 
@@ -129,25 +128,7 @@ async fn run_mysql() -> String {
         rates[1].rate(),
         rates[2].rate()
     );
-    let name = format!("bench/{pid}/handoff");
-    let end = Instant::now() + secs();
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let (my, name) = (my.clone(), name.clone());
-            tokio::spawn(async move {
-                let mut waits = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let g = my.lock(&name).wait(secs() * 4).await.unwrap();
-                    waits.push(t.elapsed());
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    g.release().await.unwrap();
-                }
-                waits
-            })
-        })
-        .collect();
-    let h = Handoff::join(handles).await;
+    let h = handoff(my.clone(), format!("bench/{pid}/handoff"), 8).await;
     println!("{}", h.line("8 tasks on one name, hold 1 ms", "lucky"));
     let mut c = pool.get_conn().await.unwrap();
     c.query_drop(format!(
@@ -258,25 +239,7 @@ async fn run() -> String {
         rates[2].rate()
     );
 
-    let name = format!("bench/{pid}/handoff");
-    let end = Instant::now() + secs();
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let (pg, name) = (pg.clone(), name.clone());
-            tokio::spawn(async move {
-                let mut waits = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let g = pg.lock(&name).wait(secs() * 4).await.unwrap();
-                    waits.push(t.elapsed());
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    g.release().await.unwrap();
-                }
-                waits
-            })
-        })
-        .collect();
-    let h = Handoff::join(handles).await;
+    let h = handoff(pg.clone(), format!("bench/{pid}/handoff"), 8).await;
     println!("{}", h.line("8 tasks on one name, hold 1 ms", "lucky"));
     raw.batch_execute(&format!(
         "DELETE FROM {TABLE} WHERE name LIKE 'bench/{pid}/%'"
