@@ -118,6 +118,7 @@ pub mod machine;
 pub mod quorum;
 pub mod redlock;
 mod rng;
+pub mod session;
 pub mod settings;
 #[cfg(feature = "proptest")]
 pub mod strategies;

@@ -79,6 +79,7 @@ pub mod redis;
 pub mod registry;
 pub mod rng;
 pub mod scenario;
+pub mod session;
 pub mod sweep;
 pub mod world;
 

@@ -37,12 +37,26 @@ pub struct Broken {
     /// (Reordering alone is no excuse: a SET granted after its release overtook it is
     /// released again.)
     pub duplicated: bool,
+    /// Session locks ended by crashes between these true times, the second one ttl past the
+    /// last crash: a claim that began in that window may overlap one from before it.
+    pub session_ends: Option<(u64, u64)>,
 }
 
 impl Broken {
     /// Whether mutual exclusion may fail.
     pub fn exclusion(&self) -> bool {
         self.node_clock_jump || self.drift_beyond_bound || self.fast_restart_without_state
+    }
+    /// Sessions holding locks ended at `now`; their holders learn within `ttl`.
+    pub fn sessions_ended(&mut self, now: u64, ttl: u64) {
+        let first = self.session_ends.map_or(now, |(f, _)| f);
+        self.session_ends = Some((first, now.saturating_add(ttl)));
+    }
+    /// Whether a claim that began at `start` may overlap an earlier one because a crash
+    /// ended the earlier one's session shortly before.
+    pub fn session_overlap(&self, start: u64) -> bool {
+        self.session_ends
+            .is_some_and(|(from, to)| (from..=to).contains(&start))
     }
     /// Whether an unfenced resource may see stale writes.
     pub fn writes(&self) -> bool {
@@ -73,6 +87,9 @@ impl fmt::Display for Broken {
         }
         if self.duplicated {
             parts.push("duplicated");
+        }
+        if self.session_ends.is_some() {
+            parts.push("sessions-ended");
         }
         if parts.is_empty() {
             f.write_str("none")
@@ -167,8 +184,12 @@ impl Violation {
     /// Whether `broken` assumptions excuse this violation.
     pub fn excused_by(&self, broken: &Broken) -> bool {
         match self {
-            Violation::MutualExclusion { .. } => broken.exclusion(),
-            Violation::StaleWrite { .. } => broken.writes(),
+            Violation::MutualExclusion { b, .. } => {
+                broken.exclusion() || broken.session_overlap(b.1)
+            }
+            Violation::StaleWrite { later, .. } => {
+                broken.writes() || broken.session_overlap(later.1)
+            }
             Violation::FenceRegression { .. } => broken.fence_counter_lost,
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,

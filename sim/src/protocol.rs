@@ -89,6 +89,12 @@ pub trait Protocol: Clone {
     fn fences_survive_state_loss(&self, _fastest_then: u64, _local: u64) -> bool {
         false
     }
+    /// Whether a node's crash ends the client sessions its locks live in (session locks),
+    /// freeing them at once: holders learn at their next probe, within a ttl, so claims may
+    /// overlap that long after a crash (and only that long).
+    fn sessions_end_on_crash(&self) -> bool {
+        false
+    }
     /// Whether the backend keeps serving throughout (a cluster that keeps its quorum): then
     /// an acquisition failing as "unreachable" or a lost hold is a violation.
     fn must_stay_available(&self) -> bool {

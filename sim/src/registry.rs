@@ -9,6 +9,7 @@ pub const BACKENDS: &[&Backend] = &[
     &crate::redis::BACKEND,
     &crate::etcd::BACKEND,
     &crate::lease::BACKEND,
+    &crate::session::BACKEND,
 ];
 
 /// Every scenario of every backend.

@@ -7,6 +7,7 @@
 use lucky_core::etcd::bugs::EtcdBug;
 use lucky_core::lease::bugs::LeaseBug;
 use lucky_core::redlock::bugs::RedLockBug;
+use lucky_core::session::bugs::SessionBug;
 use lucky_sim::registry;
 use lucky_sim::scenario::Injected;
 
@@ -105,6 +106,10 @@ scenario_tests! {
     sql_killed_connection => "sql-killed-connection",
     pg_backend_paused => "pg-backend-paused",
     sql_replica_promoted => "sql-replica-promoted",
+    sql_session_restart => "sql-session-restart",
+    sql_session_reconnected => "sql-session-reconnected",
+    sql_session_partitioned => "sql-session-partitioned",
+    sql_session_chaos => "sql-session-chaos",
 }
 
 #[test]
@@ -177,6 +182,16 @@ fn every_injected_bug_is_caught() {
             m(LeaseBug::UnknownAsGranted.name()),
             "lease-unknown-outcome",
             10,
+        ),
+        (
+            m(SessionBug::NoSessionCheck.name()),
+            "sql-session-reconnected",
+            20,
+        ),
+        (
+            m(SessionBug::ClaimUnconfirmed.name()),
+            "sql-session-chaos",
+            30,
         ),
     ];
     assert_eq!(

@@ -26,6 +26,9 @@ impl<P: Protocol> World<P> {
                         n.server.wipe();
                         self.broken.state_lost = true;
                     }
+                    if self.protocol.sessions_end_on_crash() {
+                        self.broken.sessions_ended(now, self.ttl_ns);
+                    }
                     self.drop_kept(node);
                 }
             }

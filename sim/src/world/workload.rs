@@ -181,7 +181,10 @@ impl<P: Protocol> World<P> {
             }
             Event::Lost { .. } => {
                 self.report.lost += 1;
-                self.oracle.ended(c, now, false);
+                // The machine no longer says it holds the lock: its claim ends here (the
+                // lock may be freed from now on, for example when a session lock's holder
+                // ends the session it no longer trusts).
+                self.oracle.ended(c, now, true);
                 self.expect_progress();
                 self.clients[c].claim = None;
                 self.clients[c].work = Work::Releasing;

@@ -1,0 +1,18 @@
+//! The session-lock protocol's deliberate bugs (feature `bugs`; never in a release build),
+//! each caught by a simulator scenario.
+// Without the feature only the machine's `bug()` checks name it (always false then).
+#![cfg_attr(not(feature = "bugs"), allow(dead_code))]
+
+crate::bugs::declare_bugs! {
+    /// A deliberately wrong behaviour of the session-lock machine.
+    pub enum SessionBug {
+        /// The probe counts any answer as proof, without checking that the same server
+        /// session still holds the lock: a session the server ended and a driver silently
+        /// replaced (JDBC's `autoReconnect`, a pooler handing out another backend) keeps its
+        /// holder believing.
+        NoSessionCheck => "session-no-backend-check",
+        /// The fence is reported before the lock is confirmed: a lock whose answer was lost
+        /// (the session broke after sending it) is claimed anyway.
+        ClaimUnconfirmed => "session-claim-unconfirmed",
+    }
+}
