@@ -40,6 +40,7 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   postgres://...?sslmode=require[&cacert=/path/ca.pem]   over TLS
                   mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a MySQL/MariaDB table
+                  mysql://...?require_ssl=true[&cacert=/path/ca.pem]   over TLS
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
   --wait D        how long to wait for the lock (default: forever, as flock)

@@ -225,32 +225,48 @@ pub(crate) fn check_table(table: &str) -> Result<(), String> {
     }
 }
 
-/// A rustls client configuration that verifies servers against the CA certificates in the
-/// PEM file `ca`, or the system's roots (`SSL_CERT_FILE` when set).
-#[cfg(feature = "postgres")]
-pub(crate) fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+/// The CA certificates a SQL backend's TLS verifies servers against: those in the PEM file
+/// `ca` (each one must be usable), or the system's roots (`SSL_CERT_FILE` when set; those
+/// rustls cannot use as trust anchors are left out). Never empty.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn tls_roots(
+    ca: Option<&std::path::Path>,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
+    let usable = |cert: &CertificateDer<'static>| {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| e.to_string())
+    };
+    let mut roots = Vec::new();
     match ca {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| format!("CA file {}: {e}", path.display()))?;
             for cert in certs {
                 let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+                usable(&cert).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+                roots.push(cert);
             }
         }
         None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
+            let system = rustls_native_certs::load_native_certs().certs;
+            roots.extend(system.into_iter().filter(|c| usable(c).is_ok()));
         }
     }
     if roots.is_empty() {
         return Err("no CA certificate to verify the server with".into());
+    }
+    Ok(roots)
+}
+
+/// A rustls client configuration that verifies servers against [`tls_roots`]`(ca)`.
+#[cfg(feature = "postgres")]
+pub(crate) fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tls_roots(ca)? {
+        roots.add(cert).map_err(|e| e.to_string())?;
     }
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)

@@ -23,6 +23,10 @@
 //! `innodb_lock_wait_timeout` to the request timeout (whole seconds, at least 1), so a wedged
 //! transaction holding a row stalls contenders that long at most. Checked on MariaDB 10.11
 //! (`VALUES()` in `ON DUPLICATE KEY UPDATE` still works on MySQL 8, deprecated there).
+//!
+//! TLS (rustls) when asked for: `require_ssl=true` in the URL (verified against the system's
+//! roots, or `SSL_CERT_FILE`), or [`ca_file`](crate::Builder::ca_file) (verified against that
+//! CA; TLS is then required). The server's chain and name are always verified.
 
 mod transport;
 
@@ -56,7 +60,8 @@ impl Mysql {
         Mysql::builder(url).connect().await
     }
 
-    /// Starts configuring a client for `url` (`mysql://user:password@host:port/db`).
+    /// Starts configuring a client for `url` (`mysql://user:password@host:port/db`, with
+    /// `?require_ssl=true` for TLS).
     pub fn builder(url: &str) -> MysqlBuilder {
         MysqlBuilder::new([url])
     }
@@ -99,15 +104,35 @@ impl sealed::Client for Mysql {
             ));
         };
         crate::lease_family::check_table(&b.setup.table).map_err(|r| bad(url, r))?;
-        if b.setup.ca_file.is_some() {
-            return Err(bad(url, "TLS to MySQL is not available yet".into()));
-        }
         let opts = mysql_async::Opts::from_url(url)
             .map_err(|e| bad(url, crate::redact(&e.to_string())))?;
+        let asked = opts.ssl_opts().cloned();
         let wait_secs = cfg.op_timeout().as_secs().max(1);
-        let opts = mysql_async::OptsBuilder::from_opts(opts).init(vec![format!(
+        let mut opts = mysql_async::OptsBuilder::from_opts(opts).init(vec![format!(
             "SET SESSION innodb_lock_wait_timeout = {wait_secs}"
         )]);
+        // TLS when asked for (`require_ssl=true`, or a CA file): then required, and the server
+        // verified (its chain against the CA file or the system's roots, and its name).
+        if b.setup.ca_file.is_some() || asked.is_some() {
+            if asked.is_some_and(|s| s.accept_invalid_certs() || s.skip_domain_validation()) {
+                return Err(bad(
+                    url,
+                    "verify_ca=false and verify_identity=false are not supported: \
+                     the server's chain and name are always verified"
+                        .into(),
+                ));
+            }
+            let roots = crate::lease_family::tls_roots(b.setup.ca_file.as_deref())
+                .map_err(|r| bad(url, r))?;
+            let roots = roots.into_iter().map(|c| c.to_vec().into()).collect();
+            let ssl = mysql_async::SslOpts::default()
+                .with_root_certs(roots)
+                .with_disable_built_in_roots(true);
+            // Every pooled connection stays on TLS over TCP: mysql_async otherwise tries next
+            // the Unix socket the server names (`@@socket`), where its TLS request fails, one
+            // aborted connection on the server per pooled connection before it falls back.
+            opts = opts.ssl_opts(ssl).prefer_socket(false);
+        }
         let db = Arc::new(Db {
             pool: mysql_async::Pool::new(opts),
             sql: Sql::new(&b.setup.table),
@@ -127,7 +152,7 @@ impl sealed::Client for Mysql {
         .await;
         let failed = match ready {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) => Some(transport::message(&e)),
             Err(_) => Some(format!("no connection within {:?}", b.connect_timeout)),
         };
         if let Some(e) = failed {

@@ -86,8 +86,31 @@ impl std::fmt::Debug for Db {
 fn failure(e: mysql_async::Error) -> Failure {
     match e {
         mysql_async::Error::Server(s) => Failure::Refused(format!("{} ({})", s.message, s.code)),
-        other => Failure::Unknown(other.to_string()),
+        other => Failure::Unknown(message(&other)),
     }
+}
+
+/// A driver error as a message: the error and those of its causes that it does not already
+/// quote (a TLS handshake failure says which certificate check failed).
+pub(super) fn message(e: &mysql_async::Error) -> String {
+    use std::error::Error as _;
+    // An I/O error from the socket itself (mysql_async's two wrappers of it would each say
+    // "Input/output error").
+    let (mut m, mut source) = match e {
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            (format!("I/O error: {io}"), io.source())
+        }
+        other => (other.to_string(), other.source()),
+    };
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !m.contains(&s_text) {
+            m.push_str(": ");
+            m.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    m
 }
 
 /// Column `i` of `row` (`None` for SQL NULL); a value of another type is an unexpected reply,
@@ -116,7 +139,7 @@ impl Db {
             .pool
             .get_conn()
             .await
-            .map_err(|e| Failure::NotSent(e.to_string()))?;
+            .map_err(|e| Failure::NotSent(message(&e)))?;
         Ok(match command {
             Command::Take { name, owner, ttl } => {
                 let n = text(&name)?;
