@@ -193,7 +193,15 @@ fn a_lock_from_another_server_session_is_not_claimed() {
     };
     a.handle_reply(at(1), t[0].node, t[0].op, opened);
     let (t, _) = sent(&mut a);
-    a.handle_reply(at(2), t[0].node, t[0].op, Reply::Locked { server: 11 });
+    a.handle_reply(
+        at(2),
+        t[0].node,
+        t[0].op,
+        Reply::Locked {
+            server: 11,
+            fence: 1,
+        },
+    );
     let (t, e) = sent(&mut a);
     assert!(
         matches!(t[0].command, Command::Close { clean: false, .. }),
@@ -252,9 +260,8 @@ fn reply() -> impl Strategy<Value = Reply> {
     let server = || 1u64..3;
     prop_oneof![
         2 => (0u64..4, server()).prop_map(|(session, server)| Reply::Opened { session, server }),
-        3 => server().prop_map(|server| Reply::Locked { server }),
+        4 => (0u64..10, server()).prop_map(|(fence, server)| Reply::Locked { server, fence }),
         2 => Just(Reply::Busy),
-        3 => (0u64..10, server()).prop_map(|(fence, server)| Reply::Fence { fence, server }),
         3 => (any::<bool>(), server()).prop_map(|(held, server)| Reply::Probed { held, server }),
         1 => any::<bool>().prop_map(|held| Reply::Unlocked { held }),
         1 => Just(Reply::Closed),
@@ -281,8 +288,8 @@ proptest! {
         std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
     ))]
 
-    /// Never held at or past its deadline; `Acquired` only on a fence answered by the server
-    /// session the lock was opened in, after that session's lock; every deadline at most
+    /// Never held at or past its deadline; `Acquired` only on a lock answered by the server
+    /// session the lock was opened in; every deadline at most
     /// the confirming request's send time + ttl; a doubtful session is never reused; no
     /// panic on any input.
     #[test]
@@ -290,10 +297,8 @@ proptest! {
         let mut m = machine(7);
         let mut now = at(1_000);
         let mut ops: Vec<(OpId, Instant, Command)> = Vec::new();
-        // The server session of the last `Opened` the machine took, and the last lock
-        // confirmed in it (send time).
+        // The server session of the last `Opened` the machine took.
         let mut opened: Option<u64> = None;
-        let mut locked: Option<Instant> = None;
         for a in actions {
             let mut backed: Option<Instant> = None;
             let mut doubtful = false;
@@ -318,8 +323,8 @@ proptest! {
                         doubtful = matches!(reply, Reply::Unknown(_) | Reply::Unavailable(_));
                         let used_before = m.state();
                         match (&command, &reply) {
-                            (Command::Fence { .. }, Reply::Fence { server, .. })
-                                if Some(*server) == opened => backed = locked.map(|l| l + TTL),
+                            (Command::Lock { .. }, Reply::Locked { server, .. })
+                                if Some(*server) == opened => backed = Some(sent_at + TTL),
                             (Command::Probe { .. }, Reply::Probed { held: true, server })
                                 if Some(*server) == opened => backed = Some(sent_at + TTL),
                             _ => {}
@@ -331,10 +336,6 @@ proptest! {
                                     if matches!(used_before, State::Acquiring | State::Releasing) =>
                                 {
                                     opened = Some(*server);
-                                    locked = None;
-                                }
-                                (Command::Lock { .. }, Reply::Locked { server }) if Some(*server) == opened => {
-                                    locked = Some(sent_at);
                                 }
                                 _ => {}
                             }

@@ -108,9 +108,14 @@ impl sealed::Client for Mysql {
             .map_err(|e| bad(url, crate::redact(&e.to_string())))?;
         let asked = opts.ssl_opts().cloned();
         let wait_secs = cfg.op_timeout().as_secs().max(1);
-        let mut opts = mysql_async::OptsBuilder::from_opts(opts).init(vec![format!(
-            "SET SESSION innodb_lock_wait_timeout = {wait_secs}"
-        )]);
+        // Always the server the URL names: mysql_async would otherwise reconnect through the
+        // Unix socket path that server reports (`@@socket`), on this machine, whatever the
+        // host: another server's socket when the URL names a remote one.
+        let mut opts = mysql_async::OptsBuilder::from_opts(opts)
+            .prefer_socket(false)
+            .init(vec![format!(
+                "SET SESSION innodb_lock_wait_timeout = {wait_secs}"
+            )]);
         // TLS when asked for (`require_ssl=true`, or a CA file): then required, and the server
         // verified (its chain against the CA file or the system's roots, and its name).
         if b.setup.ca_file.is_some() || asked.is_some() {
@@ -128,10 +133,7 @@ impl sealed::Client for Mysql {
             let ssl = mysql_async::SslOpts::default()
                 .with_root_certs(roots)
                 .with_disable_built_in_roots(true);
-            // Every pooled connection stays on TLS over TCP: mysql_async otherwise tries next
-            // the Unix socket the server names (`@@socket`), where its TLS request fails, one
-            // aborted connection on the server per pooled connection before it falls back.
-            opts = opts.ssl_opts(ssl).prefer_socket(false);
+            opts = opts.ssl_opts(ssl);
         }
         let db = Arc::new(Db {
             pool: mysql_async::Pool::new(opts),

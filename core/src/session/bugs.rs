@@ -11,8 +11,9 @@ crate::bugs::declare_bugs! {
         /// replaced (JDBC's `autoReconnect`, a pooler handing out another backend) keeps its
         /// holder believing.
         NoSessionCheck => "session-no-backend-check",
-        /// The fence is reported before the lock is confirmed: a lock whose answer was lost
-        /// (the session broke after sending it) is claimed anyway.
+        /// A lock request whose answer was lost (the session broke after sending it, or no
+        /// answer came) counts as locked, with the next fence guessed, instead of ending the
+        /// session.
         ClaimUnconfirmed => "session-claim-unconfirmed",
     }
 }

@@ -15,13 +15,21 @@ pub type SessionId = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Opens a session of our own for the lock `name` (a new or idle dedicated connection;
-    /// an open file). Reply: [`Reply::Opened`].
+    /// an open file). The server may end it once it has heard nothing from it for `idle`
+    /// (the driver sets that where the server can: PostgreSQL's `idle_session_timeout`,
+    /// MySQL's `wait_timeout`), so a client that vanished does not block the lock for long;
+    /// never sooner, so a lock is never ended while its holder still trusts it. Reply:
+    /// [`Reply::Opened`].
     Open {
         /// The lock name.
         name: Bytes,
+        /// How long the server may keep a silent session (the ttl, at least).
+        idle: Duration,
     },
     /// Locks `name` in `session`, waiting on the server at most `wait` for a holder to let
-    /// go (zero: one try). Reply: [`Reply::Locked`] or [`Reply::Busy`].
+    /// go (zero: one try), and when it is locked raises the lock's fence counter by one in
+    /// the same session (in the same statement where the server allows): the fence is known
+    /// only together with the lock. Reply: [`Reply::Locked`] or [`Reply::Busy`].
     Lock {
         /// The session.
         session: SessionId,
@@ -29,14 +37,6 @@ pub enum Command {
         name: Bytes,
         /// How long the server may wait for the lock.
         wait: Duration,
-    },
-    /// Raises the lock's fence counter by one, in `session` while it holds the lock, and
-    /// reads it back. Reply: [`Reply::Fence`].
-    Fence {
-        /// The session.
-        session: SessionId,
-        /// The lock name.
-        name: Bytes,
     },
     /// Asks whether `session` still holds `name`, and which server session answers.
     /// Reply: [`Reply::Probed`].
@@ -71,7 +71,6 @@ impl Command {
         match self {
             Command::Open { .. } => "open",
             Command::Lock { .. } => "lock",
-            Command::Fence { .. } => "fence",
             Command::Probe { .. } => "probe",
             Command::Unlock { .. } => "unlock",
             Command::Close { .. } => "close",
@@ -91,20 +90,15 @@ pub enum Reply {
         /// The server's name for it.
         server: u64,
     },
-    /// The lock is held by the session.
+    /// The lock is held by the session, with its new fence.
     Locked {
         /// The server session that locked it.
         server: u64,
+        /// The fence counter, raised.
+        fence: u64,
     },
     /// Another session holds the lock (the server's wait, if any, ran out).
     Busy,
-    /// The fence, raised.
-    Fence {
-        /// The new fence.
-        fence: u64,
-        /// The server session that raised it.
-        server: u64,
-    },
     /// The probe's answer.
     Probed {
         /// Whether the answering session holds the lock.

@@ -1,7 +1,7 @@
 //! The session lock: a named lock the server holds for one of our sessions for as long as
 //! that session lives. PostgreSQL advisory locks and MySQL `GET_LOCK` on a dedicated
 //! connection hold a lock this way (and `flock` on an open file); each backend only encodes
-//! the six [`Command`]s.
+//! the five [`Command`]s.
 //!
 //! - **Session**: one per lock, opened for it ([`Command::Open`]) and ended with it. The
 //!   server frees the lock when the session ends, so every doubtful outcome (no answer, a
@@ -11,8 +11,9 @@
 //!   connection id); a lock is trusted only while that is the session opened for it, so a
 //!   driver or pooler that silently swapped the session (the server ended the first) loses
 //!   the lock at the next answer instead of believing it.
-//! - **Fence**: a counter the session raises while it holds the lock, after the lock is
-//!   confirmed: strictly increasing across holders as long as the lock excludes.
+//! - **Fence**: a counter the session raises together with taking the lock (one statement
+//!   where the server allows): strictly increasing across holders as long as the lock
+//!   excludes and the counter's data is kept.
 //! - **Validity**: the server keeps the lock until the session ends, with no lease of its
 //!   own. The machine trusts it until the send time of its last confirmation (the lock, then
 //!   each probe) + ttl - drift allowance, and probes every ttl/3 under auto-extension. The
@@ -88,7 +89,6 @@ pub struct SessionLock {
 enum Kind {
     Open,
     Lock { wait: Duration },
-    Fence,
     Probe,
     Unlock,
     Close,
@@ -218,6 +218,7 @@ impl SessionLock {
             None => {
                 let command = Command::Open {
                     name: self.name.clone(),
+                    idle: self.cfg.lease.ttl,
                 };
                 self.send(Kind::Open, command);
             }
@@ -245,7 +246,6 @@ impl SessionLock {
         };
         let name = self.name.clone();
         let command = match kind {
-            Kind::Fence => Command::Fence { session, name },
             Kind::Probe => Command::Probe { session, name },
             _ => Command::Unlock { session, name },
         };
@@ -448,14 +448,13 @@ impl SessionLock {
     }
 
     fn on_reply(&mut self, p: Pending, reply: Reply) {
-        if self.release_after && matches!(p.kind, Kind::Open | Kind::Lock { .. } | Kind::Fence) {
+        if self.release_after && matches!(p.kind, Kind::Open | Kind::Lock { .. }) {
             self.release_after = false;
             return self.cancelled(p.kind, reply);
         }
         match p.kind {
             Kind::Open => self.on_open(reply),
             Kind::Lock { wait } => self.on_lock(p, wait, reply),
-            Kind::Fence => self.on_fence(reply),
             Kind::Probe => self.on_probe(p, reply),
             Kind::Unlock => self.on_unlock(reply),
             Kind::Close => self.finish(),
@@ -470,7 +469,7 @@ impl SessionLock {
                 self.clean = true;
             }
             (Kind::Lock { .. }, Reply::Busy) => self.clean = true,
-            (Kind::Lock { .. } | Kind::Fence, Reply::Locked { .. } | Reply::Fence { .. }) => {
+            (Kind::Lock { .. }, Reply::Locked { .. }) => {
                 // Ours: unlock it, so the session can be reused.
                 self.phase = Phase::Releasing;
                 self.send_on_session(Kind::Unlock);
@@ -503,9 +502,9 @@ impl SessionLock {
             return;
         }
         match reply {
-            Reply::Locked { server } if self.same_session(server) => {
+            Reply::Locked { server, fence } if self.same_session(server) => {
                 self.locked_at = p.sent;
-                self.send_on_session(Kind::Fence);
+                self.held(fence);
             }
             Reply::Locked { .. } => {
                 let e = self.error(NodeOutcome::Failed(BackendError::Unavailable(
@@ -522,6 +521,11 @@ impl SessionLock {
                 let e = self.error(NodeOutcome::Refused);
                 self.fail_attempt(e, waited);
             }
+            Reply::Unknown(_) | Reply::Unavailable(_) if self.bug(Bug::ClaimUnconfirmed) => {
+                self.locked_at = p.sent;
+                let fence = self.fence.map_or(1, |f| f.get().saturating_add(1));
+                self.held(fence);
+            }
             Reply::Error(e) => {
                 // Refused by the server: nothing was taken, the session is intact.
                 self.clean = true;
@@ -530,24 +534,6 @@ impl SessionLock {
             }
             other => {
                 let e = self.error(failure(other, "lock"));
-                self.drop_session();
-                self.fail_attempt(e, false);
-            }
-        }
-    }
-
-    fn on_fence(&mut self, reply: Reply) {
-        if self.phase != Phase::Acquiring {
-            return;
-        }
-        match reply {
-            Reply::Fence { fence, server } if self.same_session(server) => self.held(fence),
-            Reply::Unknown(_) | Reply::Unavailable(_) if self.bug(Bug::ClaimUnconfirmed) => {
-                let fence = self.fence.map_or(1, |f| f.get().saturating_add(1));
-                self.held(fence);
-            }
-            other => {
-                let e = self.error(failure(other, "fence"));
                 self.drop_session();
                 self.fail_attempt(e, false);
             }

@@ -115,8 +115,16 @@ impl SessionServer {
         if let Some(s) = self.sessions.get(&w.session).filter(|s| s.live) {
             let server = s.server;
             self.locks.insert(name.clone(), server);
-            self.fired.push((w.id, Reply::Locked { server }));
+            let fence = self.raise(name);
+            self.fired.push((w.id, Reply::Locked { server, fence }));
         }
+    }
+
+    /// Raises and returns the fence counter of `name`.
+    fn raise(&mut self, name: &Bytes) -> u64 {
+        let f = self.fences.entry(name.clone()).or_default();
+        *f += 1;
+        *f
     }
 
     /// The live server session behind `session` at `now`, after a reconnect if the driver
@@ -165,9 +173,13 @@ impl SessionServer {
                 match self.locks.get(name) {
                     None => {
                         self.locks.insert(name.clone(), server);
-                        Reply::Locked { server }
+                        let fence = self.raise(name);
+                        Reply::Locked { server, fence }
                     }
-                    Some(&s) if s == server => Reply::Locked { server },
+                    Some(&s) if s == server => {
+                        let fence = self.raise(name);
+                        Reply::Locked { server, fence }
+                    }
                     Some(_) if wait.is_zero() || id.is_none() => Reply::Busy,
                     Some(_) => {
                         let until = now.saturating_add(nanos(*wait));
@@ -180,17 +192,6 @@ impl SessionServer {
                         return None;
                     }
                 }
-            }
-            Command::Fence { session, name } => {
-                let Some(server) = self.session(now, *session) else {
-                    return Some(gone());
-                };
-                if self.locks.get(name) != Some(&server) {
-                    return Some(Reply::Error("the session does not hold the lock".into()));
-                }
-                let f = self.fences.entry(name.clone()).or_default();
-                *f += 1;
-                Reply::Fence { fence: *f, server }
             }
             Command::Probe { session, name } => {
                 let Some(server) = self.session(now, *session) else {
