@@ -47,6 +47,7 @@ start() {
   need protoc protobuf-compiler
   need etcd etcd-server
   need etcdctl etcd-client
+  need pgbouncer pgbouncer   # the advisory-mode refusal test starts its own
   if ! ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 endpoint health >/dev/null 2>&1; then
     rm -rf "$DIR/etcd"
     mkdir -p "$DIR/etcd"

@@ -73,6 +73,9 @@ pub struct SqlSetup {
     pub(crate) table: String,
     pub(crate) create_table: bool,
     pub(crate) ca_file: Option<std::path::PathBuf>,
+    /// The server's own session locks instead of lease rows (PostgreSQL advisory locks,
+    /// MySQL `GET_LOCK`).
+    pub(crate) session: bool,
 }
 
 impl Default for SqlSetup {
@@ -81,6 +84,7 @@ impl Default for SqlSetup {
             table: "lucky_locks".into(),
             create_table: true,
             ca_file: None,
+            session: false,
         }
     }
 }

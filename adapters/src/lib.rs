@@ -37,6 +37,8 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod session_family;
 
 #[cfg(feature = "client")]
 pub use client::{Backend, Builder, LockFuture, LockRequest, Locker, WaitFor};

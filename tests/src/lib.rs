@@ -406,6 +406,74 @@ pub mod servers {
         }
     }
 
+    /// A private PgBouncer (Debian's `pgbouncer`, run as `postgres`) on 127.0.0.1:`port` in
+    /// front of the PostgreSQL on 127.0.0.1:5432, pooling as `mode` (`transaction`,
+    /// `session`); stopped and its directory removed when dropped. None (the test skips)
+    /// when pgbouncer or root is missing, unless `LUCKY_REQUIRE_SERVERS=1`.
+    #[derive(Debug)]
+    pub struct PgBouncer {
+        /// Where it listens.
+        pub port: u16,
+        dir: std::path::PathBuf,
+    }
+
+    impl PgBouncer {
+        /// Starts one and waits until it accepts connections.
+        pub fn start(mode: &str, port: u16) -> Option<PgBouncer> {
+            use std::process::{Command, Stdio};
+            let dir =
+                std::env::temp_dir().join(format!("lucky-pgbouncer-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).ok()?;
+            let d = dir.display();
+            let ini = format!(
+                "[databases]\n* = host=127.0.0.1 port=5432 user=postgres\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = any\npool_mode = {mode}\npidfile = {d}/pgbouncer.pid\n\
+                 logfile = {d}/pgbouncer.log\n"
+            );
+            let ok = std::fs::write(dir.join("pgbouncer.ini"), ini).is_ok()
+                && Command::new("chown")
+                    .args(["-R", "postgres"])
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && Command::new("runuser")
+                    .args(["-u", "postgres", "--", "pgbouncer", "-d"])
+                    .arg(dir.join("pgbouncer.ini"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            let bouncer = PgBouncer { port, dir };
+            let up = ok
+                && (0..50).any(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                });
+            if !up {
+                assert!(
+                    !required(),
+                    "cannot start pgbouncer (scripts/services.sh installs it)"
+                );
+                eprintln!("skipping: cannot start pgbouncer");
+                return None;
+            }
+            Some(bouncer)
+        }
+    }
+
+    impl Drop for PgBouncer {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
     /// Whether a missing server fails the test (`LUCKY_REQUIRE_SERVERS=1`, set in CI) rather
     /// than skipping it.
     pub fn required() -> bool {

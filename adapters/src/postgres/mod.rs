@@ -28,6 +28,7 @@
 //! claimed. [`begin_guarded`] opens a transaction that first checks, inside it, that the lock
 //! is still ours on the server's clock: a holder that lost its lease cannot commit.
 
+mod advisory;
 mod transport;
 
 use std::sync::Arc;
@@ -37,7 +38,9 @@ use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 use crate::lease_family::{self, LeaseExtra, Route, SqlSetup};
+use crate::session_family::{self, Sessions};
 pub use crate::{Error, Guard};
+use advisory::{Advisory, AdvisorySql};
 use transport::{Db, Sql, Tls};
 
 /// Configures a [`Postgres`] client before connecting.
@@ -49,6 +52,8 @@ pub type LockRequest<'a> = crate::LockRequest<'a, Postgres>;
 #[derive(Clone, Debug)]
 pub struct Postgres {
     db: Arc<Db>,
+    /// In advisory mode, the dedicated sessions of held locks.
+    advisory: Option<Arc<Sessions<Advisory>>>,
     table: String,
     clock: Clock,
     defaults: Options<LeaseExtra>,
@@ -78,9 +83,27 @@ impl Postgres {
         client::close(self, timeout).await
     }
 
-    /// The table the locks live in.
+    /// The table the locks live in (in advisory mode, the fences: `<table>_fences`).
     pub fn table(&self) -> &str {
         &self.table
+    }
+}
+
+impl PostgresBuilder {
+    /// PostgreSQL's own advisory locks instead of lease rows, for interop with code that
+    /// already uses them: `pg_try_advisory_lock` on a dedicated connection per held lock. A
+    /// name that is an integer in canonical decimal form is the key itself; any other name
+    /// is `hashtextextended(name, 0)`. The fence is a row per key in `<table>_fences`.
+    /// The server keeps the lock as long as the connection: Lucky probes it every ttl/3 (the
+    /// ttl bounds how long a lock is trusted without an answer), and sets
+    /// `idle_session_timeout` to the ttl (PostgreSQL 14+) so the lock of a vanished client is
+    /// freed after it. A lock the server ended (a killed connection, a restart) is seen at
+    /// the next probe: loss detection is bounded by the probe interval, not by a lease, so
+    /// protect the resource with the fence. Refused through a transaction-pooling connection
+    /// pooler (detected), and on servers older than 11.
+    pub fn advisory(mut self) -> Self {
+        self.setup.session = true;
+        self
     }
 }
 
@@ -122,11 +145,40 @@ impl sealed::Client for Postgres {
             Tls::Off
         };
         let db = Arc::new(Db::new(
-            pg_config,
-            tls,
+            pg_config.clone(),
+            tls.clone(),
             Sql::new(&b.setup.table),
             b.connect_timeout,
         ));
+        if b.setup.session {
+            let fences = format!("{}_fences", b.setup.table);
+            crate::lease_family::check_table(&fences).map_err(|r| bad(url, r))?;
+            let sql = AdvisorySql::new(&fences);
+            let version = advisory_checks(&pg_config, &tls, &b, &sql.create)
+                .await
+                .map_err(|details| Error::Unreachable {
+                    backend: "PostgreSQL",
+                    reachable: 0,
+                    total: 1,
+                    needed: 1,
+                    details: format!("{}: {}", crate::redact(url), crate::redact(&details)),
+                })?;
+            let store = Advisory {
+                config: pg_config,
+                tls,
+                sql,
+                connect_timeout: b.connect_timeout,
+                version,
+                tasks: db.tasks.clone(),
+            };
+            return Ok(Postgres {
+                db,
+                advisory: Some(Arc::new(Sessions::new(Arc::new(store)))),
+                table: fences,
+                clock: Clock::new(),
+                defaults: b.defaults,
+            });
+        }
         let ready = if b.setup.create_table {
             db.prepare(&db.sql.create).await
         } else {
@@ -143,6 +195,7 @@ impl sealed::Client for Postgres {
         }
         Ok(Postgres {
             db,
+            advisory: None,
             table: b.setup.table,
             clock: Clock::new(),
             defaults: b.defaults,
@@ -158,6 +211,16 @@ impl sealed::Client for Postgres {
         name: String,
         options: &Options<LeaseExtra>,
     ) -> Result<LockFuture<'static>, Error> {
+        if let Some(sessions) = &self.advisory {
+            let machine = session_family::machine(&session_family::config(options)?, &name)?;
+            return Ok(Box::pin(driver::acquire(
+                machine,
+                sessions.clone(),
+                self.clock,
+                name,
+                None,
+            )));
+        }
         let machine = lease_family::machine(&lease_family::config(options)?, &name)?;
         let transport = Arc::new(Route::new(self.db.clone()));
         Ok(Box::pin(driver::acquire(
@@ -168,6 +231,56 @@ impl sealed::Client for Postgres {
     fn tasks(&self) -> &Arc<Tasks> {
         &self.db.tasks
     }
+}
+
+/// What advisory mode needs of the server, checked once on connect: version 11 or later
+/// (`hashtextextended`), no transaction-pooling pooler in between (two connections open at
+/// once that share one backend process are handed the same server session: a session lock
+/// there would be shared with other clients), and the fence table (created unless
+/// `create_table(false)`). Returns `server_version_num`.
+async fn advisory_checks(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+    b: &PostgresBuilder,
+    create: &str,
+) -> Result<u32, String> {
+    let (a, _) = transport::connect(config, tls, b.connect_timeout).await?;
+    let (other, _) = transport::connect(config, tls, b.connect_timeout).await?;
+    let msg = |e: tokio_postgres::Error| transport::message(&e);
+    let row = a
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(msg)?;
+    let (version, pid_a): (i32, i32) = (row.try_get(0).map_err(msg)?, row.try_get(1).map_err(msg)?);
+    let pid_b: i32 = other
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(msg)?;
+    if version < 110_000 {
+        return Err(format!(
+            "advisory mode needs PostgreSQL 11 or later (hashtextextended); this server is {version}"
+        ));
+    }
+    if pid_a == pid_b {
+        return Err(format!(
+            "advisory mode refused: two open connections share backend process {pid_a}, so a              pooler in transaction mode (PgBouncer) sits in between and would hand the lock's              session to other clients; connect to PostgreSQL itself or use the lease mode"
+        ));
+    }
+    if b.setup.create_table {
+        if let Err(e) = a.batch_execute(create).await {
+            // Two clients creating it at once: one of them finds it made by the other.
+            use tokio_postgres::error::SqlState;
+            let raced = [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_TABLE];
+            if !e.code().is_some_and(|c| raced.contains(c)) {
+                return Err(msg(e));
+            }
+        }
+    }
+    Ok(u32::try_from(version).unwrap_or(0))
 }
 
 /// Opens a transaction on `client` that first checks, inside it, that `guard`'s lock (taken

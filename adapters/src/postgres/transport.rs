@@ -98,7 +98,11 @@ type Notes = tokio::sync::mpsc::UnboundedReceiver<String>;
 
 /// Connects (bounded by `limit`) and drives the connection in a task that forwards its
 /// notifications.
-async fn connect(config: &Config, tls: &Tls, limit: Duration) -> Result<(Client, Notes), String> {
+pub(super) async fn connect(
+    config: &Config,
+    tls: &Tls,
+    limit: Duration,
+) -> Result<(Client, Notes), String> {
     match tls {
         Tls::Off => connect_with(config, NoTls, limit).await,
         Tls::On(t) => connect_with(config, t.clone(), limit).await,

@@ -1,0 +1,176 @@
+//! What the backends on the session-lock machine share in the adapters (PostgreSQL advisory
+//! locks, MySQL `GET_LOCK`): the transport that keeps one dedicated server session per lock
+//! ([`Sessions`]), numbered for the machine, and a few idle ones for reuse once a lock's
+//! machine said its session holds nothing. A backend writes only its [`SessionStore`]: how
+//! to open a session and how to run a lock, probe or unlock in it.
+// A build with only the lease-record SQL modes uses none of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lucky_core::session::{Command, Reply, SessionConfig, SessionLock};
+
+use crate::client::Options;
+use crate::driver::{Tasks, Transport};
+use crate::lease_family::LeaseExtra;
+use crate::Error;
+
+/// Idle sessions kept per client for reuse.
+const IDLE: usize = 8;
+
+/// A server reached over dedicated connections, one per held lock.
+pub(crate) trait SessionStore: Send + Sync + 'static {
+    /// One open session (a connection of its own).
+    type Conn: Send + 'static;
+    /// Opens a session the server may end after `idle` of silence; returns it and the
+    /// server's id for it.
+    fn open(
+        self: Arc<Self>,
+        idle: Duration,
+    ) -> impl Future<Output = Result<(Self::Conn, u64), Reply>> + Send;
+    /// Runs a lock, probe or unlock in `conn`; a broken session is [`Reply::Unknown`].
+    fn run(
+        self: Arc<Self>,
+        conn: Arc<tokio::sync::Mutex<Self::Conn>>,
+        command: Command,
+    ) -> impl Future<Output = Reply> + Send;
+    /// The client's background tasks.
+    fn tasks(&self) -> &Arc<Tasks>;
+}
+
+type Shared<C> = Arc<tokio::sync::Mutex<C>>;
+
+/// The client's sessions: those in use, by the number the machines know them by, and idle
+/// ones (with the idle time they were opened with).
+pub(crate) struct Sessions<S: SessionStore> {
+    store: Arc<S>,
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, Shared<S::Conn>>>,
+    idle: Mutex<Vec<(S::Conn, u64, Duration)>>,
+    /// The idle time of each session in use, for its return to the idle ones.
+    idles: Mutex<BTreeMap<u64, (u64, Duration)>>,
+}
+
+impl<S: SessionStore> Sessions<S> {
+    pub(crate) fn new(store: Arc<S>) -> Sessions<S> {
+        Sessions {
+            store,
+            next: AtomicU64::new(0),
+            open: Mutex::default(),
+            idle: Mutex::default(),
+            idles: Mutex::default(),
+        }
+    }
+
+    fn register(&self, conn: S::Conn, server: u64, idle: Duration) -> Reply {
+        let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Arc::new(tokio::sync::Mutex::new(conn));
+        lock(&self.open).insert(session, conn);
+        lock(&self.idles).insert(session, (server, idle));
+        Reply::Opened { session, server }
+    }
+
+    fn close(&self, session: u64, clean: bool) {
+        let conn = lock(&self.open).remove(&session);
+        let meta = lock(&self.idles).remove(&session);
+        // Kept only when the machine said it holds nothing, and no request still uses it;
+        // otherwise dropped, which ends the session on the server (and frees its locks).
+        if let (true, Some(conn), Some((server, idle))) = (clean, conn, meta) {
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                let mut pool = lock(&self.idle);
+                if pool.len() < IDLE {
+                    pool.push((conn.into_inner(), server, idle));
+                }
+            }
+        }
+    }
+}
+
+impl<S: SessionStore> std::fmt::Debug for Sessions<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("open", &lock(&self.open).len())
+            .field("idle", &lock(&self.idle).len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A std mutex's guard, also after a panic elsewhere (the maps stay consistent: every update
+/// is one insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S: SessionStore> Transport for Sessions<S> {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn send(
+        self: &Arc<Self>,
+        _node: usize,
+        command: Command,
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        let me = self.clone();
+        async move {
+            match command {
+                Command::Open { idle, .. } => {
+                    let reused = {
+                        let mut pool = lock(&me.idle);
+                        let i = pool.iter().position(|(_, _, d)| *d == idle);
+                        i.map(|i| pool.swap_remove(i))
+                    };
+                    if let Some((conn, server, idle)) = reused {
+                        return me.register(conn, server, idle);
+                    }
+                    match me.store.clone().open(idle).await {
+                        Ok((conn, server)) => me.register(conn, server, idle),
+                        Err(reply) => reply,
+                    }
+                }
+                Command::Close { session, clean } => {
+                    me.close(session, clean);
+                    Reply::Closed
+                }
+                Command::Lock { session, .. }
+                | Command::Probe { session, .. }
+                | Command::Unlock { session, .. } => {
+                    let conn = lock(&me.open).get(&session).cloned();
+                    match conn {
+                        Some(conn) => me.store.clone().run(conn, command).await,
+                        None => Reply::Unavailable("the session is closed".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn tasks(&self) -> &Arc<Tasks> {
+        self.store.tasks()
+    }
+}
+
+/// The session machine's configuration for `o` (probing every ttl/3 under auto-extension).
+pub(crate) fn config(o: &Options<LeaseExtra>) -> Result<SessionConfig, lucky_core::UsageError> {
+    let b = SessionConfig::builder().lease(o.lease);
+    let b = if o.extra.auto_extend {
+        b.auto_extend(None, None)
+    } else {
+        b
+    };
+    b.build()
+}
+
+/// A fresh machine for `name`, its jitter seeded from OS randomness.
+pub(crate) fn machine(cfg: &SessionConfig, name: &str) -> Result<SessionLock, Error> {
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(SessionLock::new(
+        cfg,
+        name.as_bytes(),
+        u64::from_le_bytes(seed),
+    )?)
+}
