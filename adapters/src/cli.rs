@@ -37,9 +37,13 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   etcds://host:2379?cacert=/path/ca.pem   etcd over TLS
                   postgres://user:pw@host:5432/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a PostgreSQL table
+                  postgres://...?mode=advisory       PostgreSQL advisory locks (an integer
+                                                     name is the key; psql's
+                                                     pg_advisory_lock excludes it)
                   postgres://...?sslmode=require[&cacert=/path/ca.pem]   over TLS
                   mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a MySQL/MariaDB table
+                  mysql://...?mode=get_lock          MySQL named locks (GET_LOCK)
                   mysql://...?require_ssl=true[&cacert=/path/ca.pem]   over TLS
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
@@ -236,16 +240,23 @@ fn etcd_connect(u: BackendUrl) -> Connecting {
 
 /// A SQL backend's URL: `?table=` (default `lucky_locks`), `?cacert=` (TLS, verified against
 /// that CA file) and `?mode=lease` are Lucky's; every other parameter goes to the driver.
-fn sql_params(u: &BackendUrl, backend: &str, scheme: &str) -> Result<(SqlOptions, String), String> {
+fn sql_params(
+    u: &BackendUrl,
+    backend: &str,
+    scheme: &str,
+    session_mode: &str,
+) -> Result<(SqlOptions, String), String> {
     let (mut options, mut rest) = (SqlOptions::default(), Vec::new());
     for kv in u.query.iter().flat_map(|q| q.split('&')) {
         match kv.split_once('=') {
             Some(("table", t)) => options.table = Some(t.to_owned()),
             Some(("cacert", c)) => options.cacert = Some(c.to_owned()),
-            Some(("mode", "lease")) => {}
+            Some(("mode", "lease")) => options.session = false,
+            Some(("mode", m)) if m == session_mode => options.session = true,
             Some(("mode", m)) => {
                 return Err(format!(
-                    "mode={m} is not available: {backend} locks are lease rows (mode=lease)"
+                    "mode={m} is not available: {backend} locks are lease rows (mode=lease) \
+                     or the server's own session locks (mode={session_mode})"
                 ))
             }
             _ => rest.push(kv.to_owned()),
@@ -274,10 +285,17 @@ fn sql_params(u: &BackendUrl, backend: &str, scheme: &str) -> Result<(SqlOptions
 struct SqlOptions {
     table: Option<String>,
     cacert: Option<String>,
+    /// The server's own session locks (`mode=advisory`, `mode=get_lock`).
+    session: bool,
 }
 
 fn sql_check(u: &BackendUrl) -> Result<(), String> {
-    sql_params(u, "SQL", "sql").map(|_| ())
+    let mode = if u.scheme.starts_with("my") || u.scheme.starts_with("maria") {
+        "get_lock"
+    } else {
+        "advisory"
+    };
+    sql_params(u, "SQL", "sql", mode).map(|_| ())
 }
 
 fn sql_error(u: &BackendUrl, backend: &'static str, reason: String) -> Error {
@@ -290,9 +308,12 @@ fn sql_error(u: &BackendUrl, backend: &'static str, reason: String) -> Error {
 
 fn postgres_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let (o, url) =
-            sql_params(&u, "PostgreSQL", "postgres").map_err(|r| sql_error(&u, "PostgreSQL", r))?;
+        let (o, url) = sql_params(&u, "PostgreSQL", "postgres", "advisory")
+            .map_err(|r| sql_error(&u, "PostgreSQL", r))?;
         let mut b = crate::postgres::Postgres::builder(&url);
+        if o.session {
+            b = b.advisory();
+        }
         if let Some(t) = o.table {
             b = b.table(t);
         }
@@ -306,8 +327,12 @@ fn postgres_connect(u: BackendUrl) -> Connecting {
 
 fn mysql_connect(u: BackendUrl) -> Connecting {
     Box::pin(async move {
-        let (o, url) = sql_params(&u, "MySQL", "mysql").map_err(|r| sql_error(&u, "MySQL", r))?;
+        let (o, url) =
+            sql_params(&u, "MySQL", "mysql", "get_lock").map_err(|r| sql_error(&u, "MySQL", r))?;
         let mut b = crate::mysql::Mysql::builder(&url);
+        if o.session {
+            b = b.get_lock();
+        }
         if let Some(t) = o.table {
             b = b.table(t);
         }

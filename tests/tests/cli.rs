@@ -538,3 +538,60 @@ async fn lock_keys(backend: &str, name: &str) -> Vec<usize> {
         vec![r.kvs().len()]
     }
 }
+
+/// `lucky exec --backend postgres://...?mode=advisory --name 42` and a plain
+/// `pg_advisory_lock(42)` (what psql runs) exclude each other; likewise `mode=get_lock` and a
+/// plain `GET_LOCK('x', 0)` on MySQL/MariaDB.
+#[test]
+fn session_modes_exclude_the_servers_own_locks() {
+    let rt = lucky_tests::bench::runtime();
+    let base = std::env::var("LUCKY_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if rt.block_on(postgres_available()) {
+        let key = i64::from(std::process::id()) + 4_200_000_000;
+        let backend = format!("{base}?mode=advisory");
+        let psql = rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c.execute("SELECT pg_advisory_lock($1)", &[&key])
+                .await
+                .unwrap();
+            c
+        });
+        let name = key.to_string();
+        let out = run(&mut exec(&backend, &name, &["--no-wait"], &["true"]));
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+        rt.block_on(psql.execute("SELECT pg_advisory_unlock($1)", &[&key]))
+            .unwrap();
+        let mut holder = exec(&backend, &name, &[], &["sleep", "2"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let taken: bool = rt
+            .block_on(psql.query_one("SELECT pg_try_advisory_lock($1)", &[&key]))
+            .unwrap()
+            .get(0);
+        assert!(!taken, "psql took the key lucky exec holds");
+        assert!(holder.wait().unwrap().success());
+    }
+    if rt.block_on(mysql_available()) {
+        let my = format!("{}&mode=get_lock", mysql_backend());
+        let name = unique("getlock").replace('/', "_");
+        let mut holder = exec(&my, &name, &[], &["sleep", "2"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let got: Option<i64> = rt.block_on(async {
+            use mysql_async::prelude::Queryable;
+            let url = std::env::var("LUCKY_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+            let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+            let r = c
+                .exec_first("SELECT GET_LOCK(?, 0)", (&name,))
+                .await
+                .unwrap();
+            c.disconnect().await.unwrap();
+            r
+        });
+        assert_eq!(got, Some(0), "GET_LOCK took the name lucky exec holds");
+        assert!(holder.wait().unwrap().success());
+    }
+}

@@ -28,6 +28,7 @@
 //! roots, or `SSL_CERT_FILE`), or [`ca_file`](crate::Builder::ca_file) (verified against that
 //! CA; TLS is then required). The server's chain and name are always verified.
 
+mod get_lock;
 mod transport;
 
 use std::sync::Arc;
@@ -37,7 +38,9 @@ use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 use crate::lease_family::{self, LeaseExtra, Route, SqlSetup};
+use crate::session_family::{self, Sessions};
 pub use crate::{Error, Guard};
+use get_lock::{GetLock, GetLockSql};
 use transport::{Db, Sql};
 
 /// Configures a [`Mysql`] client before connecting.
@@ -49,6 +52,8 @@ pub type LockRequest<'a> = crate::LockRequest<'a, Mysql>;
 #[derive(Clone, Debug)]
 pub struct Mysql {
     db: Arc<Db>,
+    /// In `get_lock` mode, the dedicated sessions of held locks.
+    named: Option<Arc<Sessions<GetLock>>>,
     table: String,
     clock: Clock,
     defaults: Options<LeaseExtra>,
@@ -76,9 +81,26 @@ impl Mysql {
         client::close(self, timeout).await
     }
 
-    /// The table the locks live in.
+    /// The table the locks live in (in `get_lock` mode, the fences: `<table>_fences`).
     pub fn table(&self) -> &str {
         &self.table
+    }
+}
+
+impl MysqlBuilder {
+    /// The server's own named locks (`GET_LOCK`) instead of lease rows, for interop with
+    /// code that already uses them, on a dedicated connection per held lock. A name of at
+    /// most 64 characters is the lock name itself; a longer one is `SHA2(name, 256)` in hex.
+    /// The fence is a row per name in `<table>_fences`. The server keeps the lock as long as
+    /// the connection: Lucky probes it every ttl/3 (the ttl bounds how long a lock is trusted
+    /// without an answer) and sets `wait_timeout` to the ttl (whole seconds, rounded up), so
+    /// the lock of a vanished client is freed after it. A lock the server ended (`KILL`, a
+    /// restart) is seen at the next probe: loss detection is bounded by the probe interval,
+    /// not by a lease, so protect the resource with the fence. Refused on Galera clusters
+    /// (`wsrep_on`: named locks are local to one node) and before MySQL 5.7 / MariaDB 10.0.2.
+    pub fn get_lock(mut self) -> Self {
+        self.setup.session = true;
+        self
     }
 }
 
@@ -135,25 +157,39 @@ impl sealed::Client for Mysql {
                 .with_disable_built_in_roots(true);
             opts = opts.ssl_opts(ssl);
         }
+        let opts: mysql_async::Opts = opts.into();
         let db = Arc::new(Db {
-            pool: mysql_async::Pool::new(opts),
+            pool: mysql_async::Pool::new(opts.clone()),
             sql: Sql::new(&b.setup.table),
             tasks: Arc::default(),
             hints: Arc::default(),
         });
-        let first = if b.setup.create_table {
-            db.sql.create.clone()
+        let fences = format!("{}_fences", b.setup.table);
+        let named_sql = if b.setup.session {
+            crate::lease_family::check_table(&fences).map_err(|r| bad(url, r))?;
+            Some(GetLockSql::new(&fences))
         } else {
-            "SELECT 1".to_owned()
+            None
+        };
+        let first = match (&named_sql, b.setup.create_table) {
+            (Some(sql), true) => sql.create.clone(),
+            (None, true) => db.sql.create.clone(),
+            (_, false) => "SELECT 1".to_owned(),
         };
         let ready = tokio::time::timeout(b.connect_timeout, async {
             use mysql_async::prelude::Queryable;
             let mut c = db.pool.get_conn().await?;
-            c.query_drop(first).await
+            if named_sql.is_some() {
+                if let Some(refusal) = get_lock_refusal(&mut c).await? {
+                    return Ok(Some(refusal));
+                }
+            }
+            c.query_drop(first).await.map(|()| None)
         })
         .await;
         let failed = match ready {
-            Ok(Ok(())) => None,
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(refusal))) => return Err(bad(url, refusal)),
             Ok(Err(e)) => Some(transport::message(&e)),
             Err(_) => Some(format!("no connection within {:?}", b.connect_timeout)),
         };
@@ -166,9 +202,22 @@ impl sealed::Client for Mysql {
                 details: format!("{}: {}", crate::redact(url), crate::redact(&e)),
             });
         }
+        let named = named_sql.map(|sql| {
+            Arc::new(Sessions::new(Arc::new(GetLock {
+                opts,
+                sql,
+                connect_timeout: b.connect_timeout,
+                tasks: db.tasks.clone(),
+            })))
+        });
         Ok(Mysql {
             db,
-            table: b.setup.table,
+            table: if named.is_some() {
+                fences
+            } else {
+                b.setup.table
+            },
+            named,
             clock: Clock::new(),
             defaults: b.defaults,
         })
@@ -183,6 +232,16 @@ impl sealed::Client for Mysql {
         name: String,
         options: &Options<LeaseExtra>,
     ) -> Result<LockFuture<'static>, Error> {
+        if let Some(sessions) = &self.named {
+            let machine = session_family::machine(&session_family::config(options)?, &name)?;
+            return Ok(Box::pin(driver::acquire(
+                machine,
+                sessions.clone(),
+                self.clock,
+                name,
+                None,
+            )));
+        }
         let machine = lease_family::machine(&lease_family::config(options)?, &name)?;
         let transport = Arc::new(Route::new(self.db.clone()));
         Ok(Box::pin(driver::acquire(
@@ -193,4 +252,43 @@ impl sealed::Client for Mysql {
     fn tasks(&self) -> &Arc<Tasks> {
         &self.db.tasks
     }
+}
+
+/// Why `GET_LOCK` mode cannot be safe on this server, if it cannot: a Galera cluster
+/// (`wsrep_on`: named locks are local to the node that took them, so two nodes grant the
+/// same name), or a server older than MySQL 5.7 / MariaDB 10.0.2 (a second `GET_LOCK` in a
+/// session released the first; names were not limited to 64 characters).
+async fn get_lock_refusal(c: &mut mysql_async::Conn) -> Result<Option<String>, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let wsrep: Option<(String, String)> = c.query_first("SHOW VARIABLES LIKE 'wsrep_on'").await?;
+    if wsrep.is_some_and(|(_, v)| v.eq_ignore_ascii_case("ON")) {
+        return Ok(Some(
+            "get_lock mode refused on a Galera cluster (wsrep_on): GET_LOCK is local to one \
+             node, so two nodes would grant the same name; use the lease mode"
+                .into(),
+        ));
+    }
+    let version: Option<String> = c.query_first("SELECT VERSION()").await?;
+    let version = version.unwrap_or_default();
+    let numbers: Vec<u32> = version
+        .split(|ch: char| !ch.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+        numbers.get(2).copied().unwrap_or(0),
+    );
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let old = if mariadb {
+        v < (10, 0, 2)
+    } else {
+        v < (5, 7, 0)
+    };
+    Ok(old.then(|| {
+        format!(
+            "get_lock mode needs MySQL 5.7 or MariaDB 10.0.2 or later; this server is {version}"
+        )
+    }))
 }
