@@ -19,8 +19,9 @@ use crate::driver::{Tasks, Transport};
 use crate::lease_family::LeaseExtra;
 use crate::Error;
 
-/// Idle sessions kept per client for reuse.
-const IDLE: usize = 8;
+/// Idle sessions kept per client for reuse (each is a server connection: enough for a busy
+/// client's turnover, few enough not to crowd the server).
+const IDLE: usize = 32;
 
 /// A server reached over dedicated connections, one per held lock.
 pub(crate) trait SessionStore: Send + Sync + 'static {

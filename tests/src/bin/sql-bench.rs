@@ -87,13 +87,43 @@ async fn run_mysql() -> String {
             }) as Cycle
         })
     };
-    let get_lock_cycle = {
-        let pool = pool.clone();
+    let named = lucky::mysql::Mysql::builder(&url)
+        .get_lock()
+        .table(TABLE)
+        .auto_extend(false)
+        .connect()
+        .await
+        .unwrap();
+    let named_cycle = {
+        let named = named.clone();
         Arc::new(move |task: usize, _n: u64| {
-            let pool = pool.clone();
+            let named = named.clone();
+            Box::pin(async move {
+                let g = named
+                    .lock(format!("bench/{pid}/named/{task}"))
+                    .no_wait()
+                    .await
+                    .unwrap();
+                g.release().await.unwrap();
+            }) as Cycle
+        })
+    };
+    // The raw GET_LOCK floors hold session locks too: a connection of their own per task.
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        let c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        conns.push(Arc::new(tokio::sync::Mutex::new(c)));
+    }
+    let conns = Arc::new(conns);
+    let get_lock_cycle = {
+        let conns = conns.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let c = conns[task % conns.len()].clone();
             Box::pin(async move {
                 let name = format!("bench/{pid}/gl/{task}");
-                let mut c = pool.get_conn().await.unwrap();
+                let mut c = c.lock().await;
                 let got: Option<i64> = c
                     .exec_first("SELECT GET_LOCK(?, 0)", (&name,))
                     .await
@@ -106,27 +136,66 @@ async fn run_mysql() -> String {
             }) as Cycle
         })
     };
+    let fenced_get_lock_cycle = {
+        let conns = conns.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let c = conns[task % conns.len()].clone();
+            Box::pin(async move {
+                let name = format!("bench/{pid}/glf/{task}");
+                let mut c = c.lock().await;
+                let got: Option<i64> = c
+                    .exec_first("SELECT GET_LOCK(?, 0)", (&name,))
+                    .await
+                    .unwrap();
+                assert_eq!(got, Some(1));
+                c.exec_drop(
+                    "INSERT INTO lucky_bench_fences (name, fence) VALUES (?, LAST_INSERT_ID(1)) \
+                     ON DUPLICATE KEY UPDATE fence = LAST_INSERT_ID(fence + 1)",
+                    (&name,),
+                )
+                .await
+                .unwrap();
+                let _: Option<i64> = c
+                    .exec_first("SELECT RELEASE_LOCK(?)", (&name,))
+                    .await
+                    .unwrap();
+            }) as Cycle
+        })
+    };
     let cases: Vec<Case> = vec![
         ("floor", floor_cycle),
         ("lucky", lucky_cycle),
         ("get_lock", get_lock_cycle),
+        ("get_lock+fence", fenced_get_lock_cycle),
+        ("lucky get_lock", named_cycle),
     ];
     let serial = serial_p50s(2_000, 0, &cases).await;
     let my_serial = serial[1].as_secs_f64() / serial[0].as_secs_f64();
+    let named_vs_raw = serial[4].as_secs_f64() / serial[2].as_secs_f64();
+    let named_vs_fenced = serial[4].as_secs_f64() / serial[3].as_secs_f64();
     println!(
-        "serial acquire+release p50: floor (the same two statements, raw) {:?}, lucky {:?} ({my_serial:.2}x), GET_LOCK/RELEASE_LOCK {:?} ({:.2}x)",
-        serial[0],
-        serial[1],
-        serial[2],
-        serial[2].as_secs_f64() / serial[0].as_secs_f64()
+        "serial acquire+release p50: floor (the same two statements, raw) {:?}, lucky {:?} ({my_serial:.2}x)",
+        serial[0], serial[1],
+    );
+    println!(
+        "  get_lock mode: raw GET_LOCK/RELEASE_LOCK {:?}, raw with the durable fence increment {:?}, lucky get_lock {:?} ({named_vs_raw:.2}x raw, {named_vs_fenced:.2}x raw+fence)",
+        serial[2], serial[3], serial[4],
     );
     let rates = throughput_rounds(32, 3, secs() * 3, &cases).await;
     let my_parallel = rates[1].rate() / rates[0].rate();
     println!(
-        "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({my_parallel:.2}x), GET_LOCK {:.0}/s",
+        "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({my_parallel:.2}x); GET_LOCK raw {:.0}/s, raw+fence {:.0}/s, lucky get_lock {:.0}/s ({:.2}x raw+fence)",
         rates[0].rate(),
         rates[1].rate(),
-        rates[2].rate()
+        rates[2].rate(),
+        rates[3].rate(),
+        rates[4].rate(),
+        rates[4].rate() / rates[3].rate(),
+    );
+    let hn = handoff(named.clone(), format!("bench/{pid}/named-handoff"), 8).await;
+    println!(
+        "{}",
+        hn.line("get_lock mode, 8 tasks on one name, hold 1 ms", "lucky")
     );
     let h = handoff(my.clone(), format!("bench/{pid}/handoff"), 8).await;
     println!("{}", h.line("8 tasks on one name, hold 1 ms", "lucky"));
@@ -136,10 +205,16 @@ async fn run_mysql() -> String {
     ))
     .await
     .unwrap();
+    c.query_drop(format!("DROP TABLE IF EXISTS {TABLE}_fences"))
+        .await
+        .unwrap();
     format!(
-        "my_serial_vs_floor={my_serial:.2} my_parallel_vs_floor={my_parallel:.2} my_handoff_p99_ms={:.2} my_fairness={:.2}",
+        "my_serial_vs_floor={my_serial:.2} my_parallel_vs_floor={my_parallel:.2} my_handoff_p99_ms={:.2} my_fairness={:.2} named_serial_vs_raw={named_vs_raw:.2} named_serial_vs_raw_fence={named_vs_fenced:.2} named_parallel_vs_raw_fence={:.2} named_handoff_p99_ms={:.2} named_fairness={:.2}",
         h.p99.as_secs_f64() * 1e3,
-        h.fairness
+        h.fairness,
+        rates[4].rate() / rates[3].rate(),
+        hn.p99.as_secs_f64() * 1e3,
+        hn.fairness,
     )
 }
 
@@ -199,20 +274,78 @@ async fn run() -> String {
             }) as Cycle
         })
     };
-    let advisory_cycle = {
-        let raw = raw.clone();
+    // Advisory mode: Lucky on a dedicated connection per lock, against the raw advisory
+    // lock and unlock, and against them with the same durable fence increment Lucky makes.
+    let adv = Postgres::builder(&url)
+        .advisory()
+        .table(TABLE)
+        .auto_extend(false)
+        .connect()
+        .await
+        .unwrap();
+    let adv_cycle = {
+        let adv = adv.clone();
         Arc::new(move |task: usize, _n: u64| {
-            let raw = raw.clone();
+            let adv = adv.clone();
+            Box::pin(async move {
+                let g = adv
+                    .lock(format!("bench/{pid}/adv/{task}"))
+                    .no_wait()
+                    .await
+                    .unwrap();
+                g.release().await.unwrap();
+            }) as Cycle
+        })
+    };
+    raw.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE}_fences (name text PRIMARY KEY, fence bigint NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    // The raw advisory floors hold session locks too: a connection of their own per task,
+    // statements prepared once.
+    let mut sessions = Vec::new();
+    for _ in 0..32 {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let lock = c.prepare("SELECT pg_try_advisory_lock($1)").await.unwrap();
+        let unlock = c.prepare("SELECT pg_advisory_unlock($1)").await.unwrap();
+        let fenced = c
+            .prepare(
+                "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS got), \
+                 f AS (INSERT INTO lucky_bench_fences AS t (name, fence) \
+                 SELECT $1::text, 1 FROM l WHERE l.got ON CONFLICT (name) \
+                 DO UPDATE SET fence = t.fence + 1 RETURNING t.fence) \
+                 SELECT (SELECT got FROM l), (SELECT fence FROM f)",
+            )
+            .await
+            .unwrap();
+        sessions.push(Arc::new((c, lock, unlock, fenced)));
+    }
+    let sessions = Arc::new(sessions);
+    let advisory_cycle = {
+        let sessions = sessions.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let s = sessions[task % sessions.len()].clone();
             Box::pin(async move {
                 let key = i64::from(pid) * 1000 + task as i64;
-                let r = raw
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                    .await
-                    .unwrap();
+                let r = s.0.query_one(&s.1, &[&key]).await.unwrap();
                 assert!(r.get::<_, bool>(0));
-                raw.query_one("SELECT pg_advisory_unlock($1)", &[&key])
-                    .await
-                    .unwrap();
+                s.0.query_one(&s.2, &[&key]).await.unwrap();
+            }) as Cycle
+        })
+    };
+    let fenced_advisory_cycle = {
+        let sessions = sessions.clone();
+        Arc::new(move |task: usize, _n: u64| {
+            let s = sessions[task % sessions.len()].clone();
+            Box::pin(async move {
+                let key = i64::from(pid) * 1000 + 500 + task as i64;
+                let r = s.0.query_one(&s.3, &[&key]).await.unwrap();
+                assert!(r.get::<_, bool>(0));
+                s.0.query_one(&s.2, &[&key]).await.unwrap();
             }) as Cycle
         })
     };
@@ -220,23 +353,36 @@ async fn run() -> String {
         ("floor", floor_cycle),
         ("lucky", lucky_cycle),
         ("advisory", advisory_cycle),
+        ("advisory+fence", fenced_advisory_cycle),
+        ("lucky advisory", adv_cycle),
     ];
     let serial = serial_p50s(2_000, 0, &cases).await;
     let serial_vs_floor = serial[1].as_secs_f64() / serial[0].as_secs_f64();
+    let adv_vs_raw = serial[4].as_secs_f64() / serial[2].as_secs_f64();
+    let adv_vs_fenced = serial[4].as_secs_f64() / serial[3].as_secs_f64();
     println!(
-        "serial acquire+release p50: floor (the same two statements, raw) {:?}, lucky {:?} ({serial_vs_floor:.2}x), advisory lock/unlock {:?} ({:.2}x)",
-        serial[0],
-        serial[1],
-        serial[2],
-        serial[2].as_secs_f64() / serial[0].as_secs_f64()
+        "serial acquire+release p50: floor (the same two statements, raw) {:?}, lucky {:?} ({serial_vs_floor:.2}x)",
+        serial[0], serial[1],
+    );
+    println!(
+        "  advisory mode: raw pg_try_advisory_lock/unlock {:?}, raw with the durable fence increment {:?}, lucky advisory {:?} ({adv_vs_raw:.2}x raw, {adv_vs_fenced:.2}x raw+fence)",
+        serial[2], serial[3], serial[4],
     );
     let rates = throughput_rounds(32, 3, secs() * 3, &cases).await;
     let parallel_vs_floor = rates[1].rate() / rates[0].rate();
     println!(
-        "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({parallel_vs_floor:.2}x), advisory {:.0}/s",
+        "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({parallel_vs_floor:.2}x); advisory raw {:.0}/s, raw+fence {:.0}/s, lucky advisory {:.0}/s ({:.2}x raw+fence)",
         rates[0].rate(),
         rates[1].rate(),
-        rates[2].rate()
+        rates[2].rate(),
+        rates[3].rate(),
+        rates[4].rate(),
+        rates[4].rate() / rates[3].rate(),
+    );
+    let ha = handoff(adv.clone(), format!("bench/{pid}/adv-handoff"), 8).await;
+    println!(
+        "{}",
+        ha.line("advisory mode, 8 tasks on one name, hold 1 ms", "lucky")
     );
 
     let h = handoff(pg.clone(), format!("bench/{pid}/handoff"), 8).await;
@@ -246,11 +392,17 @@ async fn run() -> String {
     ))
     .await
     .unwrap();
+    raw.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}_fences"))
+        .await
+        .unwrap();
     format!(
-        "serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2}",
+        "serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2} adv_serial_vs_raw={adv_vs_raw:.2} adv_serial_vs_raw_fence={adv_vs_fenced:.2} adv_parallel_vs_raw_fence={:.2} adv_handoff_p99_ms={:.2} adv_fairness={:.2}",
         h.n,
         h.p99.as_secs_f64() * 1e3,
         h.max.as_secs_f64() * 1e3,
-        h.fairness
+        h.fairness,
+        rates[4].rate() / rates[3].rate(),
+        ha.p99.as_secs_f64() * 1e3,
+        ha.fairness,
     )
 }
