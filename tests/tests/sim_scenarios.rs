@@ -106,6 +106,8 @@ scenario_tests! {
     sql_killed_connection => "sql-killed-connection",
     pg_backend_paused => "pg-backend-paused",
     sql_replica_promoted => "sql-replica-promoted",
+    my_server_stopped => "my-server-stopped",
+    my_get_lock_server_stopped => "my-get-lock-server-stopped",
     sql_session_restart => "sql-session-restart",
     sql_session_reconnected => "sql-session-reconnected",
     sql_session_partitioned => "sql-session-partitioned",

@@ -38,5 +38,6 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "lease-random-chaos", about: "lease: every assumption-keeping fault at rates drawn per seed", draw: scenarios::random_chaos },
     Scenario { name: "sql-killed-connection", about: "SQL stores: connections killed right after statements were sent (pg_terminate_backend, KILL, pooler timeouts): unknown outcomes settled by reading the row", draw: sql_scenarios::killed_connection },
     Scenario { name: "sql-replica-promoted", about: "SQL stores: an async replica promoted without the last commits: acknowledged takes and renewals vanish: overlap and fence reuse expected", draw: sql_scenarios::replica_promoted },
+    Scenario { name: "my-server-stopped", about: "MySQL/MariaDB: the server stopped past the ttl (kill -STOP of mysqld) under holders: statements run when it resumes, on a clock that moved on; holders end at their deadlines", draw: sql_scenarios::server_stopped },
     Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: sql_scenarios::backend_paused },
 ];

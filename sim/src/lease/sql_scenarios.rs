@@ -81,3 +81,21 @@ pub(super) fn replica_promoted(rng: &mut Rng) -> Setup {
     }
     s
 }
+
+/// The whole server stopped past the ttl (`kill -STOP` of mysqld, a VM paused, a long
+/// stop-the-world flush): statements wait and are executed when it resumes, on a clock that
+/// moved on; holders end at their own deadlines meanwhile, and nobody holds a row the server
+/// then judges expired by mistake.
+pub(super) fn server_stopped(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.auto_extend = Some((None, None));
+    s.work.clients = 4;
+    s.work.hold_ns = Some((MS, 2 * s.ttl()));
+    let mut t = rng.range(0, 100 * MS);
+    while t < s.work.quiet_at {
+        let for_ns = rng.range(s.ttl() / 2, 3 * s.ttl() / 2);
+        s.faults.push((t, Fault::Stall { node: 0, for_ns }));
+        t += for_ns + rng.range(50 * MS, 200 * MS);
+    }
+    s
+}

@@ -29,5 +29,6 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "sql-session-restart", about: "SQL session locks: the server restarts under holders; locks end with their sessions, holders learn at their next probe: overlap within a ttl expected, fences still rise", draw: scenarios::restart },
     Scenario { name: "sql-session-reconnected", about: "SQL session locks: the server restarts and drivers reconnect silently (JDBC autoReconnect, a pooler handing out another backend): the changed session is noticed at the next answer", draw: scenarios::reconnected },
     Scenario { name: "sql-session-partitioned", about: "SQL session locks: holders cut off from the server: it ends their idle sessions after the ttl, after they stopped trusting them: no overlap", draw: scenarios::partitioned },
+    Scenario { name: "my-get-lock-server-stopped", about: "MySQL GET_LOCK (and advisory) mode: the server stopped past the ttl: unanswered probes end the holders' trust, the resumed server frees dropped sessions' locks: no overlap", draw: scenarios::server_stopped },
     Scenario { name: "sql-session-chaos", about: "SQL session locks: cuts, restarts, client pauses past the ttl and slow answers at once", draw: scenarios::chaos },
 ];

@@ -103,3 +103,19 @@ pub(super) fn chaos(rng: &mut Rng) -> Setup {
     }
     s
 }
+
+/// `get_lock` / advisory mode with the whole server stopped past the ttl (`kill -STOP`):
+/// probes go unanswered, holders stop trusting their locks and end their sessions; the
+/// server, resumed, ends nothing early (its idle clock restarts) and frees the dropped
+/// sessions' locks as their closes arrive.
+pub(super) fn server_stopped(rng: &mut Rng) -> Setup {
+    let mut s = base(&PLAIN);
+    s.work.clients = 4;
+    let mut t = rng.range(0, 100 * MS);
+    while t < s.work.quiet_at {
+        let for_ns = rng.range(s.ttl() / 2, 3 * s.ttl() / 2);
+        s.faults.push((t, Fault::Stall { node: 0, for_ns }));
+        t += for_ns + rng.range(50 * MS, 200 * MS);
+    }
+    s
+}
