@@ -1,12 +1,21 @@
-//! Lucky's PostgreSQL and MySQL/MariaDB backends against their floors, in the same run, on the
-//! servers of this machine (MySQL: `LUCKY_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`,
-//! floor = the same two statements raw on a pool, `GET_LOCK` for scale). PostgreSQL (`LUCKY_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`):
-//! the floor is the raw statements of one cycle (the taking upsert, the releasing update) on
-//! one connection, as Lucky shares one connection; and `pg_try_advisory_lock` /
-//! `pg_advisory_unlock` for scale. Cases: serial acquire+release p50 (one cycle of each case
-//! in turn), 32 tasks on distinct names (throughput, alternating slices), and the hand-off of
-//! one name between 8 tasks that hold it 1 ms. Run: `cargo run --release -p lucky-tests --bin
-//! sql-bench` (`LUCKY_BENCH_SECS`, default 3). The last line is a machine-readable summary.
+//! Lucky's PostgreSQL and MySQL/MariaDB backends against their floors and peers, in the same
+//! run, on the servers of this machine (`LUCKY_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; `LUCKY_MYSQL_URL`, default
+//! `mysql://root@127.0.0.1:3306/test`).
+//!
+//! - Lease mode: the floor is the raw statements of one cycle (the taking upsert, the
+//!   releasing update), PostgreSQL on one connection as Lucky shares one, MySQL on a pool as
+//!   Lucky's.
+//! - Session modes (advisory, `GET_LOCK`): floors on a connection of their own per task,
+//!   prepared: the raw lock and unlock, and the same with the durable fence increment Lucky
+//!   makes (the fair floor: Lucky's lock always raises a fence). Peers with feature `peers`:
+//!   the `distributed-lock-postgres` and `distributed-lock-mysql` crates (no fence), against
+//!   the raw lock and unlock.
+//!
+//! Cases: serial acquire+release p50 (one cycle of each case in turn), 32 tasks on distinct
+//! names (throughput, alternating slices), and the hand-off of one name between 8 tasks that
+//! hold it 1 ms. Run: `cargo run --release -p lucky-tests --features peers --bin sql-bench`
+//! (`LUCKY_BENCH_SECS`, default 3). The last line is a machine-readable summary.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
 
 use std::sync::Arc;
@@ -30,6 +39,34 @@ fn main() {
     let pg = rt.block_on(run());
     let my = rt.block_on(run_mysql());
     println!("summary {pg} {my}");
+}
+
+/// The peers' figures (cases after the first five), against the raw session-lock case
+/// `raw` (the same work without a fence: the peers give none).
+fn peer_lines(
+    cases: &[Case],
+    serial: &[std::time::Duration],
+    rates: &[lucky_tests::bench::Throughput],
+    raw: usize,
+) -> String {
+    let mut summary = String::new();
+    for i in 5..cases.len() {
+        let key = cases[i].0.replace('-', "_");
+        summary.push_str(&format!(
+            " {key}_serial_vs_raw={:.2} {key}_parallel_vs_raw={:.2}",
+            serial[i].as_secs_f64() / serial[raw].as_secs_f64(),
+            rates[i].rate() / rates[raw].rate(),
+        ));
+        println!(
+            "  peer {}: serial p50 {:?} ({:.2}x raw), 32 tasks {:.0}/s ({:.2}x raw)",
+            cases[i].0,
+            serial[i],
+            serial[i].as_secs_f64() / serial[raw].as_secs_f64(),
+            rates[i].rate(),
+            rates[i].rate() / rates[raw].rate(),
+        );
+    }
+    summary
 }
 
 /// The MySQL floor's statements: a take and a release, written by hand.
@@ -162,13 +199,36 @@ async fn run_mysql() -> String {
             }) as Cycle
         })
     };
-    let cases: Vec<Case> = vec![
+    #[allow(unused_mut)] // the peer joins with feature `peers`
+    let mut cases: Vec<Case> = vec![
         ("floor", floor_cycle),
         ("lucky", lucky_cycle),
         ("get_lock", get_lock_cycle),
         ("get_lock+fence", fenced_get_lock_cycle),
         ("lucky get_lock", named_cycle),
     ];
+    #[cfg(feature = "peers")]
+    {
+        use distributed_lock_core::prelude::*;
+        let provider = Arc::new(
+            distributed_lock_mysql::MySqlLockProvider::builder()
+                .connection_string(&url)
+                .build()
+                .await
+                .unwrap(),
+        );
+        cases.push((
+            "distributed-lock-mysql",
+            Arc::new(move |task: usize, _n: u64| {
+                let provider = provider.clone();
+                Box::pin(async move {
+                    let lock = provider.create_lock(&format!("bench/{pid}/peer/{task}"));
+                    let h = lock.try_acquire().await.unwrap().unwrap();
+                    h.release().await.unwrap();
+                }) as Cycle
+            }),
+        ));
+    }
     let serial = serial_p50s(2_000, 0, &cases).await;
     let my_serial = serial[1].as_secs_f64() / serial[0].as_secs_f64();
     let named_vs_raw = serial[4].as_secs_f64() / serial[2].as_secs_f64();
@@ -182,6 +242,7 @@ async fn run_mysql() -> String {
         serial[2], serial[3], serial[4],
     );
     let rates = throughput_rounds(32, 3, secs() * 3, &cases).await;
+    let peers = peer_lines(&cases, &serial, &rates, 2);
     let my_parallel = rates[1].rate() / rates[0].rate();
     println!(
         "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({my_parallel:.2}x); GET_LOCK raw {:.0}/s, raw+fence {:.0}/s, lucky get_lock {:.0}/s ({:.2}x raw+fence)",
@@ -209,7 +270,7 @@ async fn run_mysql() -> String {
         .await
         .unwrap();
     format!(
-        "my_serial_vs_floor={my_serial:.2} my_parallel_vs_floor={my_parallel:.2} my_handoff_p99_ms={:.2} my_fairness={:.2} named_serial_vs_raw={named_vs_raw:.2} named_serial_vs_raw_fence={named_vs_fenced:.2} named_parallel_vs_raw_fence={:.2} named_handoff_p99_ms={:.2} named_fairness={:.2}",
+        "my_serial_vs_floor={my_serial:.2} my_parallel_vs_floor={my_parallel:.2} my_handoff_p99_ms={:.2} my_fairness={:.2} named_serial_vs_raw={named_vs_raw:.2} named_serial_vs_raw_fence={named_vs_fenced:.2} named_parallel_vs_raw_fence={:.2} named_handoff_p99_ms={:.2} named_fairness={:.2}{peers}",
         h.p99.as_secs_f64() * 1e3,
         h.fairness,
         rates[4].rate() / rates[3].rate(),
@@ -349,13 +410,36 @@ async fn run() -> String {
             }) as Cycle
         })
     };
-    let cases: Vec<Case> = vec![
+    #[allow(unused_mut)] // the peer joins with feature `peers`
+    let mut cases: Vec<Case> = vec![
         ("floor", floor_cycle),
         ("lucky", lucky_cycle),
         ("advisory", advisory_cycle),
         ("advisory+fence", fenced_advisory_cycle),
         ("lucky advisory", adv_cycle),
     ];
+    #[cfg(feature = "peers")]
+    {
+        use distributed_lock_core::prelude::*;
+        let provider = Arc::new(
+            distributed_lock_postgres::PostgresLockProvider::builder()
+                .connection_string(&url)
+                .build()
+                .await
+                .unwrap(),
+        );
+        cases.push((
+            "distributed-lock-postgres",
+            Arc::new(move |task: usize, _n: u64| {
+                let provider = provider.clone();
+                Box::pin(async move {
+                    let lock = provider.create_lock(&format!("bench/{pid}/peer/{task}"));
+                    let h = lock.try_acquire().await.unwrap().unwrap();
+                    h.release().await.unwrap();
+                }) as Cycle
+            }),
+        ));
+    }
     let serial = serial_p50s(2_000, 0, &cases).await;
     let serial_vs_floor = serial[1].as_secs_f64() / serial[0].as_secs_f64();
     let adv_vs_raw = serial[4].as_secs_f64() / serial[2].as_secs_f64();
@@ -369,6 +453,7 @@ async fn run() -> String {
         serial[2], serial[3], serial[4],
     );
     let rates = throughput_rounds(32, 3, secs() * 3, &cases).await;
+    let peers = peer_lines(&cases, &serial, &rates, 2);
     let parallel_vs_floor = rates[1].rate() / rates[0].rate();
     println!(
         "32 tasks, distinct names: floor {:.0}/s, lucky {:.0}/s ({parallel_vs_floor:.2}x); advisory raw {:.0}/s, raw+fence {:.0}/s, lucky advisory {:.0}/s ({:.2}x raw+fence)",
@@ -396,7 +481,7 @@ async fn run() -> String {
         .await
         .unwrap();
     format!(
-        "serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2} adv_serial_vs_raw={adv_vs_raw:.2} adv_serial_vs_raw_fence={adv_vs_fenced:.2} adv_parallel_vs_raw_fence={:.2} adv_handoff_p99_ms={:.2} adv_fairness={:.2}",
+        "serial_vs_floor={serial_vs_floor:.2} parallel_vs_floor={parallel_vs_floor:.2} handoff_acquisitions={} handoff_p99_ms={:.2} handoff_max_ms={:.2} fairness={:.2} adv_serial_vs_raw={adv_vs_raw:.2} adv_serial_vs_raw_fence={adv_vs_fenced:.2} adv_parallel_vs_raw_fence={:.2} adv_handoff_p99_ms={:.2} adv_fairness={:.2}{peers}",
         h.n,
         h.p99.as_secs_f64() * 1e3,
         h.max.as_secs_f64() * 1e3,
