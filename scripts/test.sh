@@ -20,6 +20,8 @@ echo "== the RedLock machine from plain threads, no async runtime"
 cargo run -q -p lucky --features redis --example redlock_blocking
 echo "== the lease machine on the in-memory table from plain threads"
 cargo run -q -p lucky --features memory --example memory_blocking
+echo "== lock files from plain threads"
+cargo run -q -p lucky --features file --example file_blocking
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim

@@ -44,6 +44,9 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a MySQL/MariaDB table
                   mysql://...?mode=get_lock          MySQL named locks (GET_LOCK)
+                  file:///var/lock/app               lock files on this machine (flock:
+                                                     flock(1) on <dir>/<name>.lock
+                                                     excludes it)
                   mysql://...?require_ssl=true[&cacert=/path/ca.pem]   over TLS
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
@@ -144,7 +147,51 @@ const SCHEMES: &[Scheme] = &[
         check: sql_check,
         connect: mysql_connect,
     },
+    Scheme {
+        names: &["file"],
+        check: file_check,
+        connect: file_connect,
+    },
 ];
+
+/// `file:///dir` (or `file://localhost/dir`): lock files in `/dir`; `?allow_network_fs=true`.
+fn file_check(u: &BackendUrl) -> Result<(), String> {
+    file_params(u).map(|_| ())
+}
+
+fn file_params(u: &BackendUrl) -> Result<(String, bool), String> {
+    if !u.hosts.is_empty() || u.userinfo.is_some() {
+        return Err("file:// takes a local directory: file:///path/to/dir".into());
+    }
+    let dir = match &u.path {
+        Some(p) if !p.is_empty() => format!("/{p}"),
+        _ => return Err("file:// needs a directory: file:///path/to/dir".into()),
+    };
+    let mut network = false;
+    for kv in u.query.iter().flat_map(|q| q.split('&')) {
+        match kv {
+            "allow_network_fs=true" => network = true,
+            "allow_network_fs=false" => network = false,
+            other => return Err(format!("unknown file:// parameter {other:?}")),
+        }
+    }
+    Ok((dir, network))
+}
+
+fn file_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let (dir, network) = file_params(&u).map_err(|reason| Error::BadEndpoint {
+            backend: "file",
+            endpoint: u.path.clone().unwrap_or_default(),
+            reason,
+        })?;
+        let c = crate::file::Files::builder(dir)
+            .allow_network_fs(network)
+            .connect()
+            .await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
+    })
+}
 
 fn scheme_of(url: &BackendUrl) -> Result<&'static Scheme, String> {
     SCHEMES
@@ -521,6 +568,22 @@ fn parse_one_backend(url: &str) -> Result<BackendUrl, String> {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
+    if scheme == "file" {
+        // A local path, no host (`file:///dir`, or `file://localhost/dir`).
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        let Some(path) = path.strip_prefix('/') else {
+            return Err(format!(
+                "bad backend URL {url:?}: expected file:///path/to/dir"
+            ));
+        };
+        return Ok(BackendUrl {
+            scheme: scheme.to_owned(),
+            userinfo: None,
+            hosts: Vec::new(),
+            path: Some(path.to_owned()),
+            query: query.map(str::to_owned),
+        });
+    }
     let (userinfo, hosts) = match rest.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, rest),

@@ -37,3 +37,10 @@ impl Clock {
         self.to_tokio(t).into_std()
     }
 }
+
+/// The wall clock, for what only it can judge: the age of a file's mtime (the file backend's
+/// heartbeat). Never for a lock's own deadlines.
+#[cfg(feature = "file")]
+pub(crate) fn wall_now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}

@@ -717,23 +717,26 @@ async fn next_reply<R>(inflight: &mut Vec<InFlight<R>>) -> (NodeId, OpId, R) {
 /// One timer per driver, moved only when the machine's deadline moves: most inputs leave the
 /// deadline where it was, and re-arming a fresh sleep each time costs a trip through the
 /// runtime's timer wheel.
+///
+/// The sleep is made on first use, inside the runtime: a lock future may be built outside
+/// one (`runtime.block_on(request.into_future())`).
 struct Timer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: Option<tokio::time::Instant>,
 }
 
 impl Timer {
     fn new() -> Timer {
         Timer {
-            sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(86_400))),
+            sleep: None,
             armed: None,
         }
     }
 
     fn set(&mut self, deadline: Option<tokio::time::Instant>) {
         if deadline != self.armed {
-            if let Some(d) = deadline {
-                self.sleep.as_mut().reset(d);
+            if let (Some(d), Some(sleep)) = (deadline, self.sleep.as_mut()) {
+                sleep.as_mut().reset(d);
             }
             self.armed = deadline;
         }
@@ -741,10 +744,13 @@ impl Timer {
 
     /// Ready at the armed deadline (never, if none); then disarmed.
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.armed.is_none() {
+        let Some(at) = self.armed else {
             return Poll::Pending;
-        }
-        let fired = self.sleep.as_mut().poll(cx);
+        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        let fired = sleep.as_mut().poll(cx);
         if fired.is_ready() {
             self.armed = None;
         }

@@ -23,6 +23,8 @@ mod clock;
 mod driver;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "file")]
+pub mod file;
 #[cfg(feature = "client")]
 mod hints;
 #[cfg(feature = "client")]
@@ -37,7 +39,7 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "file"))]
 mod session_family;
 
 #[cfg(feature = "client")]

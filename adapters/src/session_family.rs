@@ -23,14 +23,18 @@ use crate::Error;
 /// client's turnover, few enough not to crowd the server).
 const IDLE: usize = 32;
 
-/// A server reached over dedicated connections, one per held lock.
+/// A server reached over dedicated sessions, one per held lock.
 pub(crate) trait SessionStore: Send + Sync + 'static {
-    /// One open session (a connection of its own).
+    /// One open session (a connection of its own, an open file).
     type Conn: Send + 'static;
-    /// Opens a session the server may end after `idle` of silence; returns it and the
-    /// server's id for it.
+    /// Whether a session the machine called clean may serve another lock later (a
+    /// connection may; an open file belongs to its name, and closing it is a waiter's hint).
+    const REUSE: bool = true;
+    /// Opens a session for the lock `name` that the server may end after `idle` of
+    /// silence; returns it and the server's id for it.
     fn open(
         self: Arc<Self>,
+        name: bytes::Bytes,
         idle: Duration,
     ) -> impl Future<Output = Result<(Self::Conn, u64), Reply>> + Send;
     /// Runs a lock, probe or unlock in `conn`; a broken session is [`Reply::Unknown`].
@@ -75,12 +79,17 @@ impl<S: SessionStore> Sessions<S> {
         Reply::Opened { session, server }
     }
 
+    /// The client's background tasks.
+    pub(crate) fn tasks_of(&self) -> &Arc<Tasks> {
+        self.store.tasks()
+    }
+
     fn close(&self, session: u64, clean: bool) {
         let conn = lock(&self.open).remove(&session);
         let meta = lock(&self.idles).remove(&session);
         // Kept only when the machine said it holds nothing, and no request still uses it;
         // otherwise dropped, which ends the session on the server (and frees its locks).
-        if let (true, Some(conn), Some((server, idle))) = (clean, conn, meta) {
+        if let (true, true, Some(conn), Some((server, idle))) = (S::REUSE, clean, conn, meta) {
             if let Ok(conn) = Arc::try_unwrap(conn) {
                 let mut pool = lock(&self.idle);
                 if pool.len() < IDLE {
@@ -118,7 +127,7 @@ impl<S: SessionStore> Transport for Sessions<S> {
         let me = self.clone();
         async move {
             match command {
-                Command::Open { idle, .. } => {
+                Command::Open { idle, name } => {
                     let reused = {
                         let mut pool = lock(&me.idle);
                         let i = pool.iter().position(|(_, _, d)| *d == idle);
@@ -127,7 +136,7 @@ impl<S: SessionStore> Transport for Sessions<S> {
                     if let Some((conn, server, idle)) = reused {
                         return me.register(conn, server, idle);
                     }
-                    match me.store.clone().open(idle).await {
+                    match me.store.clone().open(name, idle).await {
                         Ok((conn, server)) => me.register(conn, server, idle),
                         Err(reply) => reply,
                     }

@@ -63,7 +63,11 @@ fn name_of(name: &[u8]) -> Result<String, Reply> {
 impl SessionStore for GetLock {
     type Conn = Conn;
 
-    async fn open(self: Arc<Self>, idle: Duration) -> Result<(Conn, u64), Reply> {
+    async fn open(
+        self: Arc<Self>,
+        _name: bytes::Bytes,
+        idle: Duration,
+    ) -> Result<(Conn, u64), Reply> {
         let opened = tokio::time::timeout(self.connect_timeout, async {
             let mut c = Conn::new(self.opts.clone()).await?;
             // The server ends the session (freeing its lock) after this much silence: never

@@ -100,7 +100,11 @@ fn name_of(name: &[u8]) -> Result<&str, Reply> {
 impl SessionStore for Advisory {
     type Conn = AdvisoryConn;
 
-    async fn open(self: Arc<Self>, idle: Duration) -> Result<(AdvisoryConn, u64), Reply> {
+    async fn open(
+        self: Arc<Self>,
+        _name: bytes::Bytes,
+        idle: Duration,
+    ) -> Result<(AdvisoryConn, u64), Reply> {
         let (client, _notes) = connect(&self.config, &self.tls, self.connect_timeout)
             .await
             .map_err(Reply::Unavailable)?;
