@@ -37,6 +37,9 @@ pub struct Broken {
     /// (Reordering alone is no excuse: a SET granted after its release overtook it is
     /// released again.)
     pub duplicated: bool,
+    /// The backend's locks are local to each host while clients run on several (a lock
+    /// directory on a network mount): exclusion is not provided at all.
+    pub locks_local: bool,
     /// Session locks ended by crashes between these true times, the second one ttl past the
     /// last crash: a claim that began in that window may overlap one from before it.
     pub session_ends: Option<(u64, u64)>,
@@ -45,7 +48,10 @@ pub struct Broken {
 impl Broken {
     /// Whether mutual exclusion may fail.
     pub fn exclusion(&self) -> bool {
-        self.node_clock_jump || self.drift_beyond_bound || self.fast_restart_without_state
+        self.node_clock_jump
+            || self.drift_beyond_bound
+            || self.fast_restart_without_state
+            || self.locks_local
     }
     /// Sessions holding locks ended at `now`; their holders learn within `ttl`.
     pub fn sessions_ended(&mut self, now: u64, ttl: u64) {
@@ -87,6 +93,9 @@ impl fmt::Display for Broken {
         }
         if self.duplicated {
             parts.push("duplicated");
+        }
+        if self.locks_local {
+            parts.push("locks-local-to-each-host");
         }
         if self.session_ends.is_some() {
             parts.push("sessions-ended");
@@ -190,7 +199,8 @@ impl Violation {
             Violation::StaleWrite { later, .. } => {
                 broken.writes() || broken.session_overlap(later.1)
             }
-            Violation::FenceRegression { .. } => broken.fence_counter_lost,
+            // Holders on two hosts race on the one fence counter too.
+            Violation::FenceRegression { .. } => broken.fence_counter_lost || broken.locks_local,
             Violation::FenceOrder { .. } | Violation::NoProgress { .. } => false,
             Violation::Stuck { .. } | Violation::HeldPastDeadline { .. } => false,
             Violation::LeftoverLock { .. } => broken.duplicated,

@@ -95,6 +95,11 @@ pub trait Protocol: Clone {
     fn sessions_end_on_crash(&self) -> bool {
         false
     }
+    /// Whether the backend's locks are local to each host while the clients run on several
+    /// (a lock directory on a network mount): then it provides no exclusion at all.
+    fn locks_local_to_each_host(&self) -> bool {
+        false
+    }
     /// Whether the backend keeps serving throughout (a cluster that keeps its quorum): then
     /// an acquisition failing as "unreachable" or a lost hold is a violation.
     fn must_stay_available(&self) -> bool {

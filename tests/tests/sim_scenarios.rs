@@ -108,6 +108,10 @@ scenario_tests! {
     sql_replica_promoted => "sql-replica-promoted",
     my_server_stopped => "my-server-stopped",
     my_get_lock_server_stopped => "my-get-lock-server-stopped",
+    file_handoff => "file-handoff",
+    file_path_replaced => "file-path-replaced",
+    file_host_crash => "file-host-crash",
+    file_network_mount => "file-network-mount",
     sql_session_restart => "sql-session-restart",
     sql_session_reconnected => "sql-session-reconnected",
     sql_session_partitioned => "sql-session-partitioned",
@@ -194,6 +198,12 @@ fn every_injected_bug_is_caught() {
             m(SessionBug::ClaimUnconfirmed.name()),
             "sql-session-chaos",
             30,
+        ),
+        (m(SessionBug::FileUnlinkOnRelease.name()), "file-handoff", 5),
+        (
+            m(SessionBug::FileFenceNotDurable.name()),
+            "file-host-crash",
+            5,
         ),
     ];
     assert_eq!(

@@ -15,5 +15,12 @@ crate::bugs::declare_bugs! {
         /// answer came) counts as locked, with the next fence guessed, instead of ending the
         /// session.
         ClaimUnconfirmed => "session-claim-unconfirmed",
+        /// The file store deletes the lock file on release (as several popular file-lock
+        /// libraries do): the next holder locks a new file, and must wait out the old
+        /// holder's heartbeat before it may trust it.
+        FileUnlinkOnRelease => "file-unlink-on-release",
+        /// The file store reports the fence before it is durable (no fsync, no rename): a
+        /// host crash loses it, and the next holder gets the same fence again.
+        FileFenceNotDurable => "file-fence-not-durable",
     }
 }

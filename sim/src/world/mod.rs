@@ -111,6 +111,7 @@ impl<P: Protocol> World<P> {
             broken.drift_beyond_bound = true;
         }
         broken.duplicated = net.dup_ppm > 0;
+        broken.locks_local = protocol.locks_local_to_each_host();
         let mut w = World {
             now: 0,
             queue: Queue::new(),
