@@ -221,11 +221,19 @@ impl Dir {
                 return Reply::Busy;
             }
             let until = deadline.min(now + backoff);
-            match &watch {
+            let woken = match &watch {
                 Some(w) => w.changed(until).await,
-                None => tokio::time::sleep_until(until).await,
-            }
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+                None => {
+                    tokio::time::sleep_until(until).await;
+                    false
+                }
+            };
+            // A change to the file (a holder closing it) starts the backoff over.
+            backoff = if woken {
+                Duration::from_millis(2)
+            } else {
+                (backoff * 2).min(Duration::from_millis(100))
+            };
         }
     }
 }
@@ -250,23 +258,26 @@ impl Watch {
         Some(Watch { fd: Arc::new(fd) })
     }
 
-    /// Waits for an event or `until`, then drains the events.
-    async fn changed(&self, until: tokio::time::Instant) {
+    /// Waits for an event or `until`, then drains the events; whether one came.
+    async fn changed(&self, until: tokio::time::Instant) -> bool {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         let fd = self.fd.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let woken = tokio::task::spawn_blocking(move || {
             use rustix::event::{poll, PollFd, PollFlags};
             let timeout = rustix::event::Timespec {
                 tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
                 tv_nsec: i64::from(left.subsec_nanos()),
             };
             let mut fds = [PollFd::new(&*fd, PollFlags::IN)];
-            if poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0) {
+            let woken = poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0);
+            if woken {
                 let mut buf = [0u8; 1024];
                 while rustix::io::read(fd.as_fd(), &mut buf).is_ok_and(|n| n > 0) {}
             }
+            woken
         })
         .await;
+        woken.unwrap_or(false)
     }
 }
 
