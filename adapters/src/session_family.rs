@@ -37,6 +37,15 @@ pub(crate) trait SessionStore: Send + Sync + 'static {
         name: bytes::Bytes,
         idle: Duration,
     ) -> impl Future<Output = Result<(Self::Conn, u64), Reply>> + Send;
+    /// Whether an idle session, unused for `idle_for`, still looks alive (a closed connection
+    /// is not; a store may ping one that sat idle long). The default trusts it.
+    fn alive(
+        &self,
+        _conn: &mut Self::Conn,
+        _idle_for: Duration,
+    ) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
     /// Runs a lock, probe or unlock in `conn`; a broken session is [`Reply::Unknown`].
     fn run(
         self: Arc<Self>,
@@ -55,7 +64,9 @@ pub(crate) struct Sessions<S: SessionStore> {
     store: Arc<S>,
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Shared<S::Conn>>>,
-    idle: Mutex<Vec<(S::Conn, u64, Duration)>>,
+    /// Idle sessions: the connection, the server's id for it, the idle time it was opened
+    /// with, and since when it is idle.
+    idle: Mutex<Vec<(S::Conn, u64, Duration, tokio::time::Instant)>>,
     /// The idle time of each session in use, for its return to the idle ones.
     idles: Mutex<BTreeMap<u64, (u64, Duration)>>,
 }
@@ -93,7 +104,7 @@ impl<S: SessionStore> Sessions<S> {
             if let Ok(conn) = Arc::try_unwrap(conn) {
                 let mut pool = lock(&self.idle);
                 if pool.len() < IDLE {
-                    pool.push((conn.into_inner(), server, idle));
+                    pool.push((conn.into_inner(), server, idle, tokio::time::Instant::now()));
                 }
             }
         }
@@ -128,13 +139,22 @@ impl<S: SessionStore> Transport for Sessions<S> {
         async move {
             match command {
                 Command::Open { idle, name } => {
-                    let reused = {
-                        let mut pool = lock(&me.idle);
-                        let i = pool.iter().position(|(_, _, d)| *d == idle);
-                        i.map(|i| pool.swap_remove(i))
-                    };
-                    if let Some((conn, server, idle)) = reused {
-                        return me.register(conn, server, idle);
+                    // The most recently idle session opened with the same idle time, unless
+                    // the server may have ended it meanwhile (idle for half its timeout or
+                    // more, or closed: a restart, a kill).
+                    loop {
+                        let reused = {
+                            let mut pool = lock(&me.idle);
+                            let i = pool.iter().rposition(|(_, _, d, _)| *d == idle);
+                            i.map(|i| pool.remove(i))
+                        };
+                        let Some((mut conn, server, idle, since)) = reused else {
+                            break;
+                        };
+                        let idle_for = since.elapsed();
+                        if idle_for < idle / 2 && me.store.alive(&mut conn, idle_for).await {
+                            return me.register(conn, server, idle);
+                        }
                     }
                     match me.store.clone().open(name, idle).await {
                         Ok((conn, server)) => me.register(conn, server, idle),

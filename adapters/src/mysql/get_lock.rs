@@ -156,6 +156,12 @@ impl SessionStore for GetLock {
         }
     }
 
+    /// A connection idle for more than a second is pinged first (a restart or `KILL` closes
+    /// it without the client noticing until it is used); a recent one is trusted.
+    async fn alive(&self, conn: &mut Conn, idle_for: Duration) -> bool {
+        idle_for < Duration::from_secs(1) || conn.ping().await.is_ok()
+    }
+
     fn tasks(&self) -> &Arc<Tasks> {
         &self.tasks
     }

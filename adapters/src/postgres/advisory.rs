@@ -219,6 +219,12 @@ impl SessionStore for Advisory {
         }
     }
 
+    /// A connection whose socket the server closed (a restart, `pg_terminate_backend`) is
+    /// seen closed by the task driving it.
+    async fn alive(&self, conn: &mut AdvisoryConn, _idle_for: Duration) -> bool {
+        !conn.client.is_closed()
+    }
+
     fn tasks(&self) -> &Arc<Tasks> {
         &self.tasks
     }
