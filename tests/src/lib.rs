@@ -288,10 +288,16 @@ pub mod bench {
 }
 
 /// Real servers for the adapter tests.
+///
+/// Private SQL servers ([`PgCluster`], [`MariaDb`]) listen on fixed ports on 127.0.0.1, each
+/// port used by one test only, so no two tests meet however a runner schedules them (the
+/// tests of a binary run at once): 55432 and 53306 `postgres_tls` and `mysql_tls`;
+/// 55433-55435 and 53307-53311 `sql_restart`.
 #[allow(clippy::disallowed_methods)] // tests wait for real processes
 pub mod servers {
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// `tag_` and 8 random hex digits: a name (table, database, application name) no other
     /// test or run uses.
@@ -506,6 +512,22 @@ pub mod servers {
             }
         }
         true
+    }
+
+    /// Runs `cmd` (a server's set-up: `initdb`, `mariadb-install-db`), panicking with its
+    /// output if it fails: its prerequisites were there, so a failure is the test's.
+    fn set_up(cmd: &mut Command) {
+        let out = cmd.output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "{cmd:?} failed ({}): {}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("{cmd:?} did not run: {e}"),
+        }
     }
 
     /// Sends `sig` (as `kill` spells it) to `child`, if it runs.
@@ -780,6 +802,395 @@ pub mod servers {
         fn drop(&mut self) {
             self.resume();
             self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Runs `cmd` with its output discarded; whether it ran and succeeded.
+    fn quiet(cmd: &mut Command) -> bool {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Sends `sig` (as `kill` spells it: `-STOP`, `-CONT`, `-TERM`) to the process `pid`.
+    fn signal_pid(pid: u32, sig: &str) -> bool {
+        quiet(Command::new("kill").args([sig, &pid.to_string()]))
+    }
+
+    /// The files of a [`test_certs`] folder that a private server is given.
+    const CERT_FILES: [&str; 4] = ["ca.pem", "other.pem", "server.pem", "server.key"];
+
+    /// A fresh, empty folder for a private server of kind `kind` on `port` (the port and the
+    /// process id in its name: no other test or run shares it).
+    fn private_dir(kind: &str, port: u16) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lucky-{kind}-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Copies the certificates of `certs` (a [`test_certs`] folder) into `dir/certs`.
+    fn copy_certs(certs: &Path, dir: &Path) -> bool {
+        std::fs::create_dir_all(dir.join("certs")).is_ok()
+            && CERT_FILES
+                .iter()
+                .all(|f| std::fs::copy(certs.join(f), dir.join("certs").join(f)).is_ok())
+    }
+
+    /// Where Debian's PostgreSQL 15 keeps its programs.
+    const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+    /// A PostgreSQL cluster of the test's own: made by `initdb` as the `postgres` user in a
+    /// temporary folder, listening on 127.0.0.1:`port` only (trust authentication), its Unix
+    /// socket in that folder. With TLS (a [`test_certs`] folder), it serves `server.pem` and
+    /// takes only `hostssl` connections. Stopped (`pg_ctl -m immediate`) and its folder removed
+    /// when dropped.
+    #[derive(Debug)]
+    pub struct PgCluster {
+        /// Its port on 127.0.0.1.
+        pub port: u16,
+        dir: PathBuf,
+    }
+
+    impl PgCluster {
+        /// Makes and starts one, waiting until it accepts connections; None (the test skips)
+        /// when root or initdb is missing, unless `LUCKY_REQUIRE_SERVERS=1` (then it panics).
+        /// `tls`: a [`test_certs`] folder, whose certificates are copied in (see
+        /// [`cert`](Self::cert)).
+        pub fn start(port: u16, tls: Option<&Path>) -> Option<PgCluster> {
+            let dir = private_dir("pg", port);
+            // The server reads its key as `postgres`, and only from a file no one else can
+            // read.
+            let made = std::fs::create_dir_all(&dir).is_ok()
+                && tls.is_none_or(|certs| copy_certs(certs, &dir))
+                && Path::new(PG_BIN).join("initdb").exists()
+                && quiet(Command::new("chown").args(["-R", "postgres"]).arg(&dir))
+                && (tls.is_none()
+                    || quiet(
+                        Command::new("chmod")
+                            .arg("600")
+                            .arg(dir.join("certs/server.key")),
+                    ));
+            if !made {
+                let _ = std::fs::remove_dir_all(&dir);
+                assert!(
+                    !required(),
+                    "cannot make a PostgreSQL cluster (root and initdb needed)"
+                );
+                eprintln!("skipping: cannot make a PostgreSQL cluster (root and initdb needed)");
+                return None;
+            }
+            // From here on, dropping it cleans up (a cluster that never ran stops as a no-op).
+            let cluster = PgCluster { port, dir };
+            set_up(
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(Path::new(PG_BIN).join("initdb"))
+                    .args(["-A", "trust", "-U", "postgres", "-D"])
+                    .arg(cluster.dir.join("data")),
+            );
+            let d = cluster.dir.display();
+            let mut conf = format!(
+                "port={port}\nlisten_addresses='127.0.0.1'\nunix_socket_directories='{d}'\n"
+            );
+            if tls.is_some() {
+                conf.push_str(&format!(
+                    "ssl=on\nssl_cert_file='{d}/certs/server.pem'\n\
+                     ssl_key_file='{d}/certs/server.key'\n"
+                ));
+            }
+            let hba = if tls.is_some() { "hostssl" } else { "host" };
+            let configured = std::fs::OpenOptions::new()
+                .append(true)
+                .open(cluster.dir.join("data/postgresql.conf"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+                .and_then(|()| {
+                    std::fs::write(
+                        cluster.dir.join("data/pg_hba.conf"),
+                        format!("{hba} all all 127.0.0.1/32 trust\n"),
+                    )
+                });
+            assert!(
+                configured.is_ok(),
+                "cannot configure the cluster: {configured:?}"
+            );
+            cluster.pg_ctl_start();
+            Some(cluster)
+        }
+
+        /// `pg_ctl` as `postgres` with `args`, on this cluster's data; whether it succeeded.
+        fn pg_ctl(&self, args: &[&str]) -> bool {
+            quiet(
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(Path::new(PG_BIN).join("pg_ctl"))
+                    .args(args)
+                    .arg("-D")
+                    .arg(self.dir.join("data")),
+            )
+        }
+
+        /// Starts the server and waits until it accepts connections (panics with its log if
+        /// it does not).
+        fn pg_ctl_start(&self) {
+            let log = self.dir.join("log");
+            let started =
+                self.pg_ctl(&["-w", "-t", "60", "-l", &log.display().to_string(), "start"]);
+            assert!(
+                started,
+                "the PostgreSQL cluster on {} did not start: {}",
+                self.port,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+
+        /// Its URL: user `postgres`, database `postgres`, plain TCP (add TLS settings for a
+        /// TLS cluster).
+        pub fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        }
+
+        /// The file `name` of its certificates (`ca.pem`, `other.pem`, `server.pem`).
+        pub fn cert(&self, name: &str) -> PathBuf {
+            self.dir.join("certs").join(name)
+        }
+
+        /// The postmaster's process id (the first line of `postmaster.pid`), while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+            text.lines().next()?.trim().parse().ok()
+        }
+
+        /// Stops the server (`pg_ctl stop -m fast`: sessions are ended, a checkpoint
+        /// written) and starts it again on the same data and port; returns once it accepts
+        /// connections. Blocks: call it from `spawn_blocking` or `block_in_place`.
+        pub fn restart(&self) {
+            self.cont();
+            let stopped = self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"]);
+            assert!(
+                stopped,
+                "the PostgreSQL cluster on {} did not stop",
+                self.port
+            );
+            self.pg_ctl_start();
+        }
+
+        /// SIGSTOP to the postmaster: it stays, its socket stays open, it accepts no new
+        /// session (the backends of open sessions go on).
+        pub fn stop_signal(&self) {
+            let pid = self.pid().expect("the postmaster's pid");
+            assert!(signal_pid(pid, "-STOP"), "kill -STOP {pid}");
+        }
+
+        /// SIGCONT to the postmaster.
+        pub fn cont(&self) {
+            if let Some(pid) = self.pid() {
+                signal_pid(pid, "-CONT");
+            }
+        }
+    }
+
+    impl Drop for PgCluster {
+        fn drop(&mut self) {
+            // A stopped postmaster would not act on the stop until continued.
+            self.cont();
+            self.pg_ctl(&["-m", "immediate", "stop"]);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Whether the program `name` is in a folder of `PATH`.
+    fn on_path(name: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()))
+    }
+
+    /// The server binary of the installed MariaDB (MySQL's name as a fallback).
+    fn mariadbd() -> Option<&'static str> {
+        ["/usr/sbin/mariadbd", "/usr/sbin/mysqld"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+    }
+
+    /// A MariaDB server of the test's own: data made by `mariadb-install-db` in a temporary
+    /// folder (root without a password), `mariadbd` run as the `mysql` user on
+    /// 127.0.0.1:`port`, its socket, pid file and error log in that folder. With TLS (a
+    /// [`test_certs`] folder) it serves `server.pem` and takes TLS connections only
+    /// (`require_secure_transport=ON`). Killed and its folder removed when dropped.
+    #[derive(Debug)]
+    pub struct MariaDb {
+        /// Its port on 127.0.0.1.
+        pub port: u16,
+        dir: PathBuf,
+        args: Vec<String>,
+        child: Option<Child>,
+    }
+
+    impl MariaDb {
+        /// Makes and starts one, waiting until it accepts connections; None (the test skips)
+        /// when root, mariadbd or mariadb-install-db is missing, unless
+        /// `LUCKY_REQUIRE_SERVERS=1` (then it panics). `tls`: a [`test_certs`] folder, whose
+        /// certificates are copied in (see [`cert`](Self::cert)).
+        pub fn start(port: u16, tls: Option<&Path>) -> Option<MariaDb> {
+            MariaDb::start_with(port, tls, &[])
+        }
+
+        /// Like [`start`](Self::start), with extra `mariadbd` options (`--wait-timeout=2`).
+        pub fn start_with(port: u16, tls: Option<&Path>, extra: &[&str]) -> Option<MariaDb> {
+            let dir = private_dir("mariadb", port);
+            // The server runs as `mysql` and writes its data, socket, log and temporary files
+            // under the folder: a server starting removes every `#sql*` file in its tmpdir, so
+            // a shared /tmp would lose the temporary tables another one is installing with.
+            let small = "--innodb-log-file-size=8M";
+            let tmpdir = format!("--tmpdir={}", dir.join("tmp").display());
+            let made = std::fs::create_dir_all(dir.join("tmp")).is_ok()
+                && tls.is_none_or(|certs| copy_certs(certs, &dir))
+                && mariadbd().is_some()
+                && on_path("mariadb-install-db")
+                && quiet(Command::new("chown").args(["-R", "mysql"]).arg(&dir))
+                && (tls.is_none()
+                    || quiet(
+                        Command::new("chmod")
+                            .arg("600")
+                            .arg(dir.join("certs/server.key")),
+                    ));
+            if !made {
+                let _ = std::fs::remove_dir_all(&dir);
+                assert!(
+                    !required(),
+                    "cannot make a MariaDB server (root, mariadbd and mariadb-install-db needed)"
+                );
+                eprintln!("skipping: cannot make a MariaDB server (root, mariadbd and mariadb-install-db needed)");
+                return None;
+            }
+            // From here on, dropping it cleans up.
+            let mut server = MariaDb {
+                port,
+                dir,
+                args: Vec::new(),
+                child: None,
+            };
+            set_up(
+                Command::new("mariadb-install-db")
+                    .arg("--no-defaults")
+                    .arg(format!("--datadir={}", server.dir.join("data").display()))
+                    .args([
+                        "--user=mysql",
+                        "--auth-root-authentication-method=normal",
+                        small,
+                        &tmpdir,
+                    ]),
+            );
+            let d = |f: &str| server.dir.join(f).display().to_string();
+            let mut args = vec![
+                "--no-defaults".to_owned(),
+                format!("--datadir={}", d("data")),
+                format!("--socket={}", d("mysqld.sock")),
+                format!("--pid-file={}", d("mysqld.pid")),
+                format!("--log-error={}", d("error.log")),
+                tmpdir,
+                "--user=mysql".to_owned(),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--port={port}"),
+                "--skip-log-bin".to_owned(),
+                small.to_owned(),
+                "--innodb-buffer-pool-size=16M".to_owned(),
+                "--performance-schema=OFF".to_owned(),
+            ];
+            if tls.is_some() {
+                args.extend([
+                    format!("--ssl-cert={}", d("certs/server.pem")),
+                    format!("--ssl-key={}", d("certs/server.key")),
+                    format!("--ssl-ca={}", d("certs/ca.pem")),
+                    "--require-secure-transport=ON".to_owned(),
+                ]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            server.args = args;
+            server.spawn();
+            Some(server)
+        }
+
+        /// Runs `mariadbd` and waits until it accepts connections; a server that exited (the
+        /// port taken?) or never listens is a failure, with its log.
+        fn spawn(&mut self) {
+            let log = || std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+            let child = Command::new(mariadbd().expect("mariadbd"))
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mariadbd runs");
+            let child = self.child.insert(child);
+            for _ in 0..600 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("mariadbd exited ({status}): {}", log());
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!(
+                "mariadbd did not listen on {} within 60 s: {}",
+                self.port,
+                log()
+            );
+        }
+
+        /// Its URL: user `root`, database `test` (add TLS settings for a TLS server).
+        pub fn url(&self) -> String {
+            format!("mysql://root@127.0.0.1:{}/test", self.port)
+        }
+
+        /// The file `name` of its certificates (`ca.pem`, `other.pem`, `server.pem`).
+        pub fn cert(&self, name: &str) -> PathBuf {
+            self.dir.join("certs").join(name)
+        }
+
+        /// The process id of `mariadbd`, while it runs.
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
+        }
+
+        /// Stops the server (SIGTERM: a clean shutdown that ends every connection; SIGKILL
+        /// after 60 s) and starts it again on the same data and port; returns once it accepts
+        /// connections. Blocks: call it from `spawn_blocking` or `block_in_place`.
+        pub fn restart(&mut self) {
+            self.cont();
+            if let Some(mut child) = self.child.take() {
+                signal_pid(child.id(), "-TERM");
+                let until = Instant::now() + Duration::from_secs(60);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.spawn();
+        }
+
+        /// SIGSTOP to `mariadbd`: it stays, its sockets stay open, it answers nothing.
+        pub fn stop_signal(&self) {
+            let pid = self.pid().expect("mariadbd runs");
+            assert!(signal_pid(pid, "-STOP"), "kill -STOP {pid}");
+        }
+
+        /// SIGCONT to `mariadbd`.
+        pub fn cont(&self) {
+            if let Some(pid) = self.pid() {
+                signal_pid(pid, "-CONT");
+            }
+        }
+    }
+
+    impl Drop for MariaDb {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -1,124 +1,30 @@
 //! The MySQL backend over TLS, against a MariaDB server this test makes and starts itself
-//! (mariadb-install-db, mariadbd as the `mysql` user on 127.0.0.1:53306, its data in a temporary
-//! folder, `require_secure_transport=ON`), serving a certificate from a CA made by the test
-//! (`test_certs`, openssl). Trusted CA: locks work, from the library and from `lucky exec` (a
-//! plain connection is refused, so they went over TLS; the pool's connections are on TCP, not
-//! the server's Unix socket); another CA, the system's roots, or a name the certificate does
-//! not carry: a clear error. Skips when root, mariadbd or openssl are missing, unless
-//! `LUCKY_REQUIRE_SERVERS=1`.
-#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests unwrap, wait for the server
+//! (`lucky_tests::servers::MariaDb`: mariadb-install-db, mariadbd as the `mysql` user on
+//! 127.0.0.1:53306, its data in a temporary folder, `require_secure_transport=ON`), serving a
+//! certificate from a CA made by the test (`test_certs`, openssl). Trusted CA: locks work,
+//! from the library and from `lucky exec` (a plain connection is refused, so they went over
+//! TLS; the pool's connections are on TCP, not the server's Unix socket); another CA, the
+//! system's roots, or a name the certificate does not carry: a clear error. Skips when root,
+//! mariadbd or openssl are missing, unless `LUCKY_REQUIRE_SERVERS=1`.
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the report
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use lucky::mysql::Mysql;
 use lucky::ErrorKind;
-use lucky_tests::servers::{required, test_certs};
+use lucky_tests::servers::{test_certs, MariaDb};
 
 const PORT: u16 = 53306;
 
-fn run(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The server binary of the installed MariaDB (MySQL's name as a fallback).
-fn mariadbd() -> Option<&'static str> {
-    ["/usr/sbin/mariadbd", "/usr/sbin/mysqld"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
-/// A TLS-only MariaDB server, killed and its folder removed when dropped.
-struct Server {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        let certs = test_certs("lucky-mytls-certs")?;
-        let dir = std::env::temp_dir().join(format!("lucky-mytls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("certs")).unwrap();
-        for f in ["ca.pem", "other.pem", "server.pem", "server.key"] {
-            std::fs::copy(certs.join(f), dir.join("certs").join(f)).unwrap();
-        }
-        let _ = std::fs::remove_dir_all(&certs);
-        // The server runs as `mysql` and writes its data, socket and log under the folder.
-        let small = "--innodb-log-file-size=8M";
-        let ok = mariadbd().is_some()
-            && run(Command::new("chown").args(["-R", "mysql"]).arg(&dir))
-            && run(Command::new("chmod")
-                .arg("600")
-                .arg(dir.join("certs/server.key")))
-            && run(Command::new("mariadb-install-db")
-                .arg("--no-defaults")
-                .arg(format!("--datadir={}", dir.join("data").display()))
-                .args([
-                    "--user=mysql",
-                    "--auth-root-authentication-method=normal",
-                    small,
-                ]));
-        if !ok {
-            assert!(
-                !required(),
-                "cannot make a TLS MariaDB server (root, mariadbd and mariadb-install-db needed)"
-            );
-            eprintln!("skipping: cannot make a TLS MariaDB server");
-            let _ = std::fs::remove_dir_all(&dir);
-            return None;
-        }
-        let d = |f: &str| dir.join(f).display().to_string();
-        let child = Command::new(mariadbd().unwrap())
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", d("data")))
-            .arg(format!("--socket={}", d("mysqld.sock")))
-            .arg(format!("--pid-file={}", d("mysqld.pid")))
-            .arg(format!("--log-error={}", d("error.log")))
-            .arg(format!("--ssl-cert={}", d("certs/server.pem")))
-            .arg(format!("--ssl-key={}", d("certs/server.key")))
-            .arg(format!("--ssl-ca={}", d("certs/ca.pem")))
-            .args(["--user=mysql", "--bind-address=127.0.0.1"])
-            .arg(format!("--port={PORT}"))
-            .args(["--require-secure-transport=ON", "--skip-log-bin", small])
-            .args(["--innodb-buffer-pool-size=16M", "--performance-schema=OFF"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Server { dir, child };
-        // Ready when it accepts connections; a server that exited (the port taken?) is a
-        // failure, with its log.
-        for _ in 0..300 {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "mariadbd exited ({status}): {}",
-                    std::fs::read_to_string(server.dir.join("error.log")).unwrap_or_default()
-                );
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", PORT)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("mariadbd did not listen on {PORT} within 30 s");
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.dir.join("certs").join(name)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A TLS-only MariaDB server (`require_secure_transport=ON`), killed and its folder removed
+/// when dropped.
+fn server() -> Option<MariaDb> {
+    let certs = test_certs("lucky-mytls-certs")?;
+    let server = MariaDb::start(PORT, Some(&certs));
+    let _ = std::fs::remove_dir_all(&certs);
+    server
 }
 
 /// Forwards connections on an address of its own (127.0.0.2, which the server's certificate
@@ -164,10 +70,10 @@ async fn client_hosts(url: &str, ca: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_over_tls_verified_against_the_ca() {
-    let Some(server) = Server::start() else {
+    let Some(server) = server() else {
         return;
     };
-    let url = format!("mysql://root@127.0.0.1:{PORT}/test");
+    let url = server.url();
     let ca = server.cert("ca.pem");
     // The server takes TLS only: a lock taken at all went over TLS.
     let my = Mysql::builder(&url).ca_file(&ca).connect().await.unwrap();
