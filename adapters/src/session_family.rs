@@ -58,15 +58,22 @@ pub(crate) trait SessionStore: Send + Sync + 'static {
 
 type Shared<C> = Arc<tokio::sync::Mutex<C>>;
 
+/// An idle session: the connection, the server's id for it, the idle time it was opened with,
+/// and since when it is idle.
+struct Idle<C> {
+    conn: C,
+    server: u64,
+    idle: Duration,
+    since: tokio::time::Instant,
+}
+
 /// The client's sessions: those in use, by the number the machines know them by, and idle
 /// ones (with the idle time they were opened with).
 pub(crate) struct Sessions<S: SessionStore> {
     store: Arc<S>,
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Shared<S::Conn>>>,
-    /// Idle sessions: the connection, the server's id for it, the idle time it was opened
-    /// with, and since when it is idle.
-    idle: Mutex<Vec<(S::Conn, u64, Duration, tokio::time::Instant)>>,
+    idle: Mutex<Vec<Idle<S::Conn>>>,
     /// The idle time of each session in use, for its return to the idle ones.
     idles: Mutex<BTreeMap<u64, (u64, Duration)>>,
 }
@@ -104,7 +111,12 @@ impl<S: SessionStore> Sessions<S> {
             if let Ok(conn) = Arc::try_unwrap(conn) {
                 let mut pool = lock(&self.idle);
                 if pool.len() < IDLE {
-                    pool.push((conn.into_inner(), server, idle, tokio::time::Instant::now()));
+                    pool.push(Idle {
+                        conn: conn.into_inner(),
+                        server,
+                        idle,
+                        since: tokio::time::Instant::now(),
+                    });
                 }
             }
         }
@@ -145,15 +157,15 @@ impl<S: SessionStore> Transport for Sessions<S> {
                     loop {
                         let reused = {
                             let mut pool = lock(&me.idle);
-                            let i = pool.iter().rposition(|(_, _, d, _)| *d == idle);
+                            let i = pool.iter().rposition(|s| s.idle == idle);
                             i.map(|i| pool.remove(i))
                         };
-                        let Some((mut conn, server, idle, since)) = reused else {
+                        let Some(mut s) = reused else {
                             break;
                         };
-                        let idle_for = since.elapsed();
-                        if idle_for < idle / 2 && me.store.alive(&mut conn, idle_for).await {
-                            return me.register(conn, server, idle);
+                        let idle_for = s.since.elapsed();
+                        if idle_for < idle / 2 && me.store.alive(&mut s.conn, idle_for).await {
+                            return me.register(s.conn, s.server, s.idle);
                         }
                     }
                     match me.store.clone().open(name, idle).await {

@@ -156,10 +156,11 @@ impl SessionStore for GetLock {
         }
     }
 
-    /// A connection idle for more than a second is pinged first (a restart or `KILL` closes
-    /// it without the client noticing until it is used); a recent one is trusted.
+    /// A connection idle for more than 50 ms is pinged first (a restart or `KILL` closes it
+    /// without the client noticing until it is used); one just released is trusted, so a
+    /// busy client pays no round trip.
     async fn alive(&self, conn: &mut Conn, idle_for: Duration) -> bool {
-        idle_for < Duration::from_secs(1) || conn.ping().await.is_ok()
+        idle_for < Duration::from_millis(50) || conn.ping().await.is_ok()
     }
 
     fn tasks(&self) -> &Arc<Tasks> {
