@@ -22,6 +22,9 @@ echo "== the lease machine on the in-memory table from plain threads"
 cargo run -q -p lucky --features memory --example memory_blocking
 echo "== lock files from plain threads"
 cargo run -q -p lucky --features file --example file_blocking
+echo "== a lease machine on a hand-written event loop; a deterministic simulation of your own"
+cargo run -q -p lucky --features memory --example poll_loop > /dev/null
+cargo run -q --release -p lucky --features memory --example own_simulation -- 1 200
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim
