@@ -1,12 +1,22 @@
 //! Lucky: distributed locks on the servers you already run.
 //!
+//! You want one process at a time in a critical section, across machines or processes: pick
+//! the backend you already run, connect a client once, and `client.lock(name).await` a
+//! [`Guard`] that says until when it may be relied on (`valid_until`), carries a fencing token
+//! for the resource you protect (`fence`), tells you when it is lost (`lost()`), and releases
+//! on drop. One client shape for every backend ([`Builder`], [`LockRequest`], [`Locker`] for a
+//! backend chosen at run time, one [`Error`]).
+//!
 //! Every protocol is a sans-IO state machine in [`lucky_core`] (re-exported here); this crate
 //! adds thin tokio drivers, one module per backend behind a cargo feature:
 //! - `redis`: [`redis::Redis`], RedLock over independent Redis nodes.
 //! - `etcd`: [`etcd::Etcd`], the lease lock of etcd's `concurrency.Mutex` on an etcd cluster.
 //! - `memory`: [`memory::Memory`], a process-local lock table on the lease-record machine.
-//! - `postgres`: [`postgres::Postgres`], lease rows in a PostgreSQL table.
-//! - `mysql`: [`mysql::Mysql`], lease rows in a MySQL/MariaDB table.
+//! - `postgres`: [`postgres::Postgres`], lease rows in a PostgreSQL table, or PostgreSQL's
+//!   advisory locks (`.advisory()`).
+//! - `mysql`: [`mysql::Mysql`], lease rows in a MySQL/MariaDB table, or `GET_LOCK`
+//!   (`.get_lock()`).
+//! - `file`: [`file::Files`], `flock` on a lock file per name, for processes on one machine.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.

@@ -1,5 +1,11 @@
 //! Lucky's lock protocols as pure state machines (sans-IO).
 //!
+//! You want a distributed lock inside a runtime of your own (not tokio, a plain thread, an
+//! embedded loop), inside a deterministic simulation, or under a proptest suite: build a
+//! machine ([`redlock`], [`etcd`], [`lease`], [`session`]), feed it time and replies, and
+//! send what it asks, following the drive contract below. Lucky's own tokio clients (crate
+//! `lucky`) and its simulator (crate `lucky-sim`) drive these very machines.
+//!
 //! A machine never performs IO, never reads a clock, never draws randomness and never blocks.
 //! It consumes inputs stamped with the caller's time and produces commands, one wake-up
 //! deadline and events. The same machine runs under Lucky's tokio adapters, under the

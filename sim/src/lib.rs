@@ -1,6 +1,11 @@
 //! lucky-sim: a deterministic simulator that runs Lucky's real lock machines against models of
 //! their servers, injects faults, and checks what the lock promises.
 //!
+//! You want to know what a lock guarantees under the faults your system sees (pauses, clock
+//! jumps, partitions, crashes, lost replies) before production shows you: run `lucky-sim
+//! sweep --scenario all --seeds N`, replay any failure with `lucky-sim run --scenario NAME
+//! --seed S`, or host the machines in a simulation of your own (below).
+//!
 //! One u64 seed drives a whole run through the simulator's own PRNG ([`rng::Rng`], with a
 //! named stream per subsystem); there is no wall clock, no `thread_rng` and no hash-order
 //! iteration, so a seed replays bit for bit on any machine. Events are ordered by
@@ -16,7 +21,7 @@
 //! The engine knows no backend: [`world`] (event queue, clients, workload, fenced resource,
 //! servers, faults, report), [`oracle`], [`scenario`] (setups, outcomes, the [`scenario::Backend`]
 //! registration), [`sweep`], and the seam [`Protocol`] / [`Server`]. Each backend is a folder
-//! ([`redis`], [`etcd`], [`lease`]) with its server model, its protocol glue, its scenarios and
+//! ([`redis`], [`etcd`], [`lease`], [`session`]) with its server model, its protocol glue, its scenarios and
 //! its bugs, registered by one line in [`registry`]; [`cli`] reads the registry.
 //!
 //! Adding a backend: a folder `sim/src/<name>/` with its server model (a [`Server`]), its
