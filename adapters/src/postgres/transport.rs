@@ -94,7 +94,8 @@ pub(super) enum Tls {
 }
 
 /// The notifications of a connection, as the task driving it forwards them.
-type Notes = tokio::sync::mpsc::UnboundedReceiver<String>;
+/// Each notification: the sending backend's pid and the payload (a lock name).
+type Notes = tokio::sync::mpsc::UnboundedReceiver<(i32, String)>;
 
 /// Connects (bounded by `limit`) and drives the connection in a task that forwards its
 /// notifications.
@@ -124,12 +125,12 @@ where
         .await
         .map_err(|_| format!("no connection within {limit:?}"))?
         .map_err(|e| message(&e))?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(i32, String)>();
     tokio::spawn(async move {
         while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match m {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n.payload().to_owned());
+                    let _ = tx.send((n.process_id(), n.payload().to_owned()));
                 }
                 Ok(_) => {}
                 Err(_) => return,
@@ -148,6 +149,9 @@ pub(super) struct Db {
     pub(super) hints: Arc<Hints>,
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     listening: std::sync::atomic::AtomicBool,
+    /// The backend pid of the shared connection: its releases wake this client's waiters
+    /// directly, so their `NOTIFY` echo is skipped.
+    own_pid: Arc<std::sync::atomic::AtomicI32>,
     pub(super) connect_timeout: Duration,
 }
 
@@ -170,6 +174,7 @@ impl Db {
             hints: Arc::default(),
             live: tokio::sync::Mutex::new(None),
             listening: std::sync::atomic::AtomicBool::new(false),
+            own_pid: Arc::default(),
             connect_timeout,
         }
     }
@@ -194,6 +199,12 @@ impl Db {
             release: client.prepare(&self.sql.release).await.map_err(err)?,
             inspect: client.prepare(&self.sql.inspect).await.map_err(err)?,
         };
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(err)?;
+        self.own_pid.store(pid, std::sync::atomic::Ordering::Release);
         let live = Arc::new(Live { client, prepared });
         *slot = Some(live.clone());
         Ok(live)
@@ -260,6 +271,8 @@ impl Db {
                 if rows.is_empty() {
                     Reply::NotOwner
                 } else {
+                    // This client's waiters need not wait for the `NOTIFY` to come back.
+                    self.hints.notify(name.as_bytes());
                     Reply::Released
                 }
             }
@@ -300,14 +313,15 @@ impl Db {
         tokio::spawn(async move {
             loop {
                 let Some(d) = db.upgrade() else { return };
-                let (config, tls, hints, limit) = (
+                let (config, tls, hints, own, limit) = (
                     d.config.clone(),
                     d.tls.clone(),
                     d.hints.clone(),
+                    d.own_pid.clone(),
                     d.connect_timeout,
                 );
                 drop(d);
-                let _ = listen_once(&config, &tls, &hints, limit).await;
+                let _ = listen_once(&config, &tls, &hints, &own, limit).await;
                 // Gone or broken: try again shortly, unless the client is gone.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -320,6 +334,7 @@ async fn listen_once(
     config: &Config,
     tls: &Tls,
     hints: &Hints,
+    own: &std::sync::atomic::AtomicI32,
     limit: Duration,
 ) -> Result<(), String> {
     let (client, mut notes) = connect(config, tls, limit).await?;
@@ -327,8 +342,11 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
         .map_err(|e| message(&e))?;
-    while let Some(name) = notes.recv().await {
-        hints.notify(name.as_bytes());
+    while let Some((pid, name)) = notes.recv().await {
+        // Our own releases woke our waiters already.
+        if pid != own.load(std::sync::atomic::Ordering::Acquire) {
+            hints.notify(name.as_bytes());
+        }
     }
     Ok(())
 }
