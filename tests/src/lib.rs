@@ -289,7 +289,7 @@ pub mod bench {
 
 /// Real servers for the adapter tests.
 ///
-/// Private SQL servers ([`PgCluster`], [`MariaDb`]) listen on fixed ports on 127.0.0.1, each
+/// Private SQL servers ([`servers::PgCluster`], [`servers::MariaDb`]) listen on fixed ports on 127.0.0.1, each
 /// port used by one test only, so no two tests meet however a runner schedules them (the
 /// tests of a binary run at once): 55432 and 53306 `postgres_tls` and `mysql_tls`;
 /// 55433-55435 and 53307-53311 `sql_restart`.

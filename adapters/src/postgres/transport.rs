@@ -204,7 +204,8 @@ impl Db {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(err)?;
-        self.own_pid.store(pid, std::sync::atomic::Ordering::Release);
+        self.own_pid
+            .store(pid, std::sync::atomic::Ordering::Release);
         let live = Arc::new(Live { client, prepared });
         *slot = Some(live.clone());
         Ok(live)
