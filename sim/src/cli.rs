@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use crate::registry;
 use crate::scenario::{Injected, Scenario};
+use crate::svg;
 use crate::sweep::{sweep, Sweep};
 
 /// How a sweep reports.
@@ -22,7 +23,7 @@ pub fn usage(program: &str) -> String {
     format!(
         "usage:
   {program} list
-  {program} run --scenario NAME --seed S [--inject-bug BUG]
+  {program} run --scenario NAME --seed S [--inject-bug BUG] [--svg FILE]
   {program} sweep --scenario NAME|all --seeds N [--start S] [--inject-bug BUG] [--threads T]"
     )
 }
@@ -52,6 +53,7 @@ struct Opts {
     start: u64,
     bug: Option<Injected>,
     threads: Option<usize>,
+    svg: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -62,6 +64,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         start: 0,
         bug: None,
         threads: None,
+        svg: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -76,6 +79,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--seeds" => o.seeds = Some(num(value()?)?),
             "--start" => o.start = num(value()?)?,
             "--threads" => o.threads = Some(num(value()?)? as usize),
+            "--svg" => o.svg = Some(value()?.clone()),
             "--inject-bug" => {
                 let v = value()?;
                 o.bug = Some(
@@ -140,7 +144,7 @@ fn run(program: &str, args: &[String], style: Style) -> Result<ExitCode, String>
             );
             println!("  assumptions broken: {}", r.broken);
             if std::env::var_os("LUCKY_SIM_CLAIMS").is_some() {
-                for (at, f) in &sc.setup(seed).faults {
+                for (at, f) in &r.faults {
                     println!("  fault at {:.3} ms: {f:?}", *at as f64 / 1e6);
                 }
                 for c in &r.claims {
@@ -160,18 +164,21 @@ fn run(program: &str, args: &[String], style: Style) -> Result<ExitCode, String>
                 };
                 println!("  {kind}: {v}");
             }
-            let verdict = if out.passed() { "pass" } else { "FAIL" };
-            let why = if out.must_violate {
-                if out.expected_found() {
-                    " (found the violation its broken assumption allows)"
-                } else {
-                    " (its broken assumption produced no violation)"
-                }
-            } else {
-                ""
-            };
-            println!("verdict: {verdict}{why}");
+            let verdict = out.verdict();
+            println!("verdict: {verdict}");
             println!("trace-hash={:016x}", r.trace_hash);
+            if let Some(file) = &o.svg {
+                let title = svg::Title {
+                    scenario: sc.name,
+                    seed,
+                    bug: o.bug.map(Injected::name),
+                    verdict: &verdict,
+                };
+                if let Err(e) = std::fs::write(file, svg::timeline(&title, r)) {
+                    eprintln!("{program}: cannot write {file}: {e}");
+                    return Ok(ExitCode::from(74));
+                }
+            }
             Ok(if out.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -180,6 +187,9 @@ fn run(program: &str, args: &[String], style: Style) -> Result<ExitCode, String>
         }
         "sweep" => {
             let o = parse(rest)?;
+            if o.svg.is_some() {
+                return Err("--svg draws one run: use it with run".into());
+            }
             let name = o.scenario.as_deref().ok_or("sweep needs --scenario")?;
             let seeds = o.seeds.ok_or("sweep needs --seeds")?;
             let scenarios: Vec<&'static Scenario> = if name == "all" {

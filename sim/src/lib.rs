@@ -21,8 +21,9 @@
 //! The engine knows no backend: [`world`] (event queue, clients, workload, fenced resource,
 //! servers, faults, report), [`oracle`], [`scenario`] (setups, outcomes, the [`scenario::Backend`]
 //! registration), [`sweep`], and the seam [`Protocol`] / [`Server`]. Each backend is a folder
-//! ([`redis`], [`etcd`], [`lease`], [`session`]) with its server model, its protocol glue, its scenarios and
-//! its bugs, registered by one line in [`registry`]; [`cli`] reads the registry.
+//! ([`redis`], [`etcd`], [`lease`], [`session`]) with its server model, its protocol glue,
+//! its scenarios and its bugs, registered by one line in [`registry`]; [`cli`] reads the
+//! registry, and [`svg`] draws a run's report as a timeline.
 //!
 //! Adding a backend: a folder `sim/src/<name>/` with its server model (a [`Server`]), its
 //! protocol glue (a [`Protocol`] pairing the real machine with the model, and a
@@ -85,6 +86,7 @@ pub mod registry;
 pub mod rng;
 pub mod scenario;
 pub mod session;
+pub mod svg;
 pub mod sweep;
 pub mod world;
 

@@ -250,6 +250,19 @@ impl Outcome {
     pub fn expected_found(&self) -> bool {
         self.must_violate && self.report.expected().next().is_some()
     }
+    /// The verdict as `lucky-sim run` prints it: `pass` or `FAIL`, and for a run that had to
+    /// find a violation, whether it did.
+    pub fn verdict(&self) -> String {
+        let verdict = if self.passed() { "pass" } else { "FAIL" };
+        let why = if !self.must_violate {
+            ""
+        } else if self.expected_found() {
+            " (found the violation its broken assumption allows)"
+        } else {
+            " (its broken assumption produced no violation)"
+        };
+        format!("{verdict}{why}")
+    }
 }
 
 /// A deliberately injected bug: in the machine (lucky-core feature `bugs`; each backend

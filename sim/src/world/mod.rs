@@ -112,6 +112,10 @@ impl<P: Protocol> World<P> {
         }
         broken.duplicated = net.dup_ppm > 0;
         broken.locks_local = protocol.locks_local_to_each_host();
+        // The schedule as the queue applies it: by time, faults at one instant in order.
+        let mut schedule = faults.to_vec();
+        schedule.push((work.quiet_at, Fault::Quiet));
+        schedule.sort_by_key(|(at, _)| *at);
         let mut w = World {
             now: 0,
             queue: Queue::new(),
@@ -133,7 +137,7 @@ impl<P: Protocol> World<P> {
             next_kept: 0,
             dead: vec![false; work.clients],
             fired: Vec::new(),
-            report: Report::new(broken),
+            report: Report::new(broken, work.clients, schedule),
             work,
         };
         for c in 0..w.clients.len() {
@@ -177,6 +181,7 @@ impl<P: Protocol> World<P> {
         self.report.broken = self.broken;
         self.report.violations = self.oracle.violations();
         self.report.claims = std::mem::take(&mut self.oracle.claims);
+        self.report.write_log = std::mem::take(&mut self.oracle.writes);
         self.report
     }
 

@@ -1,6 +1,9 @@
-//! What a run saw: counts, the trace hash, the assumptions it broke and its violations.
+//! What a run saw: counts, the trace hash, the assumptions it broke and its violations, and the
+//! record they were judged from (claims, writes, faults), from which [`crate::svg`] draws it.
 
-use crate::oracle::{Broken, Claim, Violation};
+use crate::oracle::{Broken, Claim, Violation, Write};
+
+use super::Fault;
 
 /// Why a run stopped and what it saw.
 #[derive(Clone, Debug)]
@@ -29,11 +32,19 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Every claim on the lock, in order of start.
     pub claims: Vec<Claim>,
+    /// Every write that reached the resource, in order of arrival.
+    pub write_log: Vec<Write>,
+    /// Clients in the run.
+    pub clients: usize,
+    /// The fault schedule as the run applied it (true time ns, in order), with the
+    /// [`Fault::Quiet`] at which faults stopped; those after the run's end never happened.
+    pub faults: Vec<(u64, Fault)>,
 }
 
 impl Report {
-    /// An empty report of a run that starts with `broken` assumptions.
-    pub(super) fn new(broken: Broken) -> Report {
+    /// An empty report of a run of `clients` clients that starts with `broken` assumptions and
+    /// applies `faults`.
+    pub(super) fn new(broken: Broken, clients: usize, faults: Vec<(u64, Fault)>) -> Report {
         Report {
             events: 0,
             trace_hash: 0,
@@ -47,6 +58,9 @@ impl Report {
             broken,
             violations: Vec::new(),
             claims: Vec::new(),
+            write_log: Vec::new(),
+            clients,
+            faults,
         }
     }
     /// Violations not excused by a broken assumption.
