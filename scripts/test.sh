@@ -22,6 +22,8 @@ echo "== the lease machine on the in-memory table from plain threads"
 cargo run -q -p lucky --features memory --example memory_blocking
 echo "== lock files from plain threads"
 cargo run -q -p lucky --features file --example file_blocking
+echo "== a user-side invariant over every machine, from lucky-core's proptest strategies"
+cargo run -q -p lucky-core --features proptest --example user_invariant
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim
