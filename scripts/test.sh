@@ -25,6 +25,8 @@ cargo run -q -p lucky --features file --example file_blocking
 echo "== a lease machine on a hand-written event loop; a deterministic simulation of your own"
 cargo run -q -p lucky --features memory --example poll_loop > /dev/null
 cargo run -q --release -p lucky --features memory --example own_simulation -- 1 200
+echo "== a user-side invariant over every machine, from lucky-core's proptest strategies"
+cargo run -q -p lucky-core --features proptest --example user_invariant
 
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim

@@ -1,12 +1,162 @@
-//! proptest strategies over Lucky's inputs (feature `proptest`), for your own invariant suites:
-//! configurations, replies including malformed ones, and time steps.
+//! proptest strategies over Lucky's inputs (feature `proptest`), for your own invariant suites
+//! over any of the machines: valid configurations, the replies a server might send (well-formed
+//! ones weighted up, and errors, unknown outcomes, transport failures, garbage), time steps
+//! (also backwards) and the user's and the network's [`Action`]s.
+//!
+//! | protocol | machine | configuration | replies |
+//! |---|---|---|---|
+//! | RedLock | [`RedLock`](crate::redlock::RedLock) | [`redlock_config`] | [`redis_reply`] |
+//! | etcd | [`EtcdLock`](crate::etcd::EtcdLock) | [`etcd_config`] | [`etcd_reply`] |
+//! | lease record (in-memory, PostgreSQL, MySQL) | [`LeaseLock`](crate::lease::LeaseLock) | [`lease_config`] | [`lease_reply`] (then [`lease_reply_for`]) |
+//! | session lock (PostgreSQL advisory, MySQL `GET_LOCK`, `flock`) | [`SessionLock`](crate::session::SessionLock) | [`session_config`] | [`session_reply`] |
+//!
+//! Shared: [`lease_settings`], [`wait`], [`retry`], [`token`], [`time_step`], [`time_back`],
+//! and [`action`], which mixes a protocol's replies with user requests and time into the
+//! [`Action`]s a harness applies one by one. Each protocol's `Command` implements [`Grant`]:
+//! the answer of a server that grants it, for [`Action::Grant`].
+//!
+//! Replies are drawn without knowing which command they will answer: a harness hands each to
+//! some command the machine sent ([`Action::Reply`]), so a reply may be the right one, one of
+//! the wrong shape for that command, a second answer to an op already answered, or the late
+//! answer to an op the machine gave up on. Every one of them is legal input: a machine must
+//! judge it, never panic on it (see the drive contract in the crate documentation). Since a
+//! random reply seldom fits the command it answers, [`Action::Grant`] answers as a granting
+//! server would, so that locks do get held and extended and the paths after that get tested.
+//!
+//! A sketch of a harness (`lucky-core/examples/user_invariant.rs` is a whole one):
+//!
+//! ```
+//! use lucky_core::lease::{Command, LeaseLock};
+//! use lucky_core::strategies::{
+//!     action, lease_config, lease_reply, lease_reply_for, Action, Grant,
+//! };
+//! use lucky_core::{Instant, LockMachine, Output, State, Transmit};
+//! use proptest::prelude::*;
+//! use proptest::test_runner::TestRunner;
+//!
+//! let cases = (lease_config(), proptest::collection::vec(action(lease_reply()), 1..100));
+//! TestRunner::default()
+//!     .run(&cases, |(cfg, actions)| {
+//!         let mut m = LeaseLock::new(&cfg, b"job", &[7; 16], 1).expect("valid name and token");
+//!         let mut now = Instant::from_nanos(1_000_000_000);
+//!         let mut sent: Vec<Transmit<Command>> = Vec::new();
+//!         for a in actions {
+//!             // `pick` counts back from the latest command sent.
+//!             let picked = |pick: usize| sent.iter().rev().nth(pick % sent.len().max(1)).cloned();
+//!             match a {
+//!                 Action::Acquire => drop(m.acquire(now)),
+//!                 Action::Reply { pick, reply } => {
+//!                     if let Some(t) = picked(pick) {
+//!                         let reply = lease_reply_for(reply, m.owner());
+//!                         m.handle_reply(now, t.node, t.op, reply);
+//!                     }
+//!                 }
+//!                 Action::Grant { pick, n } => {
+//!                     if let Some(t) = picked(pick) {
+//!                         let reply = lease_reply_for(t.command.grant(n), m.owner());
+//!                         m.handle_reply(now, t.node, t.op, reply);
+//!                     }
+//!                 }
+//!                 Action::Tick(d) => {
+//!                     now = now + d;
+//!                     m.handle_timeout(now);
+//!                 }
+//!                 _ => {} // the other actions, as their documentation says
+//!             }
+//!             while let Some(out) = m.poll_output() {
+//!                 if let Output::Transmit(t) = out {
+//!                     sent.push(t);
+//!                 }
+//!             }
+//!             if let State::Held { valid_until } = m.state() {
+//!                 prop_assert!(now < valid_until);
+//!             }
+//!         }
+//!         Ok(())
+//!     })
+//!     .expect("the machine keeps its deadline");
+//! ```
 
 use alloc::string::String;
+use alloc::vec::Vec;
+use bytes::Bytes;
 use proptest::prelude::*;
 
+use crate::etcd::EtcdConfig;
+use crate::lease::LeaseConfig;
 use crate::redlock::{RedLockConfig, Reply};
-use crate::settings::{Retry, Wait};
+use crate::session::SessionConfig;
+use crate::settings::{Lease, Retry, Wait};
 use crate::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// Shared settings
+// ---------------------------------------------------------------------------------------------
+
+/// Every wait mode: one attempt, a bounded wait of up to 5 s, forever.
+pub fn wait() -> impl Strategy<Value = Wait> {
+    prop_oneof![
+        Just(Wait::None),
+        (0u64..=5_000).prop_map(|ms| Wait::For(Duration::from_millis(ms))),
+        Just(Wait::Forever)
+    ]
+}
+
+/// Retry spacing: delay and jitter 0 to 100 ms each (both zero is refused by the builders
+/// when retries are possible, so configurations built from it are filtered).
+pub fn retry() -> impl Strategy<Value = Retry> {
+    (0u64..=100, 0u64..=100).prop_map(|(delay, jitter)| Retry {
+        delay: Duration::from_millis(delay),
+        jitter: Duration::from_millis(jitter),
+    })
+}
+
+/// The settings every lease protocol shares, not yet checked: ttl 10 ms to 60 s (whole
+/// milliseconds, as RedLock requires), drift 0 to 5 % plus a floor of 0 to 3 ms, the
+/// protocol's default request timeout or a third to a fortieth of the ttl (always shorter
+/// than the validity a passing drift check leaves), every wait mode, retry 0 to 100 ms.
+/// Each config strategy below checks them through its builder and keeps the valid ones.
+pub fn lease_settings() -> impl Strategy<Value = Lease> {
+    (
+        10u64..=60_000,
+        0u32..=50_000,
+        0u64..=3,
+        proptest::option::weighted(0.25, 3u32..=40),
+        wait(),
+        retry(),
+    )
+        .prop_map(|(ttl_ms, ppm, floor_ms, op_div, wait, retry)| {
+            let ttl = Duration::from_millis(ttl_ms);
+            Lease {
+                ttl,
+                drift_ppm: ppm,
+                drift_floor: Duration::from_millis(floor_ms),
+                op_timeout: op_div.map(|d| ttl / d),
+                wait,
+                retry,
+            }
+        })
+}
+
+/// Automatic renewal, when on: `every` the default (ttl / 3) or a third to a tenth of `ttl`,
+/// and a cap of 0 to 5 renewals or none.
+fn auto_extend(ttl: Duration) -> impl Strategy<Value = (Option<Duration>, Option<u32>)> {
+    (
+        proptest::option::of(3u32..=10),
+        proptest::option::of(0u32..=5),
+    )
+        .prop_map(move |(div, cap)| (div.map(|d| ttl / d), cap))
+}
+
+/// Lock tokens: 16 to 64 random bytes, the range the machines that take one accept
+/// ([`RedLock::new`](crate::redlock::RedLock::new), [`LeaseLock::new`](crate::lease::LeaseLock::new)).
+pub fn token() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 16..=64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// RedLock
+// ---------------------------------------------------------------------------------------------
 
 /// Valid RedLock configurations: 1 to 7 nodes, ttl 10 ms to 60 s, drift 0 to 5 %, every wait
 /// mode, with and without auto-extension, with and without fencing.
@@ -16,29 +166,22 @@ pub fn redlock_config() -> impl Strategy<Value = RedLockConfig> {
         10u64..=60_000,
         0u32..=50_000,
         0u64..=3,
-        prop_oneof![
-            Just(Wait::None),
-            (0u64..=5_000).prop_map(|ms| Wait::For(Duration::from_millis(ms))),
-            Just(Wait::Forever)
-        ],
+        wait(),
         proptest::option::of(1u32..=5),
         proptest::option::of(proptest::option::of(0u32..=4)),
-        (0u64..=100, 0u64..=100),
+        retry(),
         any::<bool>(),
     )
         .prop_filter_map(
             "drift or timeouts leave no validity",
-            |(n, ttl_ms, ppm, floor_ms, wait, max_attempts, auto, (delay, jitter), fencing)| {
+            |(n, ttl_ms, ppm, floor_ms, wait, max_attempts, auto, retry, fencing)| {
                 let mut b = RedLockConfig::builder()
                     .node_count(n)
                     .ttl(Duration::from_millis(ttl_ms))
                     .drift(ppm, Duration::from_millis(floor_ms))
                     .wait(wait)
                     .fencing(fencing)
-                    .retry(Retry {
-                        delay: Duration::from_millis(delay),
-                        jitter: Duration::from_millis(jitter),
-                    });
+                    .retry(retry);
                 if let Some(m) = max_attempts {
                     b = b.max_attempts(m);
                 }
@@ -70,8 +213,13 @@ pub fn redis_reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
-/// Time steps: mostly sub-millisecond to tens of milliseconds, sometimes zero, sometimes
-/// seconds (long enough to cross a ttl).
+// ---------------------------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------------------------
+
+/// Time steps forward: mostly sub-millisecond to tens of milliseconds (round trips), sometimes
+/// zero (replies read together), sometimes seconds (long enough to cross a ttl, a renewal
+/// interval or a whole wait).
 pub fn time_step() -> impl Strategy<Value = Duration> {
     prop_oneof![
         1 => Just(Duration::ZERO),
@@ -81,51 +229,306 @@ pub fn time_step() -> impl Strategy<Value = Duration> {
     ]
 }
 
-/// Valid etcd lock configurations: ttl 10 ms to 60 s, drift 0 to 5 %, every wait mode.
-pub fn etcd_config() -> impl Strategy<Value = crate::etcd::EtcdConfig> {
+/// Steps of the driver's clock backwards (never zero): mostly a nanosecond to 50 ms (an NTP
+/// slew, a virtualised clock), sometimes seconds. A machine must report each one
+/// ([`Event::TimeWentBack`](crate::Event::TimeWentBack)) and move its deadlines back by it.
+/// A harness stops at its own epoch when a step is longer than the time since.
+pub fn time_back() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        2 => (1u64..1_000_000).prop_map(Duration::from_nanos),
+        6 => (1u64..50).prop_map(Duration::from_millis),
+        1 => (1u64..30).prop_map(Duration::from_secs),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions: what happens next to a machine
+// ---------------------------------------------------------------------------------------------
+
+/// One thing that happens to a machine under test: a user request, a reply from the network
+/// (well-formed or not, on time, late, duplicated or misrouted), or time passing. `R` is the
+/// protocol's reply type. A harness keeps every command the machine sent, in order, and its
+/// own clock `now`; it applies the action, then drains the outputs and checks its invariants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<R> {
+    /// [`acquire`](crate::LockMachine::acquire) at `now` (a usage error when busy is fine).
+    Acquire,
+    /// [`extend`](crate::LockMachine::extend) at `now`.
+    Extend,
+    /// [`release`](crate::LockMachine::release) at `now`: releases, or cancels an
+    /// acquisition in flight.
+    Release,
+    /// [`wake`](crate::LockMachine::wake) at `now`: a release hint, which must never affect
+    /// safety.
+    Wake,
+    /// Answer a command the machine sent with `reply`, at that command's node and op, at
+    /// `now`: the latest command sent when `pick` is 0, the one before it when 1, and so on
+    /// (modulo the number sent). Mostly one of the last few (so requests in flight get
+    /// answered), sometimes any: a first answer, a duplicate of one already given, or a stale
+    /// one for an op the machine no longer waits for; and `reply` may be of the wrong shape
+    /// for the command. Nothing when nothing was sent yet.
+    Reply {
+        /// Which command, counted back from the latest (modulo the number sent).
+        pick: usize,
+        /// The answer.
+        reply: R,
+    },
+    /// Answer the command picked as in [`Action::Reply`] the way a server that grants every
+    /// request would ([`Grant::grant`] of the command, with `n`): what gets a lock acquired,
+    /// extended and released, since a random reply seldom has the right shape for the command
+    /// it answers. Picked like a reply, it may still be a duplicate or a stale answer.
+    Grant {
+        /// Which command, counted back from the latest (modulo the number sent).
+        pick: usize,
+        /// The number the server puts in its answer (see [`Grant::grant`]).
+        n: u64,
+    },
+    /// A reply meant for another machine: `op` on `node` (possibly out of range). The harness
+    /// skips it when the machine did issue `op`; otherwise
+    /// [`handle_reply`](crate::LockMachine::handle_reply) must return `false` and change
+    /// nothing.
+    Misrouted {
+        /// An op id this machine (most likely) never issued.
+        op: u64,
+        /// A node, 0 to 7.
+        node: u16,
+        /// The answer.
+        reply: R,
+    },
+    /// `now` moves forward by this much; then
+    /// [`handle_timeout`](crate::LockMachine::handle_timeout). A step past a deadline is a
+    /// timer that fired late.
+    Tick(Duration),
+    /// `now` moves to the machine's [`poll_timeout`](crate::LockMachine::poll_timeout) (if
+    /// any and later), then `handle_timeout`: a timer that fired on time.
+    Timeout,
+    /// `now` moves back by this much (to no earlier than the harness's epoch), then
+    /// `handle_timeout`: the driver's clock stepped back.
+    Backwards(Duration),
+    /// The process stalls (a long GC pause, a suspended VM) through its renewals: `now` jumps
+    /// to this much after the held lock's deadline (the `valid_until` of
+    /// [`State::Held`](crate::State::Held); forward by this much when not held), then
+    /// `handle_timeout`. What the user's side does at that instant, before the machine has
+    /// heard of the time, is where a wrong deadline shows.
+    Stall(Duration),
+}
+
+/// Which command an answer goes to, counted back from the latest: mostly the latest two (the
+/// requests in flight), often one of the eight latest, sometimes any.
+fn pick() -> impl Strategy<Value = usize> {
+    prop_oneof![4 => 0usize..2, 2 => 2usize..8, 1 => any::<usize>()]
+}
+
+/// Actions mixing `reply` (one of the reply strategies here, or your own) with user requests
+/// and time: mostly answers (random replies and grants, so attempts get answered and locks get
+/// held), then time passing and timers firing, then user requests, and now and then a step
+/// back, a stall past the deadline or a misrouted reply.
+pub fn action<R, S>(reply: S) -> impl Strategy<Value = Action<R>>
+where
+    R: Clone + core::fmt::Debug + 'static,
+    S: Strategy<Value = R> + 'static,
+{
+    let reply = reply.boxed();
+    prop_oneof![
+        2 => Just(Action::Acquire),
+        1 => Just(Action::Extend),
+        1 => Just(Action::Release),
+        1 => Just(Action::Wake),
+        6 => (pick(), reply.clone()).prop_map(|(pick, reply)| Action::Reply { pick, reply }),
+        4 => (pick(), 1u64..=60).prop_map(|(pick, n)| Action::Grant { pick, n }),
+        1 => (any::<u64>(), 0u16..8, reply)
+            .prop_map(|(op, node, reply)| Action::Misrouted { op, node, reply }),
+        2 => time_step().prop_map(Action::Tick),
+        2 => Just(Action::Timeout),
+        1 => time_back().prop_map(Action::Backwards),
+        1 => past_deadline().prop_map(Action::Stall),
+    ]
+}
+
+/// How far past a deadline a stalled process wakes: exactly at it, within a millisecond, or
+/// up to 50 ms.
+fn past_deadline() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        2 => Just(Duration::ZERO),
+        1 => (1u64..1_000_000).prop_map(Duration::from_nanos),
+        1 => (1u64..50).prop_map(Duration::from_millis),
+    ]
+}
+
+/// The answer of a server that grants every request: implemented by each protocol's
+/// `Command`, for [`Action::Grant`]. `n` (1 to 60 from [`action`]) is the number the server
+/// puts where its answer carries one; each implementation says where.
+pub trait Grant {
+    /// The protocol's reply.
+    type Reply;
+    /// The granting answer to this command.
+    fn grant(&self, n: u64) -> Self::Reply;
+}
+
+/// RedLock: `+OK` to a `SET NX`, the node's fence counter `n` to a fenced acquire, 1 (done,
+/// ours) to the fence, extend and release scripts.
+impl Grant for crate::redlock::Command {
+    type Reply = Reply;
+    fn grant(&self, n: u64) -> Reply {
+        use crate::redlock::Command as C;
+        match self {
+            C::Acquire { .. } => Reply::Status("OK".into()),
+            C::AcquireFenced { .. } => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+            C::Fence { .. } | C::Extend { .. } | C::Release { .. } => Reply::Int(1),
+        }
+    }
+}
+
+/// etcd: a lease with id `n` for the ttl asked; a keepalive renewed for `n` seconds; a take
+/// that created our key at revision `n` and finds it first (we own the lock); a queue read
+/// that shows our key (at the revision the machine asked below) with no predecessor; a watch
+/// that saw its key deleted; a delete or revoke done.
+impl Grant for crate::etcd::Command {
+    type Reply = crate::etcd::Reply;
+    fn grant(&self, n: u64) -> crate::etcd::Reply {
+        use crate::etcd::{Command as C, Reply as R};
+        let n_i64 = i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            C::LeaseGrant { ttl_secs } => R::Lease {
+                id: n_i64,
+                ttl: Duration::from_secs(u64::try_from(*ttl_secs).unwrap_or(0)),
+            },
+            C::KeepAlive { .. } => R::KeepAlive {
+                ttl: Duration::from_secs(n),
+            },
+            C::Take { .. } => R::Taken {
+                create_revision: n_i64,
+                owner_revision: n_i64,
+                revision: n_i64,
+            },
+            C::Queue { below, .. } => R::Queue {
+                mine: Some(*below),
+                predecessor: None,
+                revision: *below,
+            },
+            C::WaitDelete { .. } => R::Deleted,
+            C::Delete { .. } | C::Revoke { .. } => R::Done,
+        }
+    }
+}
+
+/// Lease record: a take granted with fence `n`; renewed; released; a read that shows the
+/// record ours ([`LEASE_OURS`], so pass it through [`lease_reply_for`]) with fence `n` and
+/// `n` seconds left.
+impl Grant for crate::lease::Command {
+    type Reply = crate::lease::Reply;
+    fn grant(&self, n: u64) -> crate::lease::Reply {
+        use crate::lease::{Command as C, Reply as R};
+        match self {
+            C::Take { .. } => R::Granted { fence: n },
+            C::Renew { .. } => R::Renewed,
+            C::Release { .. } => R::Released,
+            C::Inspect { .. } => R::State {
+                owner: Some(Bytes::from_static(LEASE_OURS)),
+                fence: n,
+                left: Duration::from_secs(n),
+            },
+        }
+    }
+}
+
+/// The server session every granted session-lock answer comes from.
+pub const GRANT_SERVER: u64 = 1;
+
+/// Session lock: session `n` opened, in server session [`GRANT_SERVER`]; locked there with
+/// fence `n`; a probe that finds it held there; unlocked (it was held); closed.
+impl Grant for crate::session::Command {
+    type Reply = crate::session::Reply;
+    fn grant(&self, n: u64) -> crate::session::Reply {
+        use crate::session::{Command as C, Reply as R};
+        match self {
+            C::Open { .. } => R::Opened {
+                session: n,
+                server: GRANT_SERVER,
+            },
+            C::Lock { .. } => R::Locked {
+                server: GRANT_SERVER,
+                fence: n,
+            },
+            C::Probe { .. } => R::Probed {
+                held: true,
+                server: GRANT_SERVER,
+            },
+            C::Unlock { .. } => R::Unlocked { held: true },
+            C::Close { .. } => R::Closed,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+// ---------------------------------------------------------------------------------------------
+
+/// Valid etcd lock configurations: ttl 10 ms to 60 s (rounded up to whole seconds by the
+/// builder, as etcd grants them), drift 0 to 5 %, every wait mode, the default request
+/// timeout or a shorter one, the default keepalive interval (ttl / 3) or a third to a tenth
+/// of the ttl, the default watch re-check (ttl) or 10 ms to 5 s.
+pub fn etcd_config() -> impl Strategy<Value = EtcdConfig> {
     (
-        10u64..=60_000,
-        0u32..=50_000,
-        0u64..=3,
-        prop_oneof![
-            Just(Wait::None),
-            (0u64..=5_000).prop_map(|ms| Wait::For(Duration::from_millis(ms))),
-            Just(Wait::Forever)
-        ],
-        (0u64..=100, 0u64..=100),
+        lease_settings(),
+        proptest::option::of(3u32..=10),
+        proptest::option::weighted(0.25, 10u64..=5_000),
     )
         .prop_filter_map(
             "drift or timeouts leave no validity",
-            |(ttl_ms, ppm, floor_ms, wait, (delay, jitter))| {
-                crate::etcd::EtcdConfig::builder()
-                    .ttl(Duration::from_millis(ttl_ms))
-                    .drift(ppm, Duration::from_millis(floor_ms))
-                    .wait(wait)
-                    .retry(Retry {
-                        delay: Duration::from_millis(delay),
-                        jitter: Duration::from_millis(jitter),
-                    })
-                    .build()
-                    .ok()
+            |(lease, keepalive_div, recheck_ms)| {
+                // The builder rounds the ttl up to whole seconds; intervals are taken from
+                // the ttl it will use, so they stay inside its validity.
+                let secs = lease.ttl.as_secs() + u64::from(lease.ttl.subsec_nanos() > 0);
+                let ttl = Duration::from_secs(secs);
+                let mut b = EtcdConfig::builder().lease(lease);
+                if let Some(div) = keepalive_div {
+                    b = b.keepalive_every(ttl / div);
+                }
+                if let Some(ms) = recheck_ms {
+                    b = b.recheck(Duration::from_millis(ms));
+                }
+                b.build().ok()
             },
         )
 }
 
-/// Replies an etcd cluster might send to any request, well-formed or not: leases with odd
-/// ttls, revisions in and out of range, lease-not-found, errors and transport failures.
+/// Revisions: mostly small (1 to 7), so that a reply's revisions often match the machine's
+/// own key (owner = ours, `mine` = our key) and locks get held; sometimes any `i64`
+/// (zero, negative, huge: garbage).
+fn revision() -> impl Strategy<Value = i64> {
+    prop_oneof![6 => 1i64..8, 1 => any::<i64>()]
+}
+
+/// Replies an etcd cluster might send to any request, well-formed or not: leases granted for
+/// zero to 120 s (or absurd ttls), keepalives (zero: the lease is gone), taking transactions
+/// that show us the owner (create = owner revision) or queued behind another, queue reads
+/// with and without our key and a predecessor, watch answers, lease-not-found, error replies
+/// with any text, and transport failures.
 pub fn etcd_reply() -> impl Strategy<Value = crate::etcd::Reply> {
     use crate::etcd::Reply as R;
-    let rev = prop_oneof![4 => 1i64..100, 1 => any::<i64>()];
-    let key = proptest::collection::vec(any::<u8>(), 0..12).prop_map(bytes::Bytes::from);
+    let ttl = || {
+        prop_oneof![
+            8 => (0u64..120_000).prop_map(Duration::from_millis),
+            1 => Just(Duration::ZERO),
+            1 => any::<u64>().prop_map(Duration::from_secs),
+        ]
+    };
+    let key = proptest::collection::vec(any::<u8>(), 0..12).prop_map(Bytes::from);
     prop_oneof![
-        2 => (any::<i64>(), 0u64..120_000).prop_map(|(id, ms)| R::Lease { id, ttl: Duration::from_millis(ms) }),
-        3 => (0u64..120_000).prop_map(|ms| R::KeepAlive { ttl: Duration::from_millis(ms) }),
-        3 => (rev.clone(), rev.clone(), rev.clone()).prop_map(|(c, o, r)| R::Taken {
+        3 => (any::<i64>(), ttl()).prop_map(|(id, ttl)| R::Lease { id, ttl }),
+        3 => ttl().prop_map(|ttl| R::KeepAlive { ttl }),
+        2 => (revision(), revision()).prop_map(|(c, r)| R::Taken {
+            create_revision: c,
+            owner_revision: c,
+            revision: r
+        }),
+        2 => (revision(), revision(), revision()).prop_map(|(c, o, r)| R::Taken {
             create_revision: c,
             owner_revision: o,
             revision: r
         }),
-        3 => (proptest::option::of(rev.clone()), proptest::option::of(key), rev)
+        4 => (proptest::option::weighted(0.8, revision()), proptest::option::of(key), revision())
             .prop_map(|(mine, predecessor, revision)| R::Queue { mine, predecessor, revision }),
         2 => Just(R::Deleted),
         1 => Just(R::Compacted),
@@ -133,5 +536,128 @@ pub fn etcd_reply() -> impl Strategy<Value = crate::etcd::Reply> {
         1 => Just(R::LeaseNotFound),
         1 => any::<String>().prop_map(R::Error),
         1 => Just(R::Unavailable("connection reset by peer".into())),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease record (in-memory table, PostgreSQL, MySQL)
+// ---------------------------------------------------------------------------------------------
+
+/// Valid lease-record configurations: the shared [`lease_settings`], with automatic renewal
+/// off, or on every ttl / 3 to ttl / 10 with or without a cap.
+pub fn lease_config() -> impl Strategy<Value = LeaseConfig> {
+    lease_settings()
+        .prop_flat_map(|lease| (Just(lease), proptest::option::of(auto_extend(lease.ttl))))
+        .prop_filter_map("drift or timeouts leave no validity", |(lease, auto)| {
+            let mut b = LeaseConfig::builder().lease(lease);
+            if let Some((every, cap)) = auto {
+                b = b.auto_extend(every, cap);
+            }
+            b.build().ok()
+        })
+}
+
+/// The owner [`lease_reply`] puts in a `State` reply that says the record is the machine's
+/// own. The machine's owner changes with every acquisition, so a strategy cannot know it:
+/// [`lease_reply_for`] puts the machine's current owner in its place.
+pub const LEASE_OURS: &[u8] = b"\xfflucky-strategies:ours";
+
+/// `reply` as the machine whose owner is currently `owner`
+/// ([`LeaseLock::owner`](crate::lease::LeaseLock::owner)) would read it: a `State` whose
+/// owner is [`LEASE_OURS`] names `owner` instead. Other replies are returned as they are.
+pub fn lease_reply_for(reply: crate::lease::Reply, owner: &[u8]) -> crate::lease::Reply {
+    use crate::lease::Reply as R;
+    match reply {
+        R::State {
+            owner: Some(o),
+            fence,
+            left,
+        } if &o[..] == LEASE_OURS => R::State {
+            owner: Some(Bytes::copy_from_slice(owner)),
+            fence,
+            left,
+        },
+        other => other,
+    }
+}
+
+/// Time left on the store's clock: mostly up to 5 s, sometimes zero, sometimes absurd
+/// (up to a year, or the longest `Duration`).
+fn left() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        8 => (0u64..5_000).prop_map(Duration::from_millis),
+        1 => Just(Duration::ZERO),
+        1 => (0u64..=365 * 24 * 3600).prop_map(Duration::from_secs),
+        1 => Just(Duration::MAX),
+    ]
+}
+
+/// Replies a lease-record store might send to any command: grants (fences mostly small,
+/// sometimes any `u64`), held by another, renewed, not the owner, released, record reads
+/// owned by the machine ([`LEASE_OURS`]: pass the reply through [`lease_reply_for`]), by a
+/// stranger or by no one, unknown outcomes (a write that may or may not have been applied),
+/// error replies with any text, and transport failures.
+pub fn lease_reply() -> impl Strategy<Value = crate::lease::Reply> {
+    use crate::lease::Reply as R;
+    let fence = || prop_oneof![8 => 0u64..10, 1 => any::<u64>()];
+    let owner = prop_oneof![
+        3 => Just(Some(Bytes::from_static(LEASE_OURS))),
+        1 => Just(Some(Bytes::from_static(b"someone else"))),
+        1 => Just(None),
+    ];
+    prop_oneof![
+        4 => fence().prop_map(|fence| R::Granted { fence }),
+        2 => left().prop_map(|left| R::Held { left }),
+        3 => Just(R::Renewed),
+        1 => Just(R::NotOwner),
+        1 => Just(R::Released),
+        3 => (owner, fence(), left()).prop_map(|(owner, fence, left)| R::State { owner, fence, left }),
+        2 => Just(R::Unknown("connection reset after the write was sent".into())),
+        1 => Just(R::Unknown("no answer within the request timeout".into())),
+        1 => any::<String>().prop_map(R::Error),
+        1 => Just(R::Unavailable("connection refused".into())),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session locks (PostgreSQL advisory locks, MySQL GET_LOCK, flock)
+// ---------------------------------------------------------------------------------------------
+
+/// Valid session-lock configurations: the shared [`lease_settings`] (the ttl bounds how long a
+/// lock is trusted without a fresh probe), with automatic probing off, or on every ttl / 3 to
+/// ttl / 10 with or without a cap.
+pub fn session_config() -> impl Strategy<Value = SessionConfig> {
+    lease_settings()
+        .prop_flat_map(|lease| (Just(lease), proptest::option::of(auto_extend(lease.ttl))))
+        .prop_filter_map("drift or timeouts leave no validity", |(lease, auto)| {
+            let mut b = SessionConfig::builder().lease(lease);
+            if let Some((every, cap)) = auto {
+                b = b.auto_extend(every, cap);
+            }
+            b.build().ok()
+        })
+}
+
+/// Replies a session-lock server might send to any command. Server sessions are mostly 1 or
+/// 2, so an answer often comes from the session the machine opened and often from another one
+/// (a reconnect the driver hid; the machine must not trust it); sometimes any `u64`. Also:
+/// busy, probes held or not, unlocks, closes, unknown outcomes (the session broke after the
+/// command was sent), error replies with any text, and transport failures.
+pub fn session_reply() -> impl Strategy<Value = crate::session::Reply> {
+    use crate::session::Reply as R;
+    let server = || prop_oneof![8 => 1u64..3, 1 => any::<u64>()];
+    let fence = prop_oneof![8 => 0u64..10, 1 => any::<u64>()];
+    let session = prop_oneof![8 => 0u64..4, 1 => any::<u64>()];
+    prop_oneof![
+        3 => (session, server()).prop_map(|(session, server)| R::Opened { session, server }),
+        4 => (server(), fence).prop_map(|(server, fence)| R::Locked { server, fence }),
+        2 => Just(R::Busy),
+        3 => (any::<bool>(), server()).prop_map(|(held, server)| R::Probed { held, server }),
+        1 => any::<bool>().prop_map(|held| R::Unlocked { held }),
+        1 => Just(R::Closed),
+        2 => Just(R::Unknown("connection reset after the command was sent".into())),
+        1 => Just(R::Unknown("no answer within the request timeout".into())),
+        1 => any::<String>().prop_map(R::Error),
+        1 => Just(R::Unavailable("connection refused".into())),
     ]
 }
