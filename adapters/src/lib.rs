@@ -21,6 +21,8 @@
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
 //! clock, and sleeps until the machine's deadline. Every protocol decision stays in the machine.
 
+#![warn(missing_docs)]
+
 pub use lucky_core::*;
 
 #[cfg(feature = "cli")]

@@ -74,6 +74,8 @@
 //! # Ok::<(), lucky_core::UsageError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod clock;
 pub mod etcd;
