@@ -208,7 +208,8 @@ impl Dir {
     /// the file replaced) with a bounded backoff as the fallback.
     async fn lock(&self, f: &LockFile, wait: Duration) -> Reply {
         let deadline = tokio::time::Instant::now() + wait;
-        let watch = Watch::new(&self.file(&f.stem, ".lock"));
+        // Made on the first busy try only: an uncontended lock costs no inotify instance.
+        let mut watch: Option<Option<Watch>> = None;
         let mut backoff = Duration::from_millis(2);
         loop {
             match self.try_lock(f) {
@@ -221,7 +222,8 @@ impl Dir {
                 return Reply::Busy;
             }
             let until = deadline.min(now + backoff);
-            let woken = match &watch {
+            let watch = watch.get_or_insert_with(|| Watch::new(&self.file(&f.stem, ".lock")));
+            let woken = match watch {
                 Some(w) => w.changed(until).await,
                 None => {
                     tokio::time::sleep_until(until).await;
