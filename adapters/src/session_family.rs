@@ -46,6 +46,12 @@ pub(crate) trait SessionStore: Send + Sync + 'static {
     ) -> impl Future<Output = bool> + Send {
         std::future::ready(true)
     }
+    /// The same judgement made at once, when the store can without IO (`None`: it needs the
+    /// async [`alive`](Self::alive)). Lets an idle session be handed out without a trip
+    /// through the runtime.
+    fn alive_now(&self, _conn: &Self::Conn, _idle_for: Duration) -> Option<bool> {
+        None
+    }
     /// Runs a lock, probe or unlock in `conn`; a broken session is [`Reply::Unknown`].
     fn run(
         self: Arc<Self>,
@@ -187,6 +193,41 @@ impl<S: SessionStore> Transport for Sessions<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Closing, and opening from an idle session the store can judge at once, need no IO.
+    fn send_now(&self, _node: usize, command: Command) -> Result<Reply, Command> {
+        match command {
+            Command::Close { session, clean } => {
+                self.close(session, clean);
+                Ok(Reply::Closed)
+            }
+            Command::Open { idle, name } => {
+                let mut pool = lock(&self.idle);
+                while let Some(i) = pool.iter().rposition(|s| s.idle == idle) {
+                    let idle_for = pool[i].since.elapsed();
+                    let verdict = if idle_for < idle / 2 {
+                        self.store.alive_now(&pool[i].conn, idle_for)
+                    } else {
+                        Some(false)
+                    };
+                    match verdict {
+                        Some(true) => {
+                            let s = pool.remove(i);
+                            drop(pool);
+                            return Ok(self.register(s.conn, s.server, s.idle));
+                        }
+                        Some(false) => {
+                            pool.remove(i);
+                        }
+                        // Needs a ping: the async path decides.
+                        None => break,
+                    }
+                }
+                Err(Command::Open { idle, name })
+            }
+            other => Err(other),
         }
     }
 

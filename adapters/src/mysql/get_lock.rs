@@ -163,6 +163,10 @@ impl SessionStore for GetLock {
         idle_for < Duration::from_millis(50) || conn.ping().await.is_ok()
     }
 
+    fn alive_now(&self, _conn: &Conn, idle_for: Duration) -> Option<bool> {
+        (idle_for < Duration::from_millis(50)).then_some(true)
+    }
+
     fn tasks(&self) -> &Arc<Tasks> {
         &self.tasks
     }

@@ -225,6 +225,10 @@ impl SessionStore for Advisory {
         !conn.client.is_closed()
     }
 
+    fn alive_now(&self, conn: &AdvisoryConn, _idle_for: Duration) -> Option<bool> {
+        Some(!conn.client.is_closed())
+    }
+
     fn tasks(&self) -> &Arc<Tasks> {
         &self.tasks
     }
