@@ -5,7 +5,6 @@
 use lucky_core::session::bugs::SessionBug;
 use lucky_core::session::{SessionConfig, SessionLock};
 use lucky_core::time::nanos;
-use lucky_core::{Duration, Lease};
 
 use crate::rng::Rng;
 use crate::scenario::{Injected, Runner, Setup};
@@ -97,18 +96,8 @@ pub fn protocol(
     replace_after: Vec<(u64, bool)>,
     bug: Option<Injected>,
 ) -> FileSim {
-    let lease = Lease {
-        ttl: Duration::from_millis(s.ttl_ms),
-        drift_ppm: s.drift_ppm,
-        drift_floor: Duration::from_millis(2),
-        op_timeout: s.op_timeout,
-        retry: s.retry,
-        wait: s.wait,
-    };
-    let mut b = SessionConfig::builder().lease(lease);
-    if let Some((every, cap)) = s.auto_extend {
-        b = b.auto_extend(every, cap);
-    }
+    #[allow(unused_mut)] // bugs are injected only with the `bugs` feature
+    let mut b = super::protocol::builder(s);
     #[allow(unused_mut)]
     let mut quirks = Quirks::default();
     #[cfg(feature = "bugs")]

@@ -79,8 +79,8 @@ impl Runner for SessionRunner {
     }
 }
 
-/// The session-lock configuration of `s`, with `bug` injected.
-pub fn protocol(s: &Setup, reconnect: bool, bug: Option<Injected>) -> SessionSim {
+/// The session-lock configuration builder of `s` (every session-family backend's).
+pub(super) fn builder(s: &Setup) -> lucky_core::session::SessionConfigBuilder {
     let lease = Lease {
         ttl: Duration::from_millis(s.ttl_ms),
         drift_ppm: s.drift_ppm,
@@ -89,10 +89,17 @@ pub fn protocol(s: &Setup, reconnect: bool, bug: Option<Injected>) -> SessionSim
         retry: s.retry,
         wait: s.wait,
     };
-    let mut b = SessionConfig::builder().lease(lease);
-    if let Some((every, cap)) = s.auto_extend {
-        b = b.auto_extend(every, cap);
+    let b = SessionConfig::builder().lease(lease);
+    match s.auto_extend {
+        Some((every, cap)) => b.auto_extend(every, cap),
+        None => b,
     }
+}
+
+/// The session-lock configuration of `s`, with `bug` injected.
+pub fn protocol(s: &Setup, reconnect: bool, bug: Option<Injected>) -> SessionSim {
+    #[allow(unused_mut)] // bugs are injected only with the `bugs` feature
+    let mut b = builder(s);
     #[cfg(feature = "bugs")]
     if let Some(bug) = Injected::machine(bug).and_then(SessionBug::from_name) {
         b = b.inject_bug(bug);
