@@ -73,15 +73,21 @@ struct Idle<C> {
     since: tokio::time::Instant,
 }
 
+/// A session in use: the connection, the server's id for it, the idle time it was opened
+/// with (for its return to the idle ones).
+struct InUse<C> {
+    conn: Shared<C>,
+    server: u64,
+    idle: Duration,
+}
+
 /// The client's sessions: those in use, by the number the machines know them by, and idle
-/// ones (with the idle time they were opened with).
+/// ones.
 pub(crate) struct Sessions<S: SessionStore> {
     store: Arc<S>,
     next: AtomicU64,
-    open: Mutex<BTreeMap<u64, Shared<S::Conn>>>,
+    open: Mutex<BTreeMap<u64, InUse<S::Conn>>>,
     idle: Mutex<Vec<Idle<S::Conn>>>,
-    /// The idle time of each session in use, for its return to the idle ones.
-    idles: Mutex<BTreeMap<u64, (u64, Duration)>>,
 }
 
 impl<S: SessionStore> Sessions<S> {
@@ -91,29 +97,21 @@ impl<S: SessionStore> Sessions<S> {
             next: AtomicU64::new(0),
             open: Mutex::default(),
             idle: Mutex::default(),
-            idles: Mutex::default(),
         }
     }
 
     fn register(&self, conn: S::Conn, server: u64, idle: Duration) -> Reply {
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let conn = Arc::new(tokio::sync::Mutex::new(conn));
-        lock(&self.open).insert(session, conn);
-        lock(&self.idles).insert(session, (server, idle));
+        lock(&self.open).insert(session, InUse { conn, server, idle });
         Reply::Opened { session, server }
     }
 
-    /// The client's background tasks.
-    pub(crate) fn tasks_of(&self) -> &Arc<Tasks> {
-        self.store.tasks()
-    }
-
     fn close(&self, session: u64, clean: bool) {
-        let conn = lock(&self.open).remove(&session);
-        let meta = lock(&self.idles).remove(&session);
+        let used = lock(&self.open).remove(&session);
         // Kept only when the machine said it holds nothing, and no request still uses it;
         // otherwise dropped, which ends the session on the server (and frees its locks).
-        if let (true, true, Some(conn), Some((server, idle))) = (S::REUSE, clean, conn, meta) {
+        if let (true, true, Some(InUse { conn, server, idle })) = (S::REUSE, clean, used) {
             if let Ok(conn) = Arc::try_unwrap(conn) {
                 let mut pool = lock(&self.idle);
                 if pool.len() < IDLE {
@@ -186,7 +184,7 @@ impl<S: SessionStore> Transport for Sessions<S> {
                 Command::Lock { session, .. }
                 | Command::Probe { session, .. }
                 | Command::Unlock { session, .. } => {
-                    let conn = lock(&me.open).get(&session).cloned();
+                    let conn = lock(&me.open).get(&session).map(|u| u.conn.clone());
                     match conn {
                         Some(conn) => me.store.clone().run(conn, command).await,
                         None => Reply::Unavailable("the session is closed".into()),

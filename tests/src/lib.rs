@@ -119,6 +119,27 @@ pub mod bench {
         std::sync::Arc<dyn Fn(usize, u64) -> Cycle + Send + Sync>,
     );
 
+    /// One acquire (no wait, ttl 30 s) and release of `<prefix>/<task>` through any client:
+    /// the `lucky` case of a benchmark.
+    pub fn lock_cycle<L>(
+        locks: L,
+        prefix: String,
+    ) -> std::sync::Arc<dyn Fn(usize, u64) -> Cycle + Send + Sync>
+    where
+        L: lucky::Locker + Clone + 'static,
+    {
+        std::sync::Arc::new(move |task: usize, _n: u64| {
+            let (locks, name) = (locks.clone(), format!("{prefix}/{task}"));
+            Box::pin(async move {
+                let g = locks
+                    .acquire(&name, Duration::from_secs(30), lucky::WaitFor::No)
+                    .await
+                    .expect("the benchmark's own name is free");
+                g.release().await.expect("a release");
+            }) as Cycle
+        })
+    }
+
     /// What one throughput case measured over its slices.
     #[derive(Clone, Debug)]
     pub struct Throughput {
@@ -477,6 +498,32 @@ pub mod servers {
                 let _ = std::process::Command::new("kill").arg(pid.trim()).status();
             }
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The PostgreSQL of this machine (`LUCKY_POSTGRES_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`).
+    pub fn postgres_url() -> String {
+        std::env::var("LUCKY_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// A plain connection to [`postgres_url`] (as psql would hold one), or None (the test
+    /// skips) when the server is absent; panics then under `LUCKY_REQUIRE_SERVERS=1`.
+    pub async fn postgres_client() -> Option<tokio_postgres::Client> {
+        match tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                Some(client)
+            }
+            Err(e) => {
+                assert!(
+                    !required(),
+                    "PostgreSQL unreachable and LUCKY_REQUIRE_SERVERS=1: {e}"
+                );
+                eprintln!("skipping: PostgreSQL unreachable: {e}");
+                None
+            }
         }
     }
 

@@ -9,34 +9,11 @@ use std::time::Duration;
 
 use lucky::postgres::{begin_guarded, Postgres};
 use lucky::ErrorKind;
-use lucky_tests::servers::{required, unique};
-
-fn base_url() -> String {
-    std::env::var("LUCKY_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// An admin connection, or None (skip) when the server is absent.
-async fn admin() -> Option<tokio_postgres::Client> {
-    match tokio_postgres::connect(&base_url(), tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            Some(client)
-        }
-        Err(e) => {
-            assert!(
-                !required(),
-                "PostgreSQL unreachable and LUCKY_REQUIRE_SERVERS=1: {e}"
-            );
-            eprintln!("skipping: PostgreSQL unreachable: {e}");
-            None
-        }
-    }
-}
+use lucky_tests::servers::{postgres_client, postgres_url, unique};
 
 /// A client on table `table` whose connections are named `app`.
 async fn client(table: &str, app: &str) -> Postgres {
-    let url = format!("{}?application_name={app}", base_url());
+    let url = format!("{}?application_name={app}", postgres_url());
     Postgres::builder(&url)
         .table(table)
         .connect()
@@ -67,7 +44,9 @@ async fn backends(admin: &tokio_postgres::Client, app: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusion_fences_and_rows_that_outlive_releases() {
-    let Some(admin) = admin().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     let table = unique("lucky_t");
     let (a, b) = (
         client(&table, &unique("a")).await,
@@ -102,7 +81,9 @@ async fn exclusion_fences_and_rows_that_outlive_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_woken_by_the_release_notification() {
-    let Some(admin) = admin().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     let table = unique("lucky_t");
     let (a, b) = (
         client(&table, &unique("a")).await,
@@ -129,7 +110,9 @@ async fn a_waiter_is_woken_by_the_release_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_connection_does_not_lose_the_lease() {
-    let Some(admin) = admin().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     let table = unique("lucky_t");
     let app = unique("holder");
     let a = client(&table, &app).await;
@@ -159,7 +142,9 @@ async fn a_terminated_connection_does_not_lose_the_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_holder_backend_loses_to_a_higher_fence_and_cannot_commit() {
-    let Some(admin) = admin().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     let table = unique("lucky_t");
     let app = unique("holder");
     let a = client(&table, &app).await;
@@ -167,7 +152,7 @@ async fn a_stopped_holder_backend_loses_to_a_higher_fence_and_cannot_commit() {
     let g = a.lock("job").ttl(Duration::from_secs(2)).await.unwrap();
     let f1 = g.fence().unwrap().get();
     // The holder's own connection for guarded writes, and the resource table.
-    let (mut holder_db, conn) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls)
+    let (mut holder_db, conn) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -220,8 +205,10 @@ async fn a_stopped_holder_backend_loses_to_a_higher_fence_and_cannot_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_error() {
-    let Some(_admin) = admin().await else { return };
-    let e = Postgres::builder(&base_url())
+    let Some(_admin) = postgres_client().await else {
+        return;
+    };
+    let e = Postgres::builder(&postgres_url())
         .table("locks; DROP TABLE x")
         .connect()
         .await
@@ -242,6 +229,8 @@ async fn bad_input_is_a_clear_error() {
     let table = unique("lucky_t");
     let pg = client(&table, &unique("x")).await;
     assert_eq!(pg.lock("").await.unwrap_err().kind(), ErrorKind::Usage);
-    let Some(admin) = admin().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     drop_table(&admin, &table).await;
 }

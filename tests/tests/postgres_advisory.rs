@@ -11,33 +11,10 @@ use std::time::Duration;
 
 use lucky::postgres::Postgres;
 use lucky::ErrorKind;
-use lucky_tests::servers::{required, unique};
-
-fn base_url() -> String {
-    std::env::var("LUCKY_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A plain connection, as psql would hold it, or None (skip) when the server is absent.
-async fn plain() -> Option<tokio_postgres::Client> {
-    match tokio_postgres::connect(&base_url(), tokio_postgres::NoTls).await {
-        Ok((client, conn)) => {
-            tokio::spawn(conn);
-            Some(client)
-        }
-        Err(e) => {
-            assert!(
-                !required(),
-                "PostgreSQL unreachable and LUCKY_REQUIRE_SERVERS=1: {e}"
-            );
-            eprintln!("skipping: PostgreSQL unreachable: {e}");
-            None
-        }
-    }
-}
+use lucky_tests::servers::{postgres_client, postgres_url, unique};
 
 async fn client(ttl: Duration) -> Postgres {
-    Postgres::builder(&base_url())
+    Postgres::builder(&postgres_url())
         .advisory()
         .ttl(ttl)
         .connect()
@@ -63,7 +40,9 @@ async fn try_lock(c: &tokio_postgres::Client, key: i64) -> bool {
 
 #[tokio::test]
 async fn lucky_and_plain_advisory_locks_exclude_each_other() {
-    let Some(other) = plain().await else { return };
+    let Some(other) = postgres_client().await else {
+        return;
+    };
     let pg = client(Duration::from_secs(10)).await;
     // An integer name is the key itself.
     let k = key();
@@ -99,7 +78,9 @@ async fn lucky_and_plain_advisory_locks_exclude_each_other() {
 
 #[tokio::test]
 async fn a_terminated_holder_connection_is_lost_at_the_next_probe_and_fences_rise() {
-    let Some(admin) = plain().await else { return };
+    let Some(admin) = postgres_client().await else {
+        return;
+    };
     let pg = client(Duration::from_secs(3)).await;
     let k = key();
     let name = k.to_string();
@@ -141,7 +122,7 @@ async fn a_terminated_holder_connection_is_lost_at_the_next_probe_and_fences_ris
 
 #[tokio::test]
 async fn a_waiter_is_woken_by_the_server_and_fences_rise_across_holders() {
-    if plain().await.is_none() {
+    if postgres_client().await.is_none() {
         return;
     }
     let pg = client(Duration::from_secs(10)).await;
@@ -174,7 +155,7 @@ async fn a_waiter_is_woken_by_the_server_and_fences_rise_across_holders() {
 
 #[tokio::test]
 async fn advisory_mode_through_a_transaction_pooler_is_refused() {
-    if plain().await.is_none() {
+    if postgres_client().await.is_none() {
         return;
     }
     let Some(bouncer) = lucky_tests::servers::PgBouncer::start("transaction", 56432) else {
@@ -196,7 +177,7 @@ async fn advisory_mode_through_a_transaction_pooler_is_refused() {
         .unwrap();
     let g = pg.lock("x").no_wait().await.unwrap();
     g.release().await.unwrap();
-    if let Some(c) = plain().await {
+    if let Some(c) = postgres_client().await {
         c.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
             .await
             .unwrap();

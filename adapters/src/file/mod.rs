@@ -195,6 +195,6 @@ impl sealed::Client for Files {
     }
 
     fn tasks(&self) -> &Arc<Tasks> {
-        self.sessions.tasks_of()
+        crate::driver::Transport::tasks(&*self.sessions)
     }
 }

@@ -743,15 +743,4 @@ impl LockMachine for SessionLock {
             Phase::Done => State::Done,
         }
     }
-
-    /// The session holding the lock, as 8 big-endian bytes: a driver runs writes guarded by
-    /// the lock in that very session, so they cannot commit once the server ended it.
-    fn held_key(&self) -> Option<Bytes> {
-        match (self.phase, self.session) {
-            (Phase::Held { .. }, Some((session, _))) => {
-                Some(Bytes::copy_from_slice(&session.to_be_bytes()))
-            }
-            _ => None,
-        }
-    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lucky_tests::bench::{secs, serial_p50s, Case, Cycle, Handoff};
+use lucky_tests::bench::{lock_cycle, secs, serial_p50s, Case, Cycle, Handoff};
 use rustix::fs::FlockOperation;
 
 fn main() {
@@ -111,19 +111,7 @@ async fn run(dir: &Path) -> String {
             }),
         )
     };
-    let lucky: Case = {
-        let files = files.clone();
-        (
-            "lucky",
-            Arc::new(move |_t: usize, _n: u64| {
-                let files = files.clone();
-                Box::pin(async move {
-                    let g = files.lock("bench").no_wait().await.unwrap();
-                    g.release().await.unwrap();
-                }) as Cycle
-            }),
-        )
-    };
+    let lucky: Case = ("lucky", lock_cycle(files.clone(), "bench".into()));
     let cases = vec![floor, durable, peer, lucky];
     let p50 = serial_p50s(2_000, 0, &cases).await;
     let r = |i: usize, j: usize| p50[i].as_secs_f64() / p50[j].as_secs_f64();

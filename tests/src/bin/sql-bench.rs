@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use lucky::postgres::Postgres;
-use lucky_tests::bench::{handoff, secs, serial_p50s, throughput_rounds, Case, Cycle};
+use lucky_tests::bench::{handoff, lock_cycle, secs, serial_p50s, throughput_rounds, Case, Cycle};
 
 const TABLE: &str = "lucky_bench";
 
@@ -110,20 +110,7 @@ async fn run_mysql() -> String {
             }) as Cycle
         })
     };
-    let lucky_cycle = {
-        let my = my.clone();
-        Arc::new(move |task: usize, _n: u64| {
-            let my = my.clone();
-            Box::pin(async move {
-                let g = my
-                    .lock(format!("bench/{pid}/lucky/{task}"))
-                    .no_wait()
-                    .await
-                    .unwrap();
-                g.release().await.unwrap();
-            }) as Cycle
-        })
-    };
+    let lucky_cycle = lock_cycle(my.clone(), format!("bench/{pid}/lucky"));
     let named = lucky::mysql::Mysql::builder(&url)
         .get_lock()
         .table(TABLE)
@@ -131,20 +118,7 @@ async fn run_mysql() -> String {
         .connect()
         .await
         .unwrap();
-    let named_cycle = {
-        let named = named.clone();
-        Arc::new(move |task: usize, _n: u64| {
-            let named = named.clone();
-            Box::pin(async move {
-                let g = named
-                    .lock(format!("bench/{pid}/named/{task}"))
-                    .no_wait()
-                    .await
-                    .unwrap();
-                g.release().await.unwrap();
-            }) as Cycle
-        })
-    };
+    let named_cycle = lock_cycle(named.clone(), format!("bench/{pid}/named"));
     // The raw GET_LOCK floors hold session locks too: a connection of their own per task.
     let mut conns = Vec::new();
     for _ in 0..32 {
@@ -321,20 +295,7 @@ async fn run() -> String {
             }) as Cycle
         })
     };
-    let lucky_cycle = {
-        let pg = pg.clone();
-        Arc::new(move |task: usize, _n: u64| {
-            let pg = pg.clone();
-            Box::pin(async move {
-                let g = pg
-                    .lock(format!("bench/{pid}/lucky/{task}"))
-                    .no_wait()
-                    .await
-                    .unwrap();
-                g.release().await.unwrap();
-            }) as Cycle
-        })
-    };
+    let lucky_cycle = lock_cycle(pg.clone(), format!("bench/{pid}/lucky"));
     // Advisory mode: Lucky on a dedicated connection per lock, against the raw advisory
     // lock and unlock, and against them with the same durable fence increment Lucky makes.
     let adv = Postgres::builder(&url)
@@ -344,20 +305,7 @@ async fn run() -> String {
         .connect()
         .await
         .unwrap();
-    let adv_cycle = {
-        let adv = adv.clone();
-        Arc::new(move |task: usize, _n: u64| {
-            let adv = adv.clone();
-            Box::pin(async move {
-                let g = adv
-                    .lock(format!("bench/{pid}/adv/{task}"))
-                    .no_wait()
-                    .await
-                    .unwrap();
-                g.release().await.unwrap();
-            }) as Cycle
-        })
-    };
+    let adv_cycle = lock_cycle(adv.clone(), format!("bench/{pid}/adv"));
     raw.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE}_fences (name text PRIMARY KEY, fence bigint NOT NULL)"
     ))
