@@ -312,8 +312,11 @@ pub mod bench {
 ///
 /// Private SQL servers ([`servers::PgCluster`], [`servers::MariaDb`]) listen on fixed ports on 127.0.0.1, each
 /// port used by one test only, so no two tests meet however a runner schedules them (the
-/// tests of a binary run at once): 55432 and 53306 `postgres_tls` and `mysql_tls`;
-/// 55433-55435 and 53307-53311 `sql_restart`.
+/// tests of a binary run at once): 25432 and 24306 `postgres_tls` and `mysql_tls`;
+/// 25433-25435 and 24307-24311 `sql_restart`; 26432 PgBouncer in `postgres_advisory`. All
+/// below Linux's ephemeral range (32768-60999): a client reconnecting to a port whose server is
+/// down can be handed that very port as its own source port and connect to itself, which then
+/// keeps the restarting server from binding it.
 #[allow(clippy::disallowed_methods)] // tests wait for real processes
 pub mod servers {
     use std::path::{Path, PathBuf};

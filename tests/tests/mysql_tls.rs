@@ -1,6 +1,6 @@
 //! The MySQL backend over TLS, against a MariaDB server this test makes and starts itself
 //! (`lucky_tests::servers::MariaDb`: mariadb-install-db, mariadbd as the `mysql` user on
-//! 127.0.0.1:53306, its data in a temporary folder, `require_secure_transport=ON`), serving a
+//! 127.0.0.1:24306, its data in a temporary folder, `require_secure_transport=ON`), serving a
 //! certificate from a CA made by the test (`test_certs`, openssl). Trusted CA: locks work,
 //! from the library and from `lucky exec` (a plain connection is refused, so they went over
 //! TLS; the pool's connections are on TCP, not the server's Unix socket); another CA, the
@@ -16,7 +16,7 @@ use lucky::mysql::Mysql;
 use lucky::ErrorKind;
 use lucky_tests::servers::{test_certs, MariaDb};
 
-const PORT: u16 = 53306;
+const PORT: u16 = 24306;
 
 /// A TLS-only MariaDB server (`require_secure_transport=ON`), killed and its folder removed
 /// when dropped.

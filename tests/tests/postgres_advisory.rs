@@ -158,7 +158,7 @@ async fn advisory_mode_through_a_transaction_pooler_is_refused() {
     if postgres_client().await.is_none() {
         return;
     }
-    let Some(bouncer) = lucky_tests::servers::PgBouncer::start("transaction", 56432) else {
+    let Some(bouncer) = lucky_tests::servers::PgBouncer::start("transaction", 26432) else {
         return;
     };
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", bouncer.port);

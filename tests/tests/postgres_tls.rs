@@ -1,5 +1,5 @@
 //! The PostgreSQL backend over TLS, against a PostgreSQL cluster this test makes and starts
-//! itself (`lucky_tests::servers::PgCluster`: initdb as the `postgres` user, port 55432, only
+//! itself (`lucky_tests::servers::PgCluster`: initdb as the `postgres` user, port 25432, only
 //! `hostssl` connections accepted), serving a certificate from a CA made by the test
 //! (`test_certs`, openssl). Trusted CA: locks work (a plain connection would be refused, so
 //! they went over TLS); another CA: a clear error.
@@ -12,7 +12,7 @@ use lucky::postgres::Postgres;
 use lucky::ErrorKind;
 use lucky_tests::servers::{test_certs, PgCluster};
 
-const PORT: u16 = 55432;
+const PORT: u16 = 25432;
 
 /// A TLS-only cluster (`hostssl` only), stopped and removed when dropped.
 fn cluster() -> Option<PgCluster> {

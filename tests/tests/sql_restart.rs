@@ -1,5 +1,5 @@
 //! The SQL backends across server faults, each test against a server of its own (plain TCP,
-//! `lucky_tests::servers`: a PostgreSQL cluster on 55433-55435, a MariaDB on 53307-53311, one
+//! `lucky_tests::servers`: a PostgreSQL cluster on 25433-25435, a MariaDB on 24307-24311, one
 //! port per test so they run at once):
 //! - a restart keeps a lease (the row and its owner survive, auto-extension carries the lock
 //!   past the deadline it had before) and ends a session lock (advisory, `GET_LOCK`: reported
@@ -171,7 +171,7 @@ async fn mysql(url: &str, ttl: Duration) -> Mysql {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_keeps_a_lease_and_ends_an_advisory_lock() {
-    let Some(mut cluster) = PgCluster::start(55433, None) else {
+    let Some(mut cluster) = PgCluster::start(25433, None) else {
         return;
     };
     let url = cluster.url();
@@ -185,7 +185,7 @@ async fn postgres_restart_keeps_a_lease_and_ends_an_advisory_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_restart_keeps_a_lease_and_ends_a_get_lock() {
-    let Some(mut server) = MariaDb::start(53307, None) else {
+    let Some(mut server) = MariaDb::start(24307, None) else {
         return;
     };
     let url = server.url();
@@ -196,7 +196,7 @@ async fn mariadb_restart_keeps_a_lease_and_ends_a_get_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fifty_holders_across_a_restart_get_rising_fences() {
-    let Some(mut cluster) = PgCluster::start(55434, None) else {
+    let Some(mut cluster) = PgCluster::start(25434, None) else {
         return;
     };
     let url = cluster.url();
@@ -209,7 +209,7 @@ async fn postgres_fifty_holders_across_a_restart_get_rising_fences() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_fifty_holders_across_a_restart_get_rising_fences() {
-    let Some(mut server) = MariaDb::start(53310, None) else {
+    let Some(mut server) = MariaDb::start(24310, None) else {
         return;
     };
     let url = server.url();
@@ -219,7 +219,7 @@ async fn mariadb_fifty_holders_across_a_restart_get_rising_fences() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_stopped_past_the_ttl_loses_the_holder_and_the_next_fence_is_higher() {
-    let Some(server) = MariaDb::start(53308, None) else {
+    let Some(server) = MariaDb::start(24308, None) else {
         return;
     };
     let url = server.url();
@@ -290,7 +290,7 @@ async fn status(url: &str, name: &str) -> u64 {
 async fn mariadb_closing_idle_connections_keeps_a_renewed_lease() {
     // 1 s rather than 2: with renewals every 2 s (ttl/3), a 2 s timeout races each renewal
     // and might close no connection at all; 1 s closes the pooled one between any two.
-    let Some(server) = MariaDb::start_with(53309, None, &["--wait-timeout=1"]) else {
+    let Some(server) = MariaDb::start_with(24309, None, &["--wait-timeout=1"]) else {
         return;
     };
     let url = server.url();
@@ -354,10 +354,10 @@ async fn a_free_lock_after_a_restart<L: Locker>(
 // be handed out again: a no-wait request for a free lock right after the restart succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_modes_do_not_reuse_an_idle_session_the_restart_ended() {
-    let Some(mut cluster) = PgCluster::start(55435, None) else {
+    let Some(mut cluster) = PgCluster::start(25435, None) else {
         return;
     };
-    let Some(mut server) = MariaDb::start(53311, None) else {
+    let Some(mut server) = MariaDb::start(24311, None) else {
         return;
     };
     let advisory = Postgres::builder(&cluster.url())
