@@ -57,6 +57,14 @@ pub enum UsageError {
     TokenTooLong { len: usize, max: usize },
     #[error("lock key {key:?} ends in {suffix:?}, which Lucky reserves for its own keys")]
     ReservedName { key: String, suffix: &'static str },
+    #[error(
+        "session timeout {timeout:?} leaves no validity after the ensemble's margins and the \
+         check interval ({margin:?}): ask for a longer session timeout (ZooKeeper grants up \
+         to 20 ticks) or state the ensemble's real tickTime and syncLimit"
+    )]
+    SessionTooShort { timeout: Duration, margin: Duration },
+    #[error("lock name {name:?} is not allowed: {why}")]
+    BadName { name: String, why: &'static str },
     #[error("the lock is not held")]
     NotHeld,
     #[error("an acquisition is already in progress or held")]

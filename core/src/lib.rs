@@ -2,7 +2,7 @@
 //!
 //! You want a distributed lock inside a runtime of your own (not tokio, a plain thread, an
 //! embedded loop), inside a deterministic simulation, or under a proptest suite: build a
-//! machine ([`redlock`], [`etcd`], [`lease`], [`session`]), feed it time and replies, and
+//! machine ([`redlock`], [`etcd`], [`zookeeper`], [`lease`], [`session`]), feed it time and replies, and
 //! send what it asks, following the drive contract below. Lucky's own tokio clients (crate
 //! `lucky`) and its simulator (crate `lucky-sim`) drive these very machines.
 //!
@@ -129,6 +129,7 @@ pub mod settings;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod time;
+pub mod zookeeper;
 
 /// Replies carry [`Bytes`]; re-exported so embedders need no matching `bytes` version.
 pub use bytes::Bytes;
