@@ -91,5 +91,6 @@ pub mod session;
 pub mod svg;
 pub mod sweep;
 pub mod world;
+pub mod zookeeper;
 
 pub use protocol::{Protocol, Server};

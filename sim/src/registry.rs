@@ -10,6 +10,7 @@ pub const BACKENDS: &[&Backend] = &[
     &crate::etcd::BACKEND,
     &crate::lease::BACKEND,
     &crate::session::BACKEND,
+    &crate::zookeeper::BACKEND,
 ];
 
 /// Every scenario of every backend.

@@ -8,6 +8,7 @@ use lucky_core::etcd::bugs::EtcdBug;
 use lucky_core::lease::bugs::LeaseBug;
 use lucky_core::redlock::bugs::RedLockBug;
 use lucky_core::session::bugs::SessionBug;
+use lucky_core::zookeeper::bugs::ZkBug;
 use lucky_sim::registry;
 use lucky_sim::scenario::Injected;
 
@@ -116,6 +117,11 @@ scenario_tests! {
     sql_session_reconnected => "sql-session-reconnected",
     sql_session_partitioned => "sql-session-partitioned",
     sql_session_chaos => "sql-session-chaos",
+    zk_holder_partitioned => "zk-holder-partitioned",
+    zk_follower_cut => "zk-follower-cut",
+    zk_create_lost => "zk-create-lost",
+    zk_sequence_wrap => "zk-sequence-wrap",
+    zk_contention => "zk-contention",
 }
 
 #[test]
@@ -205,6 +211,10 @@ fn every_injected_bug_is_caught() {
             "file-host-crash",
             5,
         ),
+        (m(ZkBug::AckProvesLeader.name()), "zk-follower-cut", 100),
+        (m(ZkBug::NoProtectedFind.name()), "zk-create-lost", 10),
+        (m(ZkBug::TextOrder.name()), "zk-sequence-wrap", 5),
+        (m(ZkBug::SkipRelist.name()), "zk-contention", 5),
     ];
     assert_eq!(
         cases.len(),

@@ -56,6 +56,10 @@ impl ZkConfig {
     pub fn drift_for(&self, timeout: Duration) -> Duration {
         drift_allowance(timeout, self.drift_ppm, self.drift_floor)
     }
+    /// The drift bound this configuration tolerates (ppm).
+    pub fn drift_ppm(&self) -> u32 {
+        self.drift_ppm
+    }
     /// How long one request waits for its reply.
     pub fn op_timeout(&self) -> Duration {
         self.op_timeout

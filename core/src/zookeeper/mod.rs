@@ -73,6 +73,10 @@ pub struct ZkLock {
     /// creating another.
     unresolved: bool,
     node: Option<Node>,
+    /// The node a find turned up, until its read says whose it is.
+    found: Option<Bytes>,
+    /// Owner by the queue, the session not proven yet: read our node again at this time.
+    confirm_at: Option<Instant>,
     last_error: Option<LockError>,
     failure: Option<LockError>,
 }
@@ -204,6 +208,8 @@ impl ZkLock {
             id: Bytes::new(),
             unresolved: false,
             node: None,
+            found: None,
+            confirm_at: None,
             last_error: None,
             failure: None,
         })
@@ -347,6 +353,7 @@ impl ZkLock {
 
     fn start_attempt(&mut self) {
         self.attempts.start();
+        self.confirm_at = None;
         self.phase = Phase::Acquiring;
         match self.node {
             // A node from an earlier attempt of ours may still stand: list and go on from it.
@@ -395,6 +402,7 @@ impl ZkLock {
     /// `failing`) or `Released` follows once it is gone or the session is.
     fn cleanup(&mut self, failing: bool) {
         self.main = None;
+        self.confirm_at = None;
         self.check = None;
         self.phase = if failing {
             Phase::Failing
@@ -478,7 +486,9 @@ impl ZkLock {
                 );
                 self.give_up(e);
             } else {
-                self.send_stat(Kind::Confirm);
+                // Each answer feeds the proof; pace the reads over the ensemble's lag.
+                let pace = (self.cfg.ensemble.lag / 8).max(Duration::from_millis(1));
+                self.confirm_at = Some(self.now + pace);
             }
             return;
         }
@@ -548,15 +558,10 @@ impl ZkLock {
     fn on_find(&mut self, names: &[Bytes]) {
         match names.iter().find(|n| n.starts_with(&self.id)) {
             Some(name) => {
-                // Our create did make a node: read who owns it before going on from it.
-                let name = name.clone();
-                let path = self.path(&name);
-                self.node = Some(Node {
-                    seq: sequence(&name).unwrap_or(0),
-                    name,
-                    czxid: 0,
-                    session: 0,
-                });
+                // Our create did make a node: read who owns it before going on from it (until
+                // that answer comes, the create stays unresolved).
+                let path = self.path(name);
+                self.found = Some(name.clone());
                 self.send_main(Kind::FindStat, Command::Stat { path });
             }
             None => {
@@ -595,6 +600,10 @@ impl ZkLock {
         match self.phase {
             Phase::Waiting { retry_at } if now >= retry_at => self.start_attempt(),
             Phase::DeleteLater { at, failing } if now >= at => self.cleanup(failing),
+            Phase::Acquiring if self.confirm_at.is_some_and(|t| now >= t) => {
+                self.confirm_at = None;
+                self.send_stat(Kind::Confirm);
+            }
             Phase::Acquiring
                 if now >= self.attempts.wait_until
                     && self.main.is_some_and(|p| p.kind == Kind::Watch) =>
@@ -614,6 +623,7 @@ impl ZkLock {
             p.deadline = p.deadline.rebase_back(by);
         }
         self.next_check = self.next_check.rebase_back(by);
+        self.confirm_at = self.confirm_at.map(|t| t.rebase_back(by));
         self.attempts.rebase_back(by);
         let mut held = None;
         match &mut self.phase {
@@ -738,12 +748,17 @@ impl ZkLock {
                     session,
                 },
             ) => {
+                let Some(name) = self.found.take() else {
+                    return;
+                };
                 self.unresolved = false;
                 let live = ephemeral_owner == session.id;
-                if let Some(n) = &mut self.node {
-                    n.czxid = czxid;
-                    n.session = ephemeral_owner;
-                }
+                self.node = Some(Node {
+                    seq: sequence(&name).unwrap_or(0),
+                    name,
+                    czxid,
+                    session: ephemeral_owner,
+                });
                 match self.phase {
                     Phase::Acquiring if live => self.send_list(),
                     // A node of a session that ended (or a cleanup): delete it.
@@ -757,6 +772,7 @@ impl ZkLock {
                 }
             }
             (Kind::FindStat, Reply::NoNode) => {
+                self.found = None;
                 self.node = None;
                 self.unresolved = false;
                 match self.phase {
@@ -962,6 +978,9 @@ impl LockMachine for ZkLock {
             Phase::Acquiring | Phase::Releasing | Phase::Failing => Instant::MAX,
         };
         let held = matches!(self.phase, Phase::Held { .. });
+        if let (Phase::Acquiring, Some(t)) = (self.phase, self.confirm_at) {
+            at = at.min(t);
+        }
         if let Some(p) = self.main {
             at = at.min(p.deadline);
             if p.kind == Kind::Watch {

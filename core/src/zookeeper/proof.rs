@@ -144,7 +144,8 @@ impl SessionProof {
             }
         }
         if self.waiting.len() == KEEP {
-            self.waiting.pop_front();
+            // Keep the oldest: they are the first a later answer confirms.
+            self.waiting.pop_back();
         }
         self.waiting.push_back(Answered { sent, read });
     }

@@ -1,0 +1,33 @@
+//! The ZooKeeper backend: the [`ZkEnsemble`] model ([`server`]), the glue that drives the real
+//! ZooKeeper lock machine as Lucky's adapter does ([`protocol`]), and its scenarios.
+//! [`BACKEND`] registers them and the ZooKeeper machine's bugs.
+
+use crate::scenario::{Backend, Scenario};
+
+pub mod protocol;
+mod scenarios;
+pub mod server;
+
+pub use protocol::{ZkClient, ZkRunner, ZkSim};
+pub use server::{ZkCommand, ZkEnsemble};
+
+/// The ZooKeeper scenarios and the bugs of the ZooKeeper machine (and of its session proof).
+pub const BACKEND: Backend = Backend {
+    name: "zookeeper",
+    scenarios: SCENARIOS,
+    bugs: BUGS,
+};
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "zk-holder-partitioned", about: "ZooKeeper: a client is cut off from the ensemble for 1.5 session timeouts", draw: scenarios::holder_partitioned },
+    Scenario { name: "zk-follower-cut", about: "ZooKeeper: the clients' follower loses the leader for 1.5 session timeouts, answering reads for syncLimit ticks", draw: scenarios::follower_cut },
+    Scenario { name: "zk-create-lost", about: "ZooKeeper: 10-20 % of messages lost; creates apply without an answer", draw: scenarios::create_lost },
+    Scenario { name: "zk-sequence-wrap", about: "ZooKeeper: the sequence counter wraps past i32::MAX under a queue", draw: scenarios::sequence_wrap },
+    Scenario { name: "zk-contention", about: "ZooKeeper: five contenders with short waits give up inside the queue", draw: scenarios::contention },
+];
+
+/// The deliberate bugs of the ZooKeeper machine (none without the `bugs` feature).
+#[cfg(feature = "bugs")]
+const BUGS: &[&str] = lucky_core::zookeeper::bugs::ZkBug::NAMES;
+#[cfg(not(feature = "bugs"))]
+const BUGS: &[&str] = &[];
