@@ -5,10 +5,13 @@
 #   a three-member etcd cluster on 127.0.0.1:22791-22793 (peers 22801-22803; the tests' own
 #   single members use 23790-23797), data under $DIR/cluster/m1..m3, for the fail-over tests
 #   (LUCKY_ETCD_CLUSTER);
+#   ZooKeeper (Debian's 3.8 on the installed JRE): a standalone server on 127.0.0.1:2181 and a
+#   three-member ensemble on 127.0.0.1:2281-2283 (quorum ports 22881-22883, elections
+#   23881-23883), tickTime 200 ms, syncLimit 5, sessions of 0.4-60 s, data under $DIR/zk;
 #   the machine's PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (database
 #   `test`), if they are installed but stopped.
-# Installs redis-server, etcd-server, etcd-client and protobuf-compiler (protoc, which the
-# etcd-client crate's build needs) from Debian when they are missing. Idempotent.
+# Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
+# which the etcd-client crate's build needs) from Debian when they are missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
@@ -66,6 +69,7 @@ start() {
     || { echo "etcd on 2379 did not start (see $DIR/etcd.log)" >&2; exit 1; }
   echo "etcd up on 127.0.0.1:2379"
   start_cluster
+  start_zookeeper
   # PostgreSQL and MariaDB run on this kind of machine already (the SQL backends' tests use
   # them); start them if they stopped, and say when one is not there.
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -124,6 +128,74 @@ start_cluster() {
   echo "etcd cluster up on 127.0.0.1:22791,22792,22793"
 }
 
+# Whether the ZooKeeper server on port $1 serves (standalone, or in a quorum).
+zk_ok() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf srvr >&3 && cat <&3" 2>/dev/null \
+    | grep -Eq '^Mode: (standalone|leader|follower)'
+}
+
+# Writes the configuration of ZooKeeper server $1 (standalone: s; ensemble member: 1..3).
+zk_conf() {
+  local id=$1 d="$DIR/zk/$1" port
+  mkdir -p "$d/data"
+  if [ "$id" = s ]; then port=2181; else port=$((2280 + id)); fi
+  {
+    echo "tickTime=200"
+    echo "initLimit=20"
+    echo "syncLimit=5"
+    echo "dataDir=$d/data"
+    echo "clientPort=$port"
+    echo "clientPortAddress=127.0.0.1"
+    echo "minSessionTimeout=400"
+    echo "maxSessionTimeout=60000"
+    echo "admin.enableServer=false"
+    echo "4lw.commands.whitelist=ruok,srvr,mntr"
+    echo "zookeeper.snapshot.trust.empty=true"
+    if [ "$id" != s ]; then
+      for m in 1 2 3; do
+        echo "server.$m=127.0.0.1:$((22880 + m)):$((23880 + m))"
+      done
+      echo "$id" >"$d/data/myid"
+    fi
+  } >"$d/zoo.cfg"
+}
+
+# Starts ZooKeeper server $1 (s or 1..3) unless it runs.
+zk_start() {
+  local id=$1 d="$DIR/zk/$1" port
+  if [ "$id" = s ]; then port=2181; else port=$((2280 + id)); fi
+  if [ -f "$d/pid" ] && alive "$(cat "$d/pid")"; then return 0; fi
+  zk_ok "$port" && return 0   # started by someone else
+  zk_conf "$id"
+  nohup java -Xmx256m -Dzookeeper.log.dir="$d" -Dzookeeper.snapshot.trust.empty=true \
+    -cp "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:/etc/zookeeper/conf" \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$d/zoo.cfg" >>"$d/server.log" 2>&1 &
+  echo $! >"$d/pid"
+}
+
+start_zookeeper() {
+  need java default-jre-headless
+  [ -f /usr/share/java/zookeeper.jar ] || need zkServer.sh zookeeper
+  mkdir -p "$DIR/zk"
+  for id in s 1 2 3; do zk_start "$id"; done
+  for port in 2181 2281 2282 2283; do
+    for _ in $(seq 150); do zk_ok "$port" && break; sleep 0.2; done
+    zk_ok "$port" || { echo "ZooKeeper on $port did not start (see $DIR/zk/*/server.log)" >&2; exit 1; }
+  done
+  echo "ZooKeeper up on 127.0.0.1:2181 (standalone) and 127.0.0.1:2281,2282,2283 (ensemble)"
+}
+
+stop_zookeeper() {
+  for id in s 1 2 3; do
+    local pidf="$DIR/zk/$id/pid"
+    if [ -f "$pidf" ]; then
+      kill -CONT "$(cat "$pidf")" 2>/dev/null || true
+      kill "$(cat "$pidf")" 2>/dev/null || true
+      rm -f "$pidf"
+    fi
+  done
+}
+
 stop_cluster() {
   for m in $MEMBERS; do
     local pidf="$DIR/cluster/m$m.pid"
@@ -136,6 +208,7 @@ stop_cluster() {
 }
 
 stop() {
+  stop_zookeeper
   stop_cluster
   if [ -f "$DIR/etcd.pid" ]; then
     kill "$(cat "$DIR/etcd.pid")" 2>/dev/null || true
@@ -155,5 +228,7 @@ case "${1:-}" in
   # Only the three-member cluster (the fail-over tests restart members they killed with it).
   start-cluster) need etcd etcd-server; need etcdctl etcd-client; start_cluster ;;
   stop-cluster) stop_cluster ;;
-  *) echo "usage: $0 start|stop|start-cluster|stop-cluster" >&2; exit 64 ;;
+  # Only ZooKeeper (tests restart servers they killed with it).
+  start-zookeeper) start_zookeeper ;;
+  *) echo "usage: $0 start|stop|start-cluster|stop-cluster|start-zookeeper" >&2; exit 64 ;;
 esac

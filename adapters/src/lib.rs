@@ -53,6 +53,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "file"))]
 mod session_family;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 #[cfg(feature = "client")]
 pub use client::{Backend, Builder, LockFuture, LockRequest, Locker, WaitFor};

@@ -313,7 +313,8 @@ pub mod bench {
 /// Private SQL servers ([`servers::PgCluster`], [`servers::MariaDb`]) listen on fixed ports on 127.0.0.1, each
 /// port used by one test only, so no two tests meet however a runner schedules them (the
 /// tests of a binary run at once): 25432 and 24306 `postgres_tls` and `mysql_tls`;
-/// 25433-25435 and 24307-24311 `sql_restart`; 26432 PgBouncer in `postgres_advisory`. All
+/// 25433-25435 and 24307-24311 `sql_restart`; 26432 PgBouncer in `postgres_advisory`;
+/// 25181-25189 [`servers::ZkServer`]s of `zookeeper_adapter`. All
 /// below Linux's ephemeral range (32768-60999): a client reconnecting to a port whose server is
 /// down can be handed that very port as its own source port and connect to itself, which then
 /// keeps the restarting server from binding it.
@@ -1243,5 +1244,116 @@ pub mod servers {
             }
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    /// A private standalone ZooKeeper (Debian's, on the installed JRE) on 127.0.0.1:`port`,
+    /// tickTime 100 ms (sessions of 0.2-60 s), its data in its own folder, for tests that
+    /// stop or kill it. Killed and its folder removed when dropped.
+    #[derive(Debug)]
+    pub struct ZkServer {
+        /// Its port on 127.0.0.1.
+        pub port: u16,
+        dir: PathBuf,
+        child: Option<Child>,
+    }
+
+    impl ZkServer {
+        /// Makes and starts one, waiting until it serves; None (the test skips) when Java or
+        /// ZooKeeper's jars are missing, unless `LUCKY_REQUIRE_SERVERS=1` (then it panics).
+        pub fn start(port: u16) -> Option<ZkServer> {
+            let jar = Path::new("/usr/share/java/zookeeper.jar");
+            if !jar.exists() || !on_path("java") {
+                assert!(
+                    !required(),
+                    "cannot run ZooKeeper (java and Debian's zookeeper needed)"
+                );
+                eprintln!("skipping: cannot run ZooKeeper (java and Debian's zookeeper needed)");
+                return None;
+            }
+            let dir = private_dir("zookeeper", port);
+            let _ = std::fs::create_dir_all(dir.join("data"));
+            let cfg = format!(
+                "tickTime=100\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 minSessionTimeout=200\nmaxSessionTimeout=60000\nadmin.enableServer=false\n\
+                 4lw.commands.whitelist=srvr\n",
+                dir.join("data").display()
+            );
+            std::fs::write(dir.join("zoo.cfg"), cfg).expect("write zoo.cfg");
+            let mut server = ZkServer {
+                port,
+                dir,
+                child: None,
+            };
+            server.spawn();
+            Some(server)
+        }
+
+        fn spawn(&mut self) {
+            let child = Command::new("java")
+                .args([
+                    "-Xmx128m",
+                    "-Dzookeeper.snapshot.trust.empty=true",
+                    "-cp",
+                    "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar",
+                    "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                ])
+                .arg(self.dir.join("zoo.cfg"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("java runs");
+            let child = self.child.insert(child);
+            for _ in 0..600 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("ZooKeeper on {} exited ({status})", self.port);
+                }
+                if zk_serves(self.port) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("ZooKeeper did not serve on {} within 60 s", self.port);
+        }
+
+        /// `127.0.0.1:<port>`.
+        pub fn address(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// SIGSTOP to the server: it stays, its sockets stay open, it answers nothing, and
+        /// its session clock jumps when it resumes.
+        pub fn stop_signal(&self) {
+            let pid = self.child.as_ref().map(Child::id).expect("ZooKeeper runs");
+            assert!(signal_pid(pid, "-STOP"), "kill -STOP {pid}");
+        }
+
+        /// SIGCONT to the server.
+        pub fn cont(&self) {
+            if let Some(c) = &self.child {
+                signal_pid(c.id(), "-CONT");
+            }
+        }
+    }
+
+    impl Drop for ZkServer {
+        fn drop(&mut self) {
+            self.cont();
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Whether a ZooKeeper server on 127.0.0.1:`port` serves (`srvr` says its mode).
+    pub fn zk_serves(port: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut out = String::new();
+        s.write_all(b"srvr").is_ok() && s.read_to_string(&mut out).is_ok() && out.contains("Mode: ")
     }
 }
