@@ -122,6 +122,9 @@ scenario_tests! {
     zk_create_lost => "zk-create-lost",
     zk_sequence_wrap => "zk-sequence-wrap",
     zk_contention => "zk-contention",
+    zk_reply_stall => "zk-reply-stall",
+    zk_predecessor_crash => "zk-predecessor-crash",
+    zk_random_chaos => "zk-random-chaos",
 }
 
 #[test]
@@ -215,6 +218,8 @@ fn every_injected_bug_is_caught() {
         (m(ZkBug::NoProtectedFind.name()), "zk-create-lost", 10),
         (m(ZkBug::TextOrder.name()), "zk-sequence-wrap", 5),
         (m(ZkBug::SkipRelist.name()), "zk-contention", 5),
+        (m(ZkBug::WatchAll.name()), "zk-contention", 5),
+        (m(ZkBug::ValidityFromRead.name()), "zk-reply-stall", 10),
     ];
     assert_eq!(
         cases.len(),

@@ -20,5 +20,11 @@ crate::bugs::declare_bugs! {
         /// A waiter whose predecessor went claims the lock without listing the queue again
         /// (the predecessor may have been a waiter that gave up).
         SkipRelist => "zk-skip-relist",
+        /// Every waiter watches the whole lock directory instead of its predecessor (one
+        /// deletion wakes them all: the herd).
+        WatchAll => "zk-watch-all",
+        /// The session proof counts from when an answer was read, not from when its request
+        /// was sent (a slow answer stretches the lock past the session).
+        ValidityFromRead => "zk-validity-from-read",
     }
 }

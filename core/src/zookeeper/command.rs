@@ -35,7 +35,9 @@ pub enum Command {
         path: Bytes,
     },
     /// `exists(path, watch)`: answer [`Reply::Deleted`] once the node is gone (at once if it
-    /// already is). A driver may drop the watch once the machine no longer waits for it.
+    /// already is). A driver may drop the watch once the machine no longer waits for it. (A
+    /// deliberately wrong machine, bug `zk-watch-all`, names the lock directory: any change
+    /// of its children answers.)
     WaitDelete {
         /// Our predecessor in the queue.
         path: Bytes,

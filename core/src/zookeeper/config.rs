@@ -82,12 +82,18 @@ impl ZkConfig {
         if self.bugs.contains(super::bugs::ZkBug::AckProvesLeader) {
             ensemble = Ensemble::STANDALONE;
         }
-        SessionProof::new(
+        #[allow(unused_mut)]
+        let mut proof = SessionProof::new(
             ensemble,
             negotiated.min(self.session_timeout),
             self.drift_ppm,
             self.drift_floor,
-        )
+        );
+        #[cfg(feature = "bugs")]
+        if self.bugs.contains(super::bugs::ZkBug::ValidityFromRead) {
+            proof.from_read = true;
+        }
+        proof
     }
     /// How long a waiter trusts one watch before it lists the queue again.
     pub fn recheck(&self) -> Duration {

@@ -549,7 +549,11 @@ impl ZkLock {
                 self.give_up(e);
             }
             Some((name, _)) => {
-                let path = self.path(name);
+                let path = if self.bug(Bug::WatchAll) {
+                    self.dir.clone()
+                } else {
+                    self.path(name)
+                };
                 self.send_main(Kind::Watch, Command::WaitDelete { path });
             }
         }

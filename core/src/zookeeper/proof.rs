@@ -91,6 +91,8 @@ pub struct SessionProof {
     waiting: VecDeque<Answered>,
     /// The latest proven send time.
     proven: Option<Instant>,
+    /// The `zk-validity-from-read` bug: count from the answer's read time.
+    pub(crate) from_read: bool,
 }
 
 /// At most this many unconfirmed answers are kept (a burst of answers read together proves no
@@ -113,6 +115,7 @@ impl SessionProof {
             drift_floor,
             waiting: VecDeque::new(),
             proven: None,
+            from_read: false,
         }
     }
 
@@ -129,6 +132,7 @@ impl SessionProof {
     /// A request sent at `sent` was answered at `read` in this session.
     pub fn answered(&mut self, sent: Instant, read: Instant) {
         let read = read.max(sent);
+        let sent = if self.from_read { read } else { sent };
         if self.ensemble.lag.is_zero() {
             self.prove(sent);
             return;

@@ -24,6 +24,9 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "zk-create-lost", about: "ZooKeeper: 10-20 % of messages lost; creates apply without an answer", draw: scenarios::create_lost },
     Scenario { name: "zk-sequence-wrap", about: "ZooKeeper: the sequence counter wraps past i32::MAX under a queue", draw: scenarios::sequence_wrap },
     Scenario { name: "zk-contention", about: "ZooKeeper: five contenders with short waits give up inside the queue", draw: scenarios::contention },
+    Scenario { name: "zk-reply-stall", about: "ZooKeeper: answers to a client stall by a third of the session timeout, then its requests are cut", draw: scenarios::reply_stall },
+    Scenario { name: "zk-predecessor-crash", about: "ZooKeeper: queued clients and holders crash for good; their nodes stay until their sessions expire", draw: scenarios::predecessor_crash },
+    Scenario { name: "zk-random-chaos", about: "ZooKeeper: client cuts, lost and slow messages, the follower losing the leader, at rates drawn per seed", draw: scenarios::random_chaos },
 ];
 
 /// The deliberate bugs of the ZooKeeper machine (none without the `bugs` feature).

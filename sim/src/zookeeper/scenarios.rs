@@ -115,3 +115,93 @@ pub(super) fn contention(rng: &mut Rng) -> Setup {
     s.work.progress_within = None;
     s
 }
+
+/// Answers to one client stall by a third of the session timeout, then its requests are cut
+/// for 1.5 timeouts: the session expires from the last request that reached the ensemble.
+pub(super) fn reply_stall(rng: &mut Rng) -> Setup {
+    let mut s = base(&STANDALONE);
+    s.work.clients = 2;
+    s.work.hold_ns = Some((s.ttl(), 3 * s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    s.op_timeout = Some(Duration::from_millis(150));
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 2_400 * MS;
+    let mut t = 50 * MS;
+    while t + 2 * s.ttl() < s.work.quiet_at {
+        let client = rng.range(0, 1) as usize;
+        s.faults.push((
+            t,
+            Fault::SlowReplies {
+                client,
+                extra_ns: s.ttl() / 3,
+            },
+        ));
+        let cut_at = t + s.ttl() / 2;
+        s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
+        s.faults.push((
+            cut_at + s.ttl() * 3 / 2,
+            Fault::SlowReplies {
+                client,
+                extra_ns: 0,
+            },
+        ));
+        t = cut_at + s.ttl() * 3 / 2 + rng.range(10 * MS, 100 * MS);
+    }
+    s
+}
+
+/// Queued clients (and holders) crash for good: their nodes stay until their sessions
+/// expire on the leader, and the queue moves on past them.
+pub(super) fn predecessor_crash(rng: &mut Rng) -> Setup {
+    let mut s = base(&STANDALONE);
+    s.work.clients = 4;
+    s.work.hold_ns = Some((s.ttl() / 2, s.ttl()));
+    s.work.think_ns = (0, MS);
+    s.wait = Wait::Forever;
+    s.work.quiet_at = 1_600 * MS;
+    s.work.stop_at = 2_600 * MS;
+    let first = rng.range(0, 3) as usize;
+    let second = (first + 1 + rng.range(0, 2) as usize) % 4;
+    for client in [first, second] {
+        let t = s.at(rng);
+        s.faults.push((t, Fault::CrashClient { client }));
+    }
+    s
+}
+
+/// Every fault the assumptions allow, at rates drawn per seed: client cuts (releases and
+/// creates among them), lost and slow messages, the follower losing the leader.
+pub(super) fn random_chaos(rng: &mut Rng) -> Setup {
+    let mut s = base(&FOLLOWER);
+    s.work.clients = 3 + rng.range(0, 2) as usize;
+    s.net.drop_ppm = rng.range(0, 50_000) as u32;
+    s.net.delay_ns = (100_000, rng.range(1, 8) * MS);
+    s.work.progress_within = None;
+    for _ in 0..rng.range(1, 4) {
+        let client = rng.range(0, s.work.clients as u64 - 1) as usize;
+        let t = s.at(rng);
+        let d = rng.range(s.ttl() / 10, 2 * s.ttl());
+        s.cut_for(t, d, Some(client), &[0], Cut::Both);
+    }
+    for _ in 0..rng.range(0, 2) {
+        let t = s.at(rng);
+        s.faults.push((
+            t,
+            Fault::Member {
+                node: 0,
+                member: 0,
+                state: MemberState::NoLeader,
+            },
+        ));
+        s.faults.push((
+            t + rng.range(s.ttl() / 4, 2 * s.ttl()),
+            Fault::Member {
+                node: 0,
+                member: 0,
+                state: MemberState::Up,
+            },
+        ));
+    }
+    s
+}

@@ -65,6 +65,8 @@ pub struct ZkEnsemble {
     zxid: i64,
     /// Watches: (kept id, path).
     watches: Vec<(u64, Bytes)>,
+    /// Most directory watches one deletion fired (more than one: a herd).
+    max_woken: usize,
     fired: Vec<(u64, Reply)>,
 }
 
@@ -94,6 +96,7 @@ impl ZkEnsemble {
             first_seq,
             zxid: 1,
             watches: Vec::new(),
+            max_woken: 0,
             fired: Vec::new(),
         }
     }
@@ -137,8 +140,17 @@ impl ZkEnsemble {
             return false;
         }
         self.zxid += 1;
-        let (gone, kept): (Vec<_>, Vec<_>) = self.watches.drain(..).partition(|(_, p)| p == path);
+        // A watch on the node, or on its directory (a children watch), fires.
+        let dir = &path[..path.iter().rposition(|b| *b == b'/').unwrap_or(0)];
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .watches
+            .drain(..)
+            .partition(|(_, p)| p == path || p[..] == *dir);
         self.watches = kept;
+        // Stale watches on the same node (a waiter that relisted, or gave up) are not a
+        // herd; watches on the whole directory, all woken at once, are.
+        let dir_watches = gone.iter().filter(|(_, p)| p[..] == *dir).count();
+        self.max_woken = self.max_woken.max(dir_watches);
         for (id, _) in gone {
             self.fired.push((id, Reply::Deleted));
         }
@@ -246,7 +258,11 @@ impl ZkEnsemble {
                 None => Reply::NoNode,
             },
             Command::WaitDelete { path } => {
-                if self.nodes.contains_key(path) {
+                let is_dir = self
+                    .nodes
+                    .keys()
+                    .any(|p| p.len() > path.len() && p.starts_with(path) && p[path.len()] == b'/');
+                if self.nodes.contains_key(path) || is_dir {
                     self.watches.push((id, path.clone()));
                     return None;
                 }
@@ -310,6 +326,16 @@ impl Server for ZkEnsemble {
     fn tick(&mut self, now: u64) {
         self.flush(now);
         self.expire(now);
+    }
+
+    /// Waiters must watch only their predecessor: one deletion waking several is a herd.
+    fn check_at_end(&self, node: usize, found: &mut Vec<crate::oracle::Violation>) {
+        if self.max_woken > 1 {
+            found.push(crate::oracle::Violation::Herd {
+                node,
+                woken: self.max_woken,
+            });
+        }
     }
 
     fn forget_kept(&mut self) {
