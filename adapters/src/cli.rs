@@ -48,6 +48,11 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                                                      flock(1) on <dir>/<name>.lock
                                                      excludes it)
                   mysql://...?require_ssl=true[&cacert=/path/ca.pem]   over TLS
+                  zk://host:2181[,host:2181...][/root][?tick=2s&sync_limit=5]
+                                                     ZooKeeper (Curator's and kazoo's lock
+                                                     recipes exclude it); the ensemble's
+                                                     tickTime and syncLimit, or
+                  zk://host:2181?standalone=true     a single server
   --name NAME     the lock name
   --ttl D         lease time to live, renewed while CMD runs (default 30s)
   --wait D        how long to wait for the lock (default: forever, as flock)
@@ -152,7 +157,94 @@ const SCHEMES: &[Scheme] = &[
         check: file_check,
         connect: file_connect,
     },
+    Scheme {
+        names: &["zk", "zookeeper"],
+        check: zk_check,
+        connect: zk_connect,
+    },
 ];
+
+/// What a ZooKeeper URL carries besides its servers: the lock root (its path) and the
+/// ensemble's timing (`?standalone=true`, or `?tick=2s&sync_limit=5`).
+struct ZkParams {
+    root: Option<String>,
+    standalone: bool,
+    tick: Option<Duration>,
+    sync_limit: Option<u32>,
+}
+
+/// `zk://host:port,host:port/root?standalone=true|tick=D&sync_limit=N`.
+fn zk_params(u: &BackendUrl) -> Result<ZkParams, String> {
+    if u.userinfo.is_some() {
+        return Err("zk:// takes no credentials (ZooKeeper auth is not supported)".into());
+    }
+    if u.hosts.is_empty() {
+        return Err("zk:// needs at least one host:port".into());
+    }
+    let root = u
+        .path
+        .as_ref()
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("/{p}"));
+    let mut p = ZkParams {
+        root,
+        standalone: false,
+        tick: None,
+        sync_limit: None,
+    };
+    for kv in u.query.iter().flat_map(|q| q.split('&')) {
+        match kv.split_once('=') {
+            Some(("standalone", v)) => {
+                p.standalone = v
+                    .parse()
+                    .map_err(|_| format!("standalone={v}: true or false"))?
+            }
+            Some(("tick", v)) => {
+                p.tick = Some(parse_duration(v).map_err(|e| format!("tick={v}: {e}"))?)
+            }
+            Some(("sync_limit", v)) => {
+                p.sync_limit = Some(v.parse().map_err(|_| format!("sync_limit={v}: a number"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown zk URL parameter {kv:?} (standalone=, tick=, sync_limit=)"
+                ))
+            }
+        }
+    }
+    if p.standalone && (p.tick.is_some() || p.sync_limit.is_some()) {
+        return Err("standalone=true leaves no tick= or sync_limit= to give".into());
+    }
+    Ok(p)
+}
+
+fn zk_check(u: &BackendUrl) -> Result<(), String> {
+    zk_params(u).map(|_| ())
+}
+
+fn zk_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let p = zk_params(&u).map_err(|reason| Error::BadEndpoint {
+            backend: "zookeeper",
+            endpoint: u.hosts.join(","),
+            reason,
+        })?;
+        let mut b = crate::zookeeper::ZooKeeper::builder(&u.hosts);
+        if let Some(root) = p.root {
+            b = b.root(root);
+        }
+        if p.standalone {
+            b = b.standalone();
+        } else if p.tick.is_some() || p.sync_limit.is_some() {
+            b = b.ensemble(
+                p.tick.unwrap_or(Duration::from_secs(2)),
+                p.sync_limit.unwrap_or(5),
+            );
+        }
+        let c = b.connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
+    })
+}
 
 /// `file:///dir` (or `file://localhost/dir`): lock files in `/dir`; `?allow_network_fs=true`.
 fn file_check(u: &BackendUrl) -> Result<(), String> {

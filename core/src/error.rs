@@ -63,11 +63,6 @@ pub enum UsageError {
          to 20 ticks) or state the ensemble's real tickTime and syncLimit"
     )]
     SessionTooShort { timeout: Duration, margin: Duration },
-    #[error(
-        "a ZooKeeper lock lives as long as its client's session: its ttl is the session \
-         timeout {session:?}, and {asked:?} was asked; set the session timeout on the builder"
-    )]
-    TtlIsSessionTimeout { asked: Duration, session: Duration },
     #[error("lock name {name:?} is not allowed: {why}")]
     BadName { name: String, why: &'static str },
     #[error("the lock is not held")]

@@ -54,6 +54,14 @@ fn backends() -> Vec<String> {
     if rt.block_on(mysql_available()) {
         v.push(mysql_backend());
     }
+    if lucky_tests::servers::zk_serves(2181) {
+        v.push("zk://127.0.0.1:2181?standalone=true".to_owned());
+    } else {
+        assert!(
+            !lucky_tests::servers::required(),
+            "ZooKeeper on 127.0.0.1:2181 is not serving and LUCKY_REQUIRE_SERVERS=1"
+        );
+    }
     v
 }
 
@@ -297,8 +305,40 @@ fn bad_input_exits_64_with_a_clear_message() {
             "--name NAME is required",
         ),
         (
-            &["exec", "--backend", "zk://h:1", "--name", "x", "--", "true"],
+            &[
+                "exec",
+                "--backend",
+                "consul://h:1",
+                "--name",
+                "x",
+                "--",
+                "true",
+            ],
             "unknown backend scheme",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "zk://h:1?standalone=true&tick=2s",
+                "--name",
+                "x",
+                "--",
+                "true",
+            ],
+            "standalone=true leaves no tick=",
+        ),
+        (
+            &[
+                "exec",
+                "--backend",
+                "zk://u:p@h:1",
+                "--name",
+                "x",
+                "--",
+                "true",
+            ],
+            "no credentials",
         ),
         (
             &["exec", "--backend", "nonsense", "--name", "x", "--", "true"],

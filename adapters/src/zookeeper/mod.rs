@@ -22,7 +22,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One client keeps one ZooKeeper session for all its locks; the session is the lease. How
+//! One client keeps one ZooKeeper session for all its locks of one ttl (the session timeout
+//! it asks for; the builder's ttl by default, a lock with another ttl gets a session of its
+//! own, opened at its first request); the session is the lease. How
 //! long a lock is trusted comes from what the session's answers prove about the *leader*,
 //! which alone expires sessions: see [`lucky_core::zookeeper::proof`]. Tell the client the
 //! ensemble's `tickTime` and `syncLimit` ([`ZooKeeperBuilder::ensemble`]; the default
@@ -32,12 +34,14 @@
 
 mod transport;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lucky_core::zookeeper::{Ensemble, ZkConfig, ZkLock};
 
 use crate::client::{self, sealed, LockFuture, Options};
+use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 pub use crate::{Error, Guard};
 use transport::{Route, Shared};
@@ -54,11 +58,16 @@ pub struct ZooKeeperSetup {
     ensemble: Option<Ensemble>,
 }
 
-/// A ZooKeeper lock client: one session shared by every lock it takes. Cheap to clone;
+/// A ZooKeeper lock client: one session shared by every lock of one ttl. Cheap to clone;
 /// share one per process.
 #[derive(Clone)]
 pub struct ZooKeeper {
+    /// The session of the builder's ttl.
     shared: Arc<Shared>,
+    /// Every session, by session timeout.
+    sessions: Arc<Mutex<BTreeMap<Duration, Arc<Shared>>>>,
+    setup: ZooKeeperSetup,
+    connect_timeout: Duration,
     defaults: Options<()>,
 }
 
@@ -93,13 +102,14 @@ impl ZooKeeper {
     }
 
     /// Asks for the lock `name` (one or more `/`-separated path segments under the root);
-    /// configure it, then `.await` it. The session timeout is the client's: a request's own
-    /// `.ttl()` must equal it.
+    /// configure it, then `.await` it. Its `.ttl()` is the timeout of the session it lives
+    /// on.
     pub fn lock(&self, name: impl Into<String>) -> LockRequest<'_> {
         LockRequest::new(self, name.into())
     }
 
-    /// The id of the current session (`None` between an expiry and the next connect).
+    /// The id of the current session of the builder's ttl (`None` between an expiry and the
+    /// next connect).
     pub fn session_id(&self) -> Option<i64> {
         self.shared.session_id()
     }
@@ -187,7 +197,13 @@ impl sealed::Client for ZooKeeper {
     async fn connect(b: ZooKeeperBuilder) -> Result<ZooKeeper, Error> {
         let cfg = config(&b.defaults, &b.setup)?;
         check_servers(&b.targets)?;
-        let shared = Shared::new(b.targets.clone(), cfg, b.connect_timeout);
+        let shared = Shared::new(
+            b.targets.clone(),
+            cfg.clone(),
+            b.connect_timeout,
+            Clock::new(),
+            Arc::default(),
+        );
         if let Err(details) = shared.current().await {
             return Err(Error::Unreachable {
                 backend: "zookeeper",
@@ -198,8 +214,12 @@ impl sealed::Client for ZooKeeper {
             });
         }
         Shared::start_prober(&shared);
+        let sessions = BTreeMap::from([(cfg.session_timeout(), shared.clone())]);
         Ok(ZooKeeper {
             shared,
+            sessions: Arc::new(Mutex::new(sessions)),
+            setup: b.setup,
+            connect_timeout: b.connect_timeout,
             defaults: b.defaults,
         })
     }
@@ -209,31 +229,33 @@ impl sealed::Client for ZooKeeper {
     }
 
     fn start(&self, name: String, options: &Options<()>) -> Result<LockFuture<'static>, Error> {
-        if options.lease.ttl != self.shared.cfg.session_timeout() {
-            return Err(Error::Usage(lucky_core::UsageError::TtlIsSessionTimeout {
-                asked: options.lease.ttl,
-                session: self.shared.cfg.session_timeout(),
-            }));
-        }
-        let setup = ZooKeeperSetup {
-            root: Some(self.shared.cfg.root().to_owned()),
-            ensemble: Some(self.shared.cfg.ensemble()),
+        let cfg = config(options, &self.setup)?;
+        let shared = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions
+                .entry(cfg.session_timeout())
+                .or_insert_with(|| {
+                    let s = Shared::new(
+                        self.shared.servers.clone(),
+                        cfg.clone(),
+                        self.connect_timeout,
+                        self.shared.clock,
+                        self.shared.tasks.clone(),
+                    );
+                    Shared::start_prober(&s);
+                    s
+                })
+                .clone()
         };
-        let cfg = config(options, &setup)?;
         let mut seed = [0u8; 24];
         getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
         let (token, jitter) = seed.split_at(16);
         let jitter = u64::from_le_bytes(jitter.try_into().unwrap_or([0; 8]));
         let machine = ZkLock::new(&cfg, name.as_bytes(), token, jitter)?;
-        let transport = Arc::new(Route {
-            shared: self.shared.clone(),
-        });
+        let clock = shared.clock;
+        let transport = Arc::new(Route { shared });
         Ok(Box::pin(driver::acquire(
-            machine,
-            transport,
-            self.shared.clock,
-            name,
-            None,
+            machine, transport, clock, name, None,
         )))
     }
 

@@ -38,13 +38,15 @@ impl Shared {
         servers: Vec<String>,
         cfg: ZkConfig,
         connect_timeout: Duration,
+        clock: Clock,
+        tasks: Arc<Tasks>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             servers,
             cfg,
             connect_timeout,
-            clock: Clock::new(),
-            tasks: Arc::default(),
+            clock,
+            tasks,
             current: tokio::sync::Mutex::new(None),
             id: Mutex::new(None),
         })
