@@ -11,7 +11,8 @@
 #   the machine's PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (database
 #   `test`), if they are installed but stopped.
 # Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
-# which the etcd-client crate's build needs) from Debian when they are missing. Idempotent.
+# which the etcd-client crate's build needs) from Debian, and kazoo from PyPI, when they are
+# missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
@@ -176,6 +177,11 @@ zk_start() {
 start_zookeeper() {
   need java default-jre-headless
   [ -f /usr/share/java/zookeeper.jar ] || need zkServer.sh zookeeper
+  # kazoo (ZooKeeper's Python client), for the interop test and zk-bench's peer.
+  if ! python3 -c 'import kazoo' 2>/dev/null; then
+    echo "installing kazoo from PyPI" >&2
+    python3 -m pip install -q --root-user-action=ignore kazoo >/dev/null
+  fi
   mkdir -p "$DIR/zk"
   for id in s 1 2 3; do zk_start "$id"; done
   for port in 2181 2281 2282 2283; do

@@ -314,7 +314,8 @@ pub mod bench {
 /// port used by one test only, so no two tests meet however a runner schedules them (the
 /// tests of a binary run at once): 25432 and 24306 `postgres_tls` and `mysql_tls`;
 /// 25433-25435 and 24307-24311 `sql_restart`; 26432 PgBouncer in `postgres_advisory`;
-/// 25181-25189 [`servers::ZkServer`]s of `zookeeper_adapter`. All
+/// 25181-25189 and the ensemble 25191-25193 (quorum 25291-25293, elections 25391-25393)
+/// [`servers::ZkServer`]s of `zookeeper_adapter`. All
 /// below Linux's ephemeral range (32768-60999): a client reconnecting to a port whose server is
 /// down can be handed that very port as its own source port and connect to itself, which then
 /// keeps the restarting server from binding it.
@@ -1246,21 +1247,52 @@ pub mod servers {
         }
     }
 
-    /// A private standalone ZooKeeper (Debian's, on the installed JRE) on 127.0.0.1:`port`,
+    /// A private ZooKeeper server (Debian's, on the installed JRE) on 127.0.0.1:`port`,
     /// tickTime 100 ms (sessions of 0.2-60 s), its data in its own folder, for tests that
-    /// stop or kill it. Killed and its folder removed when dropped.
+    /// stop, kill or restart it: standalone ([`ZkServer::start`]) or a member of an ensemble
+    /// of the test's own ([`ZkServer::ensemble`]). Killed and its folder removed when dropped.
     #[derive(Debug)]
     pub struct ZkServer {
-        /// Its port on 127.0.0.1.
+        /// Its client port on 127.0.0.1.
         pub port: u16,
         dir: PathBuf,
         child: Option<Child>,
     }
 
     impl ZkServer {
-        /// Makes and starts one, waiting until it serves; None (the test skips) when Java or
-        /// ZooKeeper's jars are missing, unless `LUCKY_REQUIRE_SERVERS=1` (then it panics).
+        /// Makes and starts a standalone server, waiting until it serves; None (the test
+        /// skips) when Java or ZooKeeper's jars are missing, unless `LUCKY_REQUIRE_SERVERS=1`
+        /// (then it panics).
         pub fn start(port: u16) -> Option<ZkServer> {
+            let mut server = ZkServer::make(port, "")?;
+            server.spawn();
+            server.wait_serving();
+            Some(server)
+        }
+
+        /// A three-member ensemble on `ports` (quorum ports `port + 100`, elections
+        /// `port + 200`), syncLimit 5, started and serving; None as for [`ZkServer::start`].
+        pub fn ensemble(ports: [u16; 3]) -> Option<Vec<ZkServer>> {
+            let mut members = Vec::new();
+            for (i, &port) in ports.iter().enumerate() {
+                let peers: String = ports
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| format!("server.{}=127.0.0.1:{}:{}\n", j + 1, p + 100, p + 200))
+                    .collect();
+                let mut m = ZkServer::make(port, &format!("initLimit=20\nsyncLimit=5\n{peers}"))?;
+                std::fs::write(m.dir.join("data/myid"), format!("{}\n", i + 1)).expect("myid");
+                m.spawn();
+                members.push(m);
+            }
+            for m in &mut members {
+                m.wait_serving();
+            }
+            Some(members)
+        }
+
+        /// The folder and zoo.cfg of a server on `port`, with `extra` configuration lines.
+        fn make(port: u16, extra: &str) -> Option<ZkServer> {
             let jar = Path::new("/usr/share/java/zookeeper.jar");
             if !jar.exists() || !on_path("java") {
                 assert!(
@@ -1275,17 +1307,15 @@ pub mod servers {
             let cfg = format!(
                 "tickTime=100\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
                  minSessionTimeout=200\nmaxSessionTimeout=60000\nadmin.enableServer=false\n\
-                 4lw.commands.whitelist=srvr\n",
+                 4lw.commands.whitelist=srvr,cons\n{extra}",
                 dir.join("data").display()
             );
             std::fs::write(dir.join("zoo.cfg"), cfg).expect("write zoo.cfg");
-            let mut server = ZkServer {
+            Some(ZkServer {
                 port,
                 dir,
                 child: None,
-            };
-            server.spawn();
-            Some(server)
+            })
         }
 
         fn spawn(&mut self) {
@@ -1302,9 +1332,12 @@ pub mod servers {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("java runs");
-            let child = self.child.insert(child);
+            self.child = Some(child);
+        }
+
+        fn wait_serving(&mut self) {
             for _ in 0..600 {
-                if let Ok(Some(status)) = child.try_wait() {
+                if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                     panic!("ZooKeeper on {} exited ({status})", self.port);
                 }
                 if zk_serves(self.port) {
@@ -1333,15 +1366,54 @@ pub mod servers {
                 signal_pid(c.id(), "-CONT");
             }
         }
+
+        /// SIGKILL to the server (its data stays in its folder).
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// Starts a killed server again on its data, without waiting (an ensemble member
+        /// serves once it has rejoined a quorum: see [`ZkServer::serving`]).
+        pub fn restart(&mut self) {
+            self.kill();
+            self.spawn();
+        }
+
+        /// Waits until the server serves again after [`ZkServer::restart`].
+        pub fn serving(&mut self) {
+            self.wait_serving();
+        }
+
+        /// The ids of the sessions connected to this server (`cons`), e.g. to find the
+        /// member a client is on.
+        pub fn sessions(&self) -> Vec<i64> {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+                return Vec::new();
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut out = String::new();
+            if s.write_all(b"cons").is_err() || s.read_to_string(&mut out).is_err() {
+                return Vec::new();
+            }
+            // ... sid=0x1000a3b2c4d0000,lop=...
+            out.split("sid=0x")
+                .skip(1)
+                .filter_map(|t| {
+                    let hex: String = t.chars().take_while(char::is_ascii_hexdigit).collect();
+                    i64::from_str_radix(&hex, 16).ok()
+                })
+                .collect()
+        }
     }
 
     impl Drop for ZkServer {
         fn drop(&mut self) {
             self.cont();
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            self.kill();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -1355,5 +1427,86 @@ pub mod servers {
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut out = String::new();
         s.write_all(b"srvr").is_ok() && s.read_to_string(&mut out).is_ok() && out.contains("Mode: ")
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that can cut a client off its server: while cut, its
+/// connections are reset and new ones are closed at once, like a partition the client's
+/// reconnects cannot get through.
+pub mod proxy {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    /// The proxy; it stops when dropped.
+    #[derive(Debug)]
+    pub struct CutProxy {
+        /// `127.0.0.1:<port>` to connect to instead of the server.
+        pub address: String,
+        cut: Arc<AtomicBool>,
+        generation: watch::Sender<u64>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl CutProxy {
+        /// Starts forwarding a local port to `target` (`host:port`).
+        pub async fn start(target: &str) -> std::io::Result<CutProxy> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?.to_string();
+            let cut = Arc::new(AtomicBool::new(false));
+            let (generation, rx) = watch::channel(0u64);
+            let target = target.to_owned();
+            let task = tokio::spawn({
+                let cut = cut.clone();
+                async move {
+                    while let Ok((mut down, _)) = listener.accept().await {
+                        if cut.load(Ordering::SeqCst) {
+                            continue; // dropped: closed at once
+                        }
+                        let (target, mut rx) = (target.clone(), rx.clone());
+                        tokio::spawn(async move {
+                            let Ok(mut up) = TcpStream::connect(&target).await else {
+                                return;
+                            };
+                            rx.mark_unchanged();
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                                _ = rx.changed() => {
+                                    // Cut: reset both sides rather than closing politely.
+                                    let _ = down.set_zero_linger();
+                                    let _ = up.set_zero_linger();
+                                }
+                            }
+                        });
+                    }
+                }
+            });
+            Ok(CutProxy {
+                address,
+                cut,
+                generation,
+                task,
+            })
+        }
+
+        /// Cuts every connection and refuses new ones until [`CutProxy::heal`].
+        pub fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+            self.generation.send_modify(|g| *g += 1);
+        }
+
+        /// Lets connections through again.
+        pub fn heal(&self) {
+            self.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for CutProxy {
+        fn drop(&mut self) {
+            self.cut();
+            self.task.abort();
+        }
     }
 }
