@@ -1418,6 +1418,103 @@ pub mod servers {
         }
     }
 
+    /// Ends ZooKeeper session `id` from a second connection, as Curator's `KillSession` test
+    /// helper does: connect with the session's id and password, then close it. The server
+    /// deletes the session's ephemeral nodes at once. The password is the one the server
+    /// derives from the id (`ZooKeeperServer.generatePasswd`: 16 bytes of
+    /// `java.util.Random(id ^ 0xB3415C00)`), so no client library needs to hand it out; a
+    /// wrong one would be refused (session id 0 in the answer).
+    pub fn zk_close_session(port: u16, id: i64, timeout: Duration) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let frame = |body: &[u8]| {
+            let mut f = u32::try_from(body.len())
+                .unwrap_or(0)
+                .to_be_bytes()
+                .to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        // ConnectRequest: protocolVersion, lastZxidSeen, timeOut, sessionId, passwd, readOnly;
+        // then closeSession: RequestHeader(xid 1, type -11). Sent together: the session's own
+        // client reconnects and takes the session back at once, cutting a slower connection
+        // off between the two.
+        let ms = i32::try_from(timeout.as_millis()).map_err(|e| e.to_string())?;
+        let mut connect = Vec::new();
+        connect.extend_from_slice(&0i32.to_be_bytes());
+        connect.extend_from_slice(&0i64.to_be_bytes());
+        connect.extend_from_slice(&ms.to_be_bytes());
+        connect.extend_from_slice(&id.to_be_bytes());
+        connect.extend_from_slice(&16i32.to_be_bytes());
+        connect.extend_from_slice(&zk_password(id));
+        connect.push(0);
+        let mut bytes = frame(&connect);
+        bytes.extend(frame(
+            &[1i32.to_be_bytes(), (-11i32).to_be_bytes()].concat(),
+        ));
+        let read_frame = |s: &mut std::net::TcpStream| -> std::io::Result<Vec<u8>> {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len)?;
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut body)?;
+            Ok(body)
+        };
+        let mut last = String::new();
+        for attempt in 0..10 {
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return Err(format!("cannot connect to 127.0.0.1:{port}"));
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            if let Err(e) = s.write_all(&bytes) {
+                last = e.to_string();
+                continue;
+            }
+            // ConnectResponse: protocolVersion, timeOut, sessionId, passwd, readOnly.
+            let answer = match read_frame(&mut s) {
+                Ok(a) => a,
+                Err(e) => {
+                    last = format!("connect answer: {e}");
+                    continue;
+                }
+            };
+            let got = answer
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes);
+            match got {
+                Some(g) if g == id => {}
+                // Refused: a wrong password on the first try; gone after an earlier try
+                // whose closeSession went through unanswered.
+                Some(0) if attempt > 0 => return Ok(()),
+                other => return Err(format!("session {id:#x} refused (answer names {other:?})")),
+            }
+            match read_frame(&mut s) {
+                // ReplyHeader: xid, zxid, err.
+                Ok(r) if r.get(12..16) == Some(&[0u8; 4][..]) => return Ok(()),
+                Ok(r) => return Err(format!("closeSession answered {r:02x?}")),
+                Err(e) => last = format!("closeSession answer: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// The password ZooKeeper gives session `id`: `java.util.Random(id ^ 0xB3415C00)`'s
+    /// `nextBytes(new byte[16])`.
+    fn zk_password(id: i64) -> [u8; 16] {
+        const MUL: u64 = 0x5_DEEC_E66D;
+        const MASK: u64 = (1 << 48) - 1;
+        let mut seed = ((id ^ 0xB341_5C00) as u64 ^ MUL) & MASK;
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(4) {
+            seed = (seed.wrapping_mul(MUL).wrapping_add(0xB)) & MASK;
+            let mut r = (seed >> 16) as u32; // next(32)
+            for b in chunk {
+                *b = r as u8;
+                r >>= 8;
+            }
+        }
+        out
+    }
+
     /// Whether a ZooKeeper server on 127.0.0.1:`port` serves (`srvr` says its mode).
     pub fn zk_serves(port: u16) -> bool {
         use std::io::{Read, Write};

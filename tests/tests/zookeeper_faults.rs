@@ -1,4 +1,5 @@
-//! The ZooKeeper adapter under real faults: a holder cut off until the server expires its
+//! The ZooKeeper adapter under real faults: a session closed under the holder by a second
+//! connection with its id and password, a holder cut off until the server expires its
 //! session (connections reset by a proxy of the test's own), a server
 //! killed and restarted within the session timeout, an ensemble losing the member the holder
 //! is connected to, and one losing its quorum. The ensemble and the restarted server are the
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lucky::zookeeper::ZooKeeper;
 use lucky_tests::proxy::CutProxy;
-use lucky_tests::servers::{required, zk_serves, ZkServer};
+use lucky_tests::servers::{required, zk_close_session, zk_serves, ZkServer};
 
 fn unique(name: &str) -> String {
     format!("test/{name}/{}", std::process::id())
@@ -100,6 +101,76 @@ async fn a_holder_cut_off_past_its_session_is_lost_before_the_server_expires_it_
     assert_ne!(a.session_id(), Some(first), "a new session");
     ga2.release().await.unwrap();
     assert!(children(&b.client().await.unwrap(), &name).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_by_a_second_client_loses_the_lock_and_the_next_fence_is_higher() {
+    if !zk_serves(2181) {
+        assert!(!required(), "ZooKeeper on 2181 is not serving");
+        eprintln!("skipping: no ZooKeeper on 127.0.0.1:2181");
+        return;
+    }
+    let ttl = Duration::from_secs(20);
+    let connect = || async move {
+        ZooKeeper::builder(["127.0.0.1:2181"])
+            .standalone()
+            .ttl(ttl)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (connect().await, connect().await);
+    let name = unique("session-closed");
+    let ga = a.lock(&name).await.unwrap();
+    let fa = ga.fence().unwrap().get();
+    let first = a.session_id().unwrap();
+    let waiter = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move {
+            let g = b.lock(&name).wait(Duration::from_secs(20)).await;
+            (g, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "b waits while a holds");
+
+    // Another connection takes a's session over with its id and password and closes it:
+    // the server deletes a's node at once, long before a's deadline.
+    let closed = Instant::now();
+    tokio::task::spawn_blocking(move || zk_close_session(2181, first, ttl))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ga.lost())
+        .await
+        .expect("a learns its session is gone well before its 20 s deadline");
+    let lost_at = Instant::now();
+    // The session ended early, which no fault of ZooKeeper's own does: a notices at the
+    // next check of its node, every touch_every (ttl/10 = 2 s); the next holder may hold
+    // the lock meanwhile, which is what its higher fence is for.
+    assert!(
+        lost_at - closed <= Duration::from_millis(2_500),
+        "noticed within touch_every: {:?}",
+        lost_at - closed
+    );
+    let (gb, taken_at) = waiter.await.unwrap();
+    let gb = gb.unwrap();
+    eprintln!(
+        "a lost {:?} after its session was closed, b took over {:?} after it",
+        lost_at - closed,
+        taken_at - closed
+    );
+    assert!(!ga.is_held());
+    assert!(gb.fence().unwrap().get() > fa, "the next fence is higher");
+    let _ = tokio::time::timeout(Duration::from_secs(5), ga.release())
+        .await
+        .expect("releasing a lost lock returns");
+    assert!(gb.is_held(), "a's release touched nothing of b's");
+    gb.release().await.unwrap();
+    // a's client opens a new session for its next lock.
+    let ga2 = a.lock(&name).wait(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(a.session_id(), Some(first), "a new session");
+    ga2.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,6 +290,17 @@ async fn an_ensemble_keeps_the_lock_when_the_holders_member_dies_and_loses_it_wi
         }
     }
     let cut = Instant::now();
+    // No one else acquires while the quorum is gone.
+    let lone = ZooKeeper::builder([members[alive].address()])
+        .ensemble(Duration::from_millis(100), 5)
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(lone) = lone {
+        let r = lone.lock(&name).wait(Duration::from_secs(2)).await;
+        assert!(r.is_err(), "acquired without a quorum");
+    }
     tokio::time::timeout(ttl + Duration::from_secs(1), ga.lost())
         .await
         .expect("lost once the quorum is gone");
