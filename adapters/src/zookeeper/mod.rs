@@ -7,7 +7,7 @@
 //! # async fn f() -> Result<(), lucky::Error> {
 //! use std::time::Duration;
 //! let zk = lucky::zookeeper::ZooKeeper::builder(["127.0.0.1:2181"])
-//!     .ttl(Duration::from_secs(20)) // the session timeout to ask for
+//!     .ttl(Duration::from_secs(30)) // the session timeout to ask for
 //!     .connect()
 //!     .await?;
 //! let guard = zk.lock("jobs/nightly").await?;

@@ -1,5 +1,5 @@
-//! One ZooKeeper session per client, shared by its locks: each machine command becomes one
-//! or two `zookeeper-client` calls; every answer is fed to the session's [`SessionProof`] and
+//! One ZooKeeper session per client and ttl, shared by its locks: each machine command
+//! becomes one or two `zookeeper-client` calls; every answer is fed to the session's [`SessionProof`] and
 //! the reply carries what the proof says. A session that expired is replaced at the next
 //! request. Protocol decisions stay in the machine: this only encodes.
 
