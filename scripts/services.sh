@@ -11,21 +11,26 @@
 #   the machine's PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (database
 #   `test`), if they are installed but stopped.
 # Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
-# which the etcd-client crate's build needs) from Debian, and kazoo from PyPI, when they are
-# missing. Idempotent.
+# which the etcd-client crate's build needs), Curator and a JDK from Debian, and kazoo from
+# PyPI, when they are missing. Idempotent.
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
 MEMBERS="1 2 3"
 CLUSTER="m1=http://127.0.0.1:22801,m2=http://127.0.0.1:22802,m3=http://127.0.0.1:22803"
 
+# need COMMAND PACKAGE: installs PACKAGE from Debian unless COMMAND is on the PATH.
 need() {
   command -v "$1" >/dev/null 2>&1 && return 0
-  echo "installing $2 from Debian" >&2
+  install_pkg "$2"
+}
+
+install_pkg() {
+  echo "installing $1 from Debian" >&2
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   else
-    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   fi
 }
 
@@ -177,6 +182,9 @@ zk_start() {
 start_zookeeper() {
   need java default-jre-headless
   [ -f /usr/share/java/zookeeper.jar ] || need zkServer.sh zookeeper
+  # Curator (and a JDK to run its test peer from source), for the interop test.
+  [ -f /usr/share/java/curator-recipes.jar ] || install_pkg libcurator-recipes-java
+  need javac default-jdk-headless
   # kazoo (ZooKeeper's Python client), for the interop test and zk-bench's peer.
   if ! python3 -c 'import kazoo' 2>/dev/null; then
     echo "installing kazoo from PyPI" >&2
