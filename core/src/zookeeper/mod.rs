@@ -731,6 +731,12 @@ impl ZkLock {
                     .rsplit(|b| *b == b'/')
                     .next()
                     .map_or(path.clone(), |n| path.slice_ref(n));
+                if czxid <= 0 || !name.starts_with(&self.id) || sequence(&name).is_none() {
+                    // Not the answer to this create (zxids are positive, the name is ours):
+                    // the create's outcome is unknown, so look for our node.
+                    self.send_find();
+                    return;
+                }
                 self.unresolved = false;
                 self.node = Some(Node {
                     seq: sequence(&name).unwrap_or(0),
@@ -744,6 +750,7 @@ impl ZkLock {
             (Kind::Create, Reply::Unavailable(_)) => self.send_find(),
             (Kind::Find, Reply::Children { names, .. }) => self.on_find(&names),
             (Kind::Find, Reply::NoNode) => self.on_find(&[]),
+            // A zxid is positive: a read answering otherwise is garbage, failing the attempt.
             (
                 Kind::FindStat,
                 Reply::Stat {
@@ -751,7 +758,7 @@ impl ZkLock {
                     ephemeral_owner,
                     session,
                 },
-            ) => {
+            ) if czxid > 0 => {
                 let Some(name) = self.found.take() else {
                     return;
                 };
@@ -798,7 +805,7 @@ impl ZkLock {
                     ephemeral_owner,
                     session,
                 },
-            ) => {
+            ) if czxid > 0 => {
                 let mine = self
                     .node
                     .as_ref()
