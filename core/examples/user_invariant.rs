@@ -12,9 +12,9 @@
 //! machine's events (`Acquired` and `Extended` set it, `TimeWentBack` moves it back, `Lost`,
 //! `Released` and `Failed` end it, and it drops it itself when it asks for a release), and it
 //! writes only while `now` is before that deadline on its own clock. The harness drives a
-//! machine (lease record, etcd, session lock, RedLock) with random configurations and random
-//! [`Action`]s: user requests, replies of every kind (well-formed, wrong shape, errors,
-//! unknown outcomes, garbage) and granting answers to any command sent (first answers,
+//! machine (lease record, etcd, session lock, ZooKeeper, RedLock) with random configurations
+//! and random [`Action`]s: user requests, replies of every kind (well-formed, wrong shape,
+//! errors, unknown outcomes, garbage) and granting answers to any command sent (first answers,
 //! duplicates, stale ones), replies misrouted from another machine, time passing, timers
 //! firing on time or late, stalls through the renewals to just past the deadline, and the
 //! clock stepping back. After every time step the service tries to write *before* the machine
@@ -57,6 +57,7 @@ use lucky_core::lease::{LeaseConfig, LeaseLock};
 use lucky_core::redlock::{RedLock, RedLockConfig};
 use lucky_core::session::{SessionConfig, SessionLock};
 use lucky_core::strategies::{self, Action, Grant};
+use lucky_core::zookeeper::{ZkConfig, ZkLock};
 use lucky_core::{Duration, Event, Instant, LockMachine, NodeId, OpId, Output, State, Transmit};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
@@ -114,7 +115,7 @@ impl Service {
     }
 }
 
-// ---- the four machines, as the harness sees them ---------------------------------------------
+// ---- the five machines, as the harness sees them ---------------------------------------------
 
 /// What the harness needs of a protocol: its strategies, how to build a machine, its ttl.
 trait Subject: LockMachine<Reply: Clone + 'static> + Sized {
@@ -126,8 +127,9 @@ trait Subject: LockMachine<Reply: Clone + 'static> + Sized {
     fn ttl(cfg: &Self::Config) -> Duration;
     /// What a server that grants `command` answers ([`Grant`]).
     fn grant(command: &Self::Command, n: u64) -> Self::Reply;
-    /// Fills in what a strategy cannot know (the lease record's current owner).
-    fn prepare(&self, reply: Self::Reply) -> Self::Reply {
+    /// Fills in what a strategy cannot know (the lease record's current owner, the ZooKeeper
+    /// machine's node and the time its session proof counts from): the reply arriving at `now`.
+    fn prepare(&self, _now: Instant, reply: Self::Reply) -> Self::Reply {
         reply
     }
 }
@@ -152,7 +154,7 @@ impl Subject for LeaseLock {
     fn grant(command: &Self::Command, n: u64) -> Self::Reply {
         command.grant(n)
     }
-    fn prepare(&self, reply: Self::Reply) -> Self::Reply {
+    fn prepare(&self, _now: Instant, reply: Self::Reply) -> Self::Reply {
         strategies::lease_reply_for(reply, self.owner())
     }
 }
@@ -194,6 +196,29 @@ impl Subject for SessionLock {
     }
     fn grant(command: &Self::Command, n: u64) -> Self::Reply {
         command.grant(n)
+    }
+}
+
+impl Subject for ZkLock {
+    type Config = ZkConfig;
+    const NAME: &'static str = "ZooKeeper";
+    fn config() -> BoxedStrategy<ZkConfig> {
+        strategies::zookeeper_config().boxed()
+    }
+    fn reply() -> BoxedStrategy<Self::Reply> {
+        strategies::zookeeper_reply().boxed()
+    }
+    fn build(cfg: &ZkConfig, seed: u64) -> Result<Self, lucky_core::UsageError> {
+        ZkLock::new(cfg, NAME, &seed.to_le_bytes().repeat(2), seed)
+    }
+    fn ttl(cfg: &ZkConfig) -> Duration {
+        cfg.session_timeout()
+    }
+    fn grant(command: &Self::Command, n: u64) -> Self::Reply {
+        command.grant(n)
+    }
+    fn prepare(&self, now: Instant, reply: Self::Reply) -> Self::Reply {
+        strategies::zookeeper_reply_for(reply, now, self.node())
     }
 }
 
@@ -273,13 +298,13 @@ impl<M: Subject> Harness<'_, M> {
             Action::Wake => self.m.wake(now),
             Action::Reply { pick, reply } => {
                 if let Some(t) = self.picked(pick) {
-                    let reply = self.m.prepare(reply);
+                    let reply = self.m.prepare(now, reply);
                     self.m.handle_reply(now, t.node, t.op, reply);
                 }
             }
             Action::Grant { pick, n } => {
                 if let Some(t) = self.picked(pick) {
-                    let reply = self.m.prepare(M::grant(&t.command, n));
+                    let reply = self.m.prepare(now, M::grant(&t.command, n));
                     self.m.handle_reply(now, t.node, t.op, reply);
                 }
             }
@@ -457,12 +482,14 @@ fn main() -> ExitCode {
     let mut ok = correct::<LeaseLock>();
     ok &= correct::<EtcdLock>();
     ok &= correct::<SessionLock>();
+    ok &= correct::<ZkLock>();
     ok &= correct::<RedLock>();
     println!("broken services, each must be caught:");
     for policy in [Policy::IgnoresTimeWentBack, Policy::ArrivalPlusTtl] {
         ok &= broken::<LeaseLock>(policy);
         ok &= broken::<EtcdLock>(policy);
         ok &= broken::<SessionLock>(policy);
+        ok &= broken::<ZkLock>(policy);
         ok &= broken::<RedLock>(policy);
     }
     if ok {

@@ -9,6 +9,7 @@
 //! | etcd | [`EtcdLock`](crate::etcd::EtcdLock) | [`etcd_config`] | [`etcd_reply`] |
 //! | lease record (in-memory, PostgreSQL, MySQL) | [`LeaseLock`](crate::lease::LeaseLock) | [`lease_config`] | [`lease_reply`] (then [`lease_reply_for`]) |
 //! | session lock (PostgreSQL advisory, MySQL `GET_LOCK`, `flock`) | [`SessionLock`](crate::session::SessionLock) | [`session_config`] | [`session_reply`] |
+//! | ZooKeeper (Curator's and kazoo's lock recipe) | [`ZkLock`](crate::zookeeper::ZkLock) | [`zookeeper_config`] | [`zookeeper_reply`] (then [`zookeeper_reply_for`]) |
 //!
 //! Shared: [`lease_settings`], [`wait`], [`retry`], [`token`], [`time_step`], [`time_back`],
 //! and [`action`], which mixes a protocol's replies with user requests and time into the
@@ -87,7 +88,8 @@ use crate::lease::LeaseConfig;
 use crate::redlock::{RedLockConfig, Reply};
 use crate::session::SessionConfig;
 use crate::settings::{Lease, Retry, Wait};
-use crate::time::Duration;
+use crate::time::{Duration, Instant};
+use crate::zookeeper::{Ensemble, Session, ZkConfig};
 
 // ---------------------------------------------------------------------------------------------
 // Shared settings
@@ -460,6 +462,68 @@ impl Grant for crate::session::Command {
     }
 }
 
+/// The ZooKeeper session every granted answer runs in (and owns every node a grant creates).
+pub const ZK_SESSION: i64 = 1;
+
+/// ZooKeeper: a create that made `<dir>/<prefix><n>` (sequence `n`, `%010d`) with creation
+/// zxid `n`; a listing that shows our node alone ([`ZK_OURS`]: pass it through
+/// [`zookeeper_reply_for`]); a read of a node that finds it owned by [`ZK_SESSION`], its
+/// czxid its sequence number (as the granted create made it; `n` when the name has none); a
+/// watch that saw its node deleted; a delete done. Every answer runs in session
+/// [`ZK_SESSION`] of `n` × 100 ms, proven alive for all of it from the answer's arrival (a
+/// length [`zookeeper_reply_for`] turns into an instant).
+impl Grant for crate::zookeeper::Command {
+    type Reply = crate::zookeeper::Reply;
+    fn grant(&self, n: u64) -> crate::zookeeper::Reply {
+        use crate::zookeeper::{Command as C, Reply as R};
+        let n_i64 = i64::try_from(n).unwrap_or(i64::MAX);
+        let session = zk_grant_session(n);
+        match self {
+            C::Create { dir, prefix } => {
+                let mut path = Vec::with_capacity(dir.len() + 1 + prefix.len() + 10);
+                path.extend_from_slice(dir);
+                path.push(b'/');
+                path.extend_from_slice(prefix);
+                path.extend_from_slice(alloc::format!("{n:010}").as_bytes());
+                R::Created {
+                    path: Bytes::from(path),
+                    czxid: n_i64,
+                    session,
+                }
+            }
+            C::Children { .. } => R::Children {
+                names: alloc::vec![Bytes::from_static(ZK_OURS)],
+                session,
+            },
+            C::Stat { path } => {
+                let name = path.rsplit(|b| *b == b'/').next().unwrap_or(&path[..]);
+                let czxid = crate::zookeeper::sequence(name)
+                    .map(i64::from)
+                    .filter(|c| *c > 0)
+                    .unwrap_or(n_i64);
+                R::Stat {
+                    czxid,
+                    ephemeral_owner: ZK_SESSION,
+                    session,
+                }
+            }
+            C::WaitDelete { .. } => R::Deleted,
+            C::Delete { .. } => R::Done,
+        }
+    }
+}
+
+/// The session of a granted ZooKeeper answer: [`ZK_SESSION`], `n` × 100 ms, proven for all of
+/// it (as a length from [`Instant::ZERO`], see [`zookeeper_reply_for`]).
+fn zk_grant_session(n: u64) -> Session {
+    let timeout = Duration::from_millis(n.saturating_mul(100));
+    Session {
+        id: ZK_SESSION,
+        timeout,
+        until: Some(Instant::ZERO + timeout),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // etcd
 // ---------------------------------------------------------------------------------------------
@@ -659,5 +723,292 @@ pub fn session_reply() -> impl Strategy<Value = crate::session::Reply> {
         1 => Just(R::Unknown("no answer within the request timeout".into())),
         1 => any::<String>().prop_map(R::Error),
         1 => Just(R::Unavailable("connection refused".into())),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// ZooKeeper
+// ---------------------------------------------------------------------------------------------
+
+/// Valid ZooKeeper lock configurations: the shared [`lease_settings`] (the ttl is the session
+/// timeout asked for), every form of root (the default `/lucky`, `/`, nested, a trailing
+/// `/`, non-ASCII), the ensemble's timing (the default: tickTime 2 s, syncLimit 5, which only
+/// sessions above its ~16 s of margins pass; standalone; or a tick of a twelfth to an eightieth
+/// of the session timeout, syncLimit 1 to 10, up to a fiftieth of it between servers), the
+/// default session proof interval (timeout / 10) or a third to a twentieth of the timeout,
+/// the default watch re-check (the timeout) or 10 ms to 5 s.
+pub fn zookeeper_config() -> impl Strategy<Value = ZkConfig> {
+    let root = prop_oneof![
+        3 => Just(None),
+        1 => Just(Some("/")),
+        1 => Just(Some("/locks")),
+        1 => Just(Some("/locks/")),
+        1 => Just(Some("/a/b/c")),
+        1 => Just(Some("/verrous-\u{e9}t\u{e9}")),
+    ];
+    lease_settings()
+        .prop_flat_map(move |lease| {
+            let ttl = lease.ttl;
+            let ensemble = prop_oneof![
+                1 => Just(None),
+                2 => Just(Some(Ensemble::STANDALONE)),
+                2 => (12u32..=80, 1u32..=10, proptest::option::of(50u32..=1_000)).prop_map(
+                    move |(tick_div, sync_limit, net_div)| {
+                        let net = net_div.map_or(Duration::ZERO, |d| ttl / d);
+                        Some(Ensemble::new(ttl / tick_div, sync_limit, net))
+                    }
+                ),
+            ];
+            (
+                Just(lease),
+                root.clone(),
+                ensemble,
+                proptest::option::of(3u32..=20),
+                proptest::option::weighted(0.25, 10u64..=5_000),
+            )
+        })
+        .prop_filter_map(
+            "drift, timeouts or the ensemble's margins leave no validity",
+            |(lease, root, ensemble, touch_div, recheck_ms)| {
+                let ttl = lease.ttl;
+                let mut b = ZkConfig::builder().lease(lease);
+                if let Some(root) = root {
+                    b = b.root(root);
+                }
+                if let Some(ensemble) = ensemble {
+                    b = b.ensemble(ensemble);
+                }
+                if let Some(div) = touch_div {
+                    b = b.touch_every(ttl / div);
+                }
+                if let Some(ms) = recheck_ms {
+                    b = b.recheck(Duration::from_millis(ms));
+                }
+                b.build().ok()
+            },
+        )
+}
+
+/// The child name [`zookeeper_reply`] puts in a listing for the machine's own node. The
+/// machine's node changes with every create, so a strategy cannot know it:
+/// [`zookeeper_reply_for`] puts the machine's current node in its place (or drops it when
+/// the machine has none).
+pub const ZK_OURS: &[u8] = b"\xfflucky-strategies:ours";
+
+/// `reply` as it reaches the machine at `now`, whose node is `ours`
+/// ([`ZkLock::node`](crate::zookeeper::ZkLock::node)): a drawn reply cannot know when it
+/// arrives, so each [`Session::until`] it carries is a length, counted from [`Instant::ZERO`];
+/// it becomes that long after `now` (saturating). A [`ZK_OURS`] child of a listing becomes
+/// `ours`, or goes when `ours` is `None`. Other replies are returned as they are.
+///
+/// A server that grants everything gets a lock held:
+///
+/// ```
+/// use lucky_core::strategies::{zookeeper_reply_for, Grant};
+/// use lucky_core::zookeeper::{Ensemble, ZkConfig, ZkLock};
+/// use lucky_core::{Duration, Instant, LockMachine, Output, State};
+///
+/// let cfg = ZkConfig::builder().ensemble(Ensemble::STANDALONE).build()?;
+/// let mut m = ZkLock::new(&cfg, b"job", &[7; 16], 1)?;
+/// let now = Instant::from_nanos(1_000_000_000);
+/// m.acquire(now)?;
+/// // The create, then the listing that shows our node alone.
+/// while let Some(Output::Transmit(t)) = m.poll_output() {
+///     let reply = zookeeper_reply_for(t.command.grant(30), now, m.node());
+///     m.handle_reply(now, t.node, t.op, reply);
+/// }
+/// // Proven for 30 × 100 ms from the listing's arrival.
+/// let valid_until = now + Duration::from_secs(3);
+/// assert_eq!(m.state(), State::Held { valid_until });
+/// # Ok::<(), lucky_core::UsageError>(())
+/// ```
+pub fn zookeeper_reply_for(
+    reply: crate::zookeeper::Reply,
+    now: Instant,
+    ours: Option<&[u8]>,
+) -> crate::zookeeper::Reply {
+    use crate::zookeeper::Reply as R;
+    let at = |s: Session| Session {
+        until: s.until.map(|u| now + (u - Instant::ZERO)),
+        ..s
+    };
+    match reply {
+        R::Created {
+            path,
+            czxid,
+            session,
+        } => R::Created {
+            path,
+            czxid,
+            session: at(session),
+        },
+        R::Children { names, session } => R::Children {
+            names: names
+                .into_iter()
+                .filter_map(|n| match &n[..] {
+                    ZK_OURS => ours.map(Bytes::copy_from_slice),
+                    _ => Some(n),
+                })
+                .collect(),
+            session: at(session),
+        },
+        R::Stat {
+            czxid,
+            ephemeral_owner,
+            session,
+        } => R::Stat {
+            czxid,
+            ephemeral_owner,
+            session: at(session),
+        },
+        other => other,
+    }
+}
+
+/// 16 bytes printed as a UUID, as Curator's protected prefix `_c_<uuid>-` shows them.
+fn zk_uuid(b: [u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&alloc::format!("{x:02x}"));
+    }
+    s
+}
+
+/// Sequence numbers: mostly small (0 to 63, so other contenders' nodes fall before and after
+/// a granted node of ours, numbered 1 to 60), sometimes near the 32-bit wrap or any `i32`
+/// (negative ones print as ZooKeeper prints them, `-000000005`).
+fn zk_seq() -> impl Strategy<Value = i32> {
+    prop_oneof![
+        8 => 0i32..64,
+        1 => (i32::MAX - 4)..=i32::MAX,
+        1 => i32::MIN..(i32::MIN + 4),
+        1 => any::<i32>(),
+    ]
+}
+
+/// Children no contender makes: no sequence, a sign or letter in it, 11 digits, beyond
+/// `i32`, a trailing `-` or `/`, another recipe's node (kazoo's read lock, a group member),
+/// nothing.
+const ZK_MALFORMED: &[&[u8]] = &[
+    b"lock-",
+    b"_c_x-lock-",
+    b"__lock__",
+    b"lock-12345678901",
+    b"lock-9999999999",
+    b"lock-00000000x1",
+    b"lock-+000000001",
+    b"lock--",
+    b"lock-0000000001-",
+    b"_c_x-lock-0000000001/",
+    b"__rlock__0000000001",
+    b"member-0000000001",
+    b"",
+];
+
+/// Names of other contenders' nodes and other children of a lock directory: Curator's
+/// protected nodes (`_c_<uuid>-lock-<seq>`), kazoo's (`<hex>__lock__<seq>`), unprotected
+/// ones (`lock-<seq>`), malformed names (no sequence, a bad or too long suffix, another
+/// recipe's node) and any bytes.
+fn zk_other_child() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        4 => (any::<[u8; 16]>(), zk_seq()).prop_map(|(id, seq)| {
+            Bytes::from(alloc::format!("_c_{}-lock-{seq:010}", zk_uuid(id)))
+        }),
+        3 => (any::<u128>(), zk_seq()).prop_map(|(id, seq)| {
+            Bytes::from(alloc::format!("{id:032x}__lock__{seq:010}"))
+        }),
+        1 => zk_seq().prop_map(|seq| Bytes::from(alloc::format!("lock-{seq:010}"))),
+        2 => proptest::sample::select(ZK_MALFORMED).prop_map(Bytes::from_static),
+        1 => proptest::collection::vec(any::<u8>(), 0..16).prop_map(Bytes::from),
+    ]
+}
+
+/// Sessions a reply may report: mostly [`ZK_SESSION`] (the one granted answers run in),
+/// sometimes another of ours (a new session after an expiry the driver did not report) or
+/// any id (zero, negative); timeouts mostly up to 60 s, sometimes zero or absurd; proofs
+/// mostly 0 to 5 s long, sometimes none yet, zero, up to a year, or endless (lengths:
+/// [`zookeeper_reply_for`] counts them from the arrival).
+fn zk_session() -> impl Strategy<Value = Session> {
+    (
+        prop_oneof![8 => Just(ZK_SESSION), 1 => 2i64..4, 1 => any::<i64>()],
+        prop_oneof![
+            6 => (1u64..60_000).prop_map(Duration::from_millis),
+            1 => Just(Duration::ZERO),
+            1 => any::<u64>().prop_map(Duration::from_secs),
+        ],
+        prop_oneof![
+            2 => Just(None),
+            6 => (0u64..5_000).prop_map(|ms| Some(Instant::ZERO + Duration::from_millis(ms))),
+            1 => Just(Some(Instant::ZERO)),
+            1 => (0u64..=365 * 24 * 3600).prop_map(|s| Some(Instant::ZERO + Duration::from_secs(s))),
+            1 => Just(Some(Instant::MAX)),
+        ],
+    )
+        .prop_map(|(id, timeout, until)| Session { id, timeout, until })
+}
+
+/// Replies a ZooKeeper ensemble (through the driver's session) might send to any request.
+/// Listings, weighted up, hold the machine's own node ([`ZK_OURS`]: pass the reply through
+/// [`zookeeper_reply_for`]) among other contenders' nodes before and after it and malformed
+/// children, or hold only others. Reads find a node with a small czxid (often the one a
+/// granted create gave ours) owned by [`ZK_SESSION`], another session or none (a persistent
+/// node), or a zxid of zero or below (garbage). Creates answer with a node that is never the
+/// machine's own (a strategy cannot know its protected id): another contender's name, a
+/// malformed one, a path outside the lock directory or no path at all, with any zxid. Every
+/// session-carrying reply may come from another session or with another timeout. Also:
+/// watches answered, deletes done, `NONODE`, `SESSIONEXPIRED`, error replies (ZooKeeper's
+/// and any text), and unknown outcomes (connection loss, timeouts).
+pub fn zookeeper_reply() -> impl Strategy<Value = crate::zookeeper::Reply> {
+    use crate::zookeeper::Reply as R;
+    let czxid = || prop_oneof![8 => 1i64..64, 1 => Just(0i64), 1 => any::<i64>()];
+    let dir = prop_oneof![
+        2 => Just("/lucky/orders/nightly/"),
+        1 => Just("/lucky/job/"),
+        1 => Just("/other/dir/"),
+        1 => Just("/"),
+        1 => Just(""),
+    ];
+    let path = (dir, zk_other_child()).prop_map(|(dir, name)| {
+        let mut p = Vec::with_capacity(dir.len() + name.len());
+        p.extend_from_slice(dir.as_bytes());
+        p.extend_from_slice(&name);
+        Bytes::from(p)
+    });
+    let child = prop_oneof![
+        2 => Just(Bytes::from_static(ZK_OURS)),
+        3 => zk_other_child(),
+    ];
+    let owner = prop_oneof![
+        6 => Just(ZK_SESSION),
+        1 => Just(0i64),
+        1 => 2i64..4,
+        1 => any::<i64>(),
+    ];
+    prop_oneof![
+        3 => (path, czxid(), zk_session())
+            .prop_map(|(path, czxid, session)| R::Created { path, czxid, session }),
+        3 => (proptest::collection::vec(zk_other_child(), 0..4), zk_session()).prop_map(
+            |(mut names, session)| {
+                names.push(Bytes::from_static(ZK_OURS));
+                R::Children { names, session }
+            }
+        ),
+        2 => (proptest::collection::vec(child, 0..6), zk_session())
+            .prop_map(|(names, session)| R::Children { names, session }),
+        4 => (czxid(), owner, zk_session()).prop_map(|(czxid, ephemeral_owner, session)| {
+            R::Stat { czxid, ephemeral_owner, session }
+        }),
+        2 => Just(R::Deleted),
+        2 => Just(R::Done),
+        2 => Just(R::NoNode),
+        1 => Just(R::SessionExpired),
+        1 => proptest::sample::select(&["BADVERSION", "NOAUTH", "NOTEMPTY", "NODEEXISTS"][..])
+            .prop_map(|e| R::Error(e.into())),
+        1 => any::<String>().prop_map(R::Error),
+        2 => Just(R::Unavailable("connection loss".into())),
+        1 => Just(R::Unavailable("no answer within the request timeout".into())),
     ]
 }

@@ -147,7 +147,9 @@ pub fn sequence(name: &[u8]) -> Option<i32> {
         return None;
     }
     let mut end = name.len() - digits;
-    let negative = end > 0 && name[end - 1] == b'-' && name[..end - 1].ends_with(b"lock-");
+    let negative = end > 0
+        && name[end - 1] == b'-'
+        && (name[..end - 1].ends_with(b"lock-") || name[..end - 1].ends_with(b"__lock__"));
     if negative {
         end -= 1;
     }

@@ -180,6 +180,9 @@ fn the_queue_keeps_its_order_across_the_sequence_wrap() {
     b.acquire(ms(1)).unwrap();
     assert_eq!(fence(&run(&mut b, &mut z, 2, ms(1))), None);
     assert_eq!(sequence(b"_c_x-lock--2147483648"), Some(i32::MIN));
+    // kazoo's nodes past the wrap too.
+    assert_eq!(sequence(b"abc__lock__-0000000005"), Some(-5));
+    assert_eq!(sequence(b"abc__lock__0000000005"), Some(5));
     assert!(before(i32::MAX, i32::MIN));
 }
 
