@@ -21,6 +21,9 @@ use crate::{Error, Guard};
 /// A future borrowed from a client.
 pub type LockFuture<'a, T = Result<Guard, Error>> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Default bound on acquisitions in their first attempt per client ([`Builder::max_in_flight`]).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
 /// Settings of one lock: the lease every protocol shares, and the backend's own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options<E> {
@@ -69,6 +72,7 @@ impl<C: sealed::Client> Backend for C {}
 pub struct Builder<B: Backend> {
     pub(crate) targets: Vec<String>,
     pub(crate) connect_timeout: Duration,
+    pub(crate) max_in_flight: usize,
     pub(crate) defaults: Options<B::Extra>,
     pub(crate) setup: B::Setup,
 }
@@ -78,6 +82,7 @@ impl<B: Backend> Clone for Builder<B> {
         Builder {
             targets: self.targets.clone(),
             connect_timeout: self.connect_timeout,
+            max_in_flight: self.max_in_flight,
             defaults: self.defaults.clone(),
             setup: self.setup.clone(),
         }
@@ -90,6 +95,7 @@ impl<B: Backend> fmt::Debug for Builder<B> {
         f.debug_struct("Builder")
             .field("targets", &targets)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_in_flight", &self.max_in_flight)
             .field("defaults", &self.defaults)
             .field("setup", &self.setup)
             .finish()
@@ -105,6 +111,7 @@ impl<B: Backend> Builder<B> {
         Builder {
             targets: targets.into_iter().map(|t| t.as_ref().to_owned()).collect(),
             connect_timeout: Duration::from_secs(2),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             defaults: Options {
                 lease: Lease::default(),
                 extra: B::default_extra(),
@@ -142,6 +149,16 @@ impl<B: Backend> Builder<B> {
     /// How long connecting to one node may take (default 2 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+    /// At most this many acquisitions of this client have sent their first requests without
+    /// an answer yet (default 64; Redis and etcd clients). More wait for a slot, in order of
+    /// asking, before their machine starts: a burst of thousands of acquisitions is served at
+    /// the pace the servers answer instead of timing out in the client's own queue. A request
+    /// waits for a slot at most its `wait`; one that does not wait for the lock waits for a
+    /// slot as long as it takes (drop its future to give up).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
         self
     }
     /// Validates the targets and settings, then connects (to every node at once).

@@ -48,6 +48,10 @@ pub(crate) trait Transport: Send + Sync + 'static {
     }
     /// The client's background tasks, so `close()` can wait for them.
     fn tasks(&self) -> &Arc<Tasks>;
+    /// The client's bound on acquisitions in their first attempt, if it has one.
+    fn gate(&self) -> Option<&Gate> {
+        None
+    }
     /// A source of "the lock may be free now" hints for `channel`, if the backend has one.
     fn subscribe(self: &Arc<Self>, _channel: Vec<u8>) -> BoxFuture<Option<Subscription>> {
         Box::pin(async { None })
@@ -109,6 +113,54 @@ impl Drop for TaskToken {
     }
 }
 
+/// Back-pressure: at most `size` acquisitions of one client have sent their first requests
+/// and heard nothing back yet. An acquisition takes a slot before its machine starts, so its
+/// round's timeouts start when its commands can go out at once instead of while they queue
+/// behind thousands of others, and gives it back at the first answer (or outcome): new
+/// acquisitions start at the pace answers come back, like a window, and one queued behind a
+/// holder (waiting on a watch, or between attempts) holds no slot. Slots are granted in
+/// order of asking.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    size: usize,
+}
+
+impl Gate {
+    /// A gate of `size` slots (at least one).
+    pub(crate) fn new(size: usize) -> Gate {
+        let size = size.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Gate {
+            slots: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// Waits for a slot: as long as the request's `wait` allows, without end for a request
+    /// that does not wait for the lock (work accepted is queued, not failed; dropping the
+    /// future gives up).
+    async fn enter(
+        &self,
+        wait: lucky_core::Wait,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let slot = self.slots.clone().acquire_owned();
+        let bound = match wait {
+            lucky_core::Wait::For(d) => Some(d),
+            _ => None,
+        };
+        let got = match bound {
+            Some(d) => tokio::time::timeout(d, slot)
+                .await
+                .map_err(|_| Error::Overloaded {
+                    in_flight: self.size,
+                    waited: d,
+                })?,
+            None => slot.await,
+        };
+        got.map_err(|_| Error::DriverGone)
+    }
+}
+
 /// Hints that a lock may have been released; unsubscribes when dropped.
 pub(crate) struct Subscription {
     pub notify: Arc<tokio::sync::Notify>,
@@ -136,6 +188,7 @@ pub(crate) fn acquire<M, T>(
     clock: Clock,
     name: String,
     recycle: Option<Recycle<M>>,
+    wait: lucky_core::Wait,
 ) -> impl Future<Output = Result<Guard, Error>> + Send + 'static
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
@@ -160,8 +213,16 @@ where
         recycle,
         span,
         releasing: false,
+        slot: None,
+        heard: false,
+        entering: None,
     });
     async move {
+        let mut driver = driver;
+        if let Some(gate) = driver.transport.gate() {
+            // Before the machine starts: nothing sent yet, nothing to clean up.
+            driver.slot = Some(gate.enter(wait).await?);
+        }
         let mut pending = Pending(Some(driver));
         let started = pending.0.as_mut().map(|d| d.machine.acquire(d.clock.now()));
         if let Some(Err(usage)) = started {
@@ -280,6 +341,18 @@ where
         let span = self.span.clone();
         let _entered = span.enter();
         if !self.releasing {
+            // A slot of the client's gate first: a burst of releases goes out at the pace
+            // answers come back, like acquisitions, instead of timing out in the queue.
+            if self.slot.is_none() {
+                if let Some(gate) = self.transport.gate() {
+                    let slots = gate.slots.clone();
+                    let entering = self.entering.get_or_insert_with(|| {
+                        Box::pin(async move { slots.acquire_owned().await.ok() })
+                    });
+                    self.slot = std::task::ready!(entering.as_mut().poll(cx));
+                    self.entering = None;
+                }
+            }
             // First what arrived while nobody drove the machine, then the release.
             if let Poll::Ready(Some(first)) = poll_ready_reply(&mut self.inflight, cx) {
                 self.feed(first, cx);
@@ -289,6 +362,7 @@ where
         }
         loop {
             if let Step::Released(nodes) = std::task::ready!(self.poll_step(cx)) {
+                self.slot = None;
                 return Poll::Ready(nodes);
             }
         }
@@ -338,6 +412,12 @@ struct Driver<M, T: Transport> {
     span: tracing::Span,
     /// An inline release has been asked of the machine.
     releasing: bool,
+    /// The acquisition's slot in the client's [`Gate`], until a server first answers it.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A reply has been fed to the machine.
+    heard: bool,
+    /// Waiting for a slot of the gate before an inline release.
+    entering: Option<BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 impl<M, T> Driver<M, T>
@@ -363,6 +443,7 @@ where
         if !self.answered.is_empty() {
             // Answered at once: read now, after the whole batch went out.
             let now = self.clock.now();
+            self.heard = true;
             while let Some((node, op, reply)) = self.answered.pop_front() {
                 self.machine.handle_reply(now, node, op, reply);
             }
@@ -416,11 +497,27 @@ where
         Poll::Ready(())
     }
 
+    /// Waits for a slot of the client's gate (if it has one) before a release: a burst of
+    /// releases goes out at the pace answers come back.
+    async fn take_slot(&mut self) {
+        if self.slot.is_none() {
+            if let Some(gate) = self.transport.gate() {
+                self.slot = gate.slots.clone().acquire_owned().await.ok();
+            }
+        }
+    }
+
     /// Drives the machine until it holds the lock (its fence) or gives up.
     async fn acquire_inline(&mut self) -> Result<Option<Fence>, LockError> {
         tracing::debug!("acquiring");
         loop {
-            match std::future::poll_fn(|cx| self.poll_step(cx)).await {
+            let step = std::future::poll_fn(|cx| self.poll_step(cx)).await;
+            if self.slot.is_some() && (self.heard || self.machine.state() != State::Acquiring) {
+                // A server answered, or the attempt has an outcome: the next acquisition may
+                // start (a queued one may wait long on a watch; it must not hold a slot).
+                self.slot = None;
+            }
+            match step {
                 Step::Acquired(fence) => {
                     // Hints serve only the acquisition.
                     self.subscribing = None;
@@ -439,6 +536,7 @@ where
     fn feed(&mut self, first: (NodeId, OpId, T::Reply), cx: &mut Context<'_>) {
         let now = self.clock.now();
         let (node, op, reply) = first;
+        self.heard = true;
         self.machine.handle_reply(now, node, op, reply);
         while let Poll::Ready(Some((node, op, reply))) = poll_ready_reply(&mut self.inflight, cx) {
             self.machine.handle_reply(now, node, op, reply);
@@ -486,6 +584,7 @@ where
                 biased;
                 step = std::future::poll_fn(|cx| self.poll_step(cx)) => match step {
                     Step::Released(nodes) => {
+                        self.slot = None;
                         answer(&mut extending, || Err(Error::Lost));
                         // Released and nobody can ask anything more: hand the machine back
                         // before answering, so the caller's next acquisition finds it;
@@ -514,6 +613,7 @@ where
                 c = ctl.recv(), if guard_open => match c {
                     Some(Control::Release(w)) => {
                         waiters.push(w);
+                        self.take_slot().await;
                         let _ = self.machine.release(self.clock.now());
                     }
                     Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
@@ -528,6 +628,7 @@ where
                     None => {
                         // The guard was dropped: release in the background.
                         guard_open = false;
+                        self.take_slot().await;
                         let _ = self.machine.release(self.clock.now());
                     }
                 },

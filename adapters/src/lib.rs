@@ -57,7 +57,9 @@ mod session_family;
 pub mod zookeeper;
 
 #[cfg(feature = "client")]
-pub use client::{Backend, Builder, LockFuture, LockRequest, Locker, WaitFor};
+pub use client::{
+    Backend, Builder, LockFuture, LockRequest, Locker, WaitFor, DEFAULT_MAX_IN_FLIGHT,
+};
 #[cfg(feature = "client")]
 pub use driver::Guard;
 
@@ -146,6 +148,15 @@ pub enum Error {
     /// The background driver stopped (the runtime is shutting down).
     #[error("the lock driver stopped")]
     DriverGone,
+    /// The client already runs as many first attempts as it allows (`max_in_flight`) and no
+    /// slot came free within the request's wait.
+    #[error("client busy: {in_flight} acquisitions already in their first attempt, none done within the wait of {waited:?} (raise max_in_flight or the wait)")]
+    Overloaded {
+        /// The client's bound.
+        in_flight: usize,
+        /// How long this request waited for a slot.
+        waited: std::time::Duration,
+    },
 }
 
 #[cfg(feature = "client")]
@@ -157,7 +168,7 @@ impl Error {
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::Lock(e) => lock_error_kind(e),
             Error::Lost => ErrorKind::Lost,
-            Error::Random(_) | Error::DriverGone => ErrorKind::Local,
+            Error::Random(_) | Error::DriverGone | Error::Overloaded { .. } => ErrorKind::Local,
         }
     }
     /// Whether someone else holds the lock.

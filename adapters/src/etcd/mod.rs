@@ -70,6 +70,30 @@ fn config(o: &Options<()>) -> Result<EtcdConfig, lucky_core::UsageError> {
 /// Idle machines (with their leases) by lock name, for the next acquisition.
 type Pool = Mutex<BTreeMap<String, Vec<(Options<()>, EtcdLock)>>>;
 
+/// Revokes `leases` on `client`, 32 at a time; whether every revoke was answered (a lease
+/// already gone counts as answered).
+async fn revoke_all(leases: Vec<i64>, client: Client) -> bool {
+    let mut all = true;
+    for chunk in leases.chunks(32) {
+        let mut set = tokio::task::JoinSet::new();
+        for &lease in chunk {
+            let mut c = client.clone();
+            set.spawn(async move { c.lease_revoke(lease).await });
+        }
+        while let Some(r) = set.join_next().await {
+            all &= match r {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.to_string().contains("requested lease not found"),
+                Err(_) => false,
+            };
+        }
+    }
+    all
+}
+
+/// How long the revoke of a lease no machine keeps may take.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most idle machines kept per name and in all.
 const POOL_PER_NAME: usize = 16;
 const POOL_TOTAL: usize = 4096;
@@ -143,7 +167,24 @@ impl Etcd {
     /// every guard: a held lock's keepalive task runs until it is released) so that nothing
     /// this process wrote outlives it. Returns whether everything finished in time.
     pub async fn close(&self, timeout: Duration) -> bool {
-        client::close(self, timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let done = client::close(self, timeout).await;
+        // Idle machines kept for the next acquisition of their name hold leases of their own:
+        // revoke them (a few at a time), so none outlives the process.
+        let leases: Vec<i64> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *pool)
+                .into_values()
+                .flatten()
+                .filter_map(|(_, m)| m.lease())
+                .collect()
+        };
+        let client = self.client();
+        let revokes = revoke_all(leases, client);
+        let revoked = tokio::time::timeout_at(deadline, revokes)
+            .await
+            .unwrap_or(false);
+        done && revoked
     }
 
     /// An etcd-client connection to a member that answered (the preferred one when it is
@@ -250,6 +291,7 @@ impl sealed::Client for Etcd {
                 .collect(),
             health: Mutex::new(Endpoints::new(b.targets.len(), FAILED_COOLDOWN)),
             tasks: Arc::default(),
+            gate: driver::Gate::new(b.max_in_flight),
             opts,
             endpoints,
             clock,
@@ -328,15 +370,32 @@ impl sealed::Client for Etcd {
                 EtcdLock::new(&cfg, name.as_bytes(), u64::from_le_bytes(seed))?
             }
         };
+        let wait = options.lease.wait;
         let pool = Arc::downgrade(&self.pool);
         let (key, options) = (name.clone(), options.clone());
+        let (cluster, first) = (self.cluster.clone(), self.first.clone());
         let recycle: driver::Recycle<EtcdLock> = Box::new(move |m| {
-            let Some(pool) = pool.upgrade() else { return };
-            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-            let total: usize = pool.values().map(Vec::len).sum();
-            let idle = pool.entry(key).or_default();
-            if idle.len() < POOL_PER_NAME && total < POOL_TOTAL {
-                idle.push((options, m));
+            let m = match pool.upgrade() {
+                Some(pool) => {
+                    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+                    let total: usize = pool.values().map(Vec::len).sum();
+                    let idle = pool.entry(key).or_default();
+                    if idle.len() < POOL_PER_NAME && total < POOL_TOTAL {
+                        idle.push((options, m));
+                        return;
+                    }
+                    m
+                }
+                None => m,
+            };
+            // Not kept: its lease goes now, not at its ttl (close() waits for the revoke).
+            if let (Some(lease), Ok(rt)) = (m.lease(), tokio::runtime::Handle::try_current()) {
+                let token = cluster.tasks.enter();
+                let mut client = cluster.any_client(&first);
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(REVOKE_TIMEOUT, client.lease_revoke(lease)).await;
+                    drop(token);
+                });
             }
         });
         let transport = Arc::new(Route {
@@ -349,6 +408,7 @@ impl sealed::Client for Etcd {
             self.clock,
             name,
             Some(recycle),
+            wait,
         )))
     }
 

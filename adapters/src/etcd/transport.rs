@@ -45,6 +45,8 @@ pub(super) struct Cluster {
     pub(super) clock: Clock,
     /// Background tasks of every lock of this client, for `Etcd::close`.
     pub(super) tasks: Arc<driver::Tasks>,
+    /// First attempts in flight on the client's connection, at most.
+    pub(super) gate: driver::Gate,
 }
 
 /// One lock's way to the cluster: a request's tries across members fit in the machine's own
@@ -60,6 +62,10 @@ impl Transport for Route {
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
         &self.cluster.tasks
+    }
+
+    fn gate(&self) -> Option<&driver::Gate> {
+        Some(&self.cluster.gate)
     }
 
     fn send(

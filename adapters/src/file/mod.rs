@@ -191,6 +191,7 @@ impl sealed::Client for Files {
             self.clock,
             name,
             None,
+            options.lease.wait,
         )))
     }
 

@@ -161,7 +161,12 @@ impl sealed::Client for Memory {
             waiter: AtomicU64::new(0),
         });
         Ok(Box::pin(driver::acquire(
-            machine, transport, self.clock, name, None,
+            machine,
+            transport,
+            self.clock,
+            name,
+            None,
+            options.lease.wait,
         )))
     }
 

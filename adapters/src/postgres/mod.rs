@@ -219,12 +219,18 @@ impl sealed::Client for Postgres {
                 self.clock,
                 name,
                 None,
+                options.lease.wait,
             )));
         }
         let machine = lease_family::machine(&lease_family::config(options)?, &name)?;
         let transport = Arc::new(Route::new(self.db.clone()));
         Ok(Box::pin(driver::acquire(
-            machine, transport, self.clock, name, None,
+            machine,
+            transport,
+            self.clock,
+            name,
+            None,
+            options.lease.wait,
         )))
     }
 

@@ -212,7 +212,7 @@ impl sealed::Client for Redis {
         let displays: Vec<&str> = nodes.iter().map(|n| n.display.as_str()).collect();
         let needed = RedLockConfig::builder().nodes(&displays).build()?.quorum();
         config(&b.defaults, nodes.len())?;
-        let nodes = Arc::new(Nodes::new(nodes));
+        let nodes = Arc::new(Nodes::new(nodes, b.max_in_flight));
         // Every node at once: dead nodes cost one connect timeout in all, not one each.
         let mut probes = tokio::task::JoinSet::new();
         for i in 0..nodes.nodes.len() {
@@ -273,6 +273,7 @@ impl sealed::Client for Redis {
             self.clock,
             name,
             None,
+            options.lease.wait,
         )))
     }
 

@@ -25,14 +25,17 @@ pub(super) struct Nodes {
     pub(super) nodes: Vec<Node>,
     wake: Arc<Wake>,
     pub(super) tasks: Arc<driver::Tasks>,
+    /// Rounds in flight on the node connections, at most.
+    gate: driver::Gate,
 }
 
 impl Nodes {
-    pub(super) fn new(nodes: Vec<Node>) -> Nodes {
+    pub(super) fn new(nodes: Vec<Node>, max_in_flight: usize) -> Nodes {
         Nodes {
             nodes,
             wake: Arc::default(),
             tasks: Arc::default(),
+            gate: driver::Gate::new(max_in_flight),
         }
     }
 }
@@ -323,6 +326,10 @@ impl Transport for Nodes {
 
     fn tasks(&self) -> &Arc<driver::Tasks> {
         &self.tasks
+    }
+
+    fn gate(&self) -> Option<&driver::Gate> {
+        Some(&self.gate)
     }
 
     fn subscribe(self: &Arc<Self>, channel: Vec<u8>) -> driver::BoxFuture<Option<Subscription>> {

@@ -255,7 +255,12 @@ impl sealed::Client for ZooKeeper {
         let clock = shared.clock;
         let transport = Arc::new(Route { shared });
         Ok(Box::pin(driver::acquire(
-            machine, transport, clock, name, None,
+            machine,
+            transport,
+            clock,
+            name,
+            None,
+            options.lease.wait,
         )))
     }
 

@@ -1,0 +1,312 @@
+//! Many locks in one process: a burst of `LUCKY_SCALE_LOCKS` (default 10 000) acquisitions on
+//! distinct names, all started at once with `no_wait`, on the five Redis nodes and on the etcd
+//! member of `scripts/services.sh start`; against the floor, the raw commands of the same burst
+//! sent concurrently over one connection per server. Reports failures, burst time, memory per
+//! held lock (resident set growth while they are held), CPU per held lock per second while
+//! auto-extension keeps them (`LUCKY_SCALE_HOLD_SECS`, default 0: skipped), and what is left
+//! on the servers after the process released everything and closed its client.
+//! Run: `cargo run --release -p lucky-tests --bin scale-bench`. The last line is a summary.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use lucky::etcd::Etcd;
+use lucky::redis::Redis;
+use lucky::Guard;
+use lucky_tests::bench::process_cpu;
+use lucky_tests::servers::redis_urls;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The client's bound on first attempts in flight: `LUCKY_SCALE_MAX_IN_FLIGHT`, else the
+/// default.
+fn max_in_flight() -> usize {
+    env_num(
+        "LUCKY_SCALE_MAX_IN_FLIGHT",
+        lucky::DEFAULT_MAX_IN_FLIGHT as u64,
+    ) as usize
+}
+
+/// The resident set of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// What one backend's burst showed.
+#[derive(Debug, Default)]
+struct Burst {
+    floor: Duration,
+    took: Duration,
+    failed: usize,
+    first_error: Option<String>,
+    bytes_per_lock: f64,
+    cpu_per_lock_sec: Option<Duration>,
+    left: usize,
+}
+
+impl Burst {
+    fn line(&self, backend: &str, n: usize) -> String {
+        format!(
+            "{backend}: {n} no_wait acquisitions at once: {} failed{}, {:?} ({:.2}x the floor's {:?}); {:.0} bytes per held lock{}; lock keys and leases left on the server after release and close: {}",
+            self.failed,
+            self.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first: {e})")),
+            self.took,
+            self.took.as_secs_f64() / self.floor.as_secs_f64().max(1e-9),
+            self.floor,
+            self.bytes_per_lock,
+            self.cpu_per_lock_sec
+                .map_or(String::new(), |c| format!(", CPU {c:?} per held lock per second of auto-extension")),
+            self.left
+        )
+    }
+}
+
+/// Starts every acquisition of `names` at once on `lock`; returns the guards, the failures
+/// (with the first error) and the time until all had resolved.
+async fn burst<F, Fut>(names: &[String], lock: F) -> (Vec<Guard>, usize, Option<String>, Duration)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Guard, lucky::Error>> + Send + 'static,
+{
+    let start = Instant::now();
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| tokio::spawn(lock(n.clone())))
+        .collect();
+    let (mut guards, mut failed, mut first) = (Vec::with_capacity(names.len()), 0, None);
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(g) => guards.push(g),
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    (guards, failed, first, start.elapsed())
+}
+
+/// Holds `guards` for `secs` while auto-extension runs; the process CPU per lock per second.
+async fn hold(guards: &[Guard], secs: u64) -> Option<Duration> {
+    if secs == 0 || guards.is_empty() {
+        return None;
+    }
+    let cpu0 = process_cpu()?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let held = guards.iter().filter(|g| g.is_held()).count();
+    assert_eq!(held, guards.len(), "locks lost while held");
+    let cpu = process_cpu()?.saturating_sub(cpu0);
+    Some(cpu / u32::try_from(guards.len() as u64 * secs).unwrap_or(u32::MAX))
+}
+
+async fn release_all(guards: Vec<Guard>) {
+    let handles: Vec<_> = guards
+        .into_iter()
+        .map(|g| tokio::spawn(async move { g.release().await }))
+        .collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
+    let urls = redis_urls();
+    let pid = std::process::id();
+    let mut conns = Vec::new();
+    for u in &urls {
+        let c = redis::Client::open(u.as_str()).unwrap();
+        conns.push(c.get_multiplexed_async_connection().await.unwrap());
+    }
+    // The floor: SET NX PX of every name on every node, all at once, one connection per node.
+    let names: Vec<String> = (0..n).map(|i| format!("scale-floor/{pid}/{i}")).collect();
+    let start = Instant::now();
+    let sets: Vec<_> = names
+        .iter()
+        .flat_map(|name| {
+            conns.iter().map(move |c| {
+                let (mut c, name) = (c.clone(), name.clone());
+                tokio::spawn(async move {
+                    let _: redis::Value = redis::cmd("SET")
+                        .arg(&name)
+                        .arg("t")
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                })
+            })
+        })
+        .collect();
+    for s in sets {
+        s.await.unwrap();
+    }
+    let floor = start.elapsed();
+
+    let locks = Redis::builder(&urls)
+        .ttl(ttl)
+        .max_in_flight(max_in_flight())
+        .connect()
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
+    let before = rss();
+    let (guards, failed, first_error, took) = burst(&names, |name| {
+        let l = locks.clone();
+        async move { l.lock(name).no_wait().await }
+    })
+    .await;
+    let bytes_per_lock = rss().saturating_sub(before) as f64 / guards.len().max(1) as f64;
+    let cpu_per_lock_sec = hold(&guards, hold_secs).await;
+    release_all(guards).await;
+    locks.close(Duration::from_secs(30)).await;
+    let mut left = 0;
+    for c in &mut conns {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*scale/{pid}/*"))
+            .query_async(c)
+            .await
+            .unwrap();
+        // Fence counters stay by design (fences never restart); lock keys must not.
+        left += keys.iter().filter(|k| !k.ends_with(":lucky-fence")).count();
+    }
+    Burst {
+        floor,
+        took,
+        failed,
+        first_error,
+        bytes_per_lock,
+        cpu_per_lock_sec,
+        left,
+    }
+}
+
+async fn etcd_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
+    let endpoint = std::env::var("LUCKY_ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+    let mut raw = etcd_client::Client::connect([&endpoint], None)
+        .await
+        .unwrap();
+    let pid = std::process::id();
+    let leases_before = raw.leases().await.unwrap().leases().len();
+    // The floor: the taking Txn of every name on one shared lease, one client, at most 256
+    // in flight (all at once, etcd refuses with "too many requests" once its applied index
+    // lags 5 000 entries behind).
+    let lease = raw.lease_grant(60, None).await.unwrap().id();
+    let start = Instant::now();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let txns: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = raw.clone();
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await.unwrap();
+                let key = format!("scale-floor/{pid}/{i}/{lease:x}");
+                let t = Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        "",
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                c.txn(t).await.unwrap();
+            })
+        })
+        .collect();
+    for t in txns {
+        t.await.unwrap();
+    }
+    let floor = start.elapsed();
+    raw.lease_revoke(lease).await.unwrap();
+
+    let locks = Etcd::builder([&endpoint])
+        .ttl(ttl)
+        .max_in_flight(max_in_flight())
+        .connect()
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
+    let before = rss();
+    let (guards, failed, first_error, took) = burst(&names, |name| {
+        let l = locks.clone();
+        async move { l.lock(name).no_wait().await }
+    })
+    .await;
+    let bytes_per_lock = rss().saturating_sub(before) as f64 / guards.len().max(1) as f64;
+    let cpu_per_lock_sec = hold(&guards, hold_secs).await;
+    release_all(guards).await;
+    locks.close(Duration::from_secs(30)).await;
+    drop(locks);
+    let keys = raw
+        .get(
+            format!("scale/{pid}/"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    let leases = raw
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .len()
+        .saturating_sub(leases_before);
+    println!("etcd after release and close: {keys} keys under scale/{pid}/, {leases} more leases than before the run");
+    Burst {
+        floor,
+        took,
+        failed,
+        first_error,
+        bytes_per_lock,
+        cpu_per_lock_sec,
+        left: usize::try_from(keys).unwrap_or(0) + leases,
+    }
+}
+
+fn main() {
+    lucky_tests::bench::runtime().block_on(run());
+}
+
+async fn run() {
+    let n = env_num("LUCKY_SCALE_LOCKS", 10_000) as usize;
+    let hold_secs = env_num("LUCKY_SCALE_HOLD_SECS", 0);
+    let ttl = Duration::from_secs(env_num("LUCKY_SCALE_TTL_SECS", 6));
+    println!(
+        "many locks in one process: {n} names, ttl {ttl:?}, max_in_flight {}",
+        max_in_flight()
+    );
+    let r = redis_burst(n, hold_secs, ttl).await;
+    println!("{}", r.line("redis (5 nodes)", n));
+    let e = etcd_burst(n, hold_secs, ttl).await;
+    println!("{}", e.line("etcd (1 member)", n));
+    println!(
+        "summary locks={n} redis_failed={} redis_burst_ms={:.0} redis_floor_ms={:.0} redis_vs_floor={:.2} redis_bytes_per_lock={:.0} redis_left={} etcd_failed={} etcd_burst_ms={:.0} etcd_floor_ms={:.0} etcd_vs_floor={:.2} etcd_bytes_per_lock={:.0} etcd_left={}",
+        r.failed,
+        r.took.as_secs_f64() * 1e3,
+        r.floor.as_secs_f64() * 1e3,
+        r.took.as_secs_f64() / r.floor.as_secs_f64().max(1e-9),
+        r.bytes_per_lock,
+        r.left,
+        e.failed,
+        e.took.as_secs_f64() * 1e3,
+        e.floor.as_secs_f64() * 1e3,
+        e.took.as_secs_f64() / e.floor.as_secs_f64().max(1e-9),
+        e.bytes_per_lock,
+        e.left
+    );
+}
