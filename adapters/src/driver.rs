@@ -1015,3 +1015,24 @@ impl Guard {
         self.link.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(all(test, not(lucky_loom)))]
+mod gate_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_slot_at_most_its_wait() {
+        let gate = Gate::new(1);
+        let held = gate.enter(lucky_core::Wait::None).await.unwrap();
+        let wait = std::time::Duration::from_millis(20);
+        let err = gate.enter(lucky_core::Wait::For(wait)).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Overloaded { in_flight: 1, waited } if waited == wait),
+            "{err}"
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::Local);
+        // A slot given back is free for the next request.
+        drop(held);
+        assert!(gate.enter(lucky_core::Wait::For(wait)).await.is_ok());
+    }
+}

@@ -556,3 +556,58 @@ async fn close_waits_for_the_releases_of_dropped_guards() {
     held.release().await.unwrap();
     assert!(locks.close(Duration::from_secs(5)).await);
 }
+
+/// Back-pressure: a burst of 10 000 `no_wait` acquisitions on distinct names, all started at
+/// once on one client, all succeed (without the client's bound on first attempts in flight,
+/// nearly all of them timed out in the client's own queue); released and closed, no lock key
+/// is left on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ten_thousand_acquisitions_is_served_not_failed() {
+    let Some((urls, _)) = setup().await else {
+        return;
+    };
+    let locks = Redis::builder(&urls)
+        .ttl(Duration::from_secs(6))
+        .fencing(false)
+        .connect()
+        .await
+        .unwrap();
+    let prefix = unique("burst");
+    let handles: Vec<_> = (0..10_000)
+        .map(|i| {
+            let (l, name) = (locks.clone(), format!("{prefix}/{i}"));
+            tokio::spawn(async move { l.lock(name).no_wait().await })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    let mut failed = Vec::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(g) => guards.push(g),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(guards.iter().all(lucky::Guard::is_held));
+    let releases: Vec<_> = guards
+        .into_iter()
+        .map(|g| tokio::spawn(async move { g.release().await }))
+        .collect();
+    for r in releases {
+        r.await.unwrap().unwrap();
+    }
+    assert!(locks.close(Duration::from_secs(30)).await);
+    for u in &urls {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}/*"))
+            .query_async(&mut raw(u).await)
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{u}: {} keys left", keys.len());
+    }
+}
