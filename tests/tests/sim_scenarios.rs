@@ -124,6 +124,8 @@ scenario_tests! {
     zk_contention => "zk-contention",
     zk_reply_stall => "zk-reply-stall",
     zk_predecessor_crash => "zk-predecessor-crash",
+    zk_stale_ephemeral => "zk-stale-ephemeral",
+    zk_release_lost => "zk-release-lost",
     zk_random_chaos => "zk-random-chaos",
 }
 

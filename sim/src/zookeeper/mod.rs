@@ -26,6 +26,8 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "zk-contention", about: "ZooKeeper: five contenders with short waits give up inside the queue", draw: scenarios::contention },
     Scenario { name: "zk-reply-stall", about: "ZooKeeper: answers to a client stall by a third of the session timeout, then its requests are cut", draw: scenarios::reply_stall },
     Scenario { name: "zk-predecessor-crash", about: "ZooKeeper: queued clients and holders crash for good; their nodes stay until their sessions expire", draw: scenarios::predecessor_crash },
+    Scenario { name: "zk-stale-ephemeral", about: "ZooKeeper: a client's answers cut past its session through a lagging follower; the new session lists the old session's node", draw: scenarios::stale_ephemeral },
+    Scenario { name: "zk-release-lost", about: "ZooKeeper: answers cut for a fifth of the session timeout, often, under short holds: releases meet connection loss", draw: scenarios::release_lost },
     Scenario { name: "zk-random-chaos", about: "ZooKeeper: client cuts, lost and slow messages, the follower losing the leader, at rates drawn per seed", draw: scenarios::random_chaos },
 ];
 

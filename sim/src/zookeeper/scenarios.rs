@@ -170,6 +170,43 @@ pub(super) fn predecessor_crash(rng: &mut Rng) -> Setup {
     s
 }
 
+/// A client's answers are cut (its requests still arrive) for 1.5 session timeouts, through
+/// a follower that lags: its session expires with its creates applied unanswered, and the new
+/// session's listing may still show the old session's node, which must not be taken for ours.
+pub(super) fn stale_ephemeral(rng: &mut Rng) -> Setup {
+    let mut s = base(&FOLLOWER);
+    s.work.clients = 3;
+    s.work.hold_ns = Some((10 * MS, 60 * MS));
+    s.work.think_ns = (0, 2 * MS);
+    s.wait = Wait::Forever;
+    s.work.progress_within = None;
+    let mut t = 50 * MS + rng.range(0, 50) * MS;
+    while t + 2 * s.ttl() < s.work.quiet_at {
+        let client = rng.range(0, s.work.clients as u64 - 1) as usize;
+        s.cut_for(t, s.ttl() * 3 / 2, Some(client), &[0], Cut::FromNode);
+        t += s.ttl() * 3 / 2 + rng.range(10, 100) * MS;
+    }
+    s
+}
+
+/// Answers are cut for a fifth of the session timeout at a time, often, under short holds:
+/// releases meet connection loss and must retry the delete until it is done (an orphan node
+/// of a live session would block the lock for good, which the progress check catches).
+pub(super) fn release_lost(rng: &mut Rng) -> Setup {
+    let mut s = base(&STANDALONE);
+    s.work.clients = 3;
+    s.work.hold_ns = Some((5 * MS, 30 * MS));
+    s.work.think_ns = (0, 2 * MS);
+    s.wait = Wait::Forever;
+    let mut t = 20 * MS + rng.range(0, 20) * MS;
+    while t + s.ttl() < s.work.quiet_at {
+        let client = rng.range(0, s.work.clients as u64 - 1) as usize;
+        s.cut_for(t, s.ttl() / 5, Some(client), &[0], Cut::FromNode);
+        t += s.ttl() / 5 + rng.range(5, 40) * MS;
+    }
+    s
+}
+
 /// Every fault the assumptions allow, at rates drawn per seed: client cuts (releases and
 /// creates among them), lost and slow messages, the follower losing the leader.
 pub(super) fn random_chaos(rng: &mut Rng) -> Setup {
