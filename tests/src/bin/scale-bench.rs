@@ -122,6 +122,35 @@ async fn release_all(guards: Vec<Guard>) {
     }
 }
 
+/// Lucky's side of a burst on `locks`: every name at once with `no_wait`, held `hold_secs`,
+/// released, the client closed. Fills everything of a [`Burst`] but the floor and `left`.
+async fn lucky_phase<L>(locks: L, n: usize, hold_secs: u64) -> Burst
+where
+    L: lucky::Locker + Clone + 'static,
+{
+    let pid = std::process::id();
+    let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
+    let ttl = Duration::from_secs(env_num("LUCKY_SCALE_TTL_SECS", 6));
+    let before = rss();
+    let (guards, failed, first_error, took) = burst(&names, |name| {
+        let l = locks.clone();
+        async move { l.acquire(&name, ttl, lucky::WaitFor::No).await }
+    })
+    .await;
+    let bytes_per_lock = rss().saturating_sub(before) as f64 / guards.len().max(1) as f64;
+    let cpu_per_lock_sec = hold(&guards, hold_secs).await;
+    release_all(guards).await;
+    locks.close(Duration::from_secs(30)).await;
+    Burst {
+        took,
+        failed,
+        first_error,
+        bytes_per_lock,
+        cpu_per_lock_sec,
+        ..Burst::default()
+    }
+}
+
 async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
     let urls = redis_urls();
     let pid = std::process::id();
@@ -163,17 +192,7 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
         .connect()
         .await
         .unwrap();
-    let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
-    let before = rss();
-    let (guards, failed, first_error, took) = burst(&names, |name| {
-        let l = locks.clone();
-        async move { l.lock(name).no_wait().await }
-    })
-    .await;
-    let bytes_per_lock = rss().saturating_sub(before) as f64 / guards.len().max(1) as f64;
-    let cpu_per_lock_sec = hold(&guards, hold_secs).await;
-    release_all(guards).await;
-    locks.close(Duration::from_secs(30)).await;
+    let lucky = lucky_phase(locks, n, hold_secs).await;
     let mut left = 0;
     for c in &mut conns {
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -186,12 +205,8 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
     }
     Burst {
         floor,
-        took,
-        failed,
-        first_error,
-        bytes_per_lock,
-        cpu_per_lock_sec,
         left,
+        ..lucky
     }
 }
 
@@ -239,18 +254,7 @@ async fn etcd_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
         .connect()
         .await
         .unwrap();
-    let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
-    let before = rss();
-    let (guards, failed, first_error, took) = burst(&names, |name| {
-        let l = locks.clone();
-        async move { l.lock(name).no_wait().await }
-    })
-    .await;
-    let bytes_per_lock = rss().saturating_sub(before) as f64 / guards.len().max(1) as f64;
-    let cpu_per_lock_sec = hold(&guards, hold_secs).await;
-    release_all(guards).await;
-    locks.close(Duration::from_secs(30)).await;
-    drop(locks);
+    let lucky = lucky_phase(locks, n, hold_secs).await;
     let keys = raw
         .get(
             format!("scale/{pid}/"),
@@ -269,12 +273,8 @@ async fn etcd_burst(n: usize, hold_secs: u64, ttl: Duration) -> Burst {
     println!("etcd after release and close: {keys} keys under scale/{pid}/, {leases} more leases than before the run");
     Burst {
         floor,
-        took,
-        failed,
-        first_error,
-        bytes_per_lock,
-        cpu_per_lock_sec,
         left: usize::try_from(keys).unwrap_or(0) + leases,
+        ..lucky
     }
 }
 
