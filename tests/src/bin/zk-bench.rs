@@ -134,9 +134,10 @@ async fn run() {
         kazoo.map_or_else(|| "not run (no python3/kazoo)".to_owned(), |k| format!("{k:?}"))
     );
 
-    // Contended hand-off: 8 tasks of one client on one name, hold 1 ms, ask again at once.
+    // Contended hand-off: 8 tasks of one client on one name, hold 1 ms, ask again at once;
+    // then 8 clients of their own (8 sessions, as 8 processes would be).
     let mut results = Vec::new();
-    for label in ["lucky", "zookeeper-client"] {
+    for label in ["lucky", "zookeeper-client", "lucky, 8 clients"] {
         let name = format!("bench/{pid}/handoff-{label}");
         let dir = format!("/lucky/{name}");
         if label != "lucky" {
@@ -148,11 +149,26 @@ async fn run() {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let (z, c, name, dir) = (zk.clone(), raw.clone(), name.clone(), dir.clone());
+                let server = server.clone();
                 tokio::spawn(async move {
+                    let own = if label == "lucky, 8 clients" {
+                        let own = ZooKeeper::builder([server.as_str()])
+                            .standalone()
+                            .ttl(Duration::from_secs(30))
+                            .connect()
+                            .await
+                            .unwrap();
+                        // Open its session before the clock starts.
+                        own.client().await.unwrap();
+                        Some(own)
+                    } else {
+                        None
+                    };
+                    let z = own.unwrap_or(z);
                     let mut waits = Vec::new();
                     while Instant::now() < end {
                         let t = Instant::now();
-                        if label == "lucky" {
+                        if label != "zookeeper-client" {
                             let g = z.lock(&name).wait(secs() * 4).await.unwrap();
                             waits.push(t.elapsed());
                             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -171,10 +187,7 @@ async fn run() {
             })
             .collect();
         let h = Handoff::join(handles).await;
-        println!(
-            "{}",
-            h.line("8 tasks of one client on one name, hold 1 ms", label)
-        );
+        println!("{}", h.line("8 tasks on one name, hold 1 ms", label));
         results.push(h);
     }
     let _ = raw
@@ -183,16 +196,19 @@ async fn run() {
     let _ = raw
         .delete(&format!("/lucky/bench/{pid}/serial-crate"), None)
         .await;
-    let (l, k) = (&results[0], &results[1]);
+    let (l, k, o) = (&results[0], &results[1], &results[2]);
     println!(
-        "summary serial_vs_floor={vs_floor:.2} kazoo_vs_lucky={kazoo_vs_lucky:.2} kazoo_vs_floor={kazoo_vs_floor:.2} zookeeper_client_vs_floor={crate_vs_floor:.2} contended_acquisitions={} contended_p99_ms={:.2} contended_max_ms={:.2} fairness={:.2} zookeeper_client_contended_acquisitions={} zookeeper_client_p99_ms={:.2} zookeeper_client_fairness={:.2}",
+        "summary serial_vs_floor={vs_floor:.2} kazoo_vs_lucky={kazoo_vs_lucky:.2} kazoo_vs_floor={kazoo_vs_floor:.2} zookeeper_client_vs_floor={crate_vs_floor:.2} contended_acquisitions={} contended_p99_ms={:.2} contended_max_ms={:.2} fairness={:.2} zookeeper_client_contended_acquisitions={} zookeeper_client_p99_ms={:.2} zookeeper_client_fairness={:.2} own_sessions_contended_acquisitions={} own_sessions_p99_ms={:.2} own_sessions_fairness={:.2}",
         l.n,
         l.p99.as_secs_f64() * 1e3,
         l.max.as_secs_f64() * 1e3,
         l.fairness,
         k.n,
         k.p99.as_secs_f64() * 1e3,
-        k.fairness
+        k.fairness,
+        o.n,
+        o.p99.as_secs_f64() * 1e3,
+        o.fairness
     );
     zk.close(Duration::from_secs(5)).await;
 }
