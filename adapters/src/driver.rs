@@ -128,6 +128,7 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// A gate of `size` slots (at least one).
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub(crate) fn new(size: usize) -> Gate {
         let size = size.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Gate {
