@@ -137,6 +137,14 @@ impl Gate {
         }
     }
 
+    /// A slot, once one is free (None only if the gate closed, which it never does).
+    fn slot(
+        &self,
+    ) -> impl Future<Output = Option<tokio::sync::OwnedSemaphorePermit>> + Send + 'static {
+        let slots = self.slots.clone();
+        async move { slots.acquire_owned().await.ok() }
+    }
+
     /// Waits for a slot: as long as the request's `wait` allows, without end for a request
     /// that does not wait for the lock (work accepted is queued, not failed; dropping the
     /// future gives up).
@@ -144,21 +152,18 @@ impl Gate {
         &self,
         wait: lucky_core::Wait,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        let slot = self.slots.clone().acquire_owned();
-        let bound = match wait {
-            lucky_core::Wait::For(d) => Some(d),
-            _ => None,
+        let got = match wait {
+            lucky_core::Wait::For(d) => {
+                tokio::time::timeout(d, self.slot())
+                    .await
+                    .map_err(|_| Error::Overloaded {
+                        in_flight: self.size,
+                        waited: d,
+                    })?
+            }
+            _ => self.slot().await,
         };
-        let got = match bound {
-            Some(d) => tokio::time::timeout(d, slot)
-                .await
-                .map_err(|_| Error::Overloaded {
-                    in_flight: self.size,
-                    waited: d,
-                })?,
-            None => slot.await,
-        };
-        got.map_err(|_| Error::DriverGone)
+        got.ok_or(Error::DriverGone)
     }
 }
 
@@ -346,10 +351,7 @@ where
             // answers come back, like acquisitions, instead of timing out in the queue.
             if self.slot.is_none() {
                 if let Some(gate) = self.transport.gate() {
-                    let slots = gate.slots.clone();
-                    let entering = self.entering.get_or_insert_with(|| {
-                        Box::pin(async move { slots.acquire_owned().await.ok() })
-                    });
+                    let entering = self.entering.get_or_insert_with(|| Box::pin(gate.slot()));
                     self.slot = std::task::ready!(entering.as_mut().poll(cx));
                     self.entering = None;
                 }
@@ -503,7 +505,7 @@ where
     async fn take_slot(&mut self) {
         if self.slot.is_none() {
             if let Some(gate) = self.transport.gate() {
-                self.slot = gate.slots.clone().acquire_owned().await.ok();
+                self.slot = gate.slot().await;
             }
         }
     }

@@ -1515,6 +1515,20 @@ pub mod servers {
         out
     }
 
+    /// Whether the ZooKeeper server on 127.0.0.1:`port` (one of `scripts/services.sh`'s)
+    /// serves; if not, panics when servers are required, else says the test is skipped.
+    pub fn zk_available(port: u16) -> bool {
+        if zk_serves(port) {
+            return true;
+        }
+        assert!(
+            !required(),
+            "ZooKeeper on 127.0.0.1:{port} is not serving and LUCKY_REQUIRE_SERVERS=1"
+        );
+        eprintln!("skipping: no ZooKeeper on 127.0.0.1:{port} (scripts/services.sh start)");
+        false
+    }
+
     /// Whether a ZooKeeper server on 127.0.0.1:`port` serves (`srvr` says its mode).
     pub fn zk_serves(port: u16) -> bool {
         use std::io::{Read, Write};

@@ -8,22 +8,10 @@ use std::time::{Duration, Instant};
 
 use lucky::zookeeper::ZooKeeper;
 use lucky::UsageError;
-use lucky_tests::servers::{required, zk_serves, ZkServer};
+use lucky_tests::servers::{zk_available, ZkServer};
 
 fn unique(name: &str) -> String {
     format!("test/{name}/{}", std::process::id())
-}
-
-fn available(port: u16) -> bool {
-    if zk_serves(port) {
-        return true;
-    }
-    assert!(
-        !required(),
-        "ZooKeeper on 127.0.0.1:{port} is not serving and LUCKY_REQUIRE_SERVERS=1"
-    );
-    eprintln!("skipping: no ZooKeeper on 127.0.0.1:{port} (scripts/services.sh start)");
-    false
 }
 
 async fn standalone(addr: &str, timeout: Duration) -> ZooKeeper {
@@ -50,7 +38,7 @@ async fn queue(zk: &ZooKeeper, name: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_curators_layout_the_fence_is_the_czxid_and_rises() {
-    if !available(2181) {
+    if !zk_available(2181) {
         return;
     }
     let a = standalone("127.0.0.1:2181", Duration::from_secs(10)).await;
@@ -104,7 +92,7 @@ async fn nodes_follow_curators_layout_the_fence_is_the_czxid_and_rises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_wait_try_on_a_held_lock_leaves_no_node() {
-    if !available(2181) {
+    if !zk_available(2181) {
         return;
     }
     let a = standalone("127.0.0.1:2181", Duration::from_secs(10)).await;
@@ -123,7 +111,7 @@ async fn a_no_wait_try_on_a_held_lock_leaves_no_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ensemble_hands_the_lock_over_with_rising_fences() {
-    if !available(2281) {
+    if !zk_available(2281) {
         return;
     }
     let servers = ["127.0.0.1:2281", "127.0.0.1:2282", "127.0.0.1:2283"];
@@ -214,7 +202,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         matches!(err, lucky::Error::Usage(UsageError::SessionTooShort { .. })),
         "{err}"
     );
-    if !available(2181) {
+    if !zk_available(2181) {
         return;
     }
     let zk = standalone("127.0.0.1:2181", Duration::from_secs(10)).await;

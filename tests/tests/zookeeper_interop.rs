@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lucky::zookeeper::ZooKeeper;
-use lucky_tests::servers::{required, zk_serves};
+use lucky_tests::servers::{required, zk_available};
 
 /// Another client's lock on one path, in its own process, answering one line per command.
 struct Peer {
@@ -152,7 +152,7 @@ async fn ask(k: Peer, cmd: &'static str) -> (Peer, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lucky_and_kazoo_exclude_each_other_and_hand_over_both_ways() {
-    if served() {
+    if zk_available(2181) {
         let name = format!("interop/kazoo/{}", std::process::id());
         if let Some(k) = Peer::kazoo(&format!("/lucky/{name}")) {
             exclusion_both_ways(k, &name, "__lock__").await;
@@ -162,21 +162,12 @@ async fn lucky_and_kazoo_exclude_each_other_and_hand_over_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lucky_and_curator_exclude_each_other_and_hand_over_both_ways() {
-    if served() {
+    if zk_available(2181) {
         let name = format!("interop/curator/{}", std::process::id());
         if let Some(k) = Peer::curator(&format!("/lucky/{name}")) {
             exclusion_both_ways(k, &name, "-lock-").await;
         }
     }
-}
-
-fn served() -> bool {
-    if zk_serves(2181) {
-        return true;
-    }
-    assert!(!required(), "ZooKeeper on 2181 is not serving");
-    eprintln!("skipping: no ZooKeeper on 127.0.0.1:2181");
-    false
 }
 
 /// Lucky and the peer `k` (whose nodes contain `mark`) on lock `name`: each refuses a try
