@@ -12,7 +12,8 @@
 #   `test`), if they are installed but stopped.
 # Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
 # which the etcd-client crate's build needs), Curator and a JDK from Debian, and kazoo from
-# PyPI, when they are missing. Idempotent.
+# PyPI, when they are missing. Idempotent. `chaos-deps` installs what the chaos harness adds
+# (nftables).
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
@@ -244,5 +245,8 @@ case "${1:-}" in
   stop-cluster) stop_cluster ;;
   # Only ZooKeeper (tests restart servers they killed with it).
   start-zookeeper) start_zookeeper ;;
-  *) echo "usage: $0 start|stop|start-cluster|stop-cluster|start-zookeeper" >&2; exit 64 ;;
+  # What the chaos harness needs beyond the servers: nft (nftables) for partitions and loss,
+  # iproute2 for the namespaces, a C compiler for its clock shim.
+  chaos-deps) need nft nftables; need ip iproute2; need cc gcc; need redis-server redis-server; need redis-cli redis-tools ;;
+  *) echo "usage: $0 start|stop|start-cluster|stop-cluster|start-zookeeper|chaos-deps" >&2; exit 64 ;;
 esac

@@ -1541,6 +1541,8 @@ pub mod servers {
     }
 }
 
+pub mod chaos;
+
 /// A TCP proxy on 127.0.0.1 that can cut a client off its server: while cut, its
 /// connections are reset and new ones are closed at once, like a partition the client's
 /// reconnects cannot get through.
