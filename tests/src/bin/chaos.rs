@@ -33,12 +33,8 @@ use lucky_tests::chaos::check::{Category, History, Violation};
 use lucky_tests::chaos::net::{self, Host, Topology};
 use lucky_tests::chaos::{mono_ns, mono_of};
 
-/// The lock's ttl in every run.
-const TTL_MS: u64 = 1000;
 /// Client processes per run.
 const CLIENTS: usize = 4;
-/// Redis nodes per run.
-const NODES: usize = 5;
 /// The lock every client takes.
 const LOCK: &str = "chaos";
 /// PostgreSQL, through its Unix socket.
@@ -131,9 +127,51 @@ impl Opts {
     }
 }
 
-/// One row of the README's RedLock table, as a fault schedule.
+/// The backend a row runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// RedLock over five independent redis-servers.
+    Redis,
+    /// The etcd lock on a three-member cluster (Debian's etcd 3.4).
+    Etcd,
+}
+
+impl Kind {
+    fn nodes(self) -> usize {
+        match self {
+            Kind::Redis => 5,
+            Kind::Etcd => 3,
+        }
+    }
+
+    /// The lock's ttl (etcd grants whole seconds and needs elections to fit well inside).
+    fn ttl_ms(self) -> u64 {
+        match self {
+            Kind::Redis => 1000,
+            Kind::Etcd => 2000,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Etcd => "etcd",
+        }
+    }
+}
+
+/// What a fault schedule is drawn for.
+struct Ctx {
+    /// Faults end here (ms from the start).
+    ms: u64,
+    nodes: usize,
+    ttl: u64,
+}
+
+/// One row of a README guarantee table, as a fault schedule.
 struct Row {
     name: &'static str,
+    kind: Kind,
     about: &'static str,
     /// What the README's table says for it.
     table: &'static str,
@@ -141,16 +179,18 @@ struct Row {
     /// every other one must hold in every run. Two holders at once write the unfenced log
     /// out of turn, so a row that breaks exclusion breaks the unfenced writes too.
     breaks: &'static [Category],
-    /// Nodes keep their data across a crash (AOF, fsync always).
+    /// Nodes keep their data across a crash (Redis: AOF, fsync always; etcd always does;
+    /// `false` there means the whole cluster's data is wiped before it restarts).
     persist: bool,
     /// Chance (ppm) that a client pauses 1.5 ttl between its validity check and its write.
     gc_ppm: u32,
     /// The faults: (ms from the start, action), drawn from the seed for a run of `ms`.
-    draw: fn(&mut Rng, u64) -> Vec<(u64, Action)>,
+    draw: fn(&mut Rng, &Ctx) -> Vec<(u64, Action)>,
 }
 
 const ROWS: &[Row] = &[
     Row {
+        kind: Kind::Redis,
         name: "redis-partition",
         about: "any split of nodes and clients, one-way cuts, for 0.3-2.5 ttl at a time",
         table: "partitions, one-way cuts: holds | holds",
@@ -160,6 +200,7 @@ const ROWS: &[Row] = &[
         draw: faults::partitions,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-loss",
         about: "random packet loss of 5-50 % on every node, redrawn every 0.5-2 ttl",
         table: "lost / late / duplicated messages: holds | holds",
@@ -169,6 +210,7 @@ const ROWS: &[Row] = &[
         draw: faults::loss,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-node-pause",
         about: "nodes SIGSTOPped for 0.2-2 ttl, up to all of them",
         table: "(late messages) holds | holds",
@@ -178,6 +220,7 @@ const ROWS: &[Row] = &[
         draw: faults::node_pause,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-client-pause",
         about: "clients SIGSTOPped for 0.5-3 ttl, and 20 % of writes paused 1.5 ttl after the check",
         table: "client pause between check and write: the lock holds, unfenced writes land late (expected) | holds",
@@ -187,6 +230,7 @@ const ROWS: &[Row] = &[
         draw: faults::client_pause,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-crash-persist",
         about: "nodes killed (SIGKILL) and restarted after 0-2 ttl, keeping their data (AOF, fsync always)",
         table: "node crash keeping data: holds | holds",
@@ -196,6 +240,7 @@ const ROWS: &[Row] = &[
         draw: faults::crash_delayed_any,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-crash-delayed",
         about: "nodes killed and restarted empty, each after more than the ttl",
         table: "crash losing data, restart delayed past the ttl: holds | holds while node clocks agree",
@@ -205,6 +250,7 @@ const ROWS: &[Row] = &[
         draw: faults::crash_delayed_past_ttl,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-crash-immediate",
         about: "three nodes killed and restarted empty at once, while a lock is likely held",
         table: "crash losing data, immediate restart: broken (expected) | broken too (expected)",
@@ -214,6 +260,7 @@ const ROWS: &[Row] = &[
         draw: faults::crash_immediate,
     },
     Row {
+        kind: Kind::Redis,
         name: "redis-clock-jump",
         about: "three nodes' wall clocks jump forward by 1.5 ttl at once (LD_PRELOAD shim)",
         table: "node clock jump: broken (expected) | holds",
@@ -221,6 +268,86 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         draw: faults::clock_jump,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-partition",
+        about: "any split of members and clients (a member cut from the others too), one-way cuts, 0.3-2.5 ttl at a time",
+        table: "partition client-cluster, one-way cuts: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        draw: faults::partitions,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-loss",
+        about: "random packet loss of 5-50 % on every member (client and raft traffic), redrawn every 0.5-2 ttl",
+        table: "lost / late / duplicated messages: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        draw: faults::loss,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-member-pause",
+        about: "members SIGSTOPped for 0.2-2 ttl, up to all of them (leader losses)",
+        table: "leader loss: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        draw: faults::node_pause,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-client-pause",
+        about: "clients SIGSTOPped for 0.5-3 ttl, and 20 % of writes paused 1.5 ttl after the check",
+        table: "client pause between check and write: the lock holds, a late unfenced write lands (expected) | holds",
+        breaks: &[Category::UnfencedWrites],
+        persist: true,
+        gc_ppm: 200_000,
+        draw: faults::client_pause,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-client-crash",
+        about: "clients killed (SIGKILL) while holding or queued, a new process started after 0-2 ttl",
+        table: "a queued client crashes for good: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        draw: faults::client_crash,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-crash-persist",
+        about: "members killed (SIGKILL) and restarted with their data after 0-2 ttl, up to all of them",
+        table: "cluster crash keeping data: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        draw: faults::crash_delayed_any,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-data-loss-immediate",
+        about: "the whole cluster killed, its data wiped, a new cluster started at once",
+        table: "cluster loses its data, immediate restart: broken (expected) | broken: revisions restart (expected)",
+        breaks: &[Category::MutualExclusion, Category::UnfencedWrites, Category::Fences],
+        persist: false,
+        gc_ppm: 0,
+        draw: faults::cluster_wipe_immediate,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-data-loss-delayed",
+        about: "the whole cluster killed, its data wiped, a new cluster started after 1.5-2 ttl",
+        table: "cluster loses its data, restart delayed past the ttl: holds | broken: revisions restart (expected)",
+        breaks: &[Category::Fences],
+        persist: false,
+        gc_ppm: 0,
+        draw: faults::cluster_wipe_delayed,
     },
 ];
 
@@ -239,6 +366,14 @@ enum Action {
     ContClient(usize),
     KillNode(usize),
     StartNode(usize),
+    /// Kill every node (etcd: the whole cluster).
+    KillAll,
+    /// Start every node that is down (wiped first unless the row persists).
+    StartAll,
+    /// Kill a client process (SIGKILL): it leaves what it held to its lease.
+    KillClient(usize),
+    /// Start a new process for a killed client.
+    StartClient(usize),
     /// Set a node's wall-clock offset, in ms.
     Clock {
         node: usize,
@@ -248,6 +383,10 @@ enum Action {
 
 fn client_addr(c: usize) -> String {
     format!("10.177.2.{}", c + 1)
+}
+
+fn node_addr(n: usize) -> String {
+    format!("10.177.1.{}", n + 1)
 }
 
 mod faults {
@@ -262,46 +401,68 @@ mod faults {
         }
     }
 
-    fn ttl(rng: &mut Rng, lo_pct: u64, hi_pct: u64) -> u64 {
-        rng.range(TTL_MS * lo_pct / 100, TTL_MS * hi_pct / 100)
+    /// `k` distinct nodes of `n`.
+    fn pick(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
+        let mut nodes: Vec<usize> = (0..n).collect();
+        while nodes.len() > k {
+            nodes.remove(rng.range(0, nodes.len() as u64 - 1) as usize);
+        }
+        nodes
     }
 
-    /// Faults from 1.5 s to `ms`, each lasting a drawn time, with a drawn gap between.
+    /// A duration between `lo_pct` and `hi_pct` % of the ttl.
+    fn ttl(rng: &mut Rng, cx: &Ctx, lo_pct: u64, hi_pct: u64) -> u64 {
+        rng.range(cx.ttl * lo_pct / 100, cx.ttl * hi_pct / 100)
+    }
+
+    /// Faults from 1.5 s to the end, each lasting a drawn time, with a drawn gap between.
     fn timeline(
         rng: &mut Rng,
-        ms: u64,
+        cx: &Ctx,
         mut one: impl FnMut(&mut Rng, u64, &mut Vec<(u64, Action)>) -> u64,
     ) -> Vec<(u64, Action)> {
         let mut out = Vec::new();
         let mut t = 1500;
-        while t < ms {
+        while t < cx.ms {
             let lasted = one(rng, t, &mut out);
-            t += lasted + ttl(rng, 20, 100);
+            t += lasted + ttl(rng, cx, 20, 100);
         }
-        out.retain(|(at, _)| *at < ms);
+        out.retain(|(at, _)| *at < cx.ms);
         out
     }
 
-    pub fn partitions(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let nodes = subset(rng, NODES);
+    pub fn partitions(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let nodes = subset(rng, cx.nodes);
             let clients = subset(rng, CLIENTS);
             // 0: both ways, 1: requests cut, 2: answers cut.
             let way = rng.range(0, 2);
-            let d = ttl(rng, 30, 250);
-            for &n in &nodes {
+            // One time in three, the first node is also cut off from the other nodes (for
+            // etcd: a member, perhaps the leader, alone; Redis nodes never talk to each other).
+            let alone = rng.chance(333_333);
+            let d = ttl(rng, cx, 30, 250);
+            for (k, &n) in nodes.iter().enumerate() {
                 let mut rules = Vec::new();
-                for &c in &clients {
+                let mut peers: Vec<String> = clients.iter().map(|&c| client_addr(c)).collect();
+                if alone && k == 0 {
+                    peers.extend((0..cx.nodes).filter(|&m| m != n).map(node_addr));
+                }
+                for a in &peers {
                     if way != 2 {
-                        rules.push(("input", format!("ip saddr {} drop", client_addr(c))));
+                        rules.push(("input", format!("ip saddr {a} drop")));
                     }
                     if way != 1 {
-                        rules.push(("output", format!("ip daddr {} drop", client_addr(c))));
+                        rules.push(("output", format!("ip daddr {a} drop")));
                     }
                 }
                 let what = format!(
-                    "cut {} clients {clients:?}",
-                    ["both ways from", "requests of", "answers to"][way as usize]
+                    "cut {} clients {clients:?}{}",
+                    ["both ways from", "requests of", "answers to"][way as usize],
+                    if alone && k == 0 {
+                        " and from the other nodes"
+                    } else {
+                        ""
+                    }
                 );
                 out.push((
                     t,
@@ -324,11 +485,11 @@ mod faults {
         })
     }
 
-    pub fn loss(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
+    pub fn loss(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
         let mut out = Vec::new();
         let mut t = 1500;
-        while t < ms {
-            for n in 0..NODES {
+        while t < cx.ms {
+            for n in 0..cx.nodes {
                 let pct = rng.range(5, 50);
                 out.push((
                     t,
@@ -342,15 +503,15 @@ mod faults {
                     },
                 ));
             }
-            t += ttl(rng, 50, 200);
+            t += ttl(rng, cx, 50, 200);
         }
         out
     }
 
-    pub fn node_pause(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let d = ttl(rng, 20, 200);
-            for n in subset(rng, NODES) {
+    pub fn node_pause(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 20, 200);
+            for n in subset(rng, cx.nodes) {
                 out.push((t, Action::StopNode(n)));
                 out.push((t + d, Action::ContNode(n)));
             }
@@ -358,9 +519,9 @@ mod faults {
         })
     }
 
-    pub fn client_pause(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let d = ttl(rng, 50, 300);
+    pub fn client_pause(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 50, 300);
             for c in subset(rng, CLIENTS) {
                 out.push((t, Action::StopClient(c)));
                 out.push((t + d, Action::ContClient(c)));
@@ -369,10 +530,20 @@ mod faults {
         })
     }
 
-    pub fn crash_delayed_any(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let d = ttl(rng, 0, 200);
-            for n in subset(rng, NODES) {
+    pub fn client_crash(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 0, 200);
+            let c = rng.range(0, CLIENTS as u64 - 1) as usize;
+            out.push((t, Action::KillClient(c)));
+            out.push((t + d, Action::StartClient(c)));
+            d
+        })
+    }
+
+    pub fn crash_delayed_any(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 0, 200);
+            for n in subset(rng, cx.nodes) {
                 out.push((t, Action::KillNode(n)));
                 out.push((t + d, Action::StartNode(n)));
             }
@@ -380,10 +551,10 @@ mod faults {
         })
     }
 
-    pub fn crash_delayed_past_ttl(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let d = ttl(rng, 150, 300);
-            for n in subset(rng, NODES) {
+    pub fn crash_delayed_past_ttl(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 150, 300);
+            for n in subset(rng, cx.nodes) {
                 out.push((t, Action::KillNode(n)));
                 out.push((t + d, Action::StartNode(n)));
             }
@@ -391,29 +562,38 @@ mod faults {
         })
     }
 
-    pub fn crash_immediate(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        timeline(rng, ms, |rng, t, out| {
-            let mut nodes: Vec<usize> = (0..NODES).collect();
-            while nodes.len() > 3 {
-                nodes.remove(rng.range(0, nodes.len() as u64 - 1) as usize);
-            }
-            for n in nodes {
+    pub fn crash_immediate(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            for n in pick(rng, cx.nodes, cx.nodes / 2 + 1) {
                 out.push((t, Action::KillNode(n)));
                 out.push((t + 1, Action::StartNode(n)));
             }
-            ttl(rng, 100, 200)
+            ttl(rng, cx, 100, 200)
         })
     }
 
-    pub fn clock_jump(rng: &mut Rng, ms: u64) -> Vec<(u64, Action)> {
-        let mut offsets = [0i64; NODES];
-        timeline(rng, ms, |rng, t, out| {
-            let mut nodes: Vec<usize> = (0..NODES).collect();
-            while nodes.len() > 3 {
-                nodes.remove(rng.range(0, nodes.len() as u64 - 1) as usize);
-            }
-            for n in nodes {
-                offsets[n] += (TTL_MS * 3 / 2) as i64;
+    pub fn cluster_wipe_immediate(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            out.push((t, Action::KillAll));
+            out.push((t + 1, Action::StartAll));
+            ttl(rng, cx, 150, 250)
+        })
+    }
+
+    pub fn cluster_wipe_delayed(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, 150, 200);
+            out.push((t, Action::KillAll));
+            out.push((t + d, Action::StartAll));
+            d + ttl(rng, cx, 100, 150)
+        })
+    }
+
+    pub fn clock_jump(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        let mut offsets = vec![0i64; cx.nodes];
+        timeline(rng, cx, |rng, t, out| {
+            for n in pick(rng, cx.nodes, cx.nodes / 2 + 1) {
+                offsets[n] += (cx.ttl * 3 / 2) as i64;
                 out.push((
                     t,
                     Action::Clock {
@@ -422,7 +602,7 @@ mod faults {
                     },
                 ));
             }
-            ttl(rng, 150, 300)
+            ttl(rng, cx, 150, 300)
         })
     }
 }
@@ -430,8 +610,13 @@ mod faults {
 mod harness {
     use super::*;
 
-    /// One redis-server in its namespace.
+    /// One server (a redis-server, an etcd member) in its namespace.
     struct Node {
+        kind: Kind,
+        /// Its number: `n<index>`, etcd member `m<index>`.
+        index: usize,
+        /// How many members its cluster has (etcd).
+        of: usize,
         host: Host,
         dir: PathBuf,
         persist: bool,
@@ -448,6 +633,9 @@ mod harness {
         fn start(&mut self) -> Result<(), String> {
             if self.child.is_some() {
                 return Ok(());
+            }
+            if self.kind == Kind::Etcd {
+                return self.start_etcd();
             }
             if !self.persist {
                 let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
@@ -483,13 +671,70 @@ mod harness {
             Ok(())
         }
 
+        /// An etcd member of a cluster of `of` on the bridge. Its data is wiped first when the
+        /// row does not persist (the whole cluster restarts as a new one).
+        fn start_etcd(&mut self) -> Result<(), String> {
+            let data = self.dir.join("data");
+            if !self.persist {
+                let _ = std::fs::remove_dir_all(&data);
+            }
+            let addr = self.host.addr;
+            let cluster: Vec<String> = (0..self.of)
+                .map(|m| format!("m{m}=http://{}:2380", node_addr(m)))
+                .collect();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("etcd.log"))
+                .map_err(|e| e.to_string())?;
+            let child = Topology::exec(&self.host, "etcd")
+                .args(["--name", &format!("m{}", self.index)])
+                .args(["--data-dir", data.to_str().unwrap()])
+                .args(["--listen-client-urls", &format!("http://{addr}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{addr}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{addr}:2380")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{addr}:2380"),
+                ])
+                .args(["--initial-cluster", &cluster.join(",")])
+                .args(["--initial-cluster-token", "lucky-chaos"])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("etcd: {e}"))?;
+            self.child = Some(child);
+            self.stopped = false;
+            Ok(())
+        }
+
+        /// `etcdctl` against this member, from inside its namespace.
+        fn etcdctl(&self, args: &[&str]) -> Option<String> {
+            let o = Topology::exec(&self.host, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints=http://{}:2379", self.host.addr))
+                .arg("--command-timeout=2s")
+                .args(args)
+                .output()
+                .ok()?;
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+
         fn ready(&self, within: Duration) -> bool {
             let end = std::time::Instant::now() + within;
             while std::time::Instant::now() < end {
-                let ok = Command::new("redis-cli")
-                    .args(["-s", self.sock().to_str().unwrap(), "ping"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+                let ok = match self.kind {
+                    // It says so on stderr; its status is what counts.
+                    Kind::Etcd => self.etcdctl(&["endpoint", "health"]).is_some(),
+                    Kind::Redis => Command::new("redis-cli")
+                        .args(["-s", self.sock().to_str().unwrap(), "ping"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")),
+                };
                 if ok {
                     return true;
                 }
@@ -522,8 +767,20 @@ mod harness {
             let _ = std::fs::rename(&tmp, self.dir.join("clock"));
         }
 
-        /// Lock keys left (fence counters excluded), through the Unix socket.
+        /// Lock keys left (Redis: fence counters excluded, through the Unix socket; etcd: keys
+        /// under the lock's prefix and leases).
         fn leftover(&self) -> Option<usize> {
+            if self.kind == Kind::Etcd {
+                let keys =
+                    self.etcdctl(&["get", "--prefix", &format!("{LOCK}/"), "--keys-only"])?;
+                let leases = self.etcdctl(&["lease", "list"])?;
+                let n_leases = leases
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0);
+                return Some(keys.lines().filter(|l| !l.is_empty()).count() + n_leases);
+            }
             let o = Command::new("redis-cli")
                 .args(["-s", self.sock().to_str().unwrap(), "--scan"])
                 .args(["--pattern", &format!("{LOCK}*")])
@@ -621,7 +878,9 @@ mod harness {
             return Err("the clock shim did not build (cc tests/chaos/clockshim.c)".into());
         }
         let mut log = std::fs::File::create(base.join("faults.log")).map_err(|e| e.to_string())?;
-        let mut topo = Topology::build(NODES, CLIENTS).map_err(|e| e.to_string())?;
+        let kind = row.kind;
+        let ttl_ms = kind.ttl_ms();
+        let mut topo = Topology::build(kind.nodes(), CLIENTS).map_err(|e| e.to_string())?;
         let mut nodes: Vec<Node> = topo
             .nodes
             .iter()
@@ -630,6 +889,9 @@ mod harness {
                 let dir = base.join(format!("n{i}"));
                 let _ = std::fs::create_dir_all(&dir);
                 Node {
+                    kind,
+                    index: i,
+                    of: kind.nodes(),
                     host: h.clone(),
                     dir,
                     persist: row.persist,
@@ -643,7 +905,7 @@ mod harness {
             n.start()?;
         }
         for n in &nodes {
-            if !n.ready(Duration::from_secs(5)) {
+            if !n.ready(Duration::from_secs(10)) {
                 return Err(format!("{} did not start", n.host.ns));
             }
         }
@@ -652,37 +914,57 @@ mod harness {
         let urls: Vec<String> = topo
             .nodes
             .iter()
-            .map(|h| format!("redis://{}:6379", h.addr))
+            .map(|h| match kind {
+                Kind::Redis => format!("redis://{}:6379", h.addr),
+                Kind::Etcd => format!("http://{}:2379", h.addr),
+            })
             .collect();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let start = mono_ns();
         let ms = secs * 1000;
         let end = start + ms * 1_000_000;
-        let mut clients: Vec<Child> = Vec::new();
-        for (i, h) in topo.clients.iter().enumerate() {
+        // A client process; `life` numbers the processes one client slot had (after kills),
+        // so their claims stay apart in the history.
+        let spawn = |i: usize, life: u64| -> Result<Child, String> {
             let out = base.join(format!("c{i}.hist"));
-            let err =
-                std::fs::File::create(base.join(format!("c{i}.err"))).map_err(|e| e.to_string())?;
-            let child = Topology::exec(h, exe.to_str().unwrap())
+            let err = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(base.join(format!("c{i}.err")))
+                .map_err(|e| e.to_string())?;
+            Topology::exec(&topo.clients[i], exe.to_str().unwrap())
                 .args(["client", "--id", &i.to_string(), "--nodes", &urls.join(",")])
+                .args(["--backend", kind.name(), "--ttl-ms", &ttl_ms.to_string()])
                 .args(["--run", &run_id, "--end", &end.to_string()])
                 .args(["--gc-ppm", &row.gc_ppm.to_string()])
-                .args(["--seed", &(seed * 1000 + i as u64).to_string()])
+                .args(["--seed", &(seed * 1000 + i as u64 + life * 100).to_string()])
+                .args(["--seq-base", &(life * 1_000_000).to_string()])
                 .args(["--out", out.to_str().unwrap()])
                 .stdout(Stdio::null())
                 .stderr(err)
                 .spawn()
-                .map_err(|e| format!("client: {e}"))?;
-            clients.push(child);
+                .map_err(|e| format!("client: {e}"))
+        };
+        let mut clients: Vec<Option<Child>> = Vec::new();
+        let mut lives = [0u64; CLIENTS];
+        for i in 0..CLIENTS {
+            clients.push(Some(spawn(i, 0)?));
         }
         // Faults, in time order, until QUIET_MS before the end; then everything heals.
         let mut rng = Rng::stream(seed, row.name);
         let fault_ms = ms.saturating_sub(QUIET_MS);
-        let mut plan = (row.draw)(&mut rng, fault_ms);
+        let cx = Ctx {
+            ms: fault_ms,
+            nodes: kind.nodes(),
+            ttl: ttl_ms,
+        };
+        let mut plan = (row.draw)(&mut rng, &cx);
         plan.sort_by_key(|(at, _)| *at);
         let at_ns = |ms: u64| start + ms * 1_000_000;
+        let mut marks: Vec<(u64, String)> = Vec::new();
         let mut wall_log = |what: String| {
             let now = mono_ns();
+            marks.push((now, what.clone()));
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -698,7 +980,24 @@ mod harness {
         for (at, action) in plan {
             sleep_until(at_ns(at));
             faults += 1;
-            wall_log(apply(&mut topo, &mut nodes, &clients, &action));
+            let what = match action {
+                Action::KillClient(c) => {
+                    if let Some(mut p) = clients[c].take() {
+                        let _ = p.kill();
+                        let _ = p.wait();
+                    }
+                    format!("c{c}: SIGKILL")
+                }
+                Action::StartClient(c) => {
+                    if clients[c].is_none() {
+                        lives[c] += 1;
+                        clients[c] = Some(spawn(c, lives[c])?);
+                    }
+                    format!("c{c}: a new process")
+                }
+                a => apply(&topo, &mut nodes, &clients, &a),
+            };
+            wall_log(what);
         }
         sleep_until(at_ns(fault_ms));
         // Heal: rules off, every process running, every node up.
@@ -712,16 +1011,29 @@ mod harness {
                 n.start()?;
             }
         }
-        for c in &clients {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
+        for n in &nodes {
+            if !n.ready(Duration::from_secs(10)) {
+                wall_log(format!("{} not serving 10 s after the heal", n.host.ns));
+            }
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            match c {
+                Some(c) => {
+                    let _ = Command::new("kill")
+                        .args(["-CONT", &c.id().to_string()])
+                        .status();
+                }
+                None => {
+                    lives[i] += 1;
+                    *c = Some(spawn(i, lives[i])?);
+                }
+            }
         }
         let healed = mono_ns();
         wall_log("healed: rules off, every process running, every node up".into());
         // Clients stop trying at `end`, release and close: give them a few seconds more.
         let deadline = end + 15_000_000_000;
-        for c in &mut clients {
+        for c in clients.iter_mut().flatten() {
             loop {
                 if c.try_wait().ok().flatten().is_some() {
                     break;
@@ -735,7 +1047,8 @@ mod harness {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        std::thread::sleep(Duration::from_millis(TTL_MS + 500));
+        // Whatever a killed client held goes with its ttl (etcd: its lease, in whole seconds).
+        std::thread::sleep(Duration::from_millis(ttl_ms + 1500));
         let mut history = History::default();
         for i in 0..CLIENTS {
             let text = std::fs::read_to_string(base.join(format!("c{i}.hist"))).unwrap_or_default();
@@ -795,6 +1108,16 @@ mod harness {
             let _ = writeln!(report, "{v}");
         }
         let _ = std::fs::write(base.join("violations.txt"), report);
+        let title = format!("{} seed {seed}: {}", row.name, cols.trim());
+        let svg = lucky_tests::chaos::svg::timeline(
+            &title,
+            &history,
+            &marks,
+            &violations,
+            start,
+            mono_ns().min(end + 5_000_000_000),
+        );
+        let _ = std::fs::write(base.join("timeline.svg"), svg);
         Ok(Outcome {
             agrees: unexpected.is_empty() && history.bad_lines == 0,
             broken,
@@ -809,7 +1132,7 @@ mod harness {
         }
     }
 
-    fn apply(topo: &mut Topology, nodes: &mut [Node], clients: &[Child], a: &Action) -> String {
+    fn apply(topo: &Topology, nodes: &mut [Node], clients: &[Option<Child>], a: &Action) -> String {
         let sig = |pid: u32, s: &str| {
             let _ = Command::new("kill").args([s, &pid.to_string()]).status();
         };
@@ -836,12 +1159,41 @@ mod harness {
                 format!("n{n}: SIGCONT")
             }
             Action::StopClient(c) => {
-                sig(clients[*c].id(), "-STOP");
+                if let Some(p) = &clients[*c] {
+                    sig(p.id(), "-STOP");
+                }
                 format!("c{c}: SIGSTOP")
             }
             Action::ContClient(c) => {
-                sig(clients[*c].id(), "-CONT");
+                if let Some(p) = &clients[*c] {
+                    sig(p.id(), "-CONT");
+                }
                 format!("c{c}: SIGCONT")
+            }
+            Action::KillClient(_) | Action::StartClient(_) => String::new(),
+            Action::KillAll => {
+                for n in nodes.iter_mut() {
+                    n.kill();
+                }
+                "every node: SIGKILL".into()
+            }
+            Action::StartAll => {
+                let mut started = Vec::new();
+                for n in nodes.iter_mut() {
+                    if n.child.is_none() && n.start().is_ok() {
+                        started.push(n.index);
+                    }
+                }
+                let up = nodes.iter().all(|n| n.ready(Duration::from_secs(10)));
+                format!(
+                    "nodes {started:?} restarted {} ({})",
+                    if nodes.first().is_some_and(|n| n.persist) {
+                        "with their data"
+                    } else {
+                        "empty"
+                    },
+                    if up { "serving" } else { "NOT serving" }
+                )
             }
             Action::KillNode(n) => {
                 nodes[*n].kill();
@@ -849,7 +1201,8 @@ mod harness {
             }
             Action::StartNode(n) => {
                 let r = nodes[*n].start();
-                let up = r.is_ok() && nodes[*n].ready(Duration::from_secs(5));
+                // An etcd member alone in a dead cluster is not "healthy": do not wait long.
+                let up = r.is_ok() && nodes[*n].ready(Duration::from_secs(3));
                 format!(
                     "n{n}: restarted {} ({})",
                     if nodes[*n].persist {
@@ -935,7 +1288,9 @@ mod harness {
 
 mod client {
     use super::*;
+    use lucky::etcd::Etcd;
     use lucky::redis::Redis;
+    use lucky::{Locker, WaitFor};
 
     struct Rec(std::fs::File);
 
@@ -960,14 +1315,21 @@ mod client {
         let gc_ppm = opts.num("gc-ppm", 0) as u32;
         let run = opts.get("run").unwrap_or("run").to_owned();
         let mut rng = Rng::new(opts.num("seed", 1));
-        let mut rec = Rec(std::fs::File::create(opts.get("out").unwrap_or("/dev/null")).unwrap());
+        let ttl_ms = opts.num("ttl-ms", 1000);
+        let etcd = opts.get("backend") == Some("etcd");
+        // Appended: a client slot's later processes (after a kill) add to its history.
+        let mut rec = Rec(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.get("out").unwrap_or("/dev/null"))
+            .unwrap());
         let urls: Vec<String> = opts
             .get("nodes")
             .unwrap_or_default()
             .split(',')
             .map(str::to_owned)
             .collect();
-        let ttl = Duration::from_millis(TTL_MS);
+        let ttl = Duration::from_millis(ttl_ms);
         let pg = loop {
             match tokio_postgres::connect(PG, tokio_postgres::NoTls).await {
                 Ok((c, conn)) => {
@@ -999,12 +1361,22 @@ mod client {
             if mono_ns() > end {
                 return;
             }
-            match Redis::builder(urls.clone())
-                .ttl(ttl)
-                .connect_timeout(Duration::from_millis(500))
-                .connect()
-                .await
-            {
+            let connected: Result<Box<dyn Locker>, lucky::Error> = if etcd {
+                Etcd::builder(urls.clone())
+                    .ttl(ttl)
+                    .connect_timeout(Duration::from_millis(1000))
+                    .connect()
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Locker>)
+            } else {
+                Redis::builder(urls.clone())
+                    .ttl(ttl)
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect()
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Locker>)
+            };
+            match connected {
                 Ok(l) => break l,
                 Err(e) => {
                     eprintln!("connect: {e}");
@@ -1012,10 +1384,10 @@ mod client {
                 }
             }
         };
-        let mut seq = 0u64;
+        let mut seq = opts.num("seq-base", 0);
         while mono_ns() < end {
             let t_req = mono_ns();
-            match locks.lock(LOCK).wait(ttl * 2).await {
+            match locks.acquire(LOCK, ttl, WaitFor::For(ttl * 2)).await {
                 Ok(guard) => {
                     seq += 1;
                     let t_acq = mono_ns();
@@ -1027,9 +1399,9 @@ mod client {
                     ));
                     // Mostly short holds; one in ten spans extensions.
                     let hold = if rng.chance(100_000) {
-                        rng.range(TTL_MS * 12 / 10, TTL_MS * 2)
+                        rng.range(ttl_ms * 12 / 10, ttl_ms * 2)
                     } else {
-                        rng.range(TTL_MS / 20, TTL_MS * 6 / 10)
+                        rng.range(ttl_ms / 20, ttl_ms * 6 / 10)
                     };
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let now_until = mono_of(guard.valid_until());
@@ -1038,10 +1410,10 @@ mod client {
                         rec.line(format!("ext {id} {seq} {until}"));
                     }
                     // The check: still held, with a fifth of the ttl to spare.
-                    if guard.is_held() && mono_ns() + TTL_MS * 1_000_000 / 5 < until {
+                    if guard.is_held() && mono_ns() + ttl_ms * 1_000_000 / 5 < until {
                         if rng.chance(gc_ppm) {
                             // A pause between the check and the write (a GC, a page fault).
-                            std::thread::sleep(Duration::from_millis(TTL_MS * 3 / 2));
+                            std::thread::sleep(Duration::from_millis(ttl_ms * 3 / 2));
                         }
                         let f = fence.map_or(0, |f| f as i64);
                         let t0 = mono_ns();

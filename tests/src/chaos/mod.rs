@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod net;
+pub mod svg;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the one clock every process of the machine shares.
 pub fn mono_ns() -> u64 {

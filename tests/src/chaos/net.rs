@@ -11,8 +11,12 @@ use std::process::{Command, Output};
 /// Every address the harness uses is in this range, inside its own namespaces only.
 pub const NET: &str = "10.177.0.0/16";
 
-/// Prefix of every namespace the harness creates: what a clean-up may delete.
-pub const PREFIX: &str = "lkc-";
+/// Prefix of every namespace the harness creates, what its clean-up may delete:
+/// `LUCKY_CHAOS_PREFIX` (two harnesses at once need two prefixes), else `lkc-`.
+pub fn prefix() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("LUCKY_CHAOS_PREFIX").unwrap_or_else(|_| "lkc-".into()))
+}
 
 /// Runs `cmd`, failing with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> io::Result<Output> {
@@ -68,7 +72,7 @@ pub fn can_build() -> Result<(), String> {
             ));
         }
     }
-    let probe = format!("{PREFIX}probe");
+    let probe = format!("{}probe", prefix());
     let _ = ip(&["netns", "del", &probe]);
     ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a namespace: {e}"))?;
     let _ = ip(&["netns", "del", &probe]);
@@ -85,7 +89,7 @@ pub fn cleanup_leftovers() {
         let Some(ns) = line.split_whitespace().next() else {
             continue;
         };
-        if ns.starts_with(PREFIX) {
+        if ns.starts_with(prefix()) {
             delete_ns(ns);
         }
     }
@@ -105,7 +109,7 @@ impl Topology {
     /// Builds `nodes` server namespaces and `clients` client namespaces on one bridge.
     pub fn build(nodes: usize, clients: usize) -> io::Result<Topology> {
         let mut t = Topology {
-            bridge: format!("{PREFIX}br"),
+            bridge: format!("{}br", prefix()),
             nodes: Vec::new(),
             clients: Vec::new(),
         };
@@ -125,7 +129,7 @@ impl Topology {
     }
 
     fn host(&mut self, short: &str, addr: Ipv4Addr) -> io::Result<Host> {
-        let ns = format!("{PREFIX}{short}");
+        let ns = format!("{}{short}", prefix());
         let peer = format!("b-{short}");
         ip(&["netns", "add", &ns])?;
         ip(&[
