@@ -51,6 +51,22 @@ fn main() {
     }
     match args.first().map(String::as_str) {
         Some("client") => client::main(&opts),
+        Some("proxy") => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(lucky_tests::chaos::proxy::run(
+                opts.get("listen").unwrap_or_default(),
+                opts.get("to").unwrap_or_default(),
+                PathBuf::from(opts.get("control").unwrap_or_default()),
+                opts.num("seed", 1),
+            ));
+            if let Err(e) = r {
+                eprintln!("proxy: {e}");
+                std::process::exit(1);
+            }
+        }
         Some("run") => {
             let row = opts.get("row").unwrap_or("redis-partition");
             let Some(row) = ROWS.iter().find(|r| r.name == row) else {
@@ -58,7 +74,8 @@ fn main() {
                 std::process::exit(2);
             };
             let seed = opts.num("seed", 1);
-            let ok = harness::run_row(row, seed, opts.num("secs", 20));
+            let peer = opts.get("peer") == Some("rslock");
+            let ok = harness::run_row(row, seed, opts.num("secs", 20), peer);
             std::process::exit(if ok.is_some_and(|o| o.agrees) { 0 } else { 1 });
         }
         Some("suite") => {
@@ -134,12 +151,23 @@ enum Kind {
     Redis,
     /// The etcd lock on a three-member cluster (Debian's etcd 3.4).
     Etcd,
+    /// The peer library rslock (crates.io) on the same five redis-servers, run through the
+    /// Redis rows for comparison (`suite --peer rslock`).
+    Rslock,
 }
 
 impl Kind {
+    /// The servers' client port.
+    fn port(self) -> u16 {
+        match self {
+            Kind::Redis | Kind::Rslock => 6379,
+            Kind::Etcd => 2379,
+        }
+    }
+
     fn nodes(self) -> usize {
         match self {
-            Kind::Redis => 5,
+            Kind::Redis | Kind::Rslock => 5,
             Kind::Etcd => 3,
         }
     }
@@ -147,7 +175,7 @@ impl Kind {
     /// The lock's ttl (etcd grants whole seconds and needs elections to fit well inside).
     fn ttl_ms(self) -> u64 {
         match self {
-            Kind::Redis => 1000,
+            Kind::Redis | Kind::Rslock => 1000,
             Kind::Etcd => 2000,
         }
     }
@@ -156,6 +184,7 @@ impl Kind {
         match self {
             Kind::Redis => "redis",
             Kind::Etcd => "etcd",
+            Kind::Rslock => "rslock",
         }
     }
 }
@@ -184,6 +213,8 @@ struct Row {
     persist: bool,
     /// Chance (ppm) that a client pauses 1.5 ttl between its validity check and its write.
     gc_ppm: u32,
+    /// Clients reach the servers through the harness's proxy (delay, jitter, stalls).
+    proxied: bool,
     /// The faults: (ms from the start, action), drawn from the seed for a run of `ms`.
     draw: fn(&mut Rng, &Ctx) -> Vec<(u64, Action)>,
 }
@@ -197,6 +228,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::partitions,
     },
     Row {
@@ -207,7 +239,19 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::loss,
+    },
+        Row {
+        kind: Kind::Redis,
+        name: "redis-slow-links",
+        about: "links to nodes delayed 0-30 % of the ttl with jitter, and stalled for 0.5-1.5 ttl (TCP proxy)",
+        table: "late messages, stalled replies: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: true,
+        draw: faults::slow_links,
     },
     Row {
         kind: Kind::Redis,
@@ -217,6 +261,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::node_pause,
     },
     Row {
@@ -227,6 +272,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::UnfencedWrites],
         persist: true,
         gc_ppm: 200_000,
+        proxied: false,
         draw: faults::client_pause,
     },
     Row {
@@ -237,6 +283,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::crash_delayed_any,
     },
     Row {
@@ -247,6 +294,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: false,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::crash_delayed_past_ttl,
     },
     Row {
@@ -257,6 +305,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::MutualExclusion, Category::UnfencedWrites],
         persist: false,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::crash_immediate,
     },
     Row {
@@ -267,6 +316,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::MutualExclusion, Category::UnfencedWrites],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::clock_jump,
     },
     Row {
@@ -277,6 +327,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::partitions,
     },
     Row {
@@ -287,7 +338,19 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::loss,
+    },
+        Row {
+        kind: Kind::Etcd,
+        name: "etcd-slow-links",
+        about: "clients' links to members delayed 0-30 % of the ttl with jitter, and stalled for 0.5-1.5 ttl (TCP proxy)",
+        table: "client pause with replies in flight, stalled replies: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: true,
+        draw: faults::slow_links,
     },
     Row {
         kind: Kind::Etcd,
@@ -297,6 +360,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::node_pause,
     },
     Row {
@@ -307,6 +371,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::UnfencedWrites],
         persist: true,
         gc_ppm: 200_000,
+        proxied: false,
         draw: faults::client_pause,
     },
     Row {
@@ -317,6 +382,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::client_crash,
     },
     Row {
@@ -327,6 +393,7 @@ const ROWS: &[Row] = &[
         breaks: &[],
         persist: true,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::crash_delayed_any,
     },
     Row {
@@ -337,6 +404,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::MutualExclusion, Category::UnfencedWrites, Category::Fences],
         persist: false,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::cluster_wipe_immediate,
     },
     Row {
@@ -347,6 +415,7 @@ const ROWS: &[Row] = &[
         breaks: &[Category::Fences],
         persist: false,
         gc_ppm: 0,
+        proxied: false,
         draw: faults::cluster_wipe_delayed,
     },
 ];
@@ -374,6 +443,13 @@ enum Action {
     KillClient(usize),
     /// Start a new process for a killed client.
     StartClient(usize),
+    /// Set the proxy in front of a node: delay and jitter (ms), stalled.
+    Link {
+        node: usize,
+        delay_ms: u64,
+        jitter_ms: u64,
+        stalled: bool,
+    },
     /// Set a node's wall-clock offset, in ms.
     Clock {
         node: usize,
@@ -506,6 +582,38 @@ mod faults {
             t += ttl(rng, cx, 50, 200);
         }
         out
+    }
+
+    pub fn slow_links(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let stall = rng.chance(333_333);
+            let d = if stall {
+                ttl(rng, cx, 50, 150)
+            } else {
+                ttl(rng, cx, 50, 300)
+            };
+            for n in subset(rng, cx.nodes) {
+                out.push((
+                    t,
+                    Action::Link {
+                        node: n,
+                        delay_ms: ttl(rng, cx, 0, 30),
+                        jitter_ms: ttl(rng, cx, 0, 10),
+                        stalled: stall,
+                    },
+                ));
+                out.push((
+                    t + d,
+                    Action::Link {
+                        node: n,
+                        delay_ms: 0,
+                        jitter_ms: 0,
+                        stalled: false,
+                    },
+                ));
+            }
+            d
+        })
     }
 
     pub fn node_pause(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
@@ -730,7 +838,7 @@ mod harness {
                 let ok = match self.kind {
                     // It says so on stderr; its status is what counts.
                     Kind::Etcd => self.etcdctl(&["endpoint", "health"]).is_some(),
-                    Kind::Redis => Command::new("redis-cli")
+                    Kind::Redis | Kind::Rslock => Command::new("redis-cli")
                         .args(["-s", self.sock().to_str().unwrap(), "ping"])
                         .output()
                         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")),
@@ -854,8 +962,9 @@ mod harness {
     }
 
     /// Runs `row` once; prints its verdict line. `None`: the harness itself could not run.
-    pub fn run_row(row: &Row, seed: u64, secs: u64) -> Option<Outcome> {
-        match run(row, seed, secs) {
+    /// `peer`: run a Redis row's workload and faults with rslock's clients instead.
+    pub fn run_row(row: &Row, seed: u64, secs: u64, peer: bool) -> Option<Outcome> {
+        match run(row, seed, secs, peer) {
             Ok(o) => Some(o),
             Err(e) => {
                 println!("verdict {} seed={seed}: ERROR {e}", row.name);
@@ -865,12 +974,20 @@ mod harness {
         }
     }
 
-    fn run(row: &Row, seed: u64, secs: u64) -> Result<Outcome, String> {
+    fn run(row: &Row, seed: u64, secs: u64, peer: bool) -> Result<Outcome, String> {
         net::can_build()?;
         net::cleanup_leftovers();
+        if peer && row.kind != Kind::Redis {
+            return Err("the rslock peer runs the Redis rows only".into());
+        }
+        let label = if peer {
+            format!("rslock:{}", row.name)
+        } else {
+            row.name.to_owned()
+        };
         let base = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/chaos")
-            .join(format!("{}-{seed}", row.name));
+            .join(format!("{}-{seed}", label.replace(':', "-")));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
         let shim = build_shim(base.parent().unwrap());
@@ -878,7 +995,7 @@ mod harness {
             return Err("the clock shim did not build (cc tests/chaos/clockshim.c)".into());
         }
         let mut log = std::fs::File::create(base.join("faults.log")).map_err(|e| e.to_string())?;
-        let kind = row.kind;
+        let kind = if peer { Kind::Rslock } else { row.kind };
         let ttl_ms = kind.ttl_ms();
         let mut topo = Topology::build(kind.nodes(), CLIENTS).map_err(|e| e.to_string())?;
         let mut nodes: Vec<Node> = topo
@@ -909,17 +1026,42 @@ mod harness {
                 return Err(format!("{} did not start", n.host.ns));
             }
         }
-        let run_id = format!("{}-{seed}", row.name);
+        let run_id = format!("{label}-{seed}");
         pg_setup(&run_id)?;
         let urls: Vec<String> = topo
             .nodes
             .iter()
-            .map(|h| match kind {
-                Kind::Redis => format!("redis://{}:6379", h.addr),
-                Kind::Etcd => format!("http://{}:2379", h.addr),
+            .map(|h| {
+                let port = kind.port() + if row.proxied { 10000 } else { 0 };
+                match kind {
+                    Kind::Redis | Kind::Rslock => format!("redis://{}:{port}", h.addr),
+                    Kind::Etcd => format!("http://{}:{port}", h.addr),
+                }
             })
             .collect();
+        // The proxies, one in each node's namespace, in front of its client port.
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut proxies = Vec::new();
+        if row.proxied {
+            for n in &nodes {
+                let control = n.dir.join("link");
+                lucky_tests::chaos::proxy::set(&control, 0, 0, false);
+                let p = Topology::exec(&n.host, exe.to_str().unwrap())
+                    .args(["proxy", "--control", control.to_str().unwrap()])
+                    .args([
+                        "--listen",
+                        &format!("{}:{}", n.host.addr, kind.port() + 10000),
+                    ])
+                    .args(["--to", &format!("{}:{}", n.host.addr, kind.port())])
+                    .args(["--seed", &(seed + n.index as u64).to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("proxy: {e}"))?;
+                proxies.push(p);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let start = mono_ns();
         let ms = secs * 1000;
         let end = start + ms * 1_000_000;
@@ -1003,6 +1145,9 @@ mod harness {
         // Heal: rules off, every process running, every node up.
         for (i, n) in nodes.iter_mut().enumerate() {
             let _ = Topology::set_rules(&topo.nodes[i], &[]);
+            if row.proxied {
+                lucky_tests::chaos::proxy::set(&n.dir.join("link"), 0, 0, false);
+            }
             if n.stopped {
                 n.signal("-CONT");
                 n.stopped = false;
@@ -1068,6 +1213,10 @@ mod harness {
         for n in &mut nodes {
             n.kill();
         }
+        for mut p in proxies {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
         topo.teardown();
         let mut broken: Vec<Category> = violations.iter().map(Violation::category).collect();
         broken.sort();
@@ -1096,8 +1245,7 @@ mod harness {
             .filter(|w| w.fenced && !w.accepted)
             .count();
         println!(
-            "verdict {} seed={seed}:{cols} | {} acquisitions, {} failed tries, {writes} fenced writes ({rejected} rejected), {faults} faults{}{}",
-            row.name,
+                        "verdict {label} seed={seed}:{cols} | {} acquisitions, {} failed tries, {writes} fenced writes ({rejected} rejected), {faults} faults{}{}",
             history.claims.len(),
             history.fails.len(),
             if history.bad_lines > 0 { format!(", {} bad lines", history.bad_lines) } else { String::new() },
@@ -1108,7 +1256,7 @@ mod harness {
             let _ = writeln!(report, "{v}");
         }
         let _ = std::fs::write(base.join("violations.txt"), report);
-        let title = format!("{} seed {seed}: {}", row.name, cols.trim());
+        let title = format!("{label} seed {seed}: {}", cols.trim());
         let svg = lucky_tests::chaos::svg::timeline(
             &title,
             &history,
@@ -1213,6 +1361,26 @@ mod harness {
                     if up { "serving" } else { "NOT serving" }
                 )
             }
+            Action::Link {
+                node,
+                delay_ms,
+                jitter_ms,
+                stalled,
+            } => {
+                lucky_tests::chaos::proxy::set(
+                    &nodes[*node].dir.join("link"),
+                    *delay_ms,
+                    *jitter_ms,
+                    *stalled,
+                );
+                if *stalled {
+                    format!("n{node}: link stalled")
+                } else if *delay_ms == 0 && *jitter_ms == 0 {
+                    format!("n{node}: link healed")
+                } else {
+                    format!("n{node}: link delay {delay_ms} ms, jitter {jitter_ms} ms")
+                }
+            }
             Action::Clock { node, offset_ms } => {
                 nodes[*node].set_clock(*offset_ms);
                 format!("n{node}: wall clock offset now {offset_ms} ms")
@@ -1227,10 +1395,14 @@ mod harness {
         let first = opts.num("seed", 1);
         let only: Option<Vec<&str>> = opts.get("rows").map(|r| r.split(',').collect());
         let require_breaks = opts.get("require-breaks") != Some("no");
+        // `--peer rslock`: the Redis rows with rslock's clients; reported, not judged.
+        let peer = opts.get("peer") == Some("rslock");
         let mut table = Vec::new();
         let mut all_ok = true;
         for row in ROWS {
-            if only.as_ref().is_some_and(|o| !o.contains(&row.name)) {
+            if only.as_ref().is_some_and(|o| !o.contains(&row.name))
+                || (peer && row.kind != Kind::Redis)
+            {
                 continue;
             }
             let mut agreed = 0;
@@ -1238,7 +1410,7 @@ mod harness {
             let mut acquisitions = 0;
             let mut errors = 0;
             for seed in first..first + runs {
-                match run_row(row, seed, secs) {
+                match run_row(row, seed, secs, peer) {
                     Some(o) => {
                         agreed += o.agrees as u64;
                         acquisitions += o.acquisitions;
@@ -1253,7 +1425,7 @@ mod harness {
             // suite (`--require-breaks no`, CI's) asks only that nothing unexpected broke.
             let shown = !require_breaks || row.breaks.iter().all(|c| seen.contains(c));
             let ok = agreed == runs && shown;
-            all_ok &= ok;
+            all_ok &= ok || peer;
             table.push(format!(
                 "| {} | {} | {runs} | {agreed} | {} | {acquisitions} | {}{} |",
                 row.name,
@@ -1263,7 +1435,9 @@ mod harness {
                 } else {
                     seen.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
                 },
-                if ok {
+                if peer {
+                    "rslock (a peer: reported, not judged)"
+                } else if ok {
                     "agrees"
                 } else if !shown {
                     "DISAGREES: the expected break was not seen"
@@ -1357,6 +1531,19 @@ mod client {
             )
             .await
             .unwrap();
+        let seq = opts.num("seq-base", 0);
+        if opts.get("backend") == Some("rslock") {
+            let w = Workload {
+                id,
+                end,
+                gc_ppm,
+                ttl_ms,
+                run: &run,
+                pg: &pg,
+                unfenced: &unfenced,
+            };
+            return rslock_loop(&w, &urls, seq, &mut rng, &mut rec).await;
+        }
         let locks = loop {
             if mono_ns() > end {
                 return;
@@ -1384,7 +1571,7 @@ mod client {
                 }
             }
         };
-        let mut seq = opts.num("seq-base", 0);
+        let mut seq = seq;
         while mono_ns() < end {
             let t_req = mono_ns();
             match locks.acquire(LOCK, ttl, WaitFor::For(ttl * 2)).await {
@@ -1451,5 +1638,76 @@ mod client {
             tokio::time::sleep(Duration::from_millis(rng.range(0, 29))).await;
         }
         locks.close(Duration::from_secs(5)).await;
+    }
+
+    /// What both client loops share.
+    struct Workload<'a> {
+        id: u64,
+        end: u64,
+        gc_ppm: u32,
+        ttl_ms: u64,
+        run: &'a str,
+        pg: &'a tokio_postgres::Client,
+        unfenced: &'a tokio_postgres::Statement,
+    }
+
+    /// The same workload through rslock. It gives no fence, so only the unfenced log is
+    /// written; a claim ends where a user reading the lock would think: `validity_time` after
+    /// `lock()` returned. No extension: a hold longer than that skips its write.
+    async fn rslock_loop(
+        w: &Workload<'_>,
+        urls: &[String],
+        mut seq: u64,
+        rng: &mut Rng,
+        rec: &mut Rec,
+    ) {
+        let id = w.id;
+        let lm = rslock::LockManager::new(urls.to_vec());
+        let ttl = Duration::from_millis(w.ttl_ms);
+        while mono_ns() < w.end {
+            let t_req = mono_ns();
+            let wait_end = t_req + 2 * w.ttl_ms * 1_000_000;
+            let lock = loop {
+                match lm.lock(LOCK.as_bytes(), ttl).await {
+                    Ok(l) => break Some(l),
+                    Err(_) if mono_ns() < wait_end => {
+                        tokio::time::sleep(Duration::from_millis(rng.range(0, 49))).await
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some(lock) = lock else {
+                rec.line(format!("fail {id} {t_req} {} unavailable", mono_ns()));
+                continue;
+            };
+            seq += 1;
+            let t_acq = mono_ns();
+            let until = t_acq + lock.validity_time as u64 * 1_000_000;
+            rec.line(format!("acq {id} {seq} {t_req} {t_acq} {until} -"));
+            let hold = if rng.chance(100_000) {
+                rng.range(w.ttl_ms * 12 / 10, w.ttl_ms * 2)
+            } else {
+                rng.range(w.ttl_ms / 20, w.ttl_ms * 6 / 10)
+            };
+            tokio::time::sleep(Duration::from_millis(hold)).await;
+            if mono_ns() + w.ttl_ms * 1_000_000 / 5 < until {
+                if rng.chance(w.gc_ppm) {
+                    std::thread::sleep(Duration::from_millis(w.ttl_ms * 3 / 2));
+                }
+                let t0 = mono_ns();
+                let r =
+                    w.pg.query_one(w.unfenced, &[&w.run, &0i64, &(id as i32)])
+                        .await;
+                let t1 = mono_ns();
+                if let Ok(row) = r {
+                    let order: i64 = row.get(0);
+                    rec.line(format!("write {id} {seq} 0 {t0} {t1} 1 {order}"));
+                }
+            }
+            let t0 = mono_ns();
+            lm.unlock(&lock).await;
+            rec.line(format!("rel {id} {seq} {t0} {}", mono_ns()));
+            tokio::time::sleep(Duration::from_millis(rng.range(0, 29))).await;
+        }
     }
 }

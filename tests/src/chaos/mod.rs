@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod net;
+pub mod proxy;
 pub mod svg;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the one clock every process of the machine shares.
