@@ -28,6 +28,12 @@ cargo run -q --release -p lucky --features memory --example own_simulation -- 1 
 echo "== a user-side invariant over every machine, from lucky-core's proptest strategies"
 cargo run -q -p lucky-core --features proptest --example user_invariant
 
+echo "== chaos: four rows of the guarantee tables on real servers in network namespaces, one short run each"
+# The full matrix (every row, 20 runs each) is README.md's "Real-world chaos" command.
+bash scripts/services.sh chaos-deps
+cargo run -q -p lucky-tests --all-features --bin chaos -- suite --runs 1 --secs 10 --require-breaks no \
+  --rows redis-partition,redis-clock-jump,etcd-partition,etcd-member-pause
+
 cargo build --release -p lucky-sim
 SIM=target/release/lucky-sim
 

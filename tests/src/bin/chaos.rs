@@ -319,6 +319,17 @@ const ROWS: &[Row] = &[
         proxied: false,
         draw: faults::clock_jump,
     },
+        Row {
+        kind: Kind::Redis,
+        name: "redis-clock-drift-within",
+        about: "three nodes' clocks run 1 000-5 000 ppm fast or slow (within the client's 10 000 ppm allowance)",
+        table: "node clocks drifting within the bound: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::drift_within,
+    },
     Row {
         kind: Kind::Etcd,
         name: "etcd-partition",
@@ -450,10 +461,12 @@ enum Action {
         jitter_ms: u64,
         stalled: bool,
     },
-    /// Set a node's wall-clock offset, in ms.
+    /// Set a node's wall clock: an offset from the real one (ms) and a rate (ppm, drift
+    /// counted from when the rate changed).
     Clock {
         node: usize,
         offset_ms: i64,
+        rate_ppm: i64,
     },
 }
 
@@ -697,6 +710,31 @@ mod faults {
         })
     }
 
+    /// Three nodes' clocks run fast or slow from the start of the run,
+    /// each at one rate between `min_ppm` and `max_ppm`.
+    fn drift(rng: &mut Rng, cx: &Ctx, min_ppm: u64, max_ppm: u64) -> Vec<(u64, Action)> {
+        pick(rng, cx.nodes, cx.nodes / 2 + 1)
+            .into_iter()
+            .map(|n| {
+                let ppm = rng.range(min_ppm, max_ppm) as i64;
+                let sign = if rng.chance(500_000) { 1 } else { -1 };
+                (
+                    1,
+                    Action::Clock {
+                        node: n,
+                        offset_ms: 0,
+                        rate_ppm: sign * ppm,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Within the drift the client allows for (10 000 ppm by default): half of it at most.
+    pub fn drift_within(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        drift(rng, cx, 1_000, 5_000)
+    }
+
     pub fn clock_jump(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
         let mut offsets = vec![0i64; cx.nodes];
         timeline(rng, cx, |rng, t, out| {
@@ -707,6 +745,7 @@ mod faults {
                     Action::Clock {
                         node: n,
                         offset_ms: offsets[n],
+                        rate_ppm: 0,
                     },
                 ));
             }
@@ -867,11 +906,11 @@ mod harness {
             self.stopped = false;
         }
 
-        fn set_clock(&self, offset_ms: i64) {
+        fn set_clock(&self, offset_ms: i64, rate_ppm: i64) {
             let ns = offset_ms as i128 * 1_000_000;
             // Written whole, then renamed: the shim never reads half a file.
             let tmp = self.dir.join("clock.tmp");
-            let _ = std::fs::write(&tmp, format!("{ns} 0\n"));
+            let _ = std::fs::write(&tmp, format!("{ns} {rate_ppm}\n"));
             let _ = std::fs::rename(&tmp, self.dir.join("clock"));
         }
 
@@ -991,7 +1030,7 @@ mod harness {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
         let shim = build_shim(base.parent().unwrap());
-        if row.name == "redis-clock-jump" && shim.is_none() {
+        if row.name.starts_with("redis-clock") && shim.is_none() {
             return Err("the clock shim did not build (cc tests/chaos/clockshim.c)".into());
         }
         let mut log = std::fs::File::create(base.join("faults.log")).map_err(|e| e.to_string())?;
@@ -1381,9 +1420,17 @@ mod harness {
                     format!("n{node}: link delay {delay_ms} ms, jitter {jitter_ms} ms")
                 }
             }
-            Action::Clock { node, offset_ms } => {
-                nodes[*node].set_clock(*offset_ms);
-                format!("n{node}: wall clock offset now {offset_ms} ms")
+            Action::Clock {
+                node,
+                offset_ms,
+                rate_ppm,
+            } => {
+                nodes[*node].set_clock(*offset_ms, *rate_ppm);
+                if *rate_ppm == 0 {
+                    format!("n{node}: wall clock offset now {offset_ms} ms")
+                } else {
+                    format!("n{node}: wall clock rate {rate_ppm:+} ppm")
+                }
             }
         }
     }
