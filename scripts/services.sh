@@ -13,7 +13,7 @@
 # Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
 # which the etcd-client crate's build needs), Curator and a JDK from Debian, and kazoo from
 # PyPI, when they are missing. Idempotent. `chaos-deps` installs what the chaos harness adds
-# (nftables).
+# (nftables from Debian, node-redlock's packages from npm).
 set -euo pipefail
 DIR="${LUCKY_SERVICES_DIR:-/tmp/lucky-services}"
 PORTS="7001 7002 7003 7004 7005"
@@ -246,7 +246,13 @@ case "${1:-}" in
   # Only ZooKeeper (tests restart servers they killed with it).
   start-zookeeper) start_zookeeper ;;
   # What the chaos harness needs beyond the servers: nft (nftables) for partitions and loss,
-  # iproute2 for the namespaces, a C compiler for its clock shim.
-  chaos-deps) need nft nftables; need ip iproute2; need cc gcc; need redis-server redis-server; need redis-cli redis-tools ;;
+  # iproute2 for the namespaces, a C compiler for its clock shim; the peer node-redlock needs
+  # Node.js and its packages (npm ci, from the lock file).
+  chaos-deps)
+    need nft nftables; need ip iproute2; need cc gcc; need redis-server redis-server; need redis-cli redis-tools
+    peer="$(dirname "$0")/../tests/chaos/node-redlock"
+    if command -v npm >/dev/null 2>&1 && [ ! -d "$peer/node_modules" ]; then
+      npm ci --prefix "$peer" --no-audit --no-fund >/dev/null
+    fi ;;
   *) echo "usage: $0 start|stop|start-cluster|stop-cluster|start-zookeeper|chaos-deps" >&2; exit 64 ;;
 esac

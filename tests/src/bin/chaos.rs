@@ -11,6 +11,7 @@
 //! chaos run --row redis-partition --seed 7 [--secs 20]
 //! chaos suite [--runs 20] [--rows a,b] [--secs 20] [--require-breaks no]
 //!                                                    # every row; a table at the end
+//! chaos suite --peer rslock|node-redlock [...]        # the Redis rows with a peer library
 //! chaos rows                                         # the rows and what the README says
 //! chaos cleanup                                      # remove a killed run's namespaces
 //! ```
@@ -74,8 +75,7 @@ fn main() {
                 std::process::exit(2);
             };
             let seed = opts.num("seed", 1);
-            let peer = opts.get("peer") == Some("rslock");
-            let ok = harness::run_row(row, seed, opts.num("secs", 20), peer);
+            let ok = harness::run_row(row, seed, opts.num("secs", 20), peer(&opts));
             std::process::exit(if ok.is_some_and(|o| o.agrees) { 0 } else { 1 });
         }
         Some("suite") => {
@@ -89,7 +89,7 @@ fn main() {
         }
         Some("cleanup") => net::cleanup_leftovers(),
         _ => {
-            eprintln!("usage: chaos run --row R --seed S [--secs N] | suite [--runs N] [--rows a,b] [--secs N] | rows | cleanup");
+            eprintln!("usage: chaos run --row R --seed S [--secs N] [--peer P] | suite [--runs N] [--rows a,b] [--secs N] [--peer P] | rows | cleanup");
             std::process::exit(2);
         }
     }
@@ -118,6 +118,15 @@ fn cleanup_on_signal() {
             std::process::exit(130);
         });
     });
+}
+
+/// `--peer rslock|node-redlock`: a peer library's clients instead of Lucky's.
+fn peer(opts: &Opts) -> Option<Kind> {
+    match opts.get("peer") {
+        Some("rslock") => Some(Kind::Rslock),
+        Some("node-redlock") => Some(Kind::NodeRedlock),
+        _ => None,
+    }
 }
 
 /// `--key value` options.
@@ -154,20 +163,23 @@ enum Kind {
     /// The peer library rslock (crates.io) on the same five redis-servers, run through the
     /// Redis rows for comparison (`suite --peer rslock`).
     Rslock,
+    /// The peer library node-redlock 4 (npm) on ioredis, the same way (`--peer node-redlock`;
+    /// `tests/chaos/node-redlock/client.js`).
+    NodeRedlock,
 }
 
 impl Kind {
     /// The servers' client port.
     fn port(self) -> u16 {
         match self {
-            Kind::Redis | Kind::Rslock => 6379,
+            Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 6379,
             Kind::Etcd => 2379,
         }
     }
 
     fn nodes(self) -> usize {
         match self {
-            Kind::Redis | Kind::Rslock => 5,
+            Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 5,
             Kind::Etcd => 3,
         }
     }
@@ -175,7 +187,7 @@ impl Kind {
     /// The lock's ttl (etcd grants whole seconds and needs elections to fit well inside).
     fn ttl_ms(self) -> u64 {
         match self {
-            Kind::Redis | Kind::Rslock => 1000,
+            Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 1000,
             Kind::Etcd => 2000,
         }
     }
@@ -185,6 +197,7 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::Etcd => "etcd",
             Kind::Rslock => "rslock",
+            Kind::NodeRedlock => "node-redlock",
         }
     }
 }
@@ -877,7 +890,7 @@ mod harness {
                 let ok = match self.kind {
                     // It says so on stderr; its status is what counts.
                     Kind::Etcd => self.etcdctl(&["endpoint", "health"]).is_some(),
-                    Kind::Redis | Kind::Rslock => Command::new("redis-cli")
+                    Kind::Redis | Kind::Rslock | Kind::NodeRedlock => Command::new("redis-cli")
                         .args(["-s", self.sock().to_str().unwrap(), "ping"])
                         .output()
                         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")),
@@ -1001,8 +1014,8 @@ mod harness {
     }
 
     /// Runs `row` once; prints its verdict line. `None`: the harness itself could not run.
-    /// `peer`: run a Redis row's workload and faults with rslock's clients instead.
-    pub fn run_row(row: &Row, seed: u64, secs: u64, peer: bool) -> Option<Outcome> {
+    /// `peer`: run a Redis row's workload and faults with a peer library's clients instead.
+    pub fn run_row(row: &Row, seed: u64, secs: u64, peer: Option<Kind>) -> Option<Outcome> {
         match run(row, seed, secs, peer) {
             Ok(o) => Some(o),
             Err(e) => {
@@ -1013,16 +1026,15 @@ mod harness {
         }
     }
 
-    fn run(row: &Row, seed: u64, secs: u64, peer: bool) -> Result<Outcome, String> {
+    fn run(row: &Row, seed: u64, secs: u64, peer: Option<Kind>) -> Result<Outcome, String> {
         net::can_build()?;
         net::cleanup_leftovers();
-        if peer && row.kind != Kind::Redis {
-            return Err("the rslock peer runs the Redis rows only".into());
+        if peer.is_some() && row.kind != Kind::Redis {
+            return Err("the peers run the Redis rows only".into());
         }
-        let label = if peer {
-            format!("rslock:{}", row.name)
-        } else {
-            row.name.to_owned()
+        let label = match peer {
+            Some(p) => format!("{}:{}", p.name(), row.name),
+            None => row.name.to_owned(),
         };
         let base = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/chaos")
@@ -1034,7 +1046,7 @@ mod harness {
             return Err("the clock shim did not build (cc tests/chaos/clockshim.c)".into());
         }
         let mut log = std::fs::File::create(base.join("faults.log")).map_err(|e| e.to_string())?;
-        let kind = if peer { Kind::Rslock } else { row.kind };
+        let kind = peer.unwrap_or(row.kind);
         let ttl_ms = kind.ttl_ms();
         let mut topo = Topology::build(kind.nodes(), CLIENTS).map_err(|e| e.to_string())?;
         let mut nodes: Vec<Node> = topo
@@ -1073,7 +1085,9 @@ mod harness {
             .map(|h| {
                 let port = kind.port() + if row.proxied { 10000 } else { 0 };
                 match kind {
-                    Kind::Redis | Kind::Rslock => format!("redis://{}:{port}", h.addr),
+                    Kind::Redis | Kind::Rslock | Kind::NodeRedlock => {
+                        format!("redis://{}:{port}", h.addr)
+                    }
                     Kind::Etcd => format!("http://{}:{port}", h.addr),
                 }
             })
@@ -1113,8 +1127,16 @@ mod harness {
                 .append(true)
                 .open(base.join(format!("c{i}.err")))
                 .map_err(|e| e.to_string())?;
-            Topology::exec(&topo.clients[i], exe.to_str().unwrap())
-                .args(["client", "--id", &i.to_string(), "--nodes", &urls.join(",")])
+            let mut cmd = if kind == Kind::NodeRedlock {
+                let mut c = Topology::exec(&topo.clients[i], "node");
+                c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("chaos/node-redlock/client.js"));
+                c
+            } else {
+                let mut c = Topology::exec(&topo.clients[i], exe.to_str().unwrap());
+                c.arg("client");
+                c
+            };
+            cmd.args(["--id", &i.to_string(), "--nodes", &urls.join(",")])
                 .args(["--backend", kind.name(), "--ttl-ms", &ttl_ms.to_string()])
                 .args(["--run", &run_id, "--end", &end.to_string()])
                 .args(["--gc-ppm", &row.gc_ppm.to_string()])
@@ -1442,13 +1464,14 @@ mod harness {
         let first = opts.num("seed", 1);
         let only: Option<Vec<&str>> = opts.get("rows").map(|r| r.split(',').collect());
         let require_breaks = opts.get("require-breaks") != Some("no");
-        // `--peer rslock`: the Redis rows with rslock's clients; reported, not judged.
-        let peer = opts.get("peer") == Some("rslock");
+        // `--peer rslock|node-redlock`: the Redis rows with a peer's clients; reported, not
+        // judged.
+        let peer = peer(opts);
         let mut table = Vec::new();
         let mut all_ok = true;
         for row in ROWS {
             if only.as_ref().is_some_and(|o| !o.contains(&row.name))
-                || (peer && row.kind != Kind::Redis)
+                || (peer.is_some() && row.kind != Kind::Redis)
             {
                 continue;
             }
@@ -1472,7 +1495,7 @@ mod harness {
             // suite (`--require-breaks no`, CI's) asks only that nothing unexpected broke.
             let shown = !require_breaks || row.breaks.iter().all(|c| seen.contains(c));
             let ok = agreed == runs && shown;
-            all_ok &= ok || peer;
+            all_ok &= ok || peer.is_some();
             table.push(format!(
                 "| {} | {} | {runs} | {agreed} | {} | {acquisitions} | {}{} |",
                 row.name,
@@ -1482,8 +1505,8 @@ mod harness {
                 } else {
                     seen.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
                 },
-                if peer {
-                    "rslock (a peer: reported, not judged)"
+                if peer.is_some() {
+                    "a peer: reported, not judged"
                 } else if ok {
                     "agrees"
                 } else if !shown {
