@@ -41,7 +41,10 @@ const LOCK: &str = "chaos";
 /// PostgreSQL, through its Unix socket.
 const PG: &str = "host=/var/run/postgresql user=postgres dbname=postgres";
 /// After the last fault heals, clients go on this long: the lock must move again in it.
-const QUIET_MS: u64 = 4000;
+/// (At least 4 s, and 2.5 ttl: a session or lease a cut-off holder left must run out first.)
+fn quiet_ms(ttl_ms: u64) -> u64 {
+    (ttl_ms * 5 / 2).max(4000)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -160,6 +163,9 @@ enum Kind {
     Redis,
     /// The etcd lock on a three-member cluster (Debian's etcd 3.4).
     Etcd,
+    /// The ZooKeeper lock on a three-member ensemble (Debian's ZooKeeper 3.8; tickTime
+    /// 200 ms, syncLimit 5).
+    Zk,
     /// The peer library rslock (crates.io) on the same five redis-servers, run through the
     /// Redis rows for comparison (`suite --peer rslock`).
     Rslock,
@@ -174,13 +180,14 @@ impl Kind {
         match self {
             Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 6379,
             Kind::Etcd => 2379,
+            Kind::Zk => 2181,
         }
     }
 
     fn nodes(self) -> usize {
         match self {
             Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 5,
-            Kind::Etcd => 3,
+            Kind::Etcd | Kind::Zk => 3,
         }
     }
 
@@ -189,6 +196,9 @@ impl Kind {
         match self {
             Kind::Redis | Kind::Rslock | Kind::NodeRedlock => 1000,
             Kind::Etcd => 2000,
+            // The session timeout: the proof through a follower gives up `lag` (6 ticks
+            // + 200 ms) and a leader margin (2 ticks) of it.
+            Kind::Zk => 4000,
         }
     }
 
@@ -196,6 +206,7 @@ impl Kind {
         match self {
             Kind::Redis => "redis",
             Kind::Etcd => "etcd",
+            Kind::Zk => "zookeeper",
             Kind::Rslock => "rslock",
             Kind::NodeRedlock => "node-redlock",
         }
@@ -342,6 +353,72 @@ const ROWS: &[Row] = &[
         gc_ppm: 0,
         proxied: false,
         draw: faults::drift_within,
+    },
+        Row {
+        kind: Kind::Zk,
+        name: "zk-partition",
+        about: "any split of members and clients (a member cut from the others too), one-way cuts, 0.3-2.5 ttl at a time",
+        table: "a holder (or its follower) cut off for longer than the session: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::partitions,
+    },
+    Row {
+        kind: Kind::Zk,
+        name: "zk-loss",
+        about: "random packet loss of 5-50 % on every member (client and quorum traffic), redrawn every 0.5-2 ttl",
+        table: "lost messages, creates applied without an answer: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::loss,
+    },
+    Row {
+        kind: Kind::Zk,
+        name: "zk-member-pause",
+        about: "members SIGSTOPped for 0.2-2 ttl, up to all of them (leader losses, quorum losses)",
+        table: "the member under a session stopped; quorum lost: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::node_pause,
+    },
+    Row {
+        kind: Kind::Zk,
+        name: "zk-client-pause",
+        about: "clients SIGSTOPped for 0.5-3 ttl, and 20 % of writes paused 1.5 ttl after the check",
+        table: "client pause between check and write: the lock holds, a late unfenced write lands (expected) | holds",
+        breaks: &[Category::UnfencedWrites],
+        persist: true,
+        gc_ppm: 200_000,
+        proxied: false,
+        draw: faults::client_pause,
+    },
+    Row {
+        kind: Kind::Zk,
+        name: "zk-client-crash",
+        about: "clients killed (SIGKILL) while holding or queued, a new process started after 0-2 ttl",
+        table: "queued clients and holders crash for good: holds, the queue moves on | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::client_crash,
+    },
+    Row {
+        kind: Kind::Zk,
+        name: "zk-crash-persist",
+        about: "members killed (SIGKILL) and restarted with their data after 0-2 ttl, up to all of them",
+        table: "a server killed and restarted within the session timeout: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        draw: faults::crash_delayed_any,
     },
     Row {
         kind: Kind::Etcd,
@@ -794,8 +871,10 @@ mod harness {
             if self.child.is_some() {
                 return Ok(());
             }
-            if self.kind == Kind::Etcd {
-                return self.start_etcd();
+            match self.kind {
+                Kind::Etcd => return self.start_etcd(),
+                Kind::Zk => return self.start_zk(),
+                _ => {}
             }
             if !self.persist {
                 let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
@@ -870,6 +949,57 @@ mod harness {
             Ok(())
         }
 
+        /// A ZooKeeper ensemble member (the JVM of Debian's `zookeeper`), its data kept.
+        fn start_zk(&mut self) -> Result<(), String> {
+            let data = self.dir.join("data");
+            let _ = std::fs::create_dir_all(&data);
+            let _ = std::fs::write(data.join("myid"), format!("{}\n", self.index + 1));
+            let mut cfg = format!(
+                "tickTime=200\ninitLimit=20\nsyncLimit=5\ndataDir={}\nclientPort=2181\n\
+                 clientPortAddress={}\nminSessionTimeout=400\nmaxSessionTimeout=60000\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,mntr,dump\n",
+                data.display(),
+                self.host.addr
+            );
+            for m in 0..self.of {
+                let _ = writeln!(cfg, "server.{}={}:2888:3888", m + 1, node_addr(m));
+            }
+            let conf = self.dir.join("zoo.cfg");
+            std::fs::write(&conf, cfg).map_err(|e| e.to_string())?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("server.log"))
+                .map_err(|e| e.to_string())?;
+            let child = Topology::exec(&self.host, "java")
+                .arg("-Xmx192m")
+                .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
+                .arg("-Dzookeeper.snapshot.trust.empty=true")
+                .args(["-cp", "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:/etc/zookeeper/conf"])
+                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+                .arg(&conf)
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("zookeeper: {e}"))?;
+            self.child = Some(child);
+            self.stopped = false;
+            Ok(())
+        }
+
+        /// A four-letter command to this member, from inside its namespace.
+        fn four(&self, cmd: &str) -> Option<String> {
+            let script = format!(
+                "exec 3<>/dev/tcp/{}/2181 && printf {cmd} >&3 && cat <&3",
+                self.host.addr
+            );
+            let o = Topology::exec(&self.host, "timeout")
+                .args(["2", "bash", "-c", &script])
+                .output()
+                .ok()?;
+            Some(String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+
         /// `etcdctl` against this member, from inside its namespace.
         fn etcdctl(&self, args: &[&str]) -> Option<String> {
             let o = Topology::exec(&self.host, "etcdctl")
@@ -890,6 +1020,9 @@ mod harness {
                 let ok = match self.kind {
                     // It says so on stderr; its status is what counts.
                     Kind::Etcd => self.etcdctl(&["endpoint", "health"]).is_some(),
+                    Kind::Zk => self.four("srvr").is_some_and(|o| {
+                        o.contains("Mode: leader") || o.contains("Mode: follower")
+                    }),
                     Kind::Redis | Kind::Rslock | Kind::NodeRedlock => Command::new("redis-cli")
                         .args(["-s", self.sock().to_str().unwrap(), "ping"])
                         .output()
@@ -930,6 +1063,15 @@ mod harness {
         /// Lock keys left (Redis: fence counters excluded, through the Unix socket; etcd: keys
         /// under the lock's prefix and leases).
         fn leftover(&self) -> Option<usize> {
+            if self.kind == Kind::Zk {
+                // Ephemeral nodes of live sessions in the lock's directory.
+                let dump = self.four("dump")?;
+                return Some(
+                    dump.lines()
+                        .filter(|l| l.contains(&format!("/lucky/{LOCK}/")))
+                        .count(),
+                );
+            }
             if self.kind == Kind::Etcd {
                 let keys =
                     self.etcdctl(&["get", "--prefix", &format!("{LOCK}/"), "--keys-only"])?;
@@ -1089,6 +1231,7 @@ mod harness {
                         format!("redis://{}:{port}", h.addr)
                     }
                     Kind::Etcd => format!("http://{}:{port}", h.addr),
+                    Kind::Zk => format!("{}:{port}", h.addr),
                 }
             })
             .collect();
@@ -1153,9 +1296,10 @@ mod harness {
         for i in 0..CLIENTS {
             clients.push(Some(spawn(i, 0)?));
         }
-        // Faults, in time order, until QUIET_MS before the end; then everything heals.
+        // Faults, in time order, until the quiet time before the end; then everything heals.
         let mut rng = Rng::stream(seed, row.name);
-        let fault_ms = ms.saturating_sub(QUIET_MS);
+        let quiet = quiet_ms(ttl_ms);
+        let fault_ms = ms.saturating_sub(quiet);
         let cx = Ctx {
             ms: fault_ms,
             nodes: kind.nodes(),
@@ -1260,7 +1404,7 @@ mod harness {
             let text = std::fs::read_to_string(base.join(format!("c{i}.hist"))).unwrap_or_default();
             history.read(&text);
         }
-        let mut violations = history.check(Some((healed, healed + (QUIET_MS - 500) * 1_000_000)));
+        let mut violations = history.check(Some((healed, healed + (quiet - 500) * 1_000_000)));
         for n in &nodes {
             match n.leftover() {
                 Some(0) => {}
@@ -1534,6 +1678,7 @@ mod client {
     use super::*;
     use lucky::etcd::Etcd;
     use lucky::redis::Redis;
+    use lucky::zookeeper::ZooKeeper;
     use lucky::{Locker, WaitFor};
 
     struct Rec(std::fs::File);
@@ -1560,7 +1705,7 @@ mod client {
         let run = opts.get("run").unwrap_or("run").to_owned();
         let mut rng = Rng::new(opts.num("seed", 1));
         let ttl_ms = opts.num("ttl-ms", 1000);
-        let etcd = opts.get("backend") == Some("etcd");
+        let backend = opts.get("backend").unwrap_or("redis").to_owned();
         // Appended: a client slot's later processes (after a kill) add to its history.
         let mut rec = Rec(std::fs::OpenOptions::new()
             .create(true)
@@ -1618,7 +1763,15 @@ mod client {
             if mono_ns() > end {
                 return;
             }
-            let connected: Result<Box<dyn Locker>, lucky::Error> = if etcd {
+            let connected: Result<Box<dyn Locker>, lucky::Error> = if backend == "zookeeper" {
+                ZooKeeper::builder(urls.clone())
+                    .ttl(ttl)
+                    .ensemble(Duration::from_millis(200), 5)
+                    .connect_timeout(Duration::from_millis(2000))
+                    .connect()
+                    .await
+                    .map(|l| Box::new(l) as Box<dyn Locker>)
+            } else if backend == "etcd" {
                 Etcd::builder(urls.clone())
                     .ttl(ttl)
                     .connect_timeout(Duration::from_millis(1000))
