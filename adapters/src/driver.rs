@@ -434,12 +434,7 @@ where
     /// hint, the deadline) and reports `Moved`. Everything lives in the driver, so a step
     /// dropped midway loses nothing.
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
-        while let Some(out) = self.machine.poll_output() {
-            match out {
-                Output::Transmit(t) => self.transmit(t),
-                Output::Event(e) => self.event(e),
-            }
-        }
+        self.drain();
         if let Some(step) = self.steps.pop_front() {
             return Poll::Ready(step);
         }
@@ -468,6 +463,17 @@ where
             return Poll::Ready(Step::Moved);
         }
         Poll::Pending
+    }
+
+    /// Hands out everything the machine emitted: commands to the transport, events to the
+    /// guard's state and the step queue.
+    fn drain(&mut self) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                Output::Transmit(t) => self.transmit(t),
+                Output::Event(e) => self.event(e),
+            }
+        }
     }
 
     /// Ready when the lock may have been released: once the subscription to release hints
@@ -649,6 +655,10 @@ where
     /// background, and a finished machine goes back for reuse.
     #[allow(clippy::boxed_local)] // the driver lives in this box; unboxing would copy it
     fn wind_up(mut self: Box<Self>) {
+        // What the machine said last (a release answered after the task decided to end) is
+        // read here: a machine goes back for reuse with nothing left to say, or its next
+        // acquisition would read that answer as its own (a `Released` ending a fresh hold).
+        self.drain();
         finish_detached(std::mem::take(&mut self.inflight), self.transport.tasks());
         if let (Some(recycle), State::Done) = (self.recycle.take(), self.machine.state()) {
             recycle(self.machine);

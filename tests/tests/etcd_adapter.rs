@@ -318,3 +318,33 @@ async fn sigstop_of_etcd_beyond_the_ttl_fires_lost_at_the_deadline() {
     assert!(g.fence().unwrap() > f0);
     g.release().await.unwrap();
 }
+
+/// Found by the chaos harness (etcd rows: guards handed out already ended, deadline at the
+/// clock's epoch). A failed try's machine goes back to the client's pool after its task
+/// released it; that release answered `Released`, which the task did not read before it
+/// ended, so the next acquisition on the name ended its own hold with it before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_after_a_failed_try_on_the_same_name_is_held() {
+    let Some((endpoints, etcd, _raw)) = setup().await else {
+        return;
+    };
+    let other = Etcd::connect(&endpoints).await.unwrap();
+    let name = unique("after-failed-try");
+    for round in 0..12 {
+        let holder = other.lock(&name).await.unwrap();
+        // The same options both times (a machine is reused only for the same options), and
+        // a one-shot try: it ends with nothing in flight, so its task hands the machine back.
+        let e = etcd.lock(&name).no_wait().await.unwrap_err();
+        assert!(e.is_taken(), "{e}");
+        // The failed try's task hands its machine back to the pool, sooner or later.
+        tokio::time::sleep(Duration::from_millis([0, 1, 5, 20, 100, 300][round % 6])).await;
+        holder.release().await.unwrap();
+        let guard = etcd.lock(&name).no_wait().await.unwrap();
+        assert!(
+            guard.is_held() && guard.valid_until() > Instant::now(),
+            "round {round}: a fresh guard reads as ended (valid until {:?} from now)",
+            guard.valid_until().checked_duration_since(Instant::now())
+        );
+        guard.release().await.unwrap();
+    }
+}

@@ -1081,7 +1081,19 @@ mod harness {
                     .nth(1)
                     .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(0);
-                return Some(keys.lines().filter(|l| !l.is_empty()).count() + n_leases);
+                let n = keys.lines().filter(|l| !l.is_empty()).count() + n_leases;
+                if n > 0 {
+                    // What was left, for the run's folder: keys, and each lease's time to live.
+                    let mut detail = format!("keys:\n{keys}\n{leases}\n");
+                    for id in leases.lines().skip(1) {
+                        let id = id.trim().trim_start_matches("id(").trim_end_matches(')');
+                        if let Some(t) = self.etcdctl(&["lease", "timetolive", id, "--keys"]) {
+                            detail.push_str(&t);
+                        }
+                    }
+                    let _ = std::fs::write(self.dir.join("leftover.txt"), detail);
+                }
+                return Some(n);
             }
             let o = Command::new("redis-cli")
                 .args(["-s", self.sock().to_str().unwrap(), "--scan"])
