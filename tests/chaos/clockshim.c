@@ -28,7 +28,12 @@
  *   gettimeofday() and time().  Every other clock id (CLOCK_MONOTONIC,
  *   CLOCK_MONOTONIC_RAW, CLOCK_BOOTTIME, CLOCK_TAI, CPU-time clocks, ...) is
  *   passed through to the kernel unchanged, so timeouts/intervals measured
- *   with a monotonic clock are not affected.
+ *   with a monotonic clock are not affected -- unless LUCKY_CLOCK_MONOTONIC=1:
+ *   then the rate (never the offset) applies to CLOCK_MONOTONIC(_COARSE,
+ *   _RAW) and CLOCK_BOOTTIME too, as a whole machine's clock running fast or
+ *   slow (the harness uses it on client processes: Rust's Instant and
+ *   tokio's timers read the clock through libc and drift; the harness's own
+ *   history stamps read the vDSO directly and do not).
  *
  * CONTROL FILE
  *   Path: environment variable LUCKY_CLOCK_FILE (read once, at first use).
@@ -254,8 +259,24 @@ static void maybe_reread(int64_t now)
     atomic_store_explicit(&lock_ns, 0, memory_order_release);
 }
 
-/* Current shift in nanoseconds to add to the real CLOCK_REALTIME. */
-static int64_t current_shift_ns(void)
+/* Whether LUCKY_CLOCK_MONOTONIC=1: the rate (never the offset) applies to the
+ * monotonic clocks too, as a client process's clock running fast or slow. */
+static _Atomic int mono_mode = -1;
+
+static int monotonic_mode(void)
+{
+    int m = atomic_load_explicit(&mono_mode, memory_order_relaxed);
+    if (m < 0) {
+        const char *p = getenv("LUCKY_CLOCK_MONOTONIC");
+        m = (p != NULL && p[0] == '1');
+        atomic_store_explicit(&mono_mode, m, memory_order_relaxed);
+    }
+    return m;
+}
+
+/* Current shift in nanoseconds to add to the real CLOCK_REALTIME; `drift_only`
+ * leaves the offset out (what a monotonic clock gets). */
+static int64_t shift_ns(int drift_only)
 {
     int64_t now = mono_now_ns();
     maybe_reread(now);
@@ -273,6 +294,8 @@ static int64_t current_shift_ns(void)
             break;
     }
 
+    if (drift_only)
+        offset = 0;
     if (rate == 0)
         return offset;
     __int128 drift = (__int128)rate * (__int128)(now - anchor) / 1000000;
@@ -282,6 +305,11 @@ static int64_t current_shift_ns(void)
     if (total < INT64_MIN)
         total = INT64_MIN;
     return (int64_t)total;
+}
+
+static int64_t current_shift_ns(void)
+{
+    return shift_ns(0);
 }
 
 static void shift_timespec(struct timespec *ts, int64_t shift)
@@ -308,6 +336,10 @@ EXPORT int clock_gettime(clockid_t clk_id, struct timespec *tp)
         return rc; /* syscall() already set errno and returned -1 */
     if (clk_id == CLOCK_REALTIME || clk_id == CLOCK_REALTIME_COARSE)
         shift_timespec(tp, current_shift_ns());
+    else if ((clk_id == CLOCK_MONOTONIC || clk_id == CLOCK_MONOTONIC_COARSE ||
+              clk_id == CLOCK_MONOTONIC_RAW || clk_id == CLOCK_BOOTTIME) &&
+             monotonic_mode())
+        shift_timespec(tp, shift_ns(1));
     return 0;
 }
 

@@ -239,9 +239,14 @@ struct Row {
     gc_ppm: u32,
     /// Clients reach the servers through the harness's proxy (delay, jitter, stalls).
     proxied: bool,
+    /// The clients' own clocks (monotonic ones included) run at a rate drawn per client
+    /// from this range, in ppm, through the clock shim; `(0, 0)`: the real clock.
+    client_ppm: (i64, i64),
     /// The faults: (ms from the start, action), drawn from the seed for a run of `ms`.
     draw: fn(&mut Rng, &Ctx) -> Vec<(u64, Action)>,
 }
+
+const NO_DRIFT: (i64, i64) = (0, 0);
 
 const ROWS: &[Row] = &[
     Row {
@@ -253,6 +258,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::partitions,
     },
     Row {
@@ -264,6 +270,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::loss,
     },
         Row {
@@ -275,6 +282,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: true,
+        client_ppm: NO_DRIFT,
         draw: faults::slow_links,
     },
     Row {
@@ -286,6 +294,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::node_pause,
     },
     Row {
@@ -297,7 +306,32 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 200_000,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::client_pause,
+    },
+        Row {
+        kind: Kind::Redis,
+        name: "redis-client-drift-within",
+        about: "every client's clock runs 1 000-5 000 ppm fast or slow (within its 10 000 ppm allowance)",
+        table: "client clock drift within the bound: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        client_ppm: (-5_000, 5_000),
+        draw: faults::none,
+    },
+    Row {
+        kind: Kind::Redis,
+        name: "redis-client-drift-beyond",
+        about: "two clients' clocks run 70-80 % slow, far beyond the allowance: their renewals come after the servers let the lock go",
+        table: "client clock drift beyond the bound: broken (expected) | holds",
+        breaks: &[Category::MutualExclusion, Category::UnfencedWrites],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        client_ppm: (-800_000, -700_000),
+        draw: faults::none,
     },
     Row {
         kind: Kind::Redis,
@@ -308,6 +342,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::crash_delayed_any,
     },
     Row {
@@ -319,6 +354,7 @@ const ROWS: &[Row] = &[
         persist: false,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::crash_delayed_past_ttl,
     },
     Row {
@@ -330,6 +366,7 @@ const ROWS: &[Row] = &[
         persist: false,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::crash_immediate,
     },
     Row {
@@ -341,6 +378,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::clock_jump,
     },
         Row {
@@ -352,6 +390,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::drift_within,
     },
         Row {
@@ -363,6 +402,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::partitions,
     },
     Row {
@@ -374,6 +414,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::loss,
     },
     Row {
@@ -385,6 +426,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::node_pause,
     },
     Row {
@@ -396,6 +438,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 200_000,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::client_pause,
     },
     Row {
@@ -407,6 +450,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::client_crash,
     },
     Row {
@@ -418,6 +462,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::crash_delayed_any,
     },
     Row {
@@ -429,6 +474,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::partitions,
     },
     Row {
@@ -440,6 +486,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::loss,
     },
         Row {
@@ -451,6 +498,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: true,
+        client_ppm: NO_DRIFT,
         draw: faults::slow_links,
     },
     Row {
@@ -462,6 +510,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::node_pause,
     },
     Row {
@@ -473,7 +522,32 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 200_000,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::client_pause,
+    },
+        Row {
+        kind: Kind::Etcd,
+        name: "etcd-client-drift-within",
+        about: "every client's clock runs 1 000-5 000 ppm fast or slow (within its 10 000 ppm allowance)",
+        table: "client clock drift within the bound: holds | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        client_ppm: (-5_000, 5_000),
+        draw: faults::none,
+    },
+    Row {
+        kind: Kind::Etcd,
+        name: "etcd-client-drift-beyond",
+        about: "two clients' clocks run 70-80 % slow, far beyond the allowance: their renewals come after the servers let the lock go",
+        table: "client clock drift beyond the bound: broken (expected) | holds",
+        breaks: &[Category::MutualExclusion, Category::UnfencedWrites],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        client_ppm: (-800_000, -700_000),
+        draw: faults::none,
     },
     Row {
         kind: Kind::Etcd,
@@ -484,6 +558,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::client_crash,
     },
     Row {
@@ -495,6 +570,7 @@ const ROWS: &[Row] = &[
         persist: true,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::crash_delayed_any,
     },
     Row {
@@ -506,6 +582,7 @@ const ROWS: &[Row] = &[
         persist: false,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::cluster_wipe_immediate,
     },
     Row {
@@ -517,6 +594,7 @@ const ROWS: &[Row] = &[
         persist: false,
         gc_ppm: 0,
         proxied: false,
+        client_ppm: NO_DRIFT,
         draw: faults::cluster_wipe_delayed,
     },
 ];
@@ -685,6 +763,11 @@ mod faults {
             t += ttl(rng, cx, 50, 200);
         }
         out
+    }
+
+    /// No server fault: the row's faults are the clients' own clocks.
+    pub fn none(_rng: &mut Rng, _cx: &Ctx) -> Vec<(u64, Action)> {
+        Vec::new()
     }
 
     pub fn slow_links(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
@@ -1196,7 +1279,7 @@ mod harness {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
         let shim = build_shim(base.parent().unwrap());
-        if row.name.starts_with("redis-clock") && shim.is_none() {
+        if (row.name.starts_with("redis-clock") || row.client_ppm != NO_DRIFT) && shim.is_none() {
             return Err("the clock shim did not build (cc tests/chaos/clockshim.c)".into());
         }
         let mut log = std::fs::File::create(base.join("faults.log")).map_err(|e| e.to_string())?;
@@ -1275,6 +1358,19 @@ mod harness {
         let end = start + ms * 1_000_000;
         // A client process; `life` numbers the processes one client slot had (after kills),
         // so their claims stay apart in the history.
+        // Each client's clock rate (ppm), drawn from the seed; only the two first clients
+        // drift when the row drifts beyond the allowance (the others take over from them).
+        let mut clock_rng = Rng::stream(seed, "client clocks");
+        let rates: Vec<i64> = (0..CLIENTS)
+            .map(|i| {
+                let (lo, hi) = row.client_ppm;
+                if (lo, hi) == NO_DRIFT || (hi < -100_000 && i >= 2) {
+                    0
+                } else {
+                    lo + clock_rng.range(0, (hi - lo) as u64) as i64
+                }
+            })
+            .collect();
         let spawn = |i: usize, life: u64| -> Result<Child, String> {
             let out = base.join(format!("c{i}.hist"));
             let err = std::fs::OpenOptions::new()
@@ -1282,15 +1378,23 @@ mod harness {
                 .append(true)
                 .open(base.join(format!("c{i}.err")))
                 .map_err(|e| e.to_string())?;
-            let mut cmd = if kind == Kind::NodeRedlock {
-                let mut c = Topology::exec(&topo.clients[i], "node");
-                c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("chaos/node-redlock/client.js"));
-                c
+            let mut cmd = Topology::exec(&topo.clients[i], "env");
+            if let (Some(shim), rate) = (&shim, rates[i]) {
+                if rate != 0 {
+                    let clock = base.join(format!("c{i}.clock"));
+                    std::fs::write(&clock, format!("0 {rate}\n")).map_err(|e| e.to_string())?;
+                    cmd.arg(format!("LD_PRELOAD={}", shim.display()))
+                        .arg(format!("LUCKY_CLOCK_FILE={}", clock.display()))
+                        .arg("LUCKY_CLOCK_MONOTONIC=1");
+                }
+            }
+            if kind == Kind::NodeRedlock {
+                cmd.arg("node").arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("chaos/node-redlock/client.js"),
+                );
             } else {
-                let mut c = Topology::exec(&topo.clients[i], exe.to_str().unwrap());
-                c.arg("client");
-                c
-            };
+                cmd.arg(exe.to_str().unwrap()).arg("client");
+            }
             cmd.args(["--id", &i.to_string(), "--nodes", &urls.join(",")])
                 .args(["--backend", kind.name(), "--ttl-ms", &ttl_ms.to_string()])
                 .args(["--run", &run_id, "--end", &end.to_string()])
@@ -1335,6 +1439,9 @@ mod harness {
                 wall.subsec_millis()
             );
         };
+        for (i, r) in rates.iter().enumerate().filter(|(_, r)| **r != 0) {
+            wall_log(format!("c{i}: clock rate {r:+} ppm from the start"));
+        }
         let mut faults = 0;
         for (at, action) in plan {
             sleep_until(at_ns(at));
