@@ -1273,9 +1273,12 @@ mod harness {
             Some(p) => format!("{}:{}", p.name(), row.name),
             None => row.name.to_owned(),
         };
+        // Named with the namespace prefix too: two harnesses at once never share a folder
+        // (nor a resource row).
+        let folder = format!("{}{}-{seed}", net::prefix(), label.replace(':', "-"));
         let base = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/chaos")
-            .join(format!("{}-{seed}", label.replace(':', "-")));
+            .join(&folder);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
         let shim = build_shim(base.parent().unwrap());
@@ -1314,7 +1317,7 @@ mod harness {
                 return Err(format!("{} did not start", n.host.ns));
             }
         }
-        let run_id = format!("{label}-{seed}");
+        let run_id = folder.clone();
         pg_setup(&run_id)?;
         let urls: Vec<String> = topo
             .nodes
