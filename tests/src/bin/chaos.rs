@@ -561,6 +561,18 @@ const ROWS: &[Row] = &[
         client_ppm: NO_DRIFT,
         draw: faults::client_crash,
     },
+        Row {
+        kind: Kind::Etcd,
+        name: "etcd-compaction",
+        about: "the cluster's history compacted to its current revision every 0.05-0.2 ttl",
+        table: "compacted watches: holds, waiters re-read | holds",
+        breaks: &[],
+        persist: true,
+        gc_ppm: 0,
+        proxied: false,
+        client_ppm: NO_DRIFT,
+        draw: faults::compactions,
+    },
     Row {
         kind: Kind::Etcd,
         name: "etcd-crash-persist",
@@ -622,6 +634,9 @@ enum Action {
     KillClient(usize),
     /// Start a new process for a killed client.
     StartClient(usize),
+    /// Compact the etcd cluster's history up to its current revision (waiters' watches
+    /// then start compacted).
+    Compact,
     /// Set the proxy in front of a node: delay and jitter (ms), stalled.
     Link {
         node: usize,
@@ -761,6 +776,17 @@ mod faults {
                 ));
             }
             t += ttl(rng, cx, 50, 200);
+        }
+        out
+    }
+
+    /// Compactions every 0.05-0.2 ttl.
+    pub fn compactions(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
+        let mut out = Vec::new();
+        let mut t = 1500;
+        while t < cx.ms {
+            out.push((t, Action::Compact));
+            t += ttl(rng, cx, 5, 20);
         }
         out
     }
@@ -1646,6 +1672,23 @@ mod harness {
                 format!("c{c}: SIGCONT")
             }
             Action::KillClient(_) | Action::StartClient(_) => String::new(),
+            Action::Compact => {
+                let rev = nodes[0]
+                    .etcdctl(&["endpoint", "status", "-w", "json"])
+                    .and_then(|o| {
+                        let at = o.find("\"revision\":")? + 11;
+                        let digits: String =
+                            o[at..].chars().take_while(char::is_ascii_digit).collect();
+                        digits.parse::<u64>().ok()
+                    });
+                match rev {
+                    Some(r) => {
+                        let ok = nodes[0].etcdctl(&["compact", &r.to_string()]).is_some();
+                        format!("compacted to {r}{}", if ok { "" } else { " (FAILED)" })
+                    }
+                    None => "compaction: no revision read".into(),
+                }
+            }
             Action::KillAll => {
                 for n in nodes.iter_mut() {
                     n.kill();
