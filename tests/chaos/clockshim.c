@@ -43,7 +43,8 @@
  *
  *   e.g. "3600000000000 0" (one hour ahead), "-10000000000" (10 s behind),
  *   "0 100000" (clock runs 10 % fast).  rate_ppm is optional, default 0.
- *   A missing, unreadable or unparsable file means offset 0, rate 0.
+ *   A missing, unreadable or unparsable file means offset 0, rate 0 until a
+ *   first good read; after one, a failed read keeps the last values.
  *   The file is re-read at most once per 5 ms of CLOCK_MONOTONIC, so a change
  *   takes effect within ~5 ms of the next clock call.  Write the file
  *   atomically (write a temp file, then rename) so the shim never sees a
@@ -185,16 +186,17 @@ static int parse_i64(const char **pp, const char *end, int64_t *out)
     return 1;
 }
 
-/* Read the file with raw syscalls. Missing/unreadable/garbage => 0, 0. */
-static void read_file(int64_t *offset, int64_t *rate)
+/* Read the file with raw syscalls. Missing/unreadable/garbage => 0, 0, and
+ * returns 0 (the caller keeps what it had once it had something). */
+static int read_file(int64_t *offset, int64_t *rate)
 {
     *offset = 0;
     *rate = 0;
     if (!have_path)
-        return;
+        return 0;
     long fd = syscall(SYS_openat, AT_FDCWD, path_buf, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return;
+        return 0;
     char buf[128];
     long n = 0;
     while (n < (long)sizeof(buf)) {
@@ -207,10 +209,11 @@ static void read_file(int64_t *offset, int64_t *rate)
     const char *p = buf, *end = buf + n;
     int64_t o, r;
     if (!parse_i64(&p, end, &o))
-        return;
+        return 0;
     *offset = o;
     if (parse_i64(&p, end, &r))
         *rate = r;
+    return 1;
 }
 
 static void maybe_reread(int64_t now)
@@ -232,9 +235,16 @@ static void maybe_reread(int64_t now)
     init_path();
 
     int64_t offset, rate;
-    read_file(&offset, &rate);
+    int ok = read_file(&offset, &rate);
 
     uint64_t g = atomic_load_explicit(&gen, memory_order_acquire);
+    if (!ok && g != 0) {
+        /* A failed read after a good one keeps the values (and the drift built up):
+         * a writer replacing the file must not make the clock jump. */
+        atomic_store(&next_read_ns, now + REREAD_INTERVAL_NS);
+        atomic_store_explicit(&lock_ns, 0, memory_order_release);
+        return;
+    }
     struct slot *cur = &slots[g % NSLOTS];
     int64_t cur_off = atomic_load_explicit(&cur->offset_ns, memory_order_relaxed);
     int64_t cur_rate = atomic_load_explicit(&cur->rate_ppm, memory_order_relaxed);

@@ -309,11 +309,12 @@ impl History {
         let mut out = Vec::new();
         let mut order: Vec<&Claim> = self.claims.iter().collect();
         order.sort_by_key(|c| (c.start, c.client, c.seq));
-        // Mutual exclusion: each claim begins after every earlier claim of another client
-        // ended.
+        // Mutual exclusion: each claim begins after every earlier claim ended. (One process's
+        // claims follow each other by construction; comparing every pair also catches a
+        // killed process and the new process of its slot holding at once.)
         for (k, b) in order.iter().enumerate() {
             for a in &order[..k] {
-                if a.client != b.client && a.end > b.start && out.len() < 8 {
+                if a.end > b.start && out.len() < 8 {
                     out.push(Violation::Overlap {
                         a: (a.client, a.start, a.end),
                         b: (b.client, b.start, b.end),
@@ -348,7 +349,7 @@ impl History {
         for w in fenced {
             let Some(c) = self.claim_of(w) else { continue };
             if let Some(l) = latest {
-                if c.start < l.start && c.client != l.client {
+                if c.start < l.start {
                     out.push(Violation::StaleAccepted {
                         writer: (c.client, c.start),
                         later: (l.client, l.start),
@@ -360,11 +361,11 @@ impl History {
                 latest = Some(c);
             }
         }
-        // The unfenced log: a write sent after a later claim of another client began.
+        // The unfenced log: a write sent after a later claim began.
         'writes: for w in self.writes.iter().filter(|w| !w.fenced && w.accepted) {
             let Some(k) = self.claim_of(w) else { continue };
             for c in &order {
-                if c.client != k.client && c.start > k.start && c.start <= w.t0 {
+                if c.start > k.start && c.start <= w.t0 {
                     out.push(Violation::StaleUnfenced {
                         writer: (k.client, w.t0),
                         later: (c.client, c.start),
@@ -418,6 +419,15 @@ mod tests {
         let v = h.check(None);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].category(), Category::MutualExclusion);
+    }
+
+    #[test]
+    fn a_killed_process_and_its_successor_in_the_same_slot_are_compared() {
+        // Client 0's first process never released (killed); its second (seq from 1 000 000)
+        // acquired before the first one's deadline.
+        let h = history(&["acq 0 1 0 10 100 5", "acq 0 1000001 35 50 150 6"]);
+        let v = h.check(None);
+        assert!(matches!(v[..], [Violation::Overlap { .. }]), "{v:?}");
     }
 
     #[test]
