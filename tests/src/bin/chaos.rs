@@ -703,6 +703,26 @@ mod faults {
         out
     }
 
+    /// Spans of one fault on a drawn subset of `n` targets: `on` at the start, `off` after
+    /// `lo..hi` % of the ttl.
+    fn spans(
+        rng: &mut Rng,
+        cx: &Ctx,
+        n: usize,
+        (lo, hi): (u64, u64),
+        on: fn(usize) -> Action,
+        off: fn(usize) -> Action,
+    ) -> Vec<(u64, Action)> {
+        timeline(rng, cx, |rng, t, out| {
+            let d = ttl(rng, cx, lo, hi);
+            for x in subset(rng, n) {
+                out.push((t, on(x)));
+                out.push((t + d, off(x)));
+            }
+            d
+        })
+    }
+
     pub fn partitions(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
         timeline(rng, cx, |rng, t, out| {
             let nodes = subset(rng, cx.nodes);
@@ -829,25 +849,25 @@ mod faults {
     }
 
     pub fn node_pause(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
-        timeline(rng, cx, |rng, t, out| {
-            let d = ttl(rng, cx, 20, 200);
-            for n in subset(rng, cx.nodes) {
-                out.push((t, Action::StopNode(n)));
-                out.push((t + d, Action::ContNode(n)));
-            }
-            d
-        })
+        spans(
+            rng,
+            cx,
+            cx.nodes,
+            (20, 200),
+            Action::StopNode,
+            Action::ContNode,
+        )
     }
 
     pub fn client_pause(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
-        timeline(rng, cx, |rng, t, out| {
-            let d = ttl(rng, cx, 50, 300);
-            for c in subset(rng, CLIENTS) {
-                out.push((t, Action::StopClient(c)));
-                out.push((t + d, Action::ContClient(c)));
-            }
-            d
-        })
+        spans(
+            rng,
+            cx,
+            CLIENTS,
+            (50, 300),
+            Action::StopClient,
+            Action::ContClient,
+        )
     }
 
     pub fn client_crash(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
@@ -861,25 +881,25 @@ mod faults {
     }
 
     pub fn crash_delayed_any(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
-        timeline(rng, cx, |rng, t, out| {
-            let d = ttl(rng, cx, 0, 200);
-            for n in subset(rng, cx.nodes) {
-                out.push((t, Action::KillNode(n)));
-                out.push((t + d, Action::StartNode(n)));
-            }
-            d
-        })
+        spans(
+            rng,
+            cx,
+            cx.nodes,
+            (0, 200),
+            Action::KillNode,
+            Action::StartNode,
+        )
     }
 
     pub fn crash_delayed_past_ttl(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
-        timeline(rng, cx, |rng, t, out| {
-            let d = ttl(rng, cx, 150, 300);
-            for n in subset(rng, cx.nodes) {
-                out.push((t, Action::KillNode(n)));
-                out.push((t + d, Action::StartNode(n)));
-            }
-            d
-        })
+        spans(
+            rng,
+            cx,
+            cx.nodes,
+            (150, 300),
+            Action::KillNode,
+            Action::StartNode,
+        )
     }
 
     pub fn crash_immediate(rng: &mut Rng, cx: &Ctx) -> Vec<(u64, Action)> {
