@@ -158,7 +158,24 @@ impl Category {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |t: u64| t as f64 / 1e6;
+        self.describe(f, 0)
+    }
+}
+
+impl Violation {
+    /// Written with times in ms from `since` (the run's start, for a picture).
+    pub fn since(&self, since: u64) -> String {
+        struct Since<'a>(&'a Violation, u64);
+        impl fmt::Display for Since<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.describe(f, self.1)
+            }
+        }
+        Since(self, since).to_string()
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>, since: u64) -> fmt::Result {
+        let ms = |t: u64| t.saturating_sub(since) as f64 / 1e6;
         match self {
             Violation::Overlap { a, b } => write!(
                 f,

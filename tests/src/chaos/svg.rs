@@ -164,7 +164,7 @@ pub fn timeline(
             s,
             r##"<text x="{LEFT}" y="{}" fill="#d62728">{n}. {}</text>"##,
             lanes_end + 34.0 + i as f64 * 14.0,
-            esc(&v.to_string())
+            esc(&v.since(start))
         );
     }
     s.push_str("</svg>\n");
