@@ -1029,11 +1029,22 @@ mod harness {
             } else {
                 cmd.args(["--appendonly", "no"]);
             }
+            self.launch(cmd, "redis-server")
+        }
+
+        /// Starts `cmd` as this node's server; its output goes to `<what>.out` in its folder.
+        fn launch(&mut self, mut cmd: Command, what: &str) -> Result<(), String> {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("{what}.out")))
+                .map_err(|e| e.to_string())?;
+            let err = out.try_clone().map_err(|e| e.to_string())?;
             let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(out)
+                .stderr(err)
                 .spawn()
-                .map_err(|e| format!("redis-server: {e}"))?;
+                .map_err(|e| format!("{what}: {e}"))?;
             self.child = Some(child);
             self.stopped = false;
             Ok(())
@@ -1050,13 +1061,8 @@ mod harness {
             let cluster: Vec<String> = (0..self.of)
                 .map(|m| format!("m{m}=http://{}:2380", node_addr(m)))
                 .collect();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("etcd.log"))
-                .map_err(|e| e.to_string())?;
-            let child = Topology::exec(&self.host, "etcd")
-                .args(["--name", &format!("m{}", self.index)])
+            let mut cmd = Topology::exec(&self.host, "etcd");
+            cmd.args(["--name", &format!("m{}", self.index)])
                 .args(["--data-dir", data.to_str().unwrap()])
                 .args(["--listen-client-urls", &format!("http://{addr}:2379")])
                 .args(["--advertise-client-urls", &format!("http://{addr}:2379")])
@@ -1068,14 +1074,8 @@ mod harness {
                 .args(["--initial-cluster", &cluster.join(",")])
                 .args(["--initial-cluster-token", "lucky-chaos"])
                 .args(["--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("etcd: {e}"))?;
-            self.child = Some(child);
-            self.stopped = false;
-            Ok(())
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+            self.launch(cmd, "etcd")
         }
 
         /// A ZooKeeper ensemble member (the JVM of Debian's `zookeeper`), its data kept.
@@ -1095,25 +1095,15 @@ mod harness {
             }
             let conf = self.dir.join("zoo.cfg");
             std::fs::write(&conf, cfg).map_err(|e| e.to_string())?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("server.log"))
-                .map_err(|e| e.to_string())?;
-            let child = Topology::exec(&self.host, "java")
+            let mut cmd = Topology::exec(&self.host, "java");
+            cmd
                 .arg("-Xmx192m")
                 .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
                 .arg("-Dzookeeper.snapshot.trust.empty=true")
                 .args(["-cp", "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:/etc/zookeeper/conf"])
                 .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-                .arg(&conf)
-                .stdout(log.try_clone().map_err(|e| e.to_string())?)
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("zookeeper: {e}"))?;
-            self.child = Some(child);
-            self.stopped = false;
-            Ok(())
+                .arg(&conf);
+            self.launch(cmd, "zookeeper")
         }
 
         /// A four-letter command to this member, from inside its namespace.
@@ -2024,11 +2014,7 @@ mod client {
                         "acq {id} {seq} {t_req} {t_acq} {until} {fence_txt}"
                     ));
                     // Mostly short holds; one in ten spans extensions.
-                    let hold = if rng.chance(100_000) {
-                        rng.range(ttl_ms * 12 / 10, ttl_ms * 2)
-                    } else {
-                        rng.range(ttl_ms / 20, ttl_ms * 6 / 10)
-                    };
+                    let hold = hold_ms(&mut rng, ttl_ms);
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let now_until = mono_of(guard.valid_until(), clock_ppm);
                     if now_until > until {
@@ -2090,6 +2076,16 @@ mod client {
         locks.close(Duration::from_secs(5)).await;
     }
 
+    /// How long a client holds (ms): 5-60 % of the ttl, and one hold in ten 1.2-2 ttl,
+    /// across renewals.
+    fn hold_ms(rng: &mut Rng, ttl_ms: u64) -> u64 {
+        if rng.chance(100_000) {
+            rng.range(ttl_ms * 12 / 10, ttl_ms * 2)
+        } else {
+            rng.range(ttl_ms / 20, ttl_ms * 6 / 10)
+        }
+    }
+
     /// What both client loops share.
     struct Workload<'a> {
         id: u64,
@@ -2134,11 +2130,7 @@ mod client {
             let t_acq = mono_ns();
             let until = t_acq + lock.validity_time as u64 * 1_000_000;
             rec.line(format!("acq {id} {seq} {t_req} {t_acq} {until} -"));
-            let hold = if rng.chance(100_000) {
-                rng.range(w.ttl_ms * 12 / 10, w.ttl_ms * 2)
-            } else {
-                rng.range(w.ttl_ms / 20, w.ttl_ms * 6 / 10)
-            };
+            let hold = hold_ms(rng, w.ttl_ms);
             tokio::time::sleep(Duration::from_millis(hold)).await;
             if mono_ns() + w.ttl_ms * 1_000_000 / 5 < until {
                 if rng.chance(w.gc_ppm) {
