@@ -1,5 +1,5 @@
 //! What the backends on the lease-record machine share in the adapters (in-memory,
-//! PostgreSQL, MySQL; MongoDB next): their per-lock settings ([`LeaseExtra`]), the machine's
+//! PostgreSQL, MySQL, MongoDB): their per-lock settings ([`LeaseExtra`]), the machine's
 //! configuration and construction, and for the stores reached over a connection, the
 //! transport (`Route`) over a `Store` that runs one command at a time, with release hints
 //! and the local hand-off order; and the table settings of the SQL stores ([`SqlSetup`]).

@@ -16,6 +16,7 @@
 //!   advisory locks (`.advisory()`).
 //! - `mysql`: [`mysql::Mysql`], lease rows in a MySQL/MariaDB table, or `GET_LOCK`
 //!   (`.get_lock()`).
+//! - `mongodb`: [`mongodb::Mongo`], lease documents in a MongoDB collection (experimental).
 //! - `file`: [`file::Files`], `flock` on a lock file per name, for processes on one machine.
 //!
 //! A driver owns the connections, sends what the machine asks, stamps each reply with the
@@ -45,6 +46,8 @@ mod hold;
 mod lease_family;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -14,5 +14,8 @@ crate::bugs::declare_bugs! {
         ValidityFromReceive => "lease-validity-from-receive",
         /// A take whose outcome is unknown counts as granted, without inspecting the record.
         UnknownAsGranted => "lease-unknown-as-granted",
+        /// MongoDB's writes are acknowledged by the primary alone (`w: 1`): a failover rolls
+        /// back a take or renewal its holder was told about.
+        MongoW1 => "mongo-w1",
     }
 }

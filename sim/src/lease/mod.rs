@@ -5,7 +5,9 @@
 
 use crate::scenario::{Backend, Scenario};
 
+mod mongo_scenarios;
 pub mod protocol;
+pub mod replica;
 pub mod scenarios;
 mod sql_scenarios;
 pub mod store;
@@ -39,5 +41,9 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "sql-killed-connection", about: "SQL stores: connections killed right after statements were sent (pg_terminate_backend, KILL, pooler timeouts): unknown outcomes settled by reading the row", draw: sql_scenarios::killed_connection },
     Scenario { name: "sql-replica-promoted", about: "SQL stores: an async replica promoted without the last commits: acknowledged takes and renewals vanish: overlap and fence reuse expected", draw: sql_scenarios::replica_promoted },
     Scenario { name: "my-server-stopped", about: "MySQL/MariaDB: the server stopped past the ttl (kill -STOP of mysqld) under holders: statements run when it resumes, on a clock that moved on; holders end at their deadlines", draw: sql_scenarios::server_stopped },
+    Scenario { name: "mongo-failover-rollback", about: "MongoDB: elections under busy holders roll back what a majority had not confirmed; w:majority acknowledged none of it, so nobody loses what it was told", draw: mongo_scenarios::failover_rollback },
+    Scenario { name: "mongo-wtimeout", about: "MongoDB: secondaries behind past wtimeout: write-concern errors on applied writes (unknown outcomes), later committed or rolled back by an election; settled by majority reads", draw: mongo_scenarios::write_concern_timeout },
+    Scenario { name: "mongo-upsert-race", about: "MongoDB: processes upsert a new name at once: the losers' duplicate-key errors are resent as updates, never failures, never two holders", draw: mongo_scenarios::upsert_race },
+    Scenario { name: "mongo-primary-clock-step", about: "MongoDB: each election brings up a primary whose clock is a ttl ahead: overlap expected, fences still rise", draw: mongo_scenarios::primary_clock_step },
     Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: sql_scenarios::backend_paused },
 ];

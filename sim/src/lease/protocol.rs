@@ -12,6 +12,7 @@ use crate::scenario::{Injected, Runner, Setup};
 use crate::world::Report;
 use crate::Protocol;
 
+use super::replica::{Ack, Shape};
 use super::store::{LeaseStore, OnRelease};
 
 /// The lease-record lock with a given configuration. Fencing is always on: the record's
@@ -24,6 +25,8 @@ pub struct LeaseSim {
     pub fence_unchecked: bool,
     /// What the store does on a release (a wrong one under `lease-delete-on-release`).
     pub on_release: OnRelease,
+    /// The store as a MongoDB replica set of this shape, or a single store.
+    pub replica: Option<Shape>,
 }
 
 impl Protocol for LeaseSim {
@@ -43,7 +46,10 @@ impl Protocol for LeaseSim {
     }
 
     fn server(&self, _node: usize) -> LeaseStore {
-        LeaseStore::with_release(self.on_release)
+        match self.replica {
+            Some(shape) => LeaseStore::replica_set(shape, self.on_release),
+            None => LeaseStore::with_release(self.on_release),
+        }
     }
 
     fn ttl_ns(&self) -> u64 {
@@ -75,6 +81,35 @@ impl Runner for LeaseRunner {
     }
 }
 
+/// Runs a setup as the lease-record lock against a MongoDB replica set: writes commit `lag`
+/// after the primary applied them, Lucky's adapter waits for the majority up to a `wtimeout`
+/// of half the request timeout (or, under `mongo-w1`, takes the primary's word), and races
+/// of two upserts of a new name cost the loser a resend.
+#[derive(Clone, Copy, Debug)]
+pub struct MongoRunner {
+    /// Replication lag (ns).
+    pub lag_ns: u64,
+    /// The resend after a lost upsert race (ns).
+    pub upsert_race_ns: u64,
+}
+
+impl Runner for MongoRunner {
+    fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
+        let mut p = protocol(setup, bug);
+        #[cfg(feature = "bugs")]
+        let w1 = Injected::machine(bug).and_then(LeaseBug::from_name) == Some(LeaseBug::MongoW1);
+        #[cfg(not(feature = "bugs"))]
+        let w1 = false;
+        p.replica = Some(Shape {
+            lag_ns: self.lag_ns,
+            wtimeout_ns: nanos(p.cfg.op_timeout()) / 2,
+            ack: if w1 { Ack::Primary } else { Ack::Majority },
+            upsert_race_ns: self.upsert_race_ns,
+        });
+        setup.run_world(&p, seed)
+    }
+}
+
 /// The lease-record configuration of `s`, with `bug` injected (in the machine, or in the
 /// store for a store-side bug).
 pub fn protocol(s: &Setup, bug: Option<Injected>) -> LeaseSim {
@@ -98,6 +133,7 @@ pub fn protocol(s: &Setup, bug: Option<Injected>) -> LeaseSim {
         cfg,
         fence_unchecked: bug == Some(Injected::FenceUnchecked),
         on_release: on_release(bug),
+        replica: None,
     }
 }
 

@@ -10,6 +10,8 @@ use lucky_core::lease::{Command, Reply};
 use lucky_core::time::nanos;
 use lucky_core::Duration;
 
+use super::replica::{Replicas, Shape};
+use crate::world::MemberState;
 use crate::Server;
 
 /// One record.
@@ -48,6 +50,8 @@ pub struct LeaseStore {
     on_release: OnRelease,
     /// Recent writes, oldest first: (local time, name, the record before), for a rollback.
     undo: std::collections::VecDeque<(u64, Bytes, Option<Record>)>,
+    /// As a replica set (MongoDB): what a majority has, and the writes waiting for it.
+    replicas: Option<Box<Replicas>>,
 }
 
 /// Writes remembered for a rollback.
@@ -65,6 +69,44 @@ impl LeaseStore {
             on_release,
             ..LeaseStore::default()
         }
+    }
+
+    /// A replica set shaped as `shape` whose primary releases as `on_release` says.
+    pub fn replica_set(shape: Shape, on_release: OnRelease) -> LeaseStore {
+        LeaseStore {
+            on_release,
+            replicas: Some(Box::new(Replicas::new(shape))),
+            ..LeaseStore::default()
+        }
+    }
+
+    /// A write on the primary of a replica set: applied, then answered at once or kept for
+    /// a majority.
+    fn write(&mut self, now: u64, command: &Command, id: u64) -> Option<Reply> {
+        let new = match command {
+            Command::Take { name, .. } => !self.records.contains_key(name),
+            _ => false,
+        };
+        let reply = self.apply(now, command);
+        match (&mut self.replicas, command) {
+            (Some(r), Command::Take { name, owner, .. }) if new => {
+                r.created(now, name, owner);
+                r.applied(now, command, reply, id)
+            }
+            (Some(r), _) => r.applied(now, command, reply, id),
+            (None, _) => Some(reply),
+        }
+    }
+
+    /// Upsert races the replica set produced.
+    pub fn upsert_races(&self) -> u64 {
+        self.replicas.as_ref().map_or(0, |r| r.races)
+    }
+
+    /// Forgets every record (the primary's, not the replication state).
+    pub(super) fn wipe_records(&mut self) {
+        self.records.clear();
+        self.undo.clear();
     }
 
     /// The record of `name`, if there is one.
@@ -162,8 +204,81 @@ impl Server for LeaseStore {
     }
 
     fn wipe(&mut self) {
-        self.records.clear();
-        self.undo.clear();
+        self.wipe_records();
+        if let Some(r) = &mut self.replicas {
+            r.wipe();
+        }
+    }
+
+    /// A replica set keeps the answer of a write until a majority has it; it reads the
+    /// majority-committed state.
+    fn submit(&mut self, now: u64, command: &Command, id: u64) -> Option<Reply> {
+        if self.replicas.is_none() {
+            return Some(self.apply(now, command));
+        }
+        self.tick(now);
+        if let Command::Inspect { .. } = command {
+            return self.replicas.as_mut().map(|r| r.read(now, command));
+        }
+        if let Some(r) = &mut self.replicas {
+            if r.lost_race(now, command, id) {
+                return None;
+            }
+        }
+        self.write(now, command, id)
+    }
+
+    fn fired(&mut self, out: &mut Vec<(u64, Reply)>) {
+        if let Some(r) = &mut self.replicas {
+            r.fired(out);
+        }
+    }
+
+    fn next_timer(&self) -> Option<u64> {
+        self.replicas.as_ref().and_then(|r| r.next_timer())
+    }
+
+    fn tick(&mut self, now: u64) {
+        let resent = match &mut self.replicas {
+            Some(r) => r.resent_due(now),
+            None => return,
+        };
+        // The adapter's second try of a take that lost an upsert race: the document exists
+        // now, so it is an update.
+        for (id, command) in resent {
+            if let Some(reply) = self.write(now, &command, id) {
+                if let Some(r) = &mut self.replicas {
+                    r.push_due(id, reply);
+                }
+            }
+        }
+        if let Some(r) = &mut self.replicas {
+            r.tick(now);
+        }
+    }
+
+    fn forget_kept(&mut self) {
+        if let Some(r) = &mut self.replicas {
+            r.forget_kept();
+        }
+    }
+
+    /// Replica-set members: the primary failing over, secondaries going away and back.
+    fn member(&mut self, now: u64, member: usize, state: MemberState) {
+        self.tick(now);
+        let Some(r) = &mut self.replicas else { return };
+        if r.member(member, state) {
+            let new_primary = r.fail_over();
+            self.records = new_primary.records;
+            self.undo.clear();
+        }
+    }
+
+    fn heal_members(&mut self, now: u64) {
+        self.tick(now);
+        if let Some(r) = &mut self.replicas {
+            r.heal();
+        }
     }
 
     fn roll_back(&mut self, since: u64) {
@@ -314,5 +429,143 @@ mod tests {
         assert_eq!(take(&mut s, 0, b"a"), Reply::Granted { fence: 1 });
         assert_eq!(release(&mut s, MS, b"a"), Reply::Released);
         assert_eq!(take(&mut s, 2 * MS, b"b"), Reply::Granted { fence: 1 });
+    }
+
+    fn shape(ack: super::super::replica::Ack) -> Shape {
+        Shape {
+            lag_ns: 10 * MS,
+            wtimeout_ns: 30 * MS,
+            ack,
+            upsert_race_ns: 2 * MS,
+        }
+    }
+
+    fn take_as(s: &mut LeaseStore, now: u64, owner: &'static [u8], id: u64) -> Option<Reply> {
+        let take = Command::Take {
+            name: Bytes::from_static(b"n"),
+            owner: Bytes::from_static(owner),
+            ttl: Duration::from_millis(100),
+        };
+        s.submit(now, &take, id)
+    }
+
+    fn fired_at(s: &mut LeaseStore, now: u64) -> Vec<(u64, Reply)> {
+        s.tick(now);
+        let mut out = Vec::new();
+        s.fired(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_majority_write_is_answered_once_committed_and_a_failover_keeps_only_that() {
+        use super::super::replica::Ack;
+        let mut s = LeaseStore::replica_set(shape(Ack::Majority), OnRelease::ClearOwner);
+        assert_eq!(take_as(&mut s, 0, b"a", 1), None, "waits for a majority");
+        // Majority reads do not see it yet.
+        assert!(matches!(
+            inspect_majority(&mut s, MS),
+            Some(Reply::State { owner: None, .. })
+        ));
+        assert_eq!(s.next_timer(), Some(10 * MS));
+        assert_eq!(
+            fired_at(&mut s, 10 * MS),
+            vec![(1, Reply::Granted { fence: 1 })]
+        );
+        assert!(matches!(
+            s.submit(
+                11 * MS,
+                &Command::Inspect {
+                    name: Bytes::from_static(b"n")
+                },
+                9
+            ),
+            Some(Reply::State {
+                owner: Some(_),
+                fence: 1,
+                ..
+            })
+        ));
+        // A release applied but not committed when the primary fails over: rolled back, and
+        // its waiting answer is an unknown outcome.
+        let release = Command::Release {
+            name: Bytes::from_static(b"n"),
+            owner: Bytes::from_static(b"a"),
+        };
+        assert_eq!(s.submit(20 * MS, &release, 2), None);
+        s.member(25 * MS, 0, MemberState::Down);
+        let out = fired_at(&mut s, 25 * MS);
+        assert!(matches!(&out[..], [(2, Reply::Unknown(_))]), "{out:?}");
+        assert_eq!(
+            take_as(&mut s, 26 * MS, b"b", 3),
+            Some(Reply::Held {
+                left: Duration::from_millis(74)
+            })
+        );
+    }
+
+    #[test]
+    fn w1_acknowledges_at_once_and_a_failover_loses_the_acknowledged_take() {
+        use super::super::replica::Ack;
+        let mut s = LeaseStore::replica_set(shape(Ack::Primary), OnRelease::ClearOwner);
+        assert_eq!(
+            take_as(&mut s, 0, b"a", 1),
+            Some(Reply::Granted { fence: 1 })
+        );
+        s.member(5 * MS, 0, MemberState::Down);
+        // Another process now takes the same name with the same fence: two holders.
+        assert_eq!(
+            take_as(&mut s, 6 * MS, b"b", 2),
+            Some(Reply::Granted { fence: 1 })
+        );
+    }
+
+    #[test]
+    fn a_write_past_wtimeout_is_unknown_and_still_commits_when_secondaries_return() {
+        use super::super::replica::Ack;
+        let mut s = LeaseStore::replica_set(shape(Ack::Majority), OnRelease::ClearOwner);
+        s.member(0, 1, MemberState::Silent);
+        s.member(0, 2, MemberState::Silent);
+        assert_eq!(take_as(&mut s, 0, b"a", 1), None);
+        let out = fired_at(&mut s, 30 * MS);
+        assert!(matches!(&out[..], [(1, Reply::Unknown(_))]), "{out:?}");
+        assert!(matches!(
+            inspect_majority(&mut s, 31 * MS),
+            Some(Reply::State { owner: None, .. })
+        ));
+        s.member(40 * MS, 1, MemberState::Up);
+        assert!(fired_at(&mut s, 41 * MS).is_empty(), "answered already");
+        assert!(matches!(
+            inspect_majority(&mut s, 42 * MS),
+            Some(Reply::State {
+                owner: Some(_),
+                fence: 1,
+                ..
+            })
+        ));
+    }
+
+    fn inspect_majority(s: &mut LeaseStore, now: u64) -> Option<Reply> {
+        s.submit(
+            now,
+            &Command::Inspect {
+                name: Bytes::from_static(b"n"),
+            },
+            99,
+        )
+    }
+
+    #[test]
+    fn the_loser_of_an_upsert_race_is_resent_and_finds_the_holder() {
+        use super::super::replica::Ack;
+        let mut s = LeaseStore::replica_set(shape(Ack::Majority), OnRelease::ClearOwner);
+        assert_eq!(take_as(&mut s, 0, b"a", 1), None);
+        assert_eq!(take_as(&mut s, MS, b"b", 2), None, "lost the race: resent");
+        assert_eq!(s.upsert_races(), 1);
+        let out = fired_at(&mut s, 3 * MS);
+        assert!(matches!(&out[..], [(2, Reply::Held { .. })]), "{out:?}");
+        assert_eq!(
+            fired_at(&mut s, 10 * MS),
+            vec![(1, Reply::Granted { fence: 1 })]
+        );
     }
 }
