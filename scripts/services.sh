@@ -77,6 +77,12 @@ start() {
   echo "etcd up on 127.0.0.1:2379"
   start_cluster
   start_zookeeper
+  # No MongoDB server can be had here: the MongoDB backend's wire tests run against a mock
+  # (tests/mongo/mock.py) on PyPI's mockupdb.
+  if ! python3 -c 'import mockupdb' 2>/dev/null; then
+    echo "installing mockupdb from PyPI" >&2
+    python3 -m pip install -q --root-user-action=ignore mockupdb >/dev/null
+  fi
   # PostgreSQL and MariaDB run on this kind of machine already (the SQL backends' tests use
   # them); start them if they stopped, and say when one is not there.
   if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

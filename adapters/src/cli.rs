@@ -44,6 +44,10 @@ const EXEC_HELP: &str = "lucky exec: run CMD while holding the distributed lock 
                   mysql://user:pw@host:3306/db[?table=lucky_locks&mode=lease]
                                                      lease rows in a MySQL/MariaDB table
                   mysql://...?mode=get_lock          MySQL named locks (GET_LOCK)
+                  mongodb://user:pw@host:27017/db[?replicaSet=rs0&collection=lucky_locks]
+                                                     lease documents in a MongoDB
+                                                     collection (experimental; also
+                                                     mongodb+srv://, tls=true&tlsCAFile=)
                   file:///var/lock/app               lock files on this machine (flock:
                                                      flock(1) on <dir>/<name>.lock
                                                      excludes it)
@@ -151,6 +155,11 @@ const SCHEMES: &[Scheme] = &[
         names: &["mysql", "mariadb"],
         check: sql_check,
         connect: mysql_connect,
+    },
+    Scheme {
+        names: &["mongodb", "mongodb+srv"],
+        check: mongo_check,
+        connect: mongo_connect,
     },
     Scheme {
         names: &["file"],
@@ -477,6 +486,50 @@ fn mysql_connect(u: BackendUrl) -> Connecting {
         }
         if let Some(c) = o.cacert {
             b = b.ca_file(c);
+        }
+        let c = b.connect().await?;
+        Ok(Box::new(c) as Box<dyn Locker>)
+    })
+}
+
+/// A MongoDB URL: `?collection=` (default `lucky_locks`) is Lucky's; the rest is the
+/// driver's (credentials, `replicaSet`, `tls`, `tlsCAFile`, `authSource`, ...).
+fn mongo_params(u: &BackendUrl) -> Result<(Option<String>, String), String> {
+    if u.hosts.is_empty() {
+        return Err(format!("{}:// needs a host", u.scheme));
+    }
+    let (mut collection, mut rest) = (None, Vec::new());
+    for kv in u.query.iter().flat_map(|q| q.split('&')) {
+        match kv.split_once('=') {
+            Some(("collection", c)) => collection = Some(c.to_owned()),
+            _ => rest.push(kv),
+        }
+    }
+    let auth = u
+        .userinfo
+        .as_ref()
+        .map(|a| format!("{a}@"))
+        .unwrap_or_default();
+    let db = u.path.as_deref().unwrap_or("");
+    let query = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", rest.join("&"))
+    };
+    let url = format!("{}://{auth}{}/{db}{query}", u.scheme, u.hosts.join(","));
+    Ok((collection, url))
+}
+
+fn mongo_check(u: &BackendUrl) -> Result<(), String> {
+    mongo_params(u).map(|_| ())
+}
+
+fn mongo_connect(u: BackendUrl) -> Connecting {
+    Box::pin(async move {
+        let (collection, url) = mongo_params(&u).map_err(|r| sql_error(&u, "MongoDB", r))?;
+        let mut b = crate::mongodb::Mongo::builder(&url);
+        if let Some(c) = collection {
+            b = b.collection(c);
         }
         let c = b.connect().await?;
         Ok(Box::new(c) as Box<dyn Locker>)

@@ -231,6 +231,15 @@ impl sealed::Client for Mongo {
             .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
             .build();
         let coll = db.collection_with_options(&b.setup.collection, concerns);
+        // The change stream's own handle: no write concern, which an aggregate without $out
+        // or $merge must not carry.
+        let watched = db.collection_with_options(
+            &b.setup.collection,
+            CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+                .build(),
+        );
         // The deployment's shape: a replica set (setName) or a mongos (msg: isdbgrid) has
         // change streams; a standalone server does not.
         let hello =
@@ -255,6 +264,7 @@ impl sealed::Client for Mongo {
         Ok(Mongo {
             db: Arc::new(Db {
                 coll,
+                watched,
                 streams,
                 listening: AtomicBool::new(false),
                 tasks: Arc::default(),

@@ -30,7 +30,10 @@ const UPSERT_RETRIES: usize = 3;
 
 /// The collection every lock of a client shares.
 pub(super) struct Db {
+    /// Writes at w: majority, reads at majority.
     pub(super) coll: Collection<Document>,
+    /// The same collection for the change stream (majority reads, no write concern).
+    pub(super) watched: Collection<Document>,
     /// A replica set or sharded cluster: change streams can wake waiters.
     pub(super) streams: bool,
     pub(super) listening: AtomicBool,
@@ -340,7 +343,7 @@ impl Store for Db {
         tokio::spawn(async move {
             loop {
                 let Some(d) = db.upgrade() else { return };
-                let (coll, hints) = (d.coll.clone(), d.hints.clone());
+                let (coll, hints) = (d.watched.clone(), d.hints.clone());
                 drop(d);
                 let _ = watch_once(&coll, &hints, &db).await;
                 // Broken: try again shortly, unless the client is gone.
@@ -362,7 +365,8 @@ async fn watch_once(
         .max_await_time(Duration::from_secs(1))
         .await?;
     loop {
-        if db.strong_count() == 0 {
+        // A closed cursor (the server ended the stream) answers nothing more: open another.
+        if db.strong_count() == 0 || !stream.is_alive() {
             return Ok(());
         }
         // Returns at least once per max_await_time, so a dropped client is noticed.
