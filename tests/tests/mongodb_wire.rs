@@ -408,3 +408,77 @@ fn lucky_exec_takes_a_mongodb_lock_and_hands_the_fence_to_the_command() {
         "{stderr}"
     );
 }
+
+/// On a real server, where one exists: `LUCKY_MONGODB_URL` (a replica set, or a standalone
+/// server). Skipped unless set; when set, an unreachable server fails it only under
+/// `LUCKY_REQUIRE_SERVERS=1`. Not run on the machines this is built on (no server there).
+#[tokio::test]
+async fn on_a_real_server_fences_rise_and_holders_exclude_each_other() {
+    let Ok(url) = std::env::var("LUCKY_MONGODB_URL") else {
+        eprintln!("skipping: LUCKY_MONGODB_URL is not set (no real MongoDB server)");
+        return;
+    };
+    let connect = |collection: &'static str| {
+        let url = url.clone();
+        async move { Mongo::builder(&url).collection(collection).connect().await }
+    };
+    let a = match connect("lucky_test_locks").await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!required(), "MongoDB at LUCKY_MONGODB_URL unreachable: {e}");
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let b = connect("lucky_test_locks").await.unwrap();
+    let name = format!("real/{}", std::process::id());
+    // Fences rise across holders and releases (the document is never deleted).
+    let mut last = 0;
+    for i in 0..20 {
+        let client = if i % 2 == 0 { &a } else { &b };
+        let g = client
+            .lock(name.clone())
+            .ttl(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let fence = g.fence().unwrap().get();
+        assert!(fence > last, "fence {fence} after {last}");
+        last = fence;
+        g.release().await.unwrap();
+    }
+    // A held lock excludes the other client, and its release lets the waiter in.
+    let g = a
+        .lock(name.clone())
+        .ttl(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let err = b.lock(name.clone()).no_wait().await.unwrap_err();
+    assert!(err.is_taken(), "{err}");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        let name = name.clone();
+        async move { b.lock(name).wait(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held_fence = g.fence().unwrap().get();
+    g.release().await.unwrap();
+    let g2 = waiter.await.unwrap().unwrap();
+    assert!(g2.fence().unwrap().get() > held_fence);
+    g2.release().await.unwrap();
+    // A lock left to expire is taken by the other after its ttl, with a higher fence.
+    let g = a
+        .lock(name.clone())
+        .ttl(Duration::from_millis(800))
+        .auto_extend(false)
+        .await
+        .unwrap();
+    let f = g.fence().unwrap().get();
+    std::mem::forget(g);
+    let g2 = b
+        .lock(name.clone())
+        .wait(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(g2.fence().unwrap().get() > f);
+    g2.release().await.unwrap();
+}

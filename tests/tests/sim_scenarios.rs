@@ -108,6 +108,10 @@ scenario_tests! {
     pg_backend_paused => "pg-backend-paused",
     sql_replica_promoted => "sql-replica-promoted",
     my_server_stopped => "my-server-stopped",
+    mongo_failover_rollback => "mongo-failover-rollback",
+    mongo_wtimeout => "mongo-wtimeout",
+    mongo_upsert_race => "mongo-upsert-race",
+    mongo_primary_clock_step => "mongo-primary-clock-step",
     my_get_lock_server_stopped => "my-get-lock-server-stopped",
     file_handoff => "file-handoff",
     file_path_replaced => "file-path-replaced",
@@ -200,6 +204,7 @@ fn every_injected_bug_is_caught() {
             "lease-unknown-outcome",
             10,
         ),
+        (m(LeaseBug::MongoW1.name()), "mongo-failover-rollback", 10),
         (
             m(SessionBug::NoSessionCheck.name()),
             "sql-session-reconnected",
