@@ -159,6 +159,7 @@ async fn take_renew_release_send_the_documented_commands() {
     assert_eq!(get(t, "upsert"), &Bson::Boolean(true));
     assert_eq!(get(t, "new"), &Bson::Boolean(true));
     assert_eq!(get(t, "writeConcern.w"), &Bson::String("majority".into()));
+    assert_eq!(get(t, "writeConcern.j"), &Bson::Boolean(true));
     // wtimeout: half the client's request timeout (the default ttl 30 s: 1.5 s).
     assert_eq!(int(get(t, "writeConcern.wtimeout")), Some(750));
     // The pipeline: one $set of fence, owner and expiresAt, expiry on the server's $$NOW
@@ -237,6 +238,36 @@ async fn a_write_concern_error_is_settled_by_a_majority_read() {
     assert!(get(&finds[0], "projection.owner.$cond")
         .as_array()
         .is_some());
+}
+
+#[tokio::test]
+async fn a_retried_take_answered_with_the_stored_document_is_granted() {
+    // The driver retried a take the server had run: the stored post-image comes back,
+    // without the computed `left`.
+    let stored = r#"{"expect": "findAndModify", "reply": {"ok": 1, "value": {"_id": "$ID", "owner": "$OWNER", "fence": {"$numberLong": "9"}, "expiresAt": {"$date": "2026-12-07T00:00:30Z"}}}}"#;
+    let Some(mock) = Mock::start(&[stored, UPDATED], "rs0") else {
+        return;
+    };
+    let mongo = Mongo::connect(&mock.url("replicaSet=rs0")).await.unwrap();
+    let guard = mongo.lock("jobs").no_wait().await.unwrap();
+    assert_eq!(guard.fence().map(|f| f.get()), Some(9));
+    guard.release().await.unwrap();
+    assert!(mock.received("find").is_empty(), "no inspect needed");
+}
+
+#[tokio::test]
+async fn a_network_error_behind_a_mongos_is_an_unknown_outcome() {
+    // A mongos lost its shard mid-command: the take may have applied there. Lucky reads.
+    let unreachable = r#"{"expect": "findAndModify", "reply": {"ok": 0, "code": 6, "codeName": "HostUnreachable", "errmsg": "shard unreachable"}}"#;
+    let found = r#"{"expect": "find", "reply": {"ok": 1, "cursor": {"id": {"$numberLong": "0"}, "ns": "app.lucky_locks", "firstBatch": [{"_id": "$ID", "owner": "$OWNER", "fence": 4, "left": 2900}]}}}"#;
+    let Some(mock) = Mock::start(&[unreachable, found, UPDATED], "rs0") else {
+        return;
+    };
+    let mongo = Mongo::connect(&mock.url("replicaSet=rs0")).await.unwrap();
+    let guard = mongo.lock("jobs").no_wait().await.unwrap();
+    assert_eq!(guard.fence().map(|f| f.get()), Some(4));
+    guard.release().await.unwrap();
+    assert_eq!(mock.received("find").len(), 1, "settled by a read");
 }
 
 #[tokio::test]

@@ -112,6 +112,7 @@ scenario_tests! {
     mongo_wtimeout => "mongo-wtimeout",
     mongo_upsert_race => "mongo-upsert-race",
     mongo_primary_clock_step => "mongo-primary-clock-step",
+    mongo_mongos_clocks => "mongo-mongos-clocks",
     my_get_lock_server_stopped => "my-get-lock-server-stopped",
     file_handoff => "file-handoff",
     file_path_replaced => "file-path-replaced",

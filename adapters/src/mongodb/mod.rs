@@ -19,10 +19,11 @@
 //!   document when it is free, expired on `$$NOW`, or already ours, raises the fence only on a
 //!   takeover, and returns owner, fence and time left. Two processes upserting a new name at
 //!   once: the loser's duplicate-key error (E11000) inserted nothing, and its take is sent
-//!   again (it then finds the document), never reported as a failure;
+//!   again (it then finds the document), never reported as a failure (servers since 4.2
+//!   retry this themselves);
 //! - **renew** and **release** are `update`s filtered on our owner; release clears the owner
 //!   and keeps the document (no TTL index, never a delete), so fences never restart;
-//! - every write is `w: "majority"` with a `wtimeout` of half the request timeout, and reads
+//! - every write is `w: "majority", j: true` with a `wtimeout` of half the request timeout, and reads
 //!   are read concern `majority` on the primary: a holder is told it holds only once a majority
 //!   has the write, so a failover cannot roll its lock back. A write-concern error or timeout
 //!   is an unknown outcome (the write may have applied), settled by the machine with a
@@ -31,6 +32,10 @@
 //! - waiting: on a replica set or sharded cluster, one change stream per client wakes the
 //!   longest local waiter of a released name; a standalone server has no change streams, so
 //!   waiters retry after their delay, or when the holder's document runs out.
+//! - **a sharded cluster** judges `$$NOW` on the clock of the mongos that routes each
+//!   command: every router's clock must agree within the drift allowance (or connect through
+//!   one mongos). Its change streams can deliver a release up to ~10 s late (idle shards);
+//!   waiters then retry on their own timers.
 //!
 //! The database is the URL's (`mongodb://host/app`), else `lucky`. TLS, credentials and
 //! `mongodb+srv://` are the driver's own URL options (`tls=true&tlsCAFile=/path/ca.pem`);
@@ -224,6 +229,9 @@ impl sealed::Client for Mongo {
             .write_concern(
                 WriteConcern::builder()
                     .w(Acknowledgment::Majority)
+                    // Journaled on the majority, even where `writeConcernMajorityJournalDefault`
+                    // is off: a majority that crashes at once still keeps the take.
+                    .journal(true)
                     .w_timeout((cfg.op_timeout() / 2).max(Duration::from_millis(1)))
                     .build(),
             )

@@ -22,11 +22,18 @@ use crate::hints::Hints;
 use crate::lease_family::{text, Failure, Store};
 
 /// The server's code for a duplicate key: two concurrent upserts of one new `_id`, where the
-/// loser inserted nothing. Its retry finds the document and takes the update path.
+/// loser inserted nothing. Its retry finds the document and takes the update path. Servers
+/// since 4.2 retry such an upsert on `_id` themselves; this covers older ones.
 const DUPLICATE_KEY: i32 = 11000;
 /// How often a take that lost an upsert race is sent again (the document exists after the
 /// first: the retry cannot race again unless someone deletes documents, which Lucky never does).
 const UPSERT_RETRIES: usize = 3;
+
+/// Command error codes after which a write may have applied: HostUnreachable,
+/// HostNotFound, NetworkTimeout, SocketException (a mongos lost its shard mid-command),
+/// ShutdownInProgress, InterruptedAtShutdown, InterruptedDueToReplStateChange,
+/// PrimarySteppedDown, ExceededTimeLimit, MaxTimeMSExpired.
+const MAYBE_APPLIED: [i32; 10] = [6, 7, 89, 9001, 91, 11600, 11602, 189, 262, 50];
 
 /// The collection every lock of a client shares.
 pub(super) struct Db {
@@ -154,8 +161,12 @@ fn failure(e: &mongodb::error::Error) -> Failure {
         | ErrorKind::BsonSerialization(_)
         | ErrorKind::InvalidTlsConfig { .. }
         | ErrorKind::IncompatibleServer { .. } => Failure::NotSent(m),
-        // The server ran the command and refused it: a single-document write that failed
-        // applied nothing.
+        // A network error between a mongos and its shard, a primary stepping down or
+        // shutting down, a time limit: the write may have applied.
+        ErrorKind::Command(c) if MAYBE_APPLIED.contains(&c.code) => Failure::Unknown(m),
+        _ if e.contains_label("RetryableWriteError") => Failure::Unknown(m),
+        // The server refused the command itself: a single-document write refused so applied
+        // nothing.
         ErrorKind::Command(_) | ErrorKind::Write(WriteFailure::WriteError(_)) => {
             Failure::Refused(m)
         }
@@ -250,10 +261,14 @@ impl Db {
                 // A write answered with something unreadable may still have applied.
                 let bad = |m: String| Failure::Unknown(format!("unexpected take reply: {m}"));
                 let doc = doc.ok_or_else(|| bad("no document after an upsert".into()))?;
-                let (fence, left) = fence_and_left(&doc).map_err(bad)?;
                 if owner_of(&doc).map_err(bad)?.as_deref() == Some(&owner[..]) {
+                    // Ours. A take the driver retried after the server had run it comes back
+                    // as the stored document, without the projection: only the fence counts.
+                    let fence = number(&doc, "fence").ok_or_else(|| bad("no fence".into()))?;
+                    let fence = u64::try_from(fence).map_err(|_| bad(format!("fence {fence}")))?;
                     Reply::Granted { fence }
                 } else {
+                    let (_, left) = fence_and_left(&doc).map_err(bad)?;
                     Reply::Held { left }
                 }
             }

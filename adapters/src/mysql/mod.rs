@@ -133,7 +133,13 @@ impl sealed::Client for Mysql {
         // Always the server the URL names: mysql_async would otherwise reconnect through the
         // Unix socket path that server reports (`@@socket`), on this machine, whatever the
         // host: another server's socket when the URL names a remote one.
+        // Pooled connections are not reset when returned (mysql_async's default resets each
+        // with COM_RESET_CONNECTION and runs `init` again: two more round trips per command).
+        // Lucky's statements leave no session state behind (each one commits on its own),
+        // and the session settings below are what every command wants.
+        let pool = opts.pool_opts().clone().with_reset_connection(false);
         let mut opts = mysql_async::OptsBuilder::from_opts(opts)
+            .pool_opts(pool)
             .prefer_socket(false)
             .init(vec![format!(
                 "SET SESSION innodb_lock_wait_timeout = {wait_secs}"

@@ -44,6 +44,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "mongo-failover-rollback", about: "MongoDB: elections under busy holders roll back what a majority had not confirmed; w:majority acknowledged none of it, so nobody loses what it was told", draw: mongo_scenarios::failover_rollback },
     Scenario { name: "mongo-wtimeout", about: "MongoDB: secondaries behind past wtimeout: write-concern errors on applied writes (unknown outcomes), later committed or rolled back by an election; settled by majority reads", draw: mongo_scenarios::write_concern_timeout },
     Scenario { name: "mongo-upsert-race", about: "MongoDB: processes upsert a new name at once: the losers' duplicate-key errors are resent as updates, never failures, never two holders", draw: mongo_scenarios::upsert_race },
+    Scenario { name: "mongo-mongos-clocks", about: "MongoDB: a sharded cluster whose routers' clocks differ within the drift allowance judge each command on their own $$NOW, under elections: holds", draw: mongo_scenarios::mongos_clocks },
     Scenario { name: "mongo-primary-clock-step", about: "MongoDB: each election brings up a primary whose clock is a ttl ahead: overlap expected, fences still rise", draw: mongo_scenarios::primary_clock_step },
     Scenario { name: "pg-backend-paused", about: "PostgreSQL: a holder's backend answers more than a ttl late while the server serves others: the holder ends at its deadline, late answers extend nothing", draw: sql_scenarios::backend_paused },
 ];

@@ -91,6 +91,8 @@ pub struct MongoRunner {
     pub lag_ns: u64,
     /// The resend after a lost upsert race (ns).
     pub upsert_race_ns: u64,
+    /// How far the clocks judging commands stray from the node's, either way (ns).
+    pub clock_skew_ns: u64,
 }
 
 impl Runner for MongoRunner {
@@ -105,6 +107,7 @@ impl Runner for MongoRunner {
             wtimeout_ns: nanos(p.cfg.op_timeout()) / 2,
             ack: if w1 { Ack::Primary } else { Ack::Majority },
             upsert_race_ns: self.upsert_race_ns,
+            clock_skew_ns: self.clock_skew_ns,
         });
         setup.run_world(&p, seed)
     }

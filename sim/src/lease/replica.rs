@@ -40,6 +40,9 @@ pub struct Shape {
     /// and one already exists when it inserts): the loser's upsert fails with a duplicate
     /// key, and the adapter sends it again, which lands this much later.
     pub upsert_race_ns: u64,
+    /// Commands are judged on clocks up to this far from the node's either way: a sharded
+    /// cluster's mongos routers each set `$$NOW` from their own clock.
+    pub clock_skew_ns: u64,
 }
 
 /// One write the primary applied that a majority has not confirmed yet.
@@ -47,7 +50,13 @@ pub struct Shape {
 struct Entry {
     /// The primary's local time when it applied the write.
     at: u64,
+    /// The time it was judged at (the routing mongos's clock): a replay judges it the same.
+    judged: u64,
     command: Command,
+    /// A write that changed nothing (held, not ours): under `w: "majority"` its answer still
+    /// waits for the majority to reach the primary's latest write, but there is nothing to
+    /// replay.
+    noop: bool,
     /// The kept answer, while the client still waits for it: (id, reply).
     waiting: Option<(u64, Reply)>,
 }
@@ -125,6 +134,17 @@ impl Replicas {
         due
     }
 
+    /// The clock offset of the router that judges command `id` (the same for one command).
+    pub(super) fn skew(&self, id: u64) -> i64 {
+        let span = self.shape.clock_skew_ns;
+        if span == 0 {
+            return 0;
+        }
+        // A fixed mix of the id: routers are picked per command, deterministically per run.
+        let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        (h % (2 * span + 1)) as i64 - span as i64
+    }
+
     fn replicating(&self) -> bool {
         self.secondary_up.iter().any(|&up| up)
     }
@@ -134,20 +154,23 @@ impl Replicas {
     pub(super) fn applied(
         &mut self,
         now: u64,
+        judged: u64,
         command: &Command,
         reply: Reply,
         id: u64,
     ) -> Option<Reply> {
-        // A write that changed nothing (held, not ours) has nothing to wait for.
         let changed = matches!(
             reply,
             Reply::Granted { .. } | Reply::Renewed | Reply::Released
         );
-        let wait = changed && self.shape.ack == Ack::Majority;
-        if changed {
+        // A write that changed nothing waits only while earlier writes are uncommitted.
+        let wait = self.shape.ack == Ack::Majority && (changed || !self.oplog.is_empty());
+        if changed || wait {
             self.oplog.push_back(Entry {
                 at: now,
+                judged,
                 command: command.clone(),
+                noop: !changed,
                 waiting: wait.then(|| (id, reply.clone())),
             });
         }
@@ -171,7 +194,9 @@ impl Replicas {
                     break;
                 };
                 // The oplog replays in order, at the primary's time: the same outcome.
-                crate::Server::apply(&mut self.committed, e.at, &e.command);
+                if !e.noop {
+                    crate::Server::apply(&mut self.committed, e.judged, &e.command);
+                }
                 if let Some(answer) = e.waiting {
                     self.due.push(answer);
                 }
@@ -215,9 +240,16 @@ impl Replicas {
         out.append(&mut self.due);
     }
 
-    /// The primary fails over: the new primary has the committed state only. Returns it.
-    pub(super) fn fail_over(&mut self) -> LeaseStore {
+    /// The primary fails over at `now`: the secondary that wins the election has the
+    /// writes older than half the lag (they survive, committed now), and the rest are rolled
+    /// back. Every write still waiting for the majority is answered with an error, whether
+    /// it survived or not: an unknown outcome. Returns the new primary's records.
+    pub(super) fn fail_over(&mut self, now: u64) -> LeaseStore {
+        let reached = now.saturating_sub(self.shape.lag_ns / 2);
         for e in self.oplog.drain(..) {
+            if e.at <= reached && !e.noop {
+                crate::Server::apply(&mut self.committed, e.judged, &e.command);
+            }
             if let Some((id, _)) = e.waiting {
                 self.due.push((
                     id,

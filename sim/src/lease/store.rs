@@ -82,18 +82,18 @@ impl LeaseStore {
 
     /// A write on the primary of a replica set: applied, then answered at once or kept for
     /// a majority.
-    fn write(&mut self, now: u64, command: &Command, id: u64) -> Option<Reply> {
+    fn write(&mut self, now: u64, judged: u64, command: &Command, id: u64) -> Option<Reply> {
         let new = match command {
             Command::Take { name, .. } => !self.records.contains_key(name),
             _ => false,
         };
-        let reply = self.apply(now, command);
+        let reply = self.apply(judged, command);
         match (&mut self.replicas, command) {
             (Some(r), Command::Take { name, owner, .. }) if new => {
                 r.created(now, name, owner);
-                r.applied(now, command, reply, id)
+                r.applied(now, judged, command, reply, id)
             }
-            (Some(r), _) => r.applied(now, command, reply, id),
+            (Some(r), _) => r.applied(now, judged, command, reply, id),
             (None, _) => Some(reply),
         }
     }
@@ -217,15 +217,19 @@ impl Server for LeaseStore {
             return Some(self.apply(now, command));
         }
         self.tick(now);
+        // Judged on the routing mongos's clock (the primary's own, without skew); the
+        // replication machinery keeps the node's time.
+        let skew = self.replicas.as_ref().map_or(0, |r| r.skew(id));
+        let judged = now.saturating_add_signed(skew);
         if let Command::Inspect { .. } = command {
-            return self.replicas.as_mut().map(|r| r.read(now, command));
+            return self.replicas.as_mut().map(|r| r.read(judged, command));
         }
         if let Some(r) = &mut self.replicas {
             if r.lost_race(now, command, id) {
                 return None;
             }
         }
-        self.write(now, command, id)
+        self.write(now, judged, command, id)
     }
 
     fn fired(&mut self, out: &mut Vec<(u64, Reply)>) {
@@ -246,7 +250,11 @@ impl Server for LeaseStore {
         // The adapter's second try of a take that lost an upsert race: the document exists
         // now, so it is an update.
         for (id, command) in resent {
-            if let Some(reply) = self.write(now, &command, id) {
+            let judged = self
+                .replicas
+                .as_ref()
+                .map_or(now, |r| now.saturating_add_signed(r.skew(id)));
+            if let Some(reply) = self.write(now, judged, &command, id) {
                 if let Some(r) = &mut self.replicas {
                     r.push_due(id, reply);
                 }
@@ -268,7 +276,7 @@ impl Server for LeaseStore {
         self.tick(now);
         let Some(r) = &mut self.replicas else { return };
         if r.member(member, state) {
-            let new_primary = r.fail_over();
+            let new_primary = r.fail_over(now);
             self.records = new_primary.records;
             self.undo.clear();
         }
@@ -437,6 +445,7 @@ mod tests {
             wtimeout_ns: 30 * MS,
             ack,
             upsert_race_ns: 2 * MS,
+            clock_skew_ns: 0,
         }
     }
 
@@ -492,8 +501,8 @@ mod tests {
             owner: Bytes::from_static(b"a"),
         };
         assert_eq!(s.submit(20 * MS, &release, 2), None);
-        s.member(25 * MS, 0, MemberState::Down);
-        let out = fired_at(&mut s, 25 * MS);
+        s.member(24 * MS, 0, MemberState::Down);
+        let out = fired_at(&mut s, 24 * MS);
         assert!(matches!(&out[..], [(2, Reply::Unknown(_))]), "{out:?}");
         assert_eq!(
             take_as(&mut s, 26 * MS, b"b", 3),
@@ -508,13 +517,14 @@ mod tests {
         use super::super::replica::Ack;
         let mut s = LeaseStore::replica_set(shape(Ack::Primary), OnRelease::ClearOwner);
         assert_eq!(
-            take_as(&mut s, 0, b"a", 1),
+            take_as(&mut s, 20 * MS, b"a", 1),
             Some(Reply::Granted { fence: 1 })
         );
-        s.member(5 * MS, 0, MemberState::Down);
+        // The winning secondary has writes older than half the lag only.
+        s.member(22 * MS, 0, MemberState::Down);
         // Another process now takes the same name with the same fence: two holders.
         assert_eq!(
-            take_as(&mut s, 6 * MS, b"b", 2),
+            take_as(&mut s, 23 * MS, b"b", 2),
             Some(Reply::Granted { fence: 1 })
         );
     }
@@ -561,11 +571,33 @@ mod tests {
         assert_eq!(take_as(&mut s, 0, b"a", 1), None);
         assert_eq!(take_as(&mut s, MS, b"b", 2), None, "lost the race: resent");
         assert_eq!(s.upsert_races(), 1);
-        let out = fired_at(&mut s, 3 * MS);
-        assert!(matches!(&out[..], [(2, Reply::Held { .. })]), "{out:?}");
+        // Resent at 3 ms: held. That answer changed nothing, but under w: majority it waits
+        // for the majority to reach the take before it (committed at 10 ms) and itself.
+        assert!(fired_at(&mut s, 3 * MS).is_empty());
         assert_eq!(
             fired_at(&mut s, 10 * MS),
             vec![(1, Reply::Granted { fence: 1 })]
         );
+        let out = fired_at(&mut s, 13 * MS);
+        assert!(matches!(&out[..], [(2, Reply::Held { .. })]), "{out:?}");
+    }
+
+    #[test]
+    fn an_election_keeps_the_writes_the_winner_had_and_answers_them_unknown() {
+        use super::super::replica::Ack;
+        let mut s = LeaseStore::replica_set(shape(Ack::Majority), OnRelease::ClearOwner);
+        assert_eq!(take_as(&mut s, 0, b"a", 1), None);
+        // At 8 ms the winner has writes up to 3 ms: a's take survives, unacknowledged.
+        s.member(8 * MS, 0, MemberState::Down);
+        let out = fired_at(&mut s, 8 * MS);
+        assert!(matches!(&out[..], [(1, Reply::Unknown(_))]), "{out:?}");
+        assert!(matches!(
+            inspect_majority(&mut s, 9 * MS),
+            Some(Reply::State {
+                owner: Some(_),
+                fence: 1,
+                ..
+            })
+        ));
     }
 }
