@@ -208,6 +208,8 @@ impl Resend for crate::etcd::Command {
             // second or late copy finds the key there and only reads it (or finds the lease
             // revoked and writes nothing): never a second key, never another client's.
             Command::Take { .. } => true,
+            // Writes the guard and deletes the key: a copy does the same again.
+            Command::Abandon { .. } => true,
             // Read-only (and linearizable: a range without `serializable`).
             Command::Queue { .. } => true,
             // Guarded by the create revision of this acquisition's key: a copy can delete

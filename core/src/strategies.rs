@@ -409,7 +409,7 @@ impl Grant for crate::etcd::Command {
                 revision: *below,
             },
             C::WaitDelete { .. } => R::Deleted,
-            C::Delete { .. } | C::Revoke { .. } => R::Done,
+            C::Delete { .. } | C::Revoke { .. } | C::Abandon { .. } => R::Done,
         }
     }
 }

@@ -109,6 +109,11 @@ scenario_tests! {
     sql_replica_promoted => "sql-replica-promoted",
     my_server_stopped => "my-server-stopped",
     mongo_failover_rollback => "mongo-failover-rollback",
+    etcd_session_holder_partitioned => "etcd-session-holder-partitioned",
+    etcd_session_keepalive_stall => "etcd-session-keepalive-stall",
+    etcd_session_predecessor_crash => "etcd-session-predecessor-crash",
+    etcd_session_no_wait_exit => "etcd-session-no-wait-exit",
+    etcd_session_random_chaos => "etcd-session-random-chaos",
     mongo_wtimeout => "mongo-wtimeout",
     mongo_upsert_race => "mongo-upsert-race",
     mongo_primary_clock_step => "mongo-primary-clock-step",
@@ -206,6 +211,11 @@ fn every_injected_bug_is_caught() {
             10,
         ),
         (m(LeaseBug::MongoW1.name()), "mongo-failover-rollback", 10),
+        (
+            m(EtcdBug::SessionNoGuard.name()),
+            "etcd-session-random-chaos",
+            60,
+        ),
         (
             m(SessionBug::NoSessionCheck.name()),
             "sql-session-reconnected",

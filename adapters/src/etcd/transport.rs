@@ -264,9 +264,30 @@ async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client
             client.lease_revoke(lease).await?;
             Reply::Done
         }
-        Command::Take { key, prefix, lease } => {
+        Command::Abandon { key, guard, lease } => {
+            let txn = etcd_client::Txn::new().and_then([
+                TxnOp::put(
+                    guard.to_vec(),
+                    Vec::new(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::delete(key.to_vec(), None),
+            ]);
+            client.txn(txn).await?;
+            Reply::Done
+        }
+        Command::Take {
+            key,
+            prefix,
+            lease,
+            guard,
+        } => {
+            let mut when = vec![Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)];
+            if let Some(g) = guard {
+                when.push(Compare::create_revision(g.to_vec(), CompareOp::Equal, 0));
+            }
             let txn = etcd_client::Txn::new()
-                .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+                .when(when)
                 .and_then([
                     TxnOp::put(
                         key.to_vec(),

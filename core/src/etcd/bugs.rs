@@ -21,5 +21,9 @@ crate::bugs::declare_bugs! {
         /// An error from one member is the request's answer (no fail-over to another
         /// member), as a plain balancer that may pick a dead member does.
         NoFailover => "etcd-no-failover",
+        /// On a shared session lease, takes carry no guard: a take still in flight when its
+        /// attempt was abandoned creates the key afterwards, an orphan the living session
+        /// keeps in the queue.
+        SessionNoGuard => "etcd-session-no-guard",
     }
 }

@@ -31,11 +31,28 @@ pub enum Command {
     /// `Txn(if create_revision(key) == 0 then put(key, "", lease) ; get(key), first-created
     /// key under prefix)`. Reply: [`Reply::Taken`] (or [`Reply::LeaseNotFound`]).
     Take {
-        /// Our key, `<name>/<lease id in hex>`.
+        /// Our key, `<name>/<lease id in hex>` (in a shared session,
+        /// `<name>/<lease>_<lock>_<attempt>`, all in hex).
         key: Bytes,
         /// `<name>/`: every contender's key is under it.
         prefix: Bytes,
         /// The lease the key is attached to.
+        lease: i64,
+        /// In a shared session: the put also needs this key absent (`create_revision(guard)
+        /// == 0`). [`Command::Abandon`] writes it, so a take still in flight when its
+        /// attempt was abandoned can no longer create the key.
+        guard: Option<Bytes>,
+    },
+    /// In a shared session, the clean-up of an attempt whose key may exist or still be
+    /// created by a take in flight: `Txn(put(guard, "", lease); delete(key))`. The guard
+    /// lives on the session's lease, outside every lock's prefix. Reply: [`Reply::Done`] (or
+    /// [`Reply::LeaseNotFound`]: the lease is gone, and its keys with it).
+    Abandon {
+        /// The attempt's key.
+        key: Bytes,
+        /// Its guard.
+        guard: Bytes,
+        /// The session's lease.
         lease: i64,
     },
     /// A read-only transaction: `get(key)` and the last-created key under `prefix` whose
@@ -82,6 +99,7 @@ impl Command {
             Command::KeepAlive { .. } => "LeaseKeepAlive",
             Command::Revoke { .. } => "LeaseRevoke",
             Command::Take { .. } => "Txn(take)",
+            Command::Abandon { .. } => "Txn(abandon)",
             Command::Queue { .. } => "Txn(queue)",
             Command::WaitDelete { .. } => "Watch",
             Command::Delete { .. } => "Txn(delete)",

@@ -38,6 +38,7 @@ pub mod bugs;
 mod bugs;
 mod command;
 mod config;
+pub mod session;
 
 use alloc::collections::VecDeque;
 use alloc::vec;
@@ -45,6 +46,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 pub use command::{Command, Reply};
 pub use config::{EtcdConfig, EtcdConfigBuilder, DEFAULT_TTL, MAX_NAME_LEN};
+pub use session::{Session, SessionView};
 
 use crate::error::{BackendError, LockError, NodeOutcome, UsageError};
 use crate::machine::{Event, LockMachine, LostReason, NodeId, OpId, Output, State, Transmit};
@@ -84,6 +86,43 @@ pub struct EtcdLock {
     fresh_lease: bool,
     /// The error a failing acquisition reports once its lease revoke is answered.
     failure: Option<LockError>,
+    /// In a client's shared session: what this lock knows of the session's lease.
+    shared: Option<Shared>,
+}
+
+/// A lock on its client's shared session lease ([`Session`]): it never grants, renews or
+/// revokes; each attempt has a key of its own, and an abandoned attempt's key is deleted
+/// behind a guard that no take in flight can pass.
+#[derive(Clone, Debug)]
+struct Shared {
+    /// This lock's number in its client (part of its keys).
+    lock_id: u64,
+    /// Attempts made (part of its keys).
+    attempt: u64,
+    /// The session's lease as last told.
+    view: Option<SessionView>,
+    /// The session's epoch when ownership was last read.
+    verified_epoch: u64,
+    /// A take of the current attempt was sent: its key may exist.
+    touched: bool,
+    /// Waiting for the session to have a lease.
+    wants: bool,
+    /// A lease a reply showed gone, for the driver to tell the session.
+    gone: Option<i64>,
+    /// Keys whose clean-up is not known done, for the session to retry until it is.
+    handoff: VecDeque<Bytes>,
+}
+
+/// The prefix of abandoned attempts' guards: outside every lock's `<name>/` prefix (names
+/// cannot start with a NUL byte).
+pub const GUARD_PREFIX: &[u8] = b"\0lucky/abandoned/";
+
+/// The guard of `key`: while it exists, no take can create `key`.
+pub(crate) fn guard_of(key: &[u8]) -> Bytes {
+    let mut g = BytesMut::with_capacity(GUARD_PREFIX.len() + key.len());
+    g.put_slice(GUARD_PREFIX);
+    g.put_slice(key);
+    g.freeze()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +145,8 @@ enum Kind {
     Check,
     Delete,
     Revoke,
+    /// A shared session's clean-up of an attempt (guard, then delete).
+    Abandon,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +187,12 @@ impl EtcdLock {
                 max: MAX_NAME_LEN,
             });
         }
+        if name[0] == 0 {
+            return Err(UsageError::BadName {
+                name: alloc::string::String::from_utf8_lossy(name).into_owned(),
+                why: "an etcd lock name cannot start with a NUL byte (Lucky's own keys do)",
+            });
+        }
         let mut prefix = BytesMut::with_capacity(name.len() + 1);
         prefix.put_slice(name);
         prefix.put_u8(b'/');
@@ -169,7 +216,137 @@ impl EtcdLock {
             last_error: None,
             fresh_lease: false,
             failure: None,
+            shared: None,
         })
+    }
+
+    /// A machine for the lock `name` on its client's shared session lease ([`Session`]):
+    /// `lock_id` is unique among the client's locks. The driver tells it the session's lease
+    /// with [`set_session`](Self::set_session), asks the session for one when
+    /// [`wants_session`](Self::wants_session), and hands the session what
+    /// [`take_lease_gone`](Self::take_lease_gone) reports.
+    pub fn in_session(
+        cfg: &EtcdConfig,
+        name: &[u8],
+        lock_id: u64,
+        seed: u64,
+    ) -> Result<EtcdLock, UsageError> {
+        let mut m = EtcdLock::new(cfg, name, seed)?;
+        m.shared = Some(Shared {
+            lock_id,
+            attempt: 0,
+            view: None,
+            verified_epoch: 0,
+            touched: false,
+            wants: false,
+            gone: None,
+            handoff: VecDeque::new(),
+        });
+        Ok(m)
+    }
+
+    /// A key whose clean-up this lock could not confirm: the session retries it
+    /// ([`Session::abandon`]) until it is done or the lease is gone.
+    pub fn take_abandoned(&mut self) -> Option<Bytes> {
+        self.shared.as_mut().and_then(|s| s.handoff.pop_front())
+    }
+
+    fn hand_off(&mut self, key: Bytes) {
+        if let Some(sh) = &mut self.shared {
+            sh.handoff.push_back(key);
+        }
+    }
+
+    /// Whether this lock waits for its session to have a lease.
+    pub fn wants_session(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.wants)
+    }
+
+    /// A lease one of this lock's requests found gone, once (for the session).
+    pub fn take_lease_gone(&mut self) -> Option<i64> {
+        self.shared.as_mut().and_then(|s| s.gone.take())
+    }
+
+    /// The session's lease as it stands (`None`: it has none, or lost it). A lease other
+    /// than the one this lock's key is on means that key is gone with its lease.
+    pub fn set_session(&mut self, now: Instant, view: Option<SessionView>) {
+        self.advance(now);
+        let Some(sh) = &mut self.shared else { return };
+        sh.view = view;
+        match (self.lease, view) {
+            (Some(l), Some(v)) if l.id == v.lease => {
+                self.session_renewed(v);
+            }
+            (Some(_), _) => self.lease_gone(),
+            (None, Some(_)) => {
+                if let Some(sh) = &mut self.shared {
+                    if sh.wants {
+                        sh.wants = false;
+                        self.start_attempt();
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        self.advance(self.now);
+    }
+
+    /// The session's lease lives longer (or its epoch moved).
+    fn session_renewed(&mut self, v: SessionView) {
+        let verified = self.shared.as_ref().map_or(0, |s| s.verified_epoch);
+        if let Some(l) = &mut self.lease {
+            l.until = l.until.max(v.until);
+        }
+        match self.phase {
+            Phase::Held { valid_until } if v.until > valid_until => {
+                if v.epoch != verified {
+                    // The session missed keepalives since ownership was read: read again
+                    // before extending.
+                    self.pending_until = Some(v.until);
+                    if self.main.is_none() {
+                        self.send_queue(Kind::Check);
+                    }
+                } else {
+                    self.phase = Phase::Held {
+                        valid_until: v.until,
+                    };
+                    self.emit(Event::Extended {
+                        valid_until: v.until,
+                    });
+                }
+            }
+            Phase::Acquiring if self.owner_ready && self.now < v.until => self.owned(),
+            _ => {}
+        }
+    }
+
+    /// The guard of the current key.
+    fn guard(&self) -> Bytes {
+        guard_of(&self.key)
+    }
+
+    /// Cleans up the current attempt's key, if a take of it was sent: sent now and waited
+    /// for (`wait`), or handed to the session, which retries it until it is done.
+    fn send_abandon(&mut self, wait: Option<Kind>) -> bool {
+        let touched = self.shared.as_ref().is_some_and(|s| s.touched);
+        let Some(l) = self.lease.filter(|_| touched) else {
+            return false;
+        };
+        if let Some(sh) = &mut self.shared {
+            sh.touched = false;
+        }
+        match wait {
+            Some(kind) => {
+                let command = Command::Abandon {
+                    key: self.key.clone(),
+                    guard: self.guard(),
+                    lease: l.id,
+                };
+                self.send_main(kind, command);
+            }
+            None => self.hand_off(self.key.clone()),
+        }
+        true
     }
 
     /// The lease this machine holds, if any (for a driver that revokes it on shutdown).
@@ -225,6 +402,10 @@ impl EtcdLock {
     }
 
     fn send_keepalive(&mut self) {
+        if self.shared.is_some() {
+            // The session keeps its lease alive.
+            return;
+        }
         let Some(lease) = self.lease else { return };
         if self.keepalive.is_some() {
             return;
@@ -239,9 +420,15 @@ impl EtcdLock {
     }
 
     fn set_lease(&mut self, id: i64) {
-        let mut key = BytesMut::with_capacity(self.prefix.len() + 16);
+        let mut key = BytesMut::with_capacity(self.prefix.len() + 50);
         key.put_slice(&self.prefix);
         push_hex(&mut key, id as u64);
+        if let Some(sh) = &self.shared {
+            key.put_u8(b'_');
+            push_hex(&mut key, sh.lock_id);
+            key.put_u8(b'_');
+            push_hex(&mut key, sh.attempt);
+        }
         self.key = key.freeze();
         self.lease = Some(Lease {
             id,
@@ -282,6 +469,29 @@ impl EtcdLock {
         self.phase = Phase::Acquiring;
         self.owner_ready = false;
         self.rev = 0;
+        if let Some(sh) = &mut self.shared {
+            sh.attempt += 1;
+            sh.touched = false;
+            match sh.view {
+                None => {
+                    // No lease yet: the session grants one, and the take follows.
+                    sh.wants = true;
+                    self.lease = None;
+                }
+                Some(v) => {
+                    sh.wants = false;
+                    let every = self.cfg.keepalive_every;
+                    self.set_lease(v.lease);
+                    self.lease = Some(Lease {
+                        id: v.lease,
+                        until: v.until,
+                        every,
+                    });
+                    self.send_take();
+                }
+            }
+            return;
+        }
         match self.lease {
             None => self.send_main(
                 Kind::Grant,
@@ -302,12 +512,17 @@ impl EtcdLock {
 
     fn send_take(&mut self) {
         let Some(lease) = self.lease else { return };
+        let guard = (self.shared.is_some() && !self.bug(Bug::SessionNoGuard)).then(|| self.guard());
+        if let Some(sh) = &mut self.shared {
+            sh.touched = true;
+        }
         self.send_main(
             Kind::Take,
             Command::Take {
                 key: self.key.clone(),
                 prefix: self.prefix.clone(),
                 lease: lease.id,
+                guard,
             },
         );
     }
@@ -356,6 +571,17 @@ impl EtcdLock {
     /// The acquisition failed for good: revoke the lease (which deletes whatever key it
     /// wrote), and report `Failed` once etcd answered the revoke or the request timed out.
     fn give_up(&mut self, error: LockError) {
+        if self.shared.is_some() {
+            self.drop_chain();
+            if !self.bug(Bug::FailBeforeCleanup) && self.send_abandon(Some(Kind::Abandon)) {
+                self.failure = Some(error);
+                self.phase = Phase::Failing;
+            } else {
+                self.phase = Phase::Done;
+                self.emit(Event::Failed(error));
+            }
+            return;
+        }
         match self.lease {
             Some(l) if !self.bug(Bug::FailBeforeCleanup) => {
                 self.drop_chain();
@@ -387,6 +613,12 @@ impl EtcdLock {
     /// request of this attempt can touch it.
     fn abandon(&mut self) {
         self.drop_chain();
+        if self.shared.is_some() {
+            // The session's lease stays; this attempt's key goes behind its guard, and the
+            // next attempt takes a key of its own.
+            self.send_abandon(None);
+            return;
+        }
         if let Some(l) = self.lease.take() {
             self.send(Command::Revoke { lease: l.id });
         }
@@ -408,12 +640,16 @@ impl EtcdLock {
             return;
         }
         if self.now >= self.lease_until() {
-            // Our lease may be gone with our key: renew it and decide on the answer.
+            // Our lease may be gone with our key: renew it and decide on the answer (in a
+            // shared session, on the session's next keepalive).
             self.owner_ready = true;
             self.send_keepalive();
             return;
         }
         self.owner_ready = false;
+        if let Some(sh) = &mut self.shared {
+            sh.verified_epoch = sh.view.map_or(0, |v| v.epoch);
+        }
         let valid_until = self.lease_until();
         self.suspect = false;
         self.phase = Phase::Held { valid_until };
@@ -427,6 +663,14 @@ impl EtcdLock {
     /// Revokes the lease without waiting (its key goes with it) and grants a fresh one next
     /// time.
     fn forget_lease(&mut self) {
+        if self.shared.is_some() {
+            // The key is not known deleted: delete it behind its guard.
+            if let Some(sh) = &mut self.shared {
+                sh.touched = true;
+            }
+            self.send_abandon(None);
+            return;
+        }
         if let Some(l) = self.lease.take() {
             self.send(Command::Revoke { lease: l.id });
         }
@@ -434,6 +678,27 @@ impl EtcdLock {
 
     /// The lease is gone on the server (and every key on it).
     fn lease_gone(&mut self) {
+        if let Some(sh) = &mut self.shared {
+            if let Some(l) = self.lease {
+                // Its keys went with it; tell the session, and take nothing more on it.
+                sh.gone = Some(l.id);
+                if sh.view.is_some_and(|v| v.lease == l.id) {
+                    sh.view = None;
+                }
+            }
+            sh.touched = false;
+            self.lease = None;
+            self.keepalive = None;
+            match self.phase {
+                Phase::Acquiring => {
+                    let e = self.error(NodeOutcome::Refused, false);
+                    self.fail_attempt(e);
+                }
+                Phase::Held { .. } => self.lose(Some(self.error(NodeOutcome::Refused, false))),
+                _ => {}
+            }
+            return;
+        }
         self.lease = None;
         self.keepalive = None;
         match self.phase {
@@ -461,6 +726,21 @@ impl EtcdLock {
         self.main = None;
         self.keepalive = None;
         self.pending_until = None;
+        if self.shared.is_some() {
+            // The session's lease stays: delete exactly our key, if the lease still lives.
+            let rev = core::mem::take(&mut self.rev);
+            if self.lease.is_some() && rev != 0 {
+                self.phase = Phase::Releasing;
+                let key = self.key.clone();
+                self.send_main(Kind::Delete, Command::Delete { key, revision: rev });
+            } else {
+                self.phase = Phase::Done;
+                self.emit(Event::Released {
+                    nodes: vec![NodeOutcome::Refused],
+                });
+            }
+            return;
+        }
         match self.lease.take() {
             // Revoking deletes our key with the lease, wherever the lease stands.
             Some(l) => {
@@ -567,8 +847,15 @@ impl EtcdLock {
             (Kind::Check, Phase::Held { .. }) => {
                 self.pending_until = None;
             }
+            (Kind::Abandon, Phase::Failing) => {
+                self.hand_off(self.key.clone());
+                self.failed();
+            }
             (Kind::Revoke, Phase::Failing) => self.failed(),
-            (Kind::Delete | Kind::Revoke, Phase::Releasing) => {
+            (Kind::Delete | Kind::Revoke | Kind::Abandon, Phase::Releasing) => {
+                if p.kind == Kind::Abandon {
+                    self.hand_off(self.key.clone());
+                }
                 self.forget_lease();
                 self.phase = Phase::Done;
                 self.emit(Event::Released {
@@ -659,7 +946,13 @@ impl EtcdLock {
                     revision,
                 },
             ) => {
-                if mine != Some(self.rev) {
+                if mine != Some(self.rev) && self.shared.is_some() {
+                    // Our key is gone, the session's lease maybe not: a take on it says.
+                    // The next attempt takes a key of its own.
+                    self.rev = 0;
+                    let e = self.error(NodeOutcome::Refused, false);
+                    self.fail_attempt(e);
+                } else if mine != Some(self.rev) {
                     // Our key is gone (its lease expired, or someone deleted it): start again
                     // on a fresh lease.
                     self.rev = 0;
@@ -694,6 +987,9 @@ impl EtcdLock {
             ) => {
                 if mine == Some(self.rev) && predecessor.is_none() {
                     self.suspect = false;
+                    if let Some(sh) = &mut self.shared {
+                        sh.verified_epoch = sh.view.map_or(0, |v| v.epoch);
+                    }
                     if let Some(until) = self.pending_until.take() {
                         if let Phase::Held { valid_until } = self.phase {
                             if until > valid_until {
@@ -708,8 +1004,14 @@ impl EtcdLock {
                 }
             }
             (Kind::Check, _) => self.pending_until = None,
+            (Kind::Abandon, reply) if self.phase == Phase::Failing => {
+                if !matches!(reply, Reply::Done | Reply::LeaseNotFound) {
+                    self.hand_off(self.key.clone());
+                }
+                self.failed();
+            }
             (Kind::Revoke, _) if self.phase == Phase::Failing => self.failed(),
-            (Kind::Delete | Kind::Revoke, reply) => {
+            (Kind::Delete | Kind::Revoke | Kind::Abandon, reply) => {
                 let outcome = match reply {
                     Reply::Done => NodeOutcome::Granted,
                     Reply::LeaseNotFound => NodeOutcome::Refused,
@@ -717,6 +1019,11 @@ impl EtcdLock {
                 };
                 if p.kind == Kind::Revoke {
                     self.key = Bytes::new();
+                } else if p.kind == Kind::Abandon {
+                    if !matches!(outcome, NodeOutcome::Granted | NodeOutcome::Refused) {
+                        // Not known done: the session retries it.
+                        self.hand_off(self.key.clone());
+                    }
                 } else if outcome != NodeOutcome::Granted {
                     // Not known deleted: do not take this key up again in a later
                     // acquisition (it would come back with its old fence).
@@ -803,6 +1110,23 @@ impl LockMachine for EtcdLock {
                 self.owner_ready = false;
                 self.pending_until = None;
                 let rev = core::mem::take(&mut self.rev);
+                if let Some(sh) = &mut self.shared {
+                    sh.wants = false;
+                    if rev != 0 && !taking && self.lease.is_some() {
+                        self.phase = Phase::Releasing;
+                        let key = self.key.clone();
+                        self.send_main(Kind::Delete, Command::Delete { key, revision: rev });
+                    } else if self.send_abandon(Some(Kind::Abandon)) {
+                        // A take may have made the key, or may still: guard and delete it.
+                        self.phase = Phase::Releasing;
+                    } else {
+                        self.phase = Phase::Done;
+                        self.emit(Event::Released {
+                            nodes: vec![NodeOutcome::NotSent],
+                        });
+                    }
+                    return Ok(());
+                }
                 match self.lease {
                     // Our key and its revision are known: delete exactly it, keep the lease.
                     Some(_) if rev != 0 && !taking => {
@@ -905,8 +1229,9 @@ impl LockMachine for EtcdLock {
     }
 
     fn renews_while_held(&self) -> bool {
-        // The lease needs keepalives whenever a lock is held.
-        true
+        // The lease needs keepalives whenever a lock is held (in a shared session, the
+        // session sends them).
+        self.shared.is_none()
     }
 
     fn held_key(&self) -> Option<Bytes> {

@@ -12,11 +12,13 @@ mod cluster_scenarios;
 pub mod lock;
 pub mod node;
 mod scenarios;
+pub mod session_client;
 
 pub use cluster::EtcdCluster;
 pub use cluster_client::{ClusterClient, ClusterRunner, EtcdClusterSim};
 pub use lock::{EtcdRunner, EtcdSim};
 pub use node::EtcdNode;
+pub use session_client::{EtcdSessionRunner, EtcdSessionSim, SessionClient};
 
 /// The etcd scenarios and the bugs of the etcd machine (and of its fail-over).
 pub const BACKEND: Backend = Backend {
@@ -36,6 +38,11 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "etcd-client-drift", about: "etcd: client drift within the bound (safe) or 4-6x beyond it (overlap expected)", draw: scenarios::client_drift },
     Scenario { name: "etcd-data-loss", about: "etcd: the cluster loses its data, restarts at once or after the ttl: revisions restart (expected)", draw: scenarios::data_loss },
     Scenario { name: "etcd-no-wait-exit", about: "etcd: one-shot tries at once; each client exits when its try ends: no key left in the queue", draw: scenarios::no_wait_exit },
+    Scenario { name: "etcd-session-holder-partitioned", about: "etcd, locks on a shared session lease: a client is cut off from the cluster for 1.5 ttl", draw: scenarios::session_holder_partitioned },
+    Scenario { name: "etcd-session-keepalive-stall", about: "etcd, shared session: replies stall for ttl/3, then the session's keepalives are cut; leader losses", draw: scenarios::session_keepalive_stall },
+    Scenario { name: "etcd-session-predecessor-crash", about: "etcd, shared session: queued clients crash for good while the owner holds", draw: scenarios::session_predecessor_crash },
+    Scenario { name: "etcd-session-no-wait-exit", about: "etcd, shared session: one-shot tries at once, clients exit: abandoned attempts leave no key in the queue", draw: scenarios::session_no_wait_exit },
+    Scenario { name: "etcd-session-random-chaos", about: "etcd, shared session: every assumption-keeping fault at rates drawn per seed (late takes after abandons included)", draw: scenarios::session_random_chaos },
     Scenario { name: "etcd-member-down", about: "etcd cluster: one member at a time killed or stopped; no false unreachable, no lost hold", draw: cluster_scenarios::member_down },
     Scenario { name: "etcd-leader-change-keepalive", about: "etcd cluster: the leader is killed under held leases; an election, then a fresh ttl", draw: cluster_scenarios::leader_change_keepalive },
     Scenario { name: "etcd-pinned-partitioned-member", about: "etcd cluster: the clients' member is cut off from the leader (silent, then \"no leader\") past the ttl", draw: cluster_scenarios::pinned_partitioned_member },

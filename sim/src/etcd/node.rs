@@ -219,9 +219,18 @@ impl Server for EtcdNode {
                     Reply::LeaseNotFound
                 }
             }
-            Command::Take { key, prefix, lease } => {
+            Command::Take {
+                key,
+                prefix,
+                lease,
+                guard,
+            } => {
                 let create = match self.kv.get(key) {
                     Some(kv) => kv.create,
+                    None if guard.as_ref().is_some_and(|g| self.kv.contains_key(g)) => {
+                        // Abandoned: the put's guard fails; the key stays absent.
+                        0
+                    }
                     None => {
                         if !self.live_lease(now, *lease) {
                             return Some(Reply::LeaseNotFound);
@@ -287,6 +296,25 @@ impl Server for EtcdNode {
                 }
                 Reply::Done
             }
+            Command::Abandon { key, guard, lease } => {
+                if !self.live_lease(now, *lease) {
+                    return Some(Reply::LeaseNotFound);
+                }
+                if !self.kv.contains_key(guard) {
+                    let create = self.write();
+                    self.kv.insert(
+                        guard.clone(),
+                        Kv {
+                            create,
+                            lease: *lease,
+                        },
+                    );
+                }
+                if self.kv.contains_key(key) {
+                    self.delete_keys(vec![key.clone()]);
+                }
+                Reply::Done
+            }
         })
     }
 
@@ -345,10 +373,13 @@ impl Server for EtcdNode {
         };
     }
 
+    /// Keys on live leases, but for a shared session's guards of abandoned attempts: they
+    /// are outside every lock's prefix and block nobody (they go with the session's lease).
     fn live_keys(&self, now: u64) -> usize {
         self.kv
-            .values()
-            .filter(|v| self.leases.get(&v.lease).is_some_and(|l| l.expiry > now))
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b"\0lucky/abandoned/"))
+            .filter(|(_, v)| self.leases.get(&v.lease).is_some_and(|l| l.expiry > now))
             .count()
     }
 

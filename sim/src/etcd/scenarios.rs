@@ -301,3 +301,26 @@ pub(super) fn random_chaos(rng: &mut Rng) -> Setup {
     }
     s
 }
+
+/// The same scenarios with every client's lock on a shared session lease
+/// ([`EtcdSessionRunner`](super::EtcdSessionRunner)): the session grants, keeps alive and
+/// loses the lease; locks take keys of their own per attempt and abandon them behind guards.
+macro_rules! on_session {
+    ($($name:ident => $draw:ident),* $(,)?) => {
+        $(
+            pub(super) fn $name(rng: &mut Rng) -> Setup {
+                let mut s = $draw(rng);
+                s.runner = &super::EtcdSessionRunner;
+                s
+            }
+        )*
+    };
+}
+
+on_session! {
+    session_holder_partitioned => holder_partitioned,
+    session_keepalive_stall => keepalive_stall,
+    session_predecessor_crash => predecessor_crash,
+    session_no_wait_exit => no_wait_exit,
+    session_random_chaos => random_chaos,
+}
