@@ -2,7 +2,7 @@
 //! [`EtcdLock::in_session`] and [`Session`] driven together as Lucky's adapter drives them
 //! (the session grants when a lock wants a lease, keeps it alive on its own, hears of a lease
 //! a lock found gone; the lock is told every change of the session's lease), against the
-//! same [`EtcdNode`](super::EtcdNode) cluster model as the lock with a lease of its own.
+//! same [`EtcdNode`] cluster model as the lock with a lease of its own.
 
 use std::collections::VecDeque;
 
