@@ -37,8 +37,21 @@ async fn keys_under(raw: &mut Client, name: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// The lease of a key written on a shared session: `<name>/<lease hex>_<lock>_<attempt>`.
+fn session_lease(name: &str, key: &str) -> i64 {
+    let rest = key.strip_prefix(&format!("{name}/")).unwrap();
+    let mut parts = rest.split('_');
+    let lease = i64::from_str_radix(parts.next().unwrap(), 16).unwrap();
+    assert_eq!(parts.count(), 2, "{key}");
+    lease
+}
+
+async fn lease_alive(raw: &mut Client, lease: i64) -> bool {
+    raw.lease_time_to_live(lease, None).await.unwrap().ttl() > 0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_key_is_name_slash_lease_hex_and_the_fence_its_create_revision() {
+async fn the_key_is_on_the_session_lease_and_the_fence_its_create_revision() {
     let Some((_, etcd, mut raw)) = setup().await else {
         return;
     };
@@ -53,10 +66,11 @@ async fn the_key_is_name_slash_lease_hex_and_the_fence_its_create_revision() {
     let keys = keys_under(&mut raw, &name).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let (key, rev) = &keys[0];
-    let lease_hex = key.strip_prefix(&format!("{name}/")).unwrap();
-    let lease = i64::from_str_radix(lease_hex, 16).unwrap();
-    let ttl = raw.lease_time_to_live(lease, None).await.unwrap();
-    assert!(ttl.ttl() > 0, "the key is on a live lease");
+    let lease = session_lease(&name, key);
+    assert!(
+        lease_alive(&mut raw, lease).await,
+        "the key is on a live lease"
+    );
     assert_eq!(guard.fence().unwrap().get(), u64::try_from(*rev).unwrap());
     // The guard knows its key: a guarded write needs no lookup first.
     assert_eq!(guard.key(), Some(key.as_bytes()));
@@ -71,26 +85,141 @@ async fn the_key_is_name_slash_lease_hex_and_the_fence_its_create_revision() {
     .unwrap());
     let outcome = guard.release().await.unwrap();
     assert_eq!(outcome, vec![NodeOutcome::Granted]);
+    // The released name's key goes; the session (and its lease) stays for the next lock.
     assert!(keys_under(&mut raw, &name).await.is_empty());
+    assert!(
+        lease_alive(&mut raw, lease).await,
+        "the session's lease went"
+    );
+    assert!(etcd.close(Duration::from_secs(5)).await);
+    assert!(
+        !lease_alive(&mut raw, lease).await,
+        "close() left the lease"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_acquisitions_give_strictly_increasing_fences_on_one_reused_lease() {
+async fn with_a_lease_per_lock_the_key_is_name_slash_lease_hex() {
+    let Some((endpoints, _, mut raw)) = setup().await else {
+        return;
+    };
+    let etcd = Etcd::builder(&endpoints)
+        .lease_per_lock(true)
+        .connect()
+        .await
+        .unwrap();
+    let name = unique("layout-per-lock");
+    let guard = etcd.lock(&name).ttl(Duration::from_secs(5)).await.unwrap();
+    let keys = keys_under(&mut raw, &name).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (key, rev) = &keys[0];
+    let lease_hex = key.strip_prefix(&format!("{name}/")).unwrap();
+    let lease = i64::from_str_radix(lease_hex, 16).unwrap();
+    assert!(
+        lease_alive(&mut raw, lease).await,
+        "the key is on a live lease"
+    );
+    assert_eq!(guard.fence().unwrap().get(), u64::try_from(*rev).unwrap());
+    guard.release().await.unwrap();
+    assert!(keys_under(&mut raw, &name).await.is_empty());
+    assert!(etcd.close(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_acquisitions_give_strictly_increasing_fences_on_one_session_lease() {
     let Some((_, etcd, mut raw)) = setup().await else {
         return;
     };
     let name = unique("fences");
     let mut fences = Vec::new();
-    let mut keys = std::collections::BTreeSet::new();
+    let mut leases = std::collections::BTreeSet::new();
     for _ in 0..50 {
         let g = etcd.lock(&name).ttl(Duration::from_secs(10)).await.unwrap();
         fences.push(g.fence().unwrap().get());
-        keys.insert(keys_under(&mut raw, &name).await[0].0.clone());
+        leases.insert(session_lease(
+            &name,
+            &keys_under(&mut raw, &name).await[0].0,
+        ));
         g.release().await.unwrap();
     }
     assert!(fences.windows(2).all(|w| w[0] < w[1]), "{fences:?}");
-    // The session's lease served every acquisition: one key name throughout.
+    // The session's lease served every acquisition.
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert!(etcd.close(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_held_locks_share_one_lease_and_close_leaves_nothing() {
+    let Some((_, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let base = unique("many");
+    let names: Vec<String> = (0..300).map(|i| format!("{base}/{i}")).collect();
+    let guards = futures_util_join(&etcd, &names).await;
+    let mut leases = std::collections::BTreeSet::new();
+    for name in &names {
+        let keys = keys_under(&mut raw, name).await;
+        assert_eq!(keys.len(), 1, "{name}: {keys:?}");
+        leases.insert(session_lease(name, &keys[0].0));
+    }
+    assert_eq!(leases.len(), 1, "300 locks, one lease: {leases:?}");
+    let lease = *leases.iter().next().unwrap();
+    // Held past two of their 2 s lease terms by the session's keepalives alone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(guards.iter().all(|g| g.is_held()));
+    for (i, g) in guards.into_iter().enumerate() {
+        if i % 2 == 0 {
+            g.release().await.unwrap();
+        } else {
+            drop(g);
+        }
+    }
+    assert!(etcd.close(Duration::from_secs(10)).await);
+    assert!(
+        !lease_alive(&mut raw, lease).await,
+        "close() left the lease"
+    );
+    for name in &names {
+        assert!(keys_under(&mut raw, name).await.is_empty(), "{name}");
+    }
+}
+
+/// Takes a 2 s lock on every name at once.
+async fn futures_util_join(etcd: &Etcd, names: &[String]) -> Vec<lucky::Guard> {
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let etcd = etcd.clone();
+            let n = n.clone();
+            tokio::spawn(async move { etcd.lock(&n).ttl(Duration::from_secs(2)).await })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    for t in tasks {
+        guards.push(t.await.unwrap().unwrap());
+    }
+    guards
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tries_on_a_shared_session_leave_no_key_and_no_lease() {
+    let Some((endpoints, etcd, mut raw)) = setup().await else {
+        return;
+    };
+    let name = unique("failed-tries");
+    let other = Etcd::connect(&endpoints).await.unwrap();
+    let holder = other.lock(&name).await.unwrap();
+    for _ in 0..50 {
+        let e = etcd.lock(&name).no_wait().await.unwrap_err();
+        assert!(e.is_taken(), "{e}");
+    }
+    // Only the holder's key: each failed try's key went with it.
+    let keys = keys_under(&mut raw, &name).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(etcd.close(Duration::from_secs(5)).await);
+    holder.release().await.unwrap();
+    assert!(other.close(Duration::from_secs(5)).await);
+    assert!(keys_under(&mut raw, &name).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -396,6 +396,45 @@ fn garbage_replies_fail_the_attempt_without_panicking() {
     assert_eq!(m.state(), State::Done);
 }
 
+#[test]
+fn a_lock_whose_session_gets_no_lease_fails_at_the_request_timeout() {
+    let c = EtcdConfig::builder()
+        .ttl(Duration::from_secs(5))
+        .op_timeout(Duration::from_millis(300))
+        .wait(Wait::None)
+        .build()
+        .unwrap();
+    let mut m = EtcdLock::in_session(&c, b"x", 1, 0).unwrap();
+    m.acquire(Instant::ZERO).unwrap();
+    assert!(
+        m.wants_session(),
+        "no lease yet: the lock asks its session for one"
+    );
+    // The session's grant never succeeds (etcd unreachable): the lock does not wait on it
+    // past a request's time.
+    let at = m
+        .poll_timeout()
+        .expect("a deadline while waiting for the session");
+    assert_eq!(at, Instant::ZERO + Duration::from_millis(300));
+    m.handle_timeout(at.saturating_sub(Duration::from_millis(1)));
+    assert_eq!(m.state(), State::Acquiring);
+    m.handle_timeout(at);
+    let out: Vec<_> = std::iter::from_fn(|| m.poll_output()).collect();
+    let failed = out.iter().find_map(|o| match o {
+        Output::Event(Event::Failed(e)) => Some(e.clone()),
+        _ => None,
+    });
+    let e = failed.unwrap_or_else(|| panic!("no failure: {out:?}"));
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_eq!(m.state(), State::Done);
+    assert!(!m.wants_session());
+    // Nothing was sent for it: the lock had no key to clean up.
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Transmit(_))),
+        "{out:?}"
+    );
+}
+
 // ----- property suite -----
 
 #[derive(Clone, Debug)]

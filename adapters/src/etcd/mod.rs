@@ -38,6 +38,7 @@
 //! cut off from the leader cannot show a stale queue. The cluster is unreachable only when
 //! every member failed a request in its time.
 
+mod session;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,7 @@ use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 pub use crate::{Error, Guard};
+use session::{SessionHost, SharedLock, Told};
 use transport::{Cluster, Member, Route, FAILED_COOLDOWN, UNAVAILABLE};
 
 pub use etcd_client::{Certificate, Identity, TlsOptions};
@@ -103,6 +105,8 @@ const POOL_TOTAL: usize = 4096;
 pub struct EtcdSetup {
     user: Option<(String, String)>,
     tls: Option<TlsOptions>,
+    /// A lease per lock instead of the client's shared session.
+    per_lock: bool,
 }
 
 impl std::fmt::Debug for EtcdSetup {
@@ -111,6 +115,7 @@ impl std::fmt::Debug for EtcdSetup {
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("password", &self.user.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls.is_some())
+            .field("per_lock", &self.per_lock)
             .finish()
     }
 }
@@ -125,7 +130,13 @@ pub struct Etcd {
     clock: Clock,
     defaults: Options<()>,
     pool: Arc<Pool>,
+    /// The client's sessions, one per lease configuration, unless `per_lock`.
+    sessions: Arc<Mutex<Sessions>>,
+    per_lock: bool,
 }
+
+/// A client's sessions, by the lease configuration of their locks.
+type Sessions = Vec<(EtcdConfig, Arc<SessionHost>)>;
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,7 +195,21 @@ impl Etcd {
         let revoked = tokio::time::timeout_at(deadline, revokes)
             .await
             .unwrap_or(false);
-        done && revoked
+        // The shared sessions' leases go too, with every key on them.
+        let sessions: Vec<Arc<SessionHost>> = {
+            let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *s)
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect()
+        };
+        let mut closed = true;
+        for h in sessions {
+            closed &= tokio::time::timeout_at(deadline, h.close())
+                .await
+                .unwrap_or(false);
+        }
+        done && revoked && closed
     }
 
     /// An etcd-client connection to a member that answered (the preferred one when it is
@@ -201,6 +226,17 @@ impl Etcd {
             .members
             .get(i)
             .map_or("", |m| m.endpoint.as_str())
+    }
+
+    /// The session of locks configured as `cfg` (started on first use).
+    fn session_for(&self, cfg: &EtcdConfig) -> Arc<SessionHost> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = sessions.iter().find(|(c, _)| c == cfg) {
+            return h.clone();
+        }
+        let h = SessionHost::start(cfg, self.cluster.clone(), self.clock);
+        sessions.push((cfg.clone(), h.clone()));
+        h
     }
 
     fn take_machine(&self, name: &str, options: &Options<()>) -> Option<EtcdLock> {
@@ -224,6 +260,13 @@ impl EtcdBuilder {
     /// TLS settings (CA certificate, client identity) for `https://` endpoints.
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.setup.tls = Some(tls);
+        self
+    }
+    /// A lease of its own for every lock, kept alive by the lock, instead of the client's
+    /// shared session lease (the default). Each lock's key is then `<name>/<lease hex>`, as
+    /// `etcdctl lock` writes; the keepalive traffic grows with the number of held locks.
+    pub fn lease_per_lock(mut self, on: bool) -> Self {
+        self.setup.per_lock = on;
         self
     }
 }
@@ -340,6 +383,8 @@ impl sealed::Client for Etcd {
                         clock,
                         defaults: b.defaults,
                         pool: Arc::default(),
+                        sessions: Arc::default(),
+                        per_lock: b.setup.per_lock,
                     });
                 }
                 Ok(Err(e)) => reasons.push(format!("{endpoint}: {e}")),
@@ -362,6 +407,32 @@ impl sealed::Client for Etcd {
 
     fn start(&self, name: String, options: &Options<()>) -> Result<LockFuture<'static>, Error> {
         let cfg = config(options)?;
+        if !self.per_lock {
+            let host = self.session_for(&cfg);
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed).map_err(|e| Error::Random(e.to_string()))?;
+            let lock = EtcdLock::in_session(
+                &cfg,
+                name.as_bytes(),
+                host.lock_id(),
+                u64::from_le_bytes(seed),
+            )?;
+            let told = Arc::new(Told::default());
+            let machine = SharedLock::new(lock, host.clone(), told.clone());
+            let transport = Arc::new(Route {
+                cluster: self.cluster.clone(),
+                op_timeout: cfg.op_timeout(),
+                session: Some((host, told)),
+            });
+            return Ok(Box::pin(driver::acquire(
+                machine,
+                transport,
+                self.clock,
+                name,
+                None,
+                options.lease.wait,
+            )));
+        }
         let machine = match self.take_machine(&name, options) {
             Some(m) => m,
             None => {
@@ -401,6 +472,7 @@ impl sealed::Client for Etcd {
         let transport = Arc::new(Route {
             cluster: self.cluster.clone(),
             op_timeout: cfg.op_timeout(),
+            session: None,
         });
         Ok(Box::pin(driver::acquire(
             machine,

@@ -54,6 +54,9 @@ pub(super) struct Cluster {
 pub(super) struct Route {
     pub(super) cluster: Arc<Cluster>,
     pub(super) op_timeout: Duration,
+    /// On a shared session: its host and what the lock was told of it (the lock's
+    /// `KeepAlive` is the long-poll for a change of the session's lease).
+    pub(super) session: Option<(Arc<super::session::SessionHost>, Arc<super::session::Told>)>,
 }
 
 impl Transport for Route {
@@ -74,7 +77,12 @@ impl Transport for Route {
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
+        let session = self.session.clone();
         async move {
+            if let (Some((host, told)), Command::KeepAlive { .. }) = (&session, &command) {
+                host.changed(told).await;
+                return Reply::Done;
+            }
             match command {
                 Command::WaitDelete {
                     key, prefix, from, ..
@@ -106,7 +114,7 @@ impl Cluster {
 
     /// Runs `command` on the preferred member, and on the next ones while members fail to
     /// answer, all within `budget`. Every command sent here is safe to apply twice.
-    async fn request(&self, command: Command, budget: Duration) -> Reply {
+    pub(super) async fn request(&self, command: Command, budget: Duration) -> Reply {
         debug_assert!(command.resend_safe());
         let mut attempt = self.health().start(self.clock.now(), budget);
         let mut last = String::from("no member answered in time");

@@ -105,8 +105,9 @@ struct Shared {
     verified_epoch: u64,
     /// A take of the current attempt was sent: its key may exist.
     touched: bool,
-    /// Waiting for the session to have a lease.
-    wants: bool,
+    /// Waiting for the session to have a lease, until this time (the request timeout, as a
+    /// grant of its own would be bounded): then the attempt fails as a timed-out grant.
+    wants: Option<Instant>,
     /// A lease a reply showed gone, for the driver to tell the session.
     gone: Option<i64>,
     /// Keys whose clean-up is not known done, for the session to retry until it is.
@@ -238,7 +239,7 @@ impl EtcdLock {
             view: None,
             verified_epoch: 0,
             touched: false,
-            wants: false,
+            wants: None,
             gone: None,
             handoff: VecDeque::new(),
         });
@@ -259,7 +260,7 @@ impl EtcdLock {
 
     /// Whether this lock waits for its session to have a lease.
     pub fn wants_session(&self) -> bool {
-        self.shared.as_ref().is_some_and(|s| s.wants)
+        self.shared.as_ref().is_some_and(|s| s.wants.is_some())
     }
 
     /// A lease one of this lock's requests found gone, once (for the session).
@@ -280,8 +281,7 @@ impl EtcdLock {
             (Some(_), _) => self.lease_gone(),
             (None, Some(_)) => {
                 if let Some(sh) = &mut self.shared {
-                    if sh.wants {
-                        sh.wants = false;
+                    if sh.wants.take().is_some() {
                         self.start_attempt();
                     }
                 }
@@ -475,11 +475,11 @@ impl EtcdLock {
             match sh.view {
                 None => {
                     // No lease yet: the session grants one, and the take follows.
-                    sh.wants = true;
+                    sh.wants = Some(self.now + self.cfg.op_timeout);
                     self.lease = None;
                 }
                 Some(v) => {
-                    sh.wants = false;
+                    sh.wants = None;
                     let every = self.cfg.keepalive_every;
                     self.set_lease(v.lease);
                     self.lease = Some(Lease {
@@ -773,6 +773,9 @@ impl EtcdLock {
         self.next_keepalive = self.next_keepalive.rebase_back(by);
         self.attempts.rebase_back(by);
         self.pending_until = self.pending_until.map(|t| t.rebase_back(by));
+        if let Some(sh) = &mut self.shared {
+            sh.wants = sh.wants.map(|t| t.rebase_back(by));
+        }
         let mut held = None;
         match &mut self.phase {
             Phase::Held { valid_until } => {
@@ -811,6 +814,17 @@ impl EtcdLock {
             if now >= p.deadline {
                 self.main = None;
                 self.main_timed_out(p);
+            }
+        }
+        if self.phase == Phase::Acquiring {
+            let waited_out = self
+                .shared
+                .as_mut()
+                .and_then(|sh| sh.wants.take_if(|until| now >= *until));
+            if waited_out.is_some() {
+                // The session got no lease in a request's time (unreachable, refused).
+                let e = self.error(NodeOutcome::TimedOut, false);
+                self.fail_attempt(e);
             }
         }
         match self.phase {
@@ -1111,7 +1125,7 @@ impl LockMachine for EtcdLock {
                 self.pending_until = None;
                 let rev = core::mem::take(&mut self.rev);
                 if let Some(sh) = &mut self.shared {
-                    sh.wants = false;
+                    sh.wants = None;
                     if rev != 0 && !taking && self.lease.is_some() {
                         self.phase = Phase::Releasing;
                         let key = self.key.clone();
@@ -1209,6 +1223,9 @@ impl LockMachine for EtcdLock {
             Phase::Acquiring | Phase::Releasing | Phase::Failing => Instant::MAX,
         };
         let held = matches!(self.phase, Phase::Held { .. });
+        if let Some(until) = self.shared.as_ref().and_then(|sh| sh.wants) {
+            at = at.min(until);
+        }
         if let Some(p) = self.main {
             at = at.min(p.deadline);
             if p.kind == Kind::Watch {

@@ -1,0 +1,349 @@
+//! One session lease per client (per lease configuration) shared by its locks, as etcd's own
+//! `concurrency.Session`: the lucky-core [`Session`] machine runs in a task of its own
+//! ([`SessionHost`]), and each lock's [`EtcdLock::in_session`] runs inside [`SharedLock`],
+//! which tells it every change of the session's lease and hands the session what the lock
+//! reports (a lease found gone, keys to clean up, the need for a lease). Keepalive traffic is
+//! one request per interval per client, whatever the number of locks.
+//!
+//! A lock learns of changes through one long-poll per lock: a request its transport answers
+//! when the session's lease differs from what the lock was last told (a first lease, a later
+//! expiry, a lost lease), or when the lock is done.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply, Session, SessionView};
+use lucky_core::{Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError};
+
+use super::transport::Cluster;
+use crate::clock::Clock;
+
+/// The session of one lease configuration, run by a task of its own.
+pub(super) struct SessionHost {
+    session: Mutex<Session>,
+    view: tokio::sync::watch::Sender<Option<SessionView>>,
+    /// Wakes the session's task (a lock needs a lease, a clean-up to send, a reply).
+    wake: Arc<tokio::sync::Notify>,
+    cluster: Arc<Cluster>,
+    clock: Clock,
+    op_timeout: Duration,
+    /// Numbers of this session's locks (part of their keys).
+    next_lock: AtomicU64,
+}
+
+impl std::fmt::Debug for SessionHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHost")
+            .field("view", &*self.view.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionHost {
+    /// A session for locks of `cfg`, with its task running.
+    pub(super) fn start(cfg: &EtcdConfig, cluster: Arc<Cluster>, clock: Clock) -> Arc<Self> {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let host = Arc::new(SessionHost {
+            session: Mutex::new(Session::new(cfg, u64::from_le_bytes(seed))),
+            view: tokio::sync::watch::channel(None).0,
+            wake: Arc::default(),
+            cluster,
+            clock,
+            op_timeout: cfg.op_timeout(),
+            next_lock: AtomicU64::new(1),
+        });
+        tokio::spawn(run(Arc::downgrade(&host)));
+        host
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease as a lock may rely on it.
+    pub(super) fn view(&self) -> Option<SessionView> {
+        *self.view.borrow()
+    }
+
+    /// A number for a new lock of this session.
+    pub(super) fn lock_id(&self) -> u64 {
+        self.next_lock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies `f` to the session now, then lets its task send what it emitted.
+    fn with(&self, f: impl FnOnce(&mut Session, Instant)) {
+        let now = self.clock.now();
+        f(&mut self.session(), now);
+        self.wake.notify_one();
+    }
+
+    /// Waits until the session's lease differs from what `told` holds, or the lock is done.
+    pub(super) async fn changed(&self, told: &Told) {
+        let mut rx = self.view.subscribe();
+        let done = told.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        let seen = *told.view.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if told.finished.load(Ordering::Acquire) || *rx.borrow_and_update() != seen {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = &mut done => return,
+            }
+        }
+    }
+
+    /// Ends the session: revokes its lease (every key on it goes). Waits for the answer.
+    pub(super) async fn close(&self) -> bool {
+        let revoke = {
+            let now = self.clock.now();
+            let mut s = self.session();
+            s.close(now);
+            let mut out = Vec::new();
+            while let Some(t) = s.poll_transmit() {
+                out.push(t.command);
+            }
+            out
+        };
+        let _ = self.view.send(None);
+        let mut all = true;
+        for command in revoke {
+            all &= matches!(
+                self.cluster.request(command, self.op_timeout).await,
+                Reply::Done | Reply::LeaseNotFound
+            );
+        }
+        all
+    }
+}
+
+/// The session's task: sends what the session emits, feeds it the answers, publishes its
+/// lease, sleeps until its next deadline or a wake. Ends once the client and its locks are
+/// gone (the lease then runs out on the server within its ttl).
+async fn run(host: Weak<SessionHost>) {
+    loop {
+        let Some(h) = host.upgrade() else { return };
+        let now = h.clock.now();
+        let (sends, next) = {
+            let mut s = h.session();
+            s.handle_timeout(now);
+            let mut sends = Vec::new();
+            while let Some(t) = s.poll_transmit() {
+                sends.push(t);
+            }
+            (sends, s.poll_timeout())
+        };
+        publish(&h);
+        for t in sends {
+            let weak = host.clone();
+            let cluster = h.cluster.clone();
+            let budget = h.op_timeout;
+            let token = cluster.tasks.enter();
+            tokio::spawn(async move {
+                let reply = cluster.request(t.command, budget).await;
+                if let Some(h) = weak.upgrade() {
+                    let now = h.clock.now();
+                    h.session().handle_reply(now, t.op, reply);
+                    publish(&h);
+                    h.wake.notify_one();
+                }
+                drop(token);
+            });
+        }
+        let wake = h.wake.clone();
+        let sleep_to = next.map(|t| h.clock.to_tokio(t));
+        drop(h);
+        let woken = wake.notified();
+        match sleep_to {
+            Some(at) => {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => {
+                // Nothing due: wake on a lock's request, and look again now and then (the
+                // client may be gone).
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn publish(h: &SessionHost) {
+    let v = h.session().view();
+    h.view.send_if_modified(|old| {
+        let changed = *old != v;
+        *old = v;
+        changed
+    });
+}
+
+/// What a lock shares with its transport: the session's lease as the lock was last told, and
+/// a signal that the lock is done (its long-poll ends).
+#[derive(Debug, Default)]
+pub(super) struct Told {
+    pub(super) view: Mutex<Option<SessionView>>,
+    pub(super) done: tokio::sync::Notify,
+    pub(super) finished: std::sync::atomic::AtomicBool,
+}
+
+/// A lock on its client's session: the machine the driver runs.
+#[derive(Debug)]
+pub(super) struct SharedLock {
+    lock: EtcdLock,
+    host: Arc<SessionHost>,
+    told: Arc<Told>,
+    /// The long-poll in flight.
+    asking: Option<OpId>,
+    next_op: u64,
+    out: VecDeque<Output<Command>>,
+}
+
+impl SharedLock {
+    pub(super) fn new(lock: EtcdLock, host: Arc<SessionHost>, told: Arc<Told>) -> SharedLock {
+        SharedLock {
+            lock,
+            host,
+            told,
+            asking: None,
+            // Far from the lock's own op ids (drawn from its seed).
+            next_op: 0xE7CD_5E55_0000_0000,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Passes what the lock has for the session and the session's lease to the lock; keeps
+    /// a long-poll in flight while the lock is active.
+    fn sync(&mut self, now: Instant) {
+        for _ in 0..4 {
+            let gone = self.lock.take_lease_gone();
+            let mut keys: Vec<Bytes> = Vec::new();
+            while let Some(k) = self.lock.take_abandoned() {
+                keys.push(k);
+            }
+            let wants = self.lock.wants_session();
+            if gone.is_some() || !keys.is_empty() || wants {
+                self.host.with(|s, t| {
+                    if let Some(lease) = gone {
+                        s.lease_gone(t, lease);
+                    }
+                    for k in keys {
+                        s.abandon(t, k);
+                    }
+                    if wants {
+                        s.want(t);
+                    }
+                });
+            }
+            let view = self.host.view();
+            let mut told = self.told.view.lock().unwrap_or_else(|e| e.into_inner());
+            if *told == view {
+                break;
+            }
+            *told = view;
+            drop(told);
+            self.lock.set_session(now, view);
+        }
+        let active = !matches!(self.lock.state(), State::Idle | State::Done);
+        if !active {
+            self.told.finished.store(true, Ordering::Release);
+            self.told.done.notify_waiters();
+        } else if self.asking.is_none() {
+            self.told.finished.store(false, Ordering::Release);
+            self.next_op = self.next_op.wrapping_add(1);
+            let op = OpId(self.next_op);
+            self.asking = Some(op);
+            self.out.push_back(Output::Transmit(Transmit {
+                node: NodeId(0),
+                op,
+                // Answered by the transport when the session's lease changes (see `Route`).
+                command: Command::KeepAlive { lease: 0 },
+            }));
+        }
+    }
+}
+
+impl LockMachine for SharedLock {
+    type Command = Command;
+    type Reply = Reply;
+
+    fn node_count(&self) -> usize {
+        1
+    }
+
+    fn acquire(&mut self, now: Instant) -> Result<(), UsageError> {
+        let r = self.lock.acquire(now);
+        self.sync(now);
+        r
+    }
+
+    fn extend(&mut self, now: Instant) -> Result<(), UsageError> {
+        // The session keeps the lease alive: an extension is what it last confirmed.
+        let r = self.lock.extend(now);
+        self.sync(now);
+        r
+    }
+
+    fn release(&mut self, now: Instant) -> Result<(), UsageError> {
+        let r = self.lock.release(now);
+        self.sync(now);
+        r
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.lock.wake(now);
+        self.sync(now);
+    }
+
+    fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) -> bool {
+        if self.asking == Some(op) {
+            self.asking = None;
+            self.sync(now);
+            return true;
+        }
+        let used = self.lock.handle_reply(now, node, op, reply);
+        self.sync(now);
+        used
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.sync(now);
+        self.lock.handle_timeout(now);
+        self.sync(now);
+    }
+
+    fn poll_output(&mut self) -> Option<Output<Command>> {
+        self.out.pop_front().or_else(|| self.lock.poll_output())
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.lock.poll_timeout()
+    }
+
+    fn state(&self) -> State {
+        self.lock.state()
+    }
+
+    fn release_channel(&self) -> Option<Bytes> {
+        self.lock.release_channel()
+    }
+
+    fn renews_while_held(&self) -> bool {
+        // The long-poll must be read while held: it carries the session's extensions.
+        true
+    }
+
+    fn held_key(&self) -> Option<Bytes> {
+        self.lock.held_key()
+    }
+}
