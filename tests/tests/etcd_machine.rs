@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply};
+use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply, SessionView};
 use lucky_core::redlock::Wait;
 use lucky_core::strategies::{etcd_config, etcd_reply, time_step};
 use lucky_core::{Duration, Event, Instant, LockMachine, NodeId, OpId, Output, State, UsageError};
@@ -433,6 +433,67 @@ fn a_lock_whose_session_gets_no_lease_fails_at_the_request_timeout() {
         !out.iter().any(|o| matches!(o, Output::Transmit(_))),
         "{out:?}"
     );
+}
+
+#[test]
+fn an_owner_whose_session_lease_is_not_confirmed_in_time_fails_and_deletes_its_key() {
+    let ms = |n: u64| Instant::from_nanos(n * MS);
+    let c = EtcdConfig::builder()
+        .ttl(Duration::from_secs(5))
+        .op_timeout(Duration::from_millis(300))
+        .wait(Wait::None)
+        .build()
+        .unwrap();
+    let mut m = EtcdLock::in_session(&c, b"x", 1, 0).unwrap();
+    let view = SessionView {
+        lease: 7,
+        until: ms(100),
+        epoch: 0,
+    };
+    m.set_session(ms(0), Some(view));
+    m.acquire(ms(0)).unwrap();
+    let Some(Output::Transmit(take)) = m.poll_output() else {
+        panic!("no take sent")
+    };
+    assert!(matches!(take.command, Command::Take { lease: 7, .. }));
+    // The take answers that we are first, after the session's lease stopped being known
+    // alive (its keepalives fail): ownership waits for the session's next keepalive ...
+    m.handle_reply(
+        ms(150),
+        take.node,
+        take.op,
+        Reply::Taken {
+            create_revision: 10,
+            owner_revision: 10,
+            revision: 10,
+        },
+    );
+    assert_eq!(m.state(), State::Acquiring);
+    // ... for a request's time, not for ever.
+    assert_eq!(m.poll_timeout(), Some(ms(450)));
+    m.handle_timeout(ms(450));
+    let out: Vec<_> = std::iter::from_fn(|| m.poll_output()).collect();
+    let delete = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit(t) => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the key is not cleaned up: {out:?}"));
+    // The take was answered: the key is deleted at its revision, no guard needed.
+    assert!(
+        matches!(delete.command, Command::Delete { revision: 10, .. }),
+        "{:?}",
+        delete.command
+    );
+    m.handle_reply(ms(452), delete.node, delete.op, Reply::Done);
+    let out: Vec<_> = std::iter::from_fn(|| m.poll_output()).collect();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(Event::Failed(_)))),
+        "{out:?}"
+    );
+    assert_eq!(m.state(), State::Done);
 }
 
 // ----- property suite -----

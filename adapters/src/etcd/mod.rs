@@ -203,9 +203,12 @@ impl Etcd {
                 .map(|(_, h)| h)
                 .collect()
         };
+        // Their revokes get a request's time even when the wait above used up `timeout`: a
+        // lease left behind would keep every key on it until its ttl.
         let mut closed = true;
         for h in sessions {
-            closed &= tokio::time::timeout_at(deadline, h.close())
+            let by = deadline.max(tokio::time::Instant::now() + h.op_timeout());
+            closed &= tokio::time::timeout_at(by, h.close())
                 .await
                 .unwrap_or(false);
         }

@@ -69,16 +69,36 @@ impl SessionHost {
         *self.view.borrow()
     }
 
+    /// The request timeout of its locks.
+    pub(super) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// A number for a new lock of this session.
     pub(super) fn lock_id(&self) -> u64 {
         self.next_lock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Applies `f` to the session now, then lets its task send what it emitted.
+    /// Applies `f` to the session now, then lets its task send what it emitted. The clock is
+    /// read under the session's lock, so the session never sees time go back.
     fn with(&self, f: impl FnOnce(&mut Session, Instant)) {
+        let mut s = self.session();
         let now = self.clock.now();
-        f(&mut self.session(), now);
+        f(&mut s, now);
+        self.publish(&s);
+        drop(s);
         self.wake.notify_one();
+    }
+
+    /// Publishes the session's view. Called with the session locked, so views are published
+    /// in the order the session produced them (a stale one never overwrites a newer one).
+    fn publish(&self, s: &Session) {
+        let v = s.view();
+        self.view.send_if_modified(|old| {
+            let changed = *old != v;
+            *old = v;
+            changed
+        });
     }
 
     /// Waits until the session's lease differs from what `told` holds, or the lock is done.
@@ -102,16 +122,16 @@ impl SessionHost {
     /// Ends the session: revokes its lease (every key on it goes). Waits for the answer.
     pub(super) async fn close(&self) -> bool {
         let revoke = {
-            let now = self.clock.now();
             let mut s = self.session();
+            let now = self.clock.now();
             s.close(now);
+            self.publish(&s);
             let mut out = Vec::new();
             while let Some(t) = s.poll_transmit() {
                 out.push(t.command);
             }
             out
         };
-        let _ = self.view.send(None);
         let mut all = true;
         for command in revoke {
             all &= matches!(
@@ -129,17 +149,16 @@ impl SessionHost {
 async fn run(host: Weak<SessionHost>) {
     loop {
         let Some(h) = host.upgrade() else { return };
-        let now = h.clock.now();
         let (sends, next) = {
             let mut s = h.session();
-            s.handle_timeout(now);
+            s.handle_timeout(h.clock.now());
+            h.publish(&s);
             let mut sends = Vec::new();
             while let Some(t) = s.poll_transmit() {
                 sends.push(t);
             }
             (sends, s.poll_timeout())
         };
-        publish(&h);
         for t in sends {
             let weak = host.clone();
             let cluster = h.cluster.clone();
@@ -148,10 +167,9 @@ async fn run(host: Weak<SessionHost>) {
             tokio::spawn(async move {
                 let reply = cluster.request(t.command, budget).await;
                 if let Some(h) = weak.upgrade() {
-                    let now = h.clock.now();
-                    h.session().handle_reply(now, t.op, reply);
-                    publish(&h);
-                    h.wake.notify_one();
+                    h.with(|s, now| {
+                        s.handle_reply(now, t.op, reply);
+                    });
                 }
                 drop(token);
             });
@@ -179,14 +197,8 @@ async fn run(host: Weak<SessionHost>) {
     }
 }
 
-fn publish(h: &SessionHost) {
-    let v = h.session().view();
-    h.view.send_if_modified(|old| {
-        let changed = *old != v;
-        *old = v;
-        changed
-    });
-}
+/// The lease id of a lock's long-poll for its session's changes (etcd never grants lease 0).
+pub(super) const LONG_POLL: i64 = 0;
 
 /// What a lock shares with its transport: the session's lease as the lock was last told, and
 /// a signal that the lock is done (its long-poll ends).
@@ -267,7 +279,7 @@ impl SharedLock {
                 node: NodeId(0),
                 op,
                 // Answered by the transport when the session's lease changes (see `Route`).
-                command: Command::KeepAlive { lease: 0 },
+                command: Command::KeepAlive { lease: LONG_POLL },
             }));
         }
     }

@@ -14,6 +14,7 @@ use etcd_client::{
 use lucky_core::endpoints::{Endpoints, Resend};
 use lucky_core::etcd::{Command, Reply};
 
+use super::session::LONG_POLL;
 use crate::clock::Clock;
 use crate::driver::{self, Transport};
 
@@ -79,7 +80,9 @@ impl Transport for Route {
         let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
         let session = self.session.clone();
         async move {
-            if let (Some((host, told)), Command::KeepAlive { .. }) = (&session, &command) {
+            if let (Some((host, told)), Command::KeepAlive { lease: LONG_POLL }) =
+                (&session, &command)
+            {
                 host.changed(told).await;
                 return Reply::Done;
             }

@@ -108,6 +108,9 @@ struct Shared {
     /// Waiting for the session to have a lease, until this time (the request timeout, as a
     /// grant of its own would be bounded): then the attempt fails as a timed-out grant.
     wants: Option<Instant>,
+    /// We own the lock but the session's lease is not known alive: the session's next
+    /// keepalive decides, and if none confirms it by this time the attempt fails.
+    confirm_by: Option<Instant>,
     /// A lease a reply showed gone, for the driver to tell the session.
     gone: Option<i64>,
     /// Keys whose clean-up is not known done, for the session to retry until it is.
@@ -240,6 +243,7 @@ impl EtcdLock {
             verified_epoch: 0,
             touched: false,
             wants: None,
+            confirm_by: None,
             gone: None,
             handoff: VecDeque::new(),
         });
@@ -253,8 +257,12 @@ impl EtcdLock {
     }
 
     fn hand_off(&mut self, key: Bytes) {
+        let lease = self.lease.map(|l| l.id);
         if let Some(sh) = &mut self.shared {
-            sh.handoff.push_back(key);
+            // A key on a lease the session no longer has went with that lease.
+            if lease.is_some() && sh.view.map(|v| v.lease) == lease {
+                sh.handoff.push_back(key);
+            }
         }
     }
 
@@ -327,7 +335,11 @@ impl EtcdLock {
 
     /// Cleans up the current attempt's key, if a take of it was sent: sent now and waited
     /// for (`wait`), or handed to the session, which retries it until it is done.
-    fn send_abandon(&mut self, wait: Option<Kind>) -> bool {
+    ///
+    /// `rev` is the key's revision when the take was answered (0 if not): the key is then
+    /// deleted at that revision without a guard, as a release does, so failed tries do not
+    /// pile guards up on the session's lease.
+    fn send_abandon(&mut self, wait: Option<Kind>, rev: i64) -> bool {
         let touched = self.shared.as_ref().is_some_and(|s| s.touched);
         let Some(l) = self.lease.filter(|_| touched) else {
             return false;
@@ -336,6 +348,13 @@ impl EtcdLock {
             sh.touched = false;
         }
         match wait {
+            Some(kind) if rev != 0 => {
+                let command = Command::Delete {
+                    key: self.key.clone(),
+                    revision: rev,
+                };
+                self.send_main(kind, command);
+            }
             Some(kind) => {
                 let command = Command::Abandon {
                     key: self.key.clone(),
@@ -572,8 +591,9 @@ impl EtcdLock {
     /// wrote), and report `Failed` once etcd answered the revoke or the request timed out.
     fn give_up(&mut self, error: LockError) {
         if self.shared.is_some() {
+            let rev = self.rev;
             self.drop_chain();
-            if !self.bug(Bug::FailBeforeCleanup) && self.send_abandon(Some(Kind::Abandon)) {
+            if !self.bug(Bug::FailBeforeCleanup) && self.send_abandon(Some(Kind::Abandon), rev) {
                 self.failure = Some(error);
                 self.phase = Phase::Failing;
             } else {
@@ -616,7 +636,7 @@ impl EtcdLock {
         if self.shared.is_some() {
             // The session's lease stays; this attempt's key goes behind its guard, and the
             // next attempt takes a key of its own.
-            self.send_abandon(None);
+            self.send_abandon(None, 0);
             return;
         }
         if let Some(l) = self.lease.take() {
@@ -630,6 +650,9 @@ impl EtcdLock {
         self.keepalive = None;
         self.owner_ready = false;
         self.rev = 0;
+        if let Some(sh) = &mut self.shared {
+            sh.confirm_by = None;
+        }
     }
 
     /// The chain read that we own the lock.
@@ -641,14 +664,19 @@ impl EtcdLock {
         }
         if self.now >= self.lease_until() {
             // Our lease may be gone with our key: renew it and decide on the answer (in a
-            // shared session, on the session's next keepalive).
+            // shared session, on the session's next keepalive, within a request's time).
             self.owner_ready = true;
+            let by = self.now + self.cfg.op_timeout;
+            if let Some(sh) = &mut self.shared {
+                sh.confirm_by.get_or_insert(by);
+            }
             self.send_keepalive();
             return;
         }
         self.owner_ready = false;
         if let Some(sh) = &mut self.shared {
             sh.verified_epoch = sh.view.map_or(0, |v| v.epoch);
+            sh.confirm_by = None;
         }
         let valid_until = self.lease_until();
         self.suspect = false;
@@ -668,7 +696,7 @@ impl EtcdLock {
             if let Some(sh) = &mut self.shared {
                 sh.touched = true;
             }
-            self.send_abandon(None);
+            self.send_abandon(None, 0);
             return;
         }
         if let Some(l) = self.lease.take() {
@@ -775,6 +803,10 @@ impl EtcdLock {
         self.pending_until = self.pending_until.map(|t| t.rebase_back(by));
         if let Some(sh) = &mut self.shared {
             sh.wants = sh.wants.map(|t| t.rebase_back(by));
+            sh.confirm_by = sh.confirm_by.map(|t| t.rebase_back(by));
+            if let Some(v) = &mut sh.view {
+                v.until = v.until.rebase_back(by);
+            }
         }
         let mut held = None;
         match &mut self.phase {
@@ -817,12 +849,14 @@ impl EtcdLock {
             }
         }
         if self.phase == Phase::Acquiring {
-            let waited_out = self
-                .shared
-                .as_mut()
-                .and_then(|sh| sh.wants.take_if(|until| now >= *until));
+            let waited_out = self.shared.as_mut().and_then(|sh| {
+                let lease = sh.wants.take_if(|until| now >= *until);
+                let confirm = sh.confirm_by.take_if(|until| now >= *until);
+                lease.or(confirm)
+            });
             if waited_out.is_some() {
-                // The session got no lease in a request's time (unreachable, refused).
+                // The session got no lease, or no keepalive confirmed ours, in a request's
+                // time (etcd unreachable, or refusing).
                 let e = self.error(NodeOutcome::TimedOut, false);
                 self.fail_attempt(e);
             }
@@ -1105,6 +1139,22 @@ impl LockMachine for EtcdLock {
     fn extend(&mut self, now: Instant) -> Result<(), UsageError> {
         self.advance(now);
         match self.phase {
+            Phase::Held { valid_until } if self.shared.is_some() => {
+                // The session keeps its lease alive on its own schedule: answer at once
+                // with what it last confirmed, or that its keepalives are failing.
+                let failing = self
+                    .shared
+                    .as_ref()
+                    .and_then(|sh| sh.view.map(|v| v.epoch != sh.verified_epoch))
+                    .unwrap_or(true);
+                if failing {
+                    let error = self.error(NodeOutcome::TimedOut, false);
+                    self.emit(Event::ExtendFailed { valid_until, error });
+                } else {
+                    self.emit(Event::Extended { valid_until });
+                }
+                Ok(())
+            }
             Phase::Held { .. } => {
                 self.send_keepalive();
                 Ok(())
@@ -1130,7 +1180,7 @@ impl LockMachine for EtcdLock {
                         self.phase = Phase::Releasing;
                         let key = self.key.clone();
                         self.send_main(Kind::Delete, Command::Delete { key, revision: rev });
-                    } else if self.send_abandon(Some(Kind::Abandon)) {
+                    } else if self.send_abandon(Some(Kind::Abandon), 0) {
                         // A take may have made the key, or may still: guard and delete it.
                         self.phase = Phase::Releasing;
                     } else {
@@ -1223,8 +1273,10 @@ impl LockMachine for EtcdLock {
             Phase::Acquiring | Phase::Releasing | Phase::Failing => Instant::MAX,
         };
         let held = matches!(self.phase, Phase::Held { .. });
-        if let Some(until) = self.shared.as_ref().and_then(|sh| sh.wants) {
-            at = at.min(until);
+        if let Some(sh) = &self.shared {
+            for until in [sh.wants, sh.confirm_by].into_iter().flatten() {
+                at = at.min(until);
+            }
         }
         if let Some(p) = self.main {
             at = at.min(p.deadline);

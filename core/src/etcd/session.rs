@@ -77,7 +77,13 @@ pub struct Session {
     abandoning: Option<Pending>,
     /// When the next clean-up try may go.
     abandon_at: Instant,
+    /// Grants given up on (timed out, or in flight at the close): a lease they still bring
+    /// is revoked at once rather than left to run out its ttl. The newest few are kept.
+    late_grants: VecDeque<OpId>,
 }
+
+/// How many given-up grants the session still watches for.
+const LATE_GRANTS: usize = 8;
 
 impl Session {
     /// A session for locks of `cfg` (its ttl, drift, request timeout and keepalive interval);
@@ -100,6 +106,7 @@ impl Session {
             abandons: VecDeque::new(),
             abandoning: None,
             abandon_at: Instant::ZERO,
+            late_grants: VecDeque::new(),
         }
     }
 
@@ -149,7 +156,9 @@ impl Session {
         self.advance(now);
         self.closed = true;
         self.keepalive = None;
-        self.grant = None;
+        if let Some(g) = self.grant.take() {
+            self.give_up_grant(g.op);
+        }
         // The revoke deletes every key on the lease.
         self.abandons.clear();
         self.abandoning = None;
@@ -240,8 +249,23 @@ impl Session {
             self.advance(self.now);
             return true;
         }
+        if let Some(i) = self.late_grants.iter().position(|&o| o == op) {
+            self.late_grants.remove(i);
+            if let Reply::Lease { id, .. } = reply {
+                // Granted after we stopped waiting: no lock knows it; revoke it now.
+                self.send(Kind::Revoke, Command::Revoke { lease: id });
+            }
+            return true;
+        }
         // A revoke's answer needs nothing; an unknown op is not ours.
         false
+    }
+
+    fn give_up_grant(&mut self, op: OpId) {
+        if self.late_grants.len() == LATE_GRANTS {
+            self.late_grants.pop_front();
+        }
+        self.late_grants.push_back(op);
     }
 
     /// Whether `op` is one of the session's requests in flight.
@@ -342,8 +366,9 @@ impl Session {
             self.abandon_at = now;
         }
         self.now = now;
-        if self.grant.is_some_and(|g| now >= g.deadline) {
+        if let Some(g) = self.grant.filter(|g| now >= g.deadline) {
             self.grant = None;
+            self.give_up_grant(g.op);
         }
         if self.keepalive.is_some_and(|k| now >= k.deadline) {
             self.keepalive = None;
@@ -462,5 +487,41 @@ mod tests {
             s.poll_transmit().map(|t| t.command),
             Some(Command::LeaseGrant { .. })
         ));
+    }
+
+    #[test]
+    fn a_grant_answered_after_it_was_given_up_is_revoked() {
+        let mut s = Session::new(&cfg(), 3);
+        s.want(at(0));
+        let late = s.poll_transmit().expect("grant");
+        // The request timeout (ttl/20 = 150 ms) passes: a second grant goes.
+        s.handle_timeout(at(150));
+        let next = s.poll_transmit().expect("grant again");
+        assert!(matches!(next.command, Command::LeaseGrant { .. }));
+        let lease = |id| Reply::Lease {
+            id,
+            ttl: Duration::from_secs(3),
+        };
+        assert!(s.handle_reply(at(160), late.op, lease(1)));
+        assert_eq!(
+            s.poll_transmit().map(|t| t.command),
+            Some(Command::Revoke { lease: 1 }),
+            "the late lease is revoked"
+        );
+        assert!(s.view().is_none());
+        assert!(s.handle_reply(at(170), next.op, lease(2)));
+        assert_eq!(s.view().map(|v| v.lease), Some(2));
+        // A grant in flight at the close is revoked when it answers.
+        let mut s = Session::new(&cfg(), 4);
+        s.want(at(0));
+        let t = s.poll_transmit().expect("grant");
+        s.close(at(10));
+        assert!(s.poll_transmit().is_none(), "nothing to revoke yet");
+        assert!(s.handle_reply(at(20), t.op, lease(3)));
+        assert_eq!(
+            s.poll_transmit().map(|t| t.command),
+            Some(Command::Revoke { lease: 3 })
+        );
+        assert!(s.view().is_none());
     }
 }
