@@ -207,7 +207,11 @@ impl Resend for crate::etcd::Command {
             // A compare-txn on our own key: `if create_revision(key) == 0 then put`. A
             // second or late copy finds the key there and only reads it (or finds the lease
             // revoked and writes nothing): never a second key, never another client's.
-            Command::Take { .. } => true,
+            // On a shared session (a take with a guard) the lease outlives the attempt: a
+            // copy landing after the key's delete would make it again, for as long as the
+            // session lives. Such a take is sent once; one whose outcome is unknown is
+            // cleaned up behind its guard, which no copy can pass.
+            Command::Take { guard, .. } => guard.is_none(),
             // Writes the guard and deletes the key: a copy does the same again.
             Command::Abandon { .. } => true,
             // Read-only (and linearizable: a range without `serializable`).

@@ -116,9 +116,10 @@ impl Cluster {
     }
 
     /// Runs `command` on the preferred member, and on the next ones while members fail to
-    /// answer, all within `budget`. Every command sent here is safe to apply twice.
+    /// answer, all within `budget`. A command that is not safe to apply twice (a take on a
+    /// shared session) goes to a next member only if it was surely not sent to the last one.
     pub(super) async fn request(&self, command: Command, budget: Duration) -> Reply {
-        debug_assert!(command.resend_safe());
+        let once = !command.resend_safe();
         let mut attempt = self.health().start(self.clock.now(), budget);
         let mut last = String::from("no member answered in time");
         loop {
@@ -128,8 +129,11 @@ impl Cluster {
             };
             let member = &self.members[i];
             let limit = until.saturating_duration_since(now);
+            // Whether the command may have left (a connection was there to send it on).
+            let mut sent = false;
             let try_once = async {
                 let mut c = member.client(&self.opts).await?;
+                sent = true;
                 run(&mut c, command.clone()).await
             };
             let reply = match tokio::time::timeout(limit, try_once).await {
@@ -141,6 +145,10 @@ impl Cluster {
                 Reply::Unavailable(why) => {
                     self.mark_failed(i);
                     last = format!("{}: {why}", member.endpoint);
+                    if once && sent {
+                        // It may still apply: the machine cleans up behind a guard instead.
+                        return Reply::Unavailable(format!("{}: {last}", self.endpoints));
+                    }
                 }
                 reply => {
                     self.health().succeeded(i);

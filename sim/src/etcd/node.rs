@@ -117,8 +117,10 @@ impl EtcdNode {
             return;
         }
         let rev = self.write();
-        let mut woken = 0;
         for key in keys {
+            // Counted per key: a revoked session lease deletes the keys of several locks at
+            // one revision, each waking its own successor, which is no herd.
+            let mut woken = 0;
             self.kv.remove(&key);
             // The waiter whose own key this was gave up: its watch goes with it.
             self.watches.remove(&key);
@@ -137,8 +139,8 @@ impl EtcdNode {
                 }
             }
             self.deletes.push((rev, key));
+            self.max_woken = self.max_woken.max(woken);
         }
-        self.max_woken = self.max_woken.max(woken);
     }
 
     fn revoke(&mut self, id: i64) {

@@ -311,6 +311,11 @@ macro_rules! on_session {
             pub(super) fn $name(rng: &mut Rng) -> Setup {
                 let mut s = $draw(rng);
                 s.runner = &super::EtcdSessionRunner;
+                // A shared session relies on a take arriving at most once: it travels on
+                // one connection (which does not duplicate) and is never resent after an
+                // unknown outcome (`Resend` for a take with a guard). A copy landing after
+                // the release would re-create the key for the session's whole life.
+                s.net.dup_ppm = 0;
                 s
             }
         )*
