@@ -59,6 +59,11 @@ pub(crate) mod sealed {
         ) -> Result<LockFuture<'static>, Error>;
         /// The client's background tasks, for `close()`.
         fn tasks(&self) -> &Arc<Tasks>;
+        /// What [`Locker::close`] does: waits for the background tasks, and whatever else
+        /// the backend's own `close` ends (etcd: revokes its session leases).
+        fn shut_down(&self, timeout: Duration) -> impl Future<Output = bool> + Send {
+            super::close(self, timeout)
+        }
     }
 }
 
@@ -276,8 +281,8 @@ pub trait Locker: Send + Sync {
     /// Acquires the lock `name` for `ttl` (renewed while held), trying as `wait` says.
     fn acquire<'a>(&'a self, name: &'a str, ttl: Duration, wait: WaitFor) -> LockFuture<'a>;
 
-    /// Waits, at most `timeout`, for every background clean-up of this client; whether all
-    /// finished.
+    /// Waits, at most `timeout`, for every background clean-up of this client, and ends
+    /// what it keeps on the servers (etcd: its session leases); whether all finished.
     fn close(&self, timeout: Duration) -> LockFuture<'_, bool>;
 }
 
@@ -290,6 +295,6 @@ impl<B: Backend> Locker for B {
     }
 
     fn close(&self, timeout: Duration) -> LockFuture<'_, bool> {
-        Box::pin(close(self, timeout))
+        Box::pin(self.shut_down(timeout))
     }
 }

@@ -174,7 +174,8 @@ async fn many_held_locks_share_one_lease_and_close_leaves_nothing() {
             drop(g);
         }
     }
-    assert!(etcd.close(Duration::from_secs(10)).await);
+    // Through the backend-independent `Locker` (as `lucky exec` closes): the same clean-up.
+    assert!(lucky::Locker::close(&etcd, Duration::from_secs(10)).await);
     assert!(
         !lease_alive(&mut raw, lease).await,
         "close() left the lease"

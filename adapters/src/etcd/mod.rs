@@ -408,6 +408,10 @@ impl sealed::Client for Etcd {
         &self.defaults
     }
 
+    fn shut_down(&self, timeout: Duration) -> impl std::future::Future<Output = bool> + Send {
+        self.close(timeout)
+    }
+
     fn start(&self, name: String, options: &Options<()>) -> Result<LockFuture<'static>, Error> {
         let cfg = config(options)?;
         if !self.per_lock {
