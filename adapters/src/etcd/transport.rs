@@ -78,20 +78,25 @@ impl Transport for Route {
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
-        let session = self.session.clone();
+        let long_poll = match (&self.session, &command) {
+            (Some(s), Command::KeepAlive { lease: LONG_POLL }) => Some(s.clone()),
+            _ => None,
+        };
         async move {
-            if let (Some((host, told)), Command::KeepAlive { lease: LONG_POLL }) =
-                (&session, &command)
-            {
-                host.changed(told).await;
+            if let Some((host, told)) = long_poll {
+                // Every held lock keeps one of these in flight: kept small, apart from the
+                // request futures (boxed below only when sent), which are many times larger.
+                host.changed(&told).await;
                 return Reply::Done;
             }
-            match command {
-                Command::WaitDelete {
-                    key, prefix, from, ..
-                } => cluster.watch(key, prefix, from, budget).await,
-                command => cluster.request(command, budget).await,
-            }
+            let request: std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> =
+                match command {
+                    Command::WaitDelete {
+                        key, prefix, from, ..
+                    } => Box::pin(async move { cluster.watch(key, prefix, from, budget).await }),
+                    command => Box::pin(async move { cluster.request(command, budget).await }),
+                };
+            request.await
         }
     }
 }
