@@ -16,7 +16,7 @@ use lucky_core::{
     Event, Fence, LockError, LockMachine, LostReason, NodeId, NodeOutcome, OpId, Output, State,
     UsageError,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use crate::clock::Clock;
@@ -178,6 +178,66 @@ enum Control {
     Extend(oneshot::Sender<Extension>),
 }
 
+/// What a guard asks of its hold task: a queue the task reads and a flag for "the guard is
+/// gone" (then the task releases). A hundred bytes per held lock where a bounded channel
+/// costs a kilobyte; requests are rare (an explicit extend or release), one reader.
+#[derive(Default)]
+struct Ctl {
+    state: std::sync::Mutex<CtlState>,
+    /// Wakes the task; a wake-up given while it is not waiting is kept for its next wait.
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct CtlState {
+    queue: std::collections::VecDeque<Control>,
+    closed: bool,
+}
+
+impl Ctl {
+    fn state(&self) -> std::sync::MutexGuard<'_, CtlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `c` for the task; false if the guard side was closed.
+    fn send(&self, c: Control) -> bool {
+        let mut s = self.state();
+        if s.closed {
+            return false;
+        }
+        s.queue.push_back(c);
+        drop(s);
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next request, or `None` once the guard is gone and nothing is queued.
+    async fn recv(&self) -> Option<Control> {
+        loop {
+            {
+                let mut s = self.state();
+                if let Some(c) = s.queue.pop_front() {
+                    return Some(c);
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The guard's end of its hold task's [`Ctl`]: dropping it tells the task the guard is gone.
+struct CtlSender(Arc<Ctl>);
+
+impl Drop for CtlSender {
+    fn drop(&mut self) {
+        self.0.state().closed = true;
+        self.0.notify.notify_one();
+    }
+}
+
 /// The answer to an extension: the new local deadline, or why there is none.
 type Extension = Result<lucky_core::Instant, Error>;
 
@@ -297,13 +357,14 @@ where
 /// channel makes the task release and end (what cleanup after a failed or cancelled
 /// acquisition does). Without a runtime nothing can run (None): the lock then runs out at its
 /// ttl.
-fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> Option<mpsc::Sender<Control>>
+fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> Option<CtlSender>
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
     let rt = tokio::runtime::Handle::try_current().ok()?;
-    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let ctl_rx = Arc::new(Ctl::default());
+    let ctl_tx = CtlSender(ctl_rx.clone());
     let span = driver.span.clone();
     let token = driver.transport.tasks().enter();
     rt.spawn(
@@ -321,7 +382,7 @@ enum Link {
     /// The guard holds the driver; nothing runs until the guard asks.
     Parked(Box<dyn Parked>),
     /// A background task drives the hold (renewal, loss, release).
-    Task(mpsc::Sender<Control>),
+    Task(CtlSender),
     /// Released, or the driver moved on.
     Gone,
 }
@@ -335,7 +396,7 @@ trait Parked: Send {
     fn finish(self: Box<Self>);
     /// Moves the driver to a background task (none without a runtime: the lock then runs
     /// out at its ttl). Dropping the returned sender makes the task release.
-    fn into_task(self: Box<Self>) -> Option<mpsc::Sender<Control>>;
+    fn into_task(self: Box<Self>) -> Option<CtlSender>;
 }
 
 impl<M, T> Parked for Driver<M, T>
@@ -375,7 +436,7 @@ where
         self.wind_up();
     }
 
-    fn into_task(self: Box<Self>) -> Option<mpsc::Sender<Control>> {
+    fn into_task(self: Box<Self>) -> Option<CtlSender> {
         spawn_task(self)
     }
 }
@@ -565,7 +626,7 @@ where
     }
 
     /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
-    async fn run(mut self: Box<Self>, mut ctl: mpsc::Receiver<Control>) {
+    async fn run(mut self: Box<Self>, ctl: Arc<Ctl>) {
         let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
         let mut extending: Vec<oneshot::Sender<Extension>> = Vec::new();
         let mut guard_open = true;
@@ -984,14 +1045,14 @@ impl Guard {
                 }
             }
             match &*link {
-                Link::Task(ctl) => ctl.clone(),
+                Link::Task(ctl) => ctl.0.clone(),
                 Link::Parked(_) | Link::Gone => return Err(Error::DriverGone),
             }
         };
         let (tx, rx) = oneshot::channel();
-        ctl.send(Control::Extend(tx))
-            .await
-            .map_err(|_| Error::DriverGone)?;
+        if !ctl.send(Control::Extend(tx)) {
+            return Err(Error::DriverGone);
+        }
         let valid_until = rx.await.map_err(|_| Error::DriverGone)??;
         Ok(self.clock.to_std(valid_until))
     }
@@ -1015,10 +1076,13 @@ impl Guard {
             }
             Link::Task(ctl) => {
                 let (tx, rx) = oneshot::channel();
-                ctl.send(Control::Release(tx))
-                    .await
-                    .map_err(|_| Error::DriverGone)?;
-                rx.await.map_err(|_| Error::DriverGone)
+                if !ctl.0.send(Control::Release(tx)) {
+                    return Err(Error::DriverGone);
+                }
+                let outcome = rx.await.map_err(|_| Error::DriverGone);
+                // The guard's side closes once the release is answered, as it did before.
+                drop(ctl);
+                outcome
             }
             Link::Gone => Err(Error::DriverGone),
         }

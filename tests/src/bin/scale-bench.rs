@@ -252,13 +252,25 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> B
     let names: Vec<String> = (0..n)
         .map(|i| format!("scale-floor/{pid}/{round}/{i}"))
         .collect();
+    // Past 20 000 names, unpaced SETs time out inside the redis crate: then at most
+    // `LUCKY_SCALE_FLOOR_WINDOW` (default 256, as etcd's floor) per connection are in flight.
+    let window = if n > 20_000 {
+        env_num("LUCKY_SCALE_FLOOR_WINDOW", 256) as usize
+    } else {
+        tokio::sync::Semaphore::MAX_PERMITS
+    };
+    let windows: Vec<_> = conns
+        .iter()
+        .map(|_| std::sync::Arc::new(tokio::sync::Semaphore::new(window)))
+        .collect();
     let start = Instant::now();
     let sets: Vec<_> = names
         .iter()
         .flat_map(|name| {
-            conns.iter().map(move |c| {
-                let (mut c, name) = (c.clone(), name.clone());
+            conns.iter().zip(&windows).map(move |(c, w)| {
+                let (mut c, name, w) = (c.clone(), name.clone(), w.clone());
                 tokio::spawn(async move {
+                    let _slot = w.acquire_owned().await.unwrap();
                     let _: redis::Value = redis::cmd("SET")
                         .arg(&name)
                         .arg("t")
