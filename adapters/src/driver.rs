@@ -46,6 +46,11 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn send_now(&self, _node: usize, command: Self::Command) -> Result<Self::Reply, Self::Command> {
         Err(command)
     }
+    /// Whether `command` is answered inside this process, not by a server (an etcd lock's
+    /// long-poll for its session's changes): its answer does not free the gate's slot.
+    fn is_local(&self, _command: &Self::Command) -> bool {
+        false
+    }
     /// The client's background tasks, so `close()` can wait for them.
     fn tasks(&self) -> &Arc<Tasks>;
     /// The client's bound on acquisitions in their first attempt, if it has one.
@@ -281,6 +286,7 @@ where
         releasing: false,
         slot: None,
         heard: false,
+        local_op: None,
         entering: None,
     });
     async move {
@@ -480,6 +486,8 @@ struct Driver<M, T: Transport> {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A reply has been fed to the machine.
     heard: bool,
+    /// The command in flight that the transport answers itself ([`Transport::is_local`]).
+    local_op: Option<OpId>,
     /// Waiting for a slot of the gate before an inline release.
     entering: Option<BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
@@ -606,9 +614,10 @@ where
     fn feed(&mut self, first: (NodeId, OpId, T::Reply), cx: &mut Context<'_>) {
         let now = self.clock.now();
         let (node, op, reply) = first;
-        self.heard = true;
+        self.heard |= self.local_op != Some(op);
         self.machine.handle_reply(now, node, op, reply);
         while let Poll::Ready(Some((node, op, reply))) = poll_ready_reply(&mut self.inflight, cx) {
+            self.heard |= self.local_op != Some(op);
             self.machine.handle_reply(now, node, op, reply);
         }
     }
@@ -617,11 +626,16 @@ where
     fn transmit(&mut self, t: lucky_core::Transmit<T::Command>) {
         match self.transport.send_now(t.node.index(), t.command) {
             Ok(reply) => self.answered.push_back((t.node, t.op, reply)),
-            Err(command) => self.inflight.push(InFlight {
-                node: t.node,
-                op: t.op,
-                reply: Box::pin(self.transport.send(t.node.index(), command)),
-            }),
+            Err(command) => {
+                if self.transport.is_local(&command) {
+                    self.local_op = Some(t.op);
+                }
+                self.inflight.push(InFlight {
+                    node: t.node,
+                    op: t.op,
+                    reply: Box::pin(self.transport.send(t.node.index(), command)),
+                });
+            }
         }
     }
 

@@ -72,6 +72,10 @@ impl Transport for Route {
         Some(&self.cluster.gate)
     }
 
+    fn is_local(&self, command: &Command) -> bool {
+        self.session.is_some() && matches!(command, Command::KeepAlive { lease: LONG_POLL })
+    }
+
     fn send(
         self: &Arc<Self>,
         _node: usize,
