@@ -325,7 +325,10 @@ async fn compact(raw: &mut etcd_client::Client) {
         .header()
         .map_or(0, |h| h.revision());
     let _ = raw
-        .compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
+        .compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
         .await;
 }
 
