@@ -64,11 +64,6 @@ impl SessionHost {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The lease as a lock may rely on it.
-    pub(super) fn view(&self) -> Option<SessionView> {
-        *self.view.borrow()
-    }
-
     /// The request timeout of its locks.
     pub(super) fn op_timeout(&self) -> Duration {
         self.op_timeout
@@ -79,15 +74,19 @@ impl SessionHost {
         self.next_lock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Applies `f` to the session now, then lets its task send what it emitted. The clock is
-    /// read under the session's lock, so the session never sees time go back.
-    fn with(&self, f: impl FnOnce(&mut Session, Instant)) {
+    /// Applies `f` to the session now, then wakes its task if `f` fed it (returned true) or it
+    /// has commands to send. The clock is read under the session's lock, so the session never
+    /// sees time go back.
+    fn with(&self, f: impl FnOnce(&mut Session, Instant) -> bool) {
         let mut s = self.session();
         let now = self.clock.now();
-        f(&mut s, now);
+        let fed = f(&mut s, now);
         self.publish(&s);
+        let wake = fed || s.has_transmit();
         drop(s);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     /// Publishes the session's view. Called with the session locked, so views are published
@@ -167,9 +166,7 @@ async fn run(host: Weak<SessionHost>) {
             tokio::spawn(async move {
                 let reply = cluster.request(t.command, budget).await;
                 if let Some(h) = weak.upgrade() {
-                    h.with(|s, now| {
-                        s.handle_reply(now, t.op, reply);
-                    });
+                    h.with(|s, now| s.handle_reply(now, t.op, reply));
                 }
                 drop(token);
             });
@@ -236,36 +233,14 @@ impl SharedLock {
 
     /// Passes what the lock has for the session and the session's lease to the lock; keeps
     /// a long-poll in flight while the lock is active.
-    fn sync(&mut self, now: Instant) {
-        for _ in 0..4 {
-            let gone = self.lock.take_lease_gone();
-            let mut keys: Vec<Bytes> = Vec::new();
-            while let Some(k) = self.lock.take_abandoned() {
-                keys.push(k);
-            }
-            let wants = self.lock.wants_session();
-            if gone.is_some() || !keys.is_empty() || wants {
-                self.host.with(|s, t| {
-                    if let Some(lease) = gone {
-                        s.lease_gone(t, lease);
-                    }
-                    for k in keys {
-                        s.abandon(t, k);
-                    }
-                    if wants {
-                        s.want(t);
-                    }
-                });
-            }
-            let view = self.host.view();
-            let mut told = self.told.view.lock().unwrap_or_else(|e| e.into_inner());
-            if *told == view {
-                break;
-            }
-            *told = view;
-            drop(told);
-            self.lock.set_session(now, view);
-        }
+    fn sync(&mut self, _now: Instant) {
+        // Under the session's lock, with its clock reading (the lock's `now` may be a moment
+        // older): the session's view and what the lock was told move together.
+        let (lock, told) = (&mut self.lock, &self.told);
+        self.host.with(|s, t| {
+            let mut seen = told.view.lock().unwrap_or_else(|e| e.into_inner());
+            s.link(t, lock, &mut seen)
+        });
         let active = !matches!(self.lock.state(), State::Idle | State::Done);
         if !active {
             self.told.finished.store(true, Ordering::Release);

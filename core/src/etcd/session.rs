@@ -177,6 +177,48 @@ impl Session {
         self.out.pop_front()
     }
 
+    /// Whether a command waits to be sent.
+    pub fn has_transmit(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The link between the session and one of its locks, for a driver to call after every
+    /// input to either: hands the session what `lock` has for it (a lease found gone, keys to
+    /// clean up, the need for a lease), then tells `lock` the session's lease if it changed
+    /// since `told` (what `lock` was last told, kept by the driver beside it), until neither
+    /// has news. Returns whether the session got anything (it may have commands to send).
+    pub fn link(
+        &mut self,
+        now: Instant,
+        lock: &mut super::EtcdLock,
+        told: &mut Option<SessionView>,
+    ) -> bool {
+        let mut fed = false;
+        // Each round either settles or moves the view; a few are enough (a told lock may
+        // report a lease gone, which moves the view once more).
+        for _ in 0..4 {
+            if let Some(lease) = lock.take_lease_gone() {
+                self.lease_gone(now, lease);
+                fed = true;
+            }
+            while let Some(key) = lock.take_abandoned() {
+                self.abandon(now, key);
+                fed = true;
+            }
+            if lock.wants_session() {
+                self.want(now);
+                fed = true;
+            }
+            let view = self.view();
+            if view == *told {
+                break;
+            }
+            *told = view;
+            lock.set_session(now, view);
+        }
+        fed
+    }
+
     /// When the session next needs [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut at = Instant::MAX;

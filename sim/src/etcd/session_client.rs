@@ -30,23 +30,7 @@ pub struct SessionClient {
 impl SessionClient {
     /// Passes what each side has for the other, then collects what both send.
     fn sync(&mut self, now: Instant) {
-        for _ in 0..4 {
-            if let Some(lease) = self.lock.take_lease_gone() {
-                self.session.lease_gone(now, lease);
-            }
-            while let Some(key) = self.lock.take_abandoned() {
-                self.session.abandon(now, key);
-            }
-            if self.lock.wants_session() {
-                self.session.want(now);
-            }
-            let view = self.session.view();
-            if view == self.told {
-                break;
-            }
-            self.told = view;
-            self.lock.set_session(now, view);
-        }
+        self.session.link(now, &mut self.lock, &mut self.told);
         while let Some(t) = self.session.poll_transmit() {
             self.out.push_back(Output::Transmit(t));
         }
