@@ -53,8 +53,8 @@ use crate::client::{self, sealed, LockFuture, Options};
 use crate::clock::Clock;
 use crate::driver::{self, Tasks};
 pub use crate::{Error, Guard};
-use session::{SessionHost, SharedLock, Told};
-use transport::{Cluster, Member, Route, FAILED_COOLDOWN, UNAVAILABLE};
+use session::{SessionHost, SharedLock};
+use transport::{Cluster, Member, Route, Told, FAILED_COOLDOWN, UNAVAILABLE};
 
 pub use etcd_client::{Certificate, Identity, TlsOptions};
 
@@ -429,7 +429,7 @@ impl sealed::Client for Etcd {
             let transport = Arc::new(Route {
                 cluster: self.cluster.clone(),
                 op_timeout: cfg.op_timeout(),
-                session: Some((host, told)),
+                session: Some((host.subscribe(), told)),
             });
             return Ok(Box::pin(driver::acquire(
                 machine,

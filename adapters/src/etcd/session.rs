@@ -18,7 +18,7 @@ use bytes::Bytes;
 use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply, Session, SessionView};
 use lucky_core::{Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError};
 
-use super::transport::Cluster;
+use super::transport::{Cluster, Told, LONG_POLL};
 use crate::clock::Clock;
 
 /// The session of one lease configuration, run by a task of its own.
@@ -100,22 +100,9 @@ impl SessionHost {
         });
     }
 
-    /// Waits until the session's lease differs from what `told` holds, or the lock is done.
-    pub(super) async fn changed(&self, told: &Told) {
-        let mut rx = self.view.subscribe();
-        let done = told.done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        let seen = *told.view.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if told.finished.load(Ordering::Acquire) || *rx.borrow_and_update() != seen {
-                return;
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = &mut done => return,
-            }
-        }
+    /// The session's lease as published, for a lock's transport to long-poll on.
+    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<SessionView>> {
+        self.view.subscribe()
     }
 
     /// Ends the session: revokes its lease (every key on it goes). Waits for the answer.
@@ -194,18 +181,6 @@ async fn run(host: Weak<SessionHost>) {
     }
 }
 
-/// The lease id of a lock's long-poll for its session's changes (etcd never grants lease 0).
-pub(super) const LONG_POLL: i64 = 0;
-
-/// What a lock shares with its transport: the session's lease as the lock was last told, and
-/// a signal that the lock is done (its long-poll ends).
-#[derive(Debug, Default)]
-pub(super) struct Told {
-    pub(super) view: Mutex<Option<SessionView>>,
-    pub(super) done: tokio::sync::Notify,
-    pub(super) finished: std::sync::atomic::AtomicBool,
-}
-
 /// A lock on its client's session: the machine the driver runs.
 #[derive(Debug)]
 pub(super) struct SharedLock {
@@ -233,13 +208,13 @@ impl SharedLock {
 
     /// Passes what the lock has for the session and the session's lease to the lock; keeps
     /// a long-poll in flight while the lock is active.
-    fn sync(&mut self, _now: Instant) {
-        // Under the session's lock, with its clock reading (the lock's `now` may be a moment
-        // older): the session's view and what the lock was told move together.
+    fn sync(&mut self, now: Instant) {
+        // Under the session's lock (the session's view and what the lock was told move
+        // together), each machine on its own clock reading.
         let (lock, told) = (&mut self.lock, &self.told);
         self.host.with(|s, t| {
             let mut seen = told.view.lock().unwrap_or_else(|e| e.into_inner());
-            s.link(t, lock, &mut seen)
+            s.link(t, lock, now, &mut seen)
         });
         let active = !matches!(self.lock.state(), State::Idle | State::Done);
         if !active {

@@ -12,9 +12,8 @@ use etcd_client::{
     SortTarget, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use lucky_core::endpoints::{Endpoints, Resend};
-use lucky_core::etcd::{Command, Reply};
+use lucky_core::etcd::{Command, Reply, SessionView};
 
-use super::session::LONG_POLL;
 use crate::clock::Clock;
 use crate::driver::{self, Transport};
 
@@ -57,7 +56,40 @@ pub(super) struct Route {
     pub(super) op_timeout: Duration,
     /// On a shared session: its host and what the lock was told of it (the lock's
     /// `KeepAlive` is the long-poll for a change of the session's lease).
-    pub(super) session: Option<(Arc<super::session::SessionHost>, Arc<super::session::Told>)>,
+    pub(super) session: Option<(SessionWatch, Arc<Told>)>,
+}
+
+/// The lease id of a lock's long-poll for its session's changes (etcd never grants lease 0).
+pub(super) const LONG_POLL: i64 = 0;
+
+/// The session's lease as its task publishes it.
+pub(super) type SessionWatch = tokio::sync::watch::Receiver<Option<SessionView>>;
+
+/// What a lock on a shared session shares with its transport: the session's lease as the lock
+/// was last told, and a signal that the lock is done (its long-poll ends).
+#[derive(Debug, Default)]
+pub(super) struct Told {
+    pub(super) view: Mutex<Option<SessionView>>,
+    pub(super) done: tokio::sync::Notify,
+    pub(super) finished: std::sync::atomic::AtomicBool,
+}
+
+/// Waits until the session's lease differs from what `told` holds, or the lock is done.
+async fn changed(mut rx: SessionWatch, told: &Told) {
+    let done = told.done.notified();
+    tokio::pin!(done);
+    done.as_mut().enable();
+    let seen = *told.view.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let finished = told.finished.load(std::sync::atomic::Ordering::Acquire);
+        if finished || *rx.borrow_and_update() != seen {
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = &mut done => return,
+        }
+    }
 }
 
 impl Transport for Route {
@@ -87,10 +119,10 @@ impl Transport for Route {
             _ => None,
         };
         async move {
-            if let Some((host, told)) = long_poll {
+            if let Some((watch, told)) = long_poll {
                 // Every held lock keeps one of these in flight: kept small, apart from the
                 // request futures (boxed below only when sent), which are many times larger.
-                host.changed(&told).await;
+                changed(watch, &told).await;
                 return Reply::Done;
             }
             let request: std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> =

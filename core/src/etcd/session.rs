@@ -187,10 +187,14 @@ impl Session {
     /// clean up, the need for a lease), then tells `lock` the session's lease if it changed
     /// since `told` (what `lock` was last told, kept by the driver beside it), until neither
     /// has news. Returns whether the session got anything (it may have commands to send).
+    /// `now` is the session's time, `lock_now` the lock's: the same when one thread drives
+    /// both; a lock driven on another thread may have read the clock a moment earlier, and
+    /// each machine must only see its own clock move forward.
     pub fn link(
         &mut self,
         now: Instant,
         lock: &mut super::EtcdLock,
+        lock_now: Instant,
         told: &mut Option<SessionView>,
     ) -> bool {
         let mut fed = false;
@@ -214,7 +218,7 @@ impl Session {
                 break;
             }
             *told = view;
-            lock.set_session(now, view);
+            lock.set_session(lock_now, view);
         }
         fed
     }

@@ -30,7 +30,7 @@ pub struct SessionClient {
 impl SessionClient {
     /// Passes what each side has for the other, then collects what both send.
     fn sync(&mut self, now: Instant) {
-        self.session.link(now, &mut self.lock, &mut self.told);
+        self.session.link(now, &mut self.lock, now, &mut self.told);
         while let Some(t) = self.session.poll_transmit() {
             self.out.push_back(Output::Transmit(t));
         }
