@@ -296,7 +296,11 @@ async fn a_lock_without_auto_extension_runs_no_task_and_still_extends_expires_an
     while tasks() != base && std::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(tasks(), base, "a lock without auto-extension spawns no task");
+    assert_eq!(
+        tasks(),
+        base,
+        "a lock without auto-extension spawns no task"
+    );
     drop(g);
     assert!(
         gone_everywhere(&urls, &name).await,
