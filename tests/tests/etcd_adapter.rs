@@ -203,7 +203,7 @@ async fn futures_util_join(etcd: &Etcd, names: &[String]) -> Vec<lucky::Guard> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_tries_on_a_shared_session_leave_no_key_and_no_lease() {
+async fn failed_tries_on_a_shared_session_leave_no_key_and_no_guard() {
     let Some((endpoints, etcd, mut raw)) = setup().await else {
         return;
     };
@@ -217,6 +217,17 @@ async fn failed_tries_on_a_shared_session_leave_no_key_and_no_lease() {
     // Only the holder's key: each failed try's key went with it.
     let keys = keys_under(&mut raw, &name).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
+    // Each take was answered, so each key was deleted at its revision: no guard was written
+    // on the session's lease for them (guards are for takes whose outcome is unknown).
+    let guards = raw
+        .get(
+            format!("\0lucky/abandoned/{name}/"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(guards, 0, "failed tries left guards on the session lease");
     assert!(etcd.close(Duration::from_secs(5)).await);
     holder.release().await.unwrap();
     assert!(other.close(Duration::from_secs(5)).await);

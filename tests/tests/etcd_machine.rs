@@ -396,15 +396,19 @@ fn garbage_replies_fail_the_attempt_without_panicking() {
     assert_eq!(m.state(), State::Done);
 }
 
-#[test]
-fn a_lock_whose_session_gets_no_lease_fails_at_the_request_timeout() {
-    let c = EtcdConfig::builder()
+/// A one-shot lock on a shared session: ttl 5 s, requests time out after 300 ms.
+fn session_cfg() -> EtcdConfig {
+    EtcdConfig::builder()
         .ttl(Duration::from_secs(5))
         .op_timeout(Duration::from_millis(300))
         .wait(Wait::None)
         .build()
-        .unwrap();
-    let mut m = EtcdLock::in_session(&c, b"x", 1, 0).unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_lock_whose_session_gets_no_lease_fails_at_the_request_timeout() {
+    let mut m = EtcdLock::in_session(&session_cfg(), b"x", 1, 0).unwrap();
     m.acquire(Instant::ZERO).unwrap();
     assert!(
         m.wants_session(),
@@ -438,13 +442,7 @@ fn a_lock_whose_session_gets_no_lease_fails_at_the_request_timeout() {
 #[test]
 fn an_owner_whose_session_lease_is_not_confirmed_in_time_fails_and_deletes_its_key() {
     let ms = |n: u64| Instant::from_nanos(n * MS);
-    let c = EtcdConfig::builder()
-        .ttl(Duration::from_secs(5))
-        .op_timeout(Duration::from_millis(300))
-        .wait(Wait::None)
-        .build()
-        .unwrap();
-    let mut m = EtcdLock::in_session(&c, b"x", 1, 0).unwrap();
+    let mut m = EtcdLock::in_session(&session_cfg(), b"x", 1, 0).unwrap();
     let view = SessionView {
         lease: 7,
         until: ms(100),

@@ -45,10 +45,10 @@ impl std::fmt::Debug for SessionHost {
 impl SessionHost {
     /// A session for locks of `cfg`, with its task running.
     pub(super) fn start(cfg: &EtcdConfig, cluster: Arc<Cluster>, clock: Clock) -> Arc<Self> {
-        let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
         let host = Arc::new(SessionHost {
-            session: Mutex::new(Session::new(cfg, u64::from_le_bytes(seed))),
+            // The session's answers come back to it alone (its own task sends its requests),
+            // never to a lock: any op-id range will do.
+            session: Mutex::new(Session::new(cfg, 0)),
             view: tokio::sync::watch::channel(None).0,
             wake: Arc::default(),
             cluster,

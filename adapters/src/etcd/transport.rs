@@ -54,8 +54,8 @@ pub(super) struct Cluster {
 pub(super) struct Route {
     pub(super) cluster: Arc<Cluster>,
     pub(super) op_timeout: Duration,
-    /// On a shared session: its host and what the lock was told of it (the lock's
-    /// `KeepAlive` is the long-poll for a change of the session's lease).
+    /// On a shared session: the session's lease as published and what the lock was told of
+    /// it (the lock's `KeepAlive { lease: LONG_POLL }` is the long-poll for a change).
     pub(super) session: Option<(SessionWatch, Arc<Told>)>,
 }
 
