@@ -238,6 +238,20 @@ mod tests {
     }
 
     #[test]
+    fn a_take_on_a_shared_session_is_never_resent() {
+        let take = |guard: Option<&'static [u8]>| crate::etcd::Command::Take {
+            key: bytes::Bytes::from_static(b"n/1_1_1"),
+            prefix: bytes::Bytes::from_static(b"n/"),
+            lease: 1,
+            guard: guard.map(bytes::Bytes::from_static),
+        };
+        // With a lease of its own the take is safe to resend: the lease dies with the attempt.
+        assert!(take(None).resend_safe());
+        // On the shared session a late copy could re-create the key after its release.
+        assert!(!take(Some(b"\0lucky/abandoned/n/1_1_1")).resend_safe());
+    }
+
+    #[test]
     fn fails_over_and_remembers() {
         let mut e = Endpoints::new(3, 1000 * MS);
         let mut a = e.start(at(0), 200 * MS);
