@@ -93,4 +93,4 @@ pub mod sweep;
 pub mod world;
 pub mod zookeeper;
 
-pub use protocol::{Protocol, Server};
+pub use protocol::{Protocol, Server, Slot};

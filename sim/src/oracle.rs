@@ -264,6 +264,8 @@ impl fmt::Display for Violation {
 pub struct Claim {
     /// Which client.
     pub client: usize,
+    /// Which lock name (0 when a run has one).
+    pub name: usize,
     /// When its machine reported Acquired.
     pub start: u64,
     /// The latest instant its machine still said it held the lock.
@@ -292,6 +294,8 @@ pub struct Oracle {
     pub claims: Vec<Claim>,
     /// Per client, its open claim.
     open: Vec<Option<usize>>,
+    /// Per client, the lock name it takes.
+    names: Vec<usize>,
     /// Every write that reached the resource.
     pub writes: Vec<Write>,
     /// Violations found as the run went (fence order, liveness, cleanup).
@@ -299,10 +303,11 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    /// An oracle for `clients` clients.
-    pub fn new(clients: usize) -> Oracle {
+    /// An oracle for clients taking the lock names `names` (one entry per client).
+    pub fn new(names: Vec<usize>) -> Oracle {
         Oracle {
-            open: vec![None; clients],
+            open: vec![None; names.len()],
+            names,
             ..Oracle::default()
         }
     }
@@ -312,6 +317,7 @@ impl Oracle {
         let id = self.claims.len();
         self.claims.push(Claim {
             client,
+            name: self.names.get(client).copied().unwrap_or(0),
             start: now,
             end: end.max(now),
             fence,
@@ -358,55 +364,69 @@ impl Oracle {
         });
     }
 
-    /// Every violation of the run: those found as it went, then overlaps and stale writes.
+    /// Every violation of the run: those found as it went, then overlaps, fence regressions
+    /// and stale writes, each judged among the claims on one name.
     pub fn violations(&self) -> Vec<Violation> {
         let mut out = self.found.clone();
-        // Mutual exclusion: claims sorted by start; each must begin after every earlier
-        // claim of another client has ended.
+        // Claims by name, each list in order of start.
         let mut order: Vec<usize> = (0..self.claims.len()).collect();
-        order.sort_by_key(|&i| (self.claims[i].start, i));
+        order.sort_by_key(|&i| (self.claims[i].name, self.claims[i].start, i));
+        let by_name: Vec<&[usize]> = order
+            .chunk_by(|&a, &b| self.claims[a].name == self.claims[b].name)
+            .collect();
+        // Mutual exclusion: each claim must begin after every earlier claim of another
+        // client on its name has ended.
         let mut reported = 0;
-        for (k, &j) in order.iter().enumerate() {
-            let b = self.claims[j];
-            for &i in &order[..k] {
-                let a = self.claims[i];
-                if a.client != b.client && a.end > b.start && reported < 8 {
-                    out.push(Violation::MutualExclusion {
-                        a: (a.client, a.start, a.end),
-                        b: (b.client, b.start, b.end),
-                    });
-                    reported += 1;
+        for group in &by_name {
+            for (k, &j) in group.iter().enumerate() {
+                let b = self.claims[j];
+                for &i in &group[..k] {
+                    let a = self.claims[i];
+                    if a.client != b.client && a.end > b.start && reported < 8 {
+                        out.push(Violation::MutualExclusion {
+                            a: (a.client, a.start, a.end),
+                            b: (b.client, b.start, b.end),
+                        });
+                        reported += 1;
+                    }
                 }
             }
         }
-        // Fences: in order of acquisition, every fence is above every earlier one.
-        let mut best: Option<(usize, u64)> = None;
-        for &j in &order {
-            let c = self.claims[j];
-            let Some(f) = c.fence else { continue };
-            if let Some((client, top)) = best {
-                if f <= top {
-                    out.push(Violation::FenceRegression {
-                        earlier: (client, top),
-                        later: (c.client, f),
-                    });
-                    break;
+        // Fences: in order of acquisition, every fence on a name is above every earlier one.
+        for group in &by_name {
+            let mut best: Option<(usize, u64)> = None;
+            for &j in group.iter() {
+                let c = self.claims[j];
+                let Some(f) = c.fence else { continue };
+                if let Some((client, top)) = best {
+                    if f <= top {
+                        out.push(Violation::FenceRegression {
+                            earlier: (client, top),
+                            later: (c.client, f),
+                        });
+                        break;
+                    }
                 }
+                best = Some((c.client, f));
             }
-            best = Some((c.client, f));
         }
         // Stale writes: an accepted unfenced write of claim k arriving after a later claim of
-        // another client began. (A fenced resource orders writes itself: what it must never do
-        // is accept a fence below one it accepted, checked as it happens.)
+        // another client on its name began. (A fenced resource orders writes itself: what it
+        // must never do is accept a fence below one it accepted, checked as it happens.)
+        let group_of = |name: usize| {
+            by_name
+                .binary_search_by_key(&name, |g| self.claims[g[0]].name)
+                .map_or(&[][..], |g| by_name[g])
+        };
         for w in self
             .writes
             .iter()
             .filter(|w| w.accepted && w.fence.is_none())
         {
             let k = self.claims[w.claim];
-            if let Some(later) = self
-                .claims
+            if let Some(later) = group_of(k.name)
                 .iter()
+                .map(|&i| self.claims[i])
                 .find(|c| c.client != k.client && c.start > k.start && c.start <= w.at)
             {
                 out.push(Violation::StaleWrite {
@@ -430,5 +450,72 @@ pub fn unavailable_event(e: &lucky_core::Event) -> Option<&'static str> {
         }
         lucky_core::Event::Lost { .. } => Some("a held lock was lost"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients 0 and 1 take name 0, client 2 takes name 1.
+    fn oracle() -> Oracle {
+        Oracle::new(vec![0, 0, 1])
+    }
+
+    #[test]
+    fn overlaps_count_only_on_one_name() {
+        let mut o = oracle();
+        o.acquired(0, 10, 100, None);
+        o.acquired(2, 20, 100, None);
+        assert!(o.violations().is_empty(), "{:?}", o.violations());
+        o.acquired(1, 30, 100, None);
+        let v = o.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(matches!(
+            v[0],
+            Violation::MutualExclusion {
+                a: (0, ..),
+                b: (1, ..)
+            }
+        ));
+    }
+
+    #[test]
+    fn fences_rise_per_name() {
+        let mut o = oracle();
+        o.acquired(0, 10, 20, Some(50));
+        o.ended(0, 20, true);
+        // Another name's fences are its own: a lower one is no regression.
+        o.acquired(2, 30, 40, Some(7));
+        assert!(o.violations().is_empty(), "{:?}", o.violations());
+        o.acquired(1, 40, 50, Some(49));
+        assert!(matches!(
+            o.violations()[..],
+            [Violation::FenceRegression {
+                earlier: (0, 50),
+                later: (1, 49)
+            }]
+        ));
+    }
+
+    #[test]
+    fn stale_writes_are_judged_per_name() {
+        let mut o = oracle();
+        let a = o.acquired(0, 10, 20, None);
+        o.ended(0, 20, true);
+        o.acquired(2, 30, 40, None);
+        // Client 0's write lands after client 2 began, but on another name.
+        o.write(a, 35, None, true);
+        assert!(o.violations().is_empty(), "{:?}", o.violations());
+        o.acquired(1, 50, 60, None);
+        o.write(a, 55, None, true);
+        assert!(matches!(
+            o.violations()[..],
+            [Violation::StaleWrite {
+                writer: 0,
+                at: 55,
+                later: (1, 50)
+            }]
+        ));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 
-use lucky_core::LockMachine;
+use lucky_core::{Instant, LockMachine};
 
 use crate::oracle::Violation;
 use crate::rng;
@@ -59,6 +59,18 @@ pub trait Server {
     fn heal_members(&mut self, _now: u64) {}
 }
 
+/// One lock in a simulated process: the world's client number, the lock name's number, and
+/// the process it runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The client (slot) number.
+    pub client: usize,
+    /// Which name it locks.
+    pub name: usize,
+    /// Which process it belongs to.
+    pub process: usize,
+}
+
 /// A lock protocol the simulator can run: its machine and its server model.
 pub trait Protocol: Clone {
     /// The server model.
@@ -72,6 +84,22 @@ pub trait Protocol: Clone {
     fn nodes(&self) -> usize;
     /// A fresh machine for `client`, with its token and jitter seed drawn from `rng`.
     fn machine(&self, client: usize, rng: &mut rng::Rng) -> Self::Machine;
+    /// The machines of one process's lock slots, in order. A protocol whose locks share state
+    /// in a process (an etcd session) builds them together; by default each is
+    /// [`machine`](Self::machine), locking the one name.
+    fn process_machines(&self, slots: &[Slot], rng: &mut rng::Rng) -> Vec<Self::Machine> {
+        slots.iter().map(|s| self.machine(s.client, rng)).collect()
+    }
+    /// Whether [`process_machines`](Self::process_machines) locks each slot's own name (a
+    /// workload over several names needs it).
+    fn many_names(&self) -> bool {
+        false
+    }
+    /// Lets `m` catch up with what its process's other machines changed in the state they
+    /// share, at its local time `now`: true when it has outputs to drain or a new timer.
+    fn catch_up(&self, _m: &mut Self::Machine, _now: Instant) -> bool {
+        false
+    }
     /// A fresh node model.
     fn server(&self, node: usize) -> Self::Server;
     /// The lease ttl (ns): the bound used to judge restarts and pauses.

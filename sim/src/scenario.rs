@@ -85,6 +85,8 @@ impl Setup {
             auto_extend: None,
             work: Workload {
                 clients: 3,
+                names: 1,
+                per_process: 1,
                 hold_ns: Some((5 * MS, 60 * MS)),
                 think_ns: (0, 30 * MS),
                 write_delay_ns: (0, 3 * MS),
@@ -212,9 +214,17 @@ pub struct Scenario {
     pub about: &'static str,
     /// Draws a setup from the scenario's stream.
     pub draw: fn(&mut Rng) -> Setup,
+    /// What one run costs, in runs of an ordinary scenario (about 1): a sweep of N seeds
+    /// runs the first N / cost of its seeds, at least one.
+    pub cost: u64,
 }
 
 impl Scenario {
+    /// How many of a sweep's `seeds` this scenario runs.
+    pub fn sweep_seeds(&self, seeds: u64) -> u64 {
+        (seeds / self.cost.max(1)).max(1).min(seeds)
+    }
+
     /// Runs one seed, with `bug` injected.
     pub fn run(&self, seed: u64, bug: Option<Injected>) -> Outcome {
         self.setup(seed).run(seed, bug)

@@ -42,8 +42,9 @@ pub struct Sweep {
     pub wall_ns: u128,
 }
 
-/// Runs seeds `start..start + seeds` of each scenario with `bug`, on `threads` threads,
-/// calling `progress(done, total)` after every run.
+/// Runs seeds `start..start + seeds` of each scenario with `bug` (of a costly scenario among
+/// others, the first [`Scenario::sweep_seeds`] of them; swept alone, every seed), on
+/// `threads` threads, calling `progress(done, total)` after every run.
 #[allow(clippy::disallowed_methods)] // timing for the report only; runs never see a clock
 pub fn sweep(
     scenarios: &[&'static Scenario],
@@ -53,7 +54,19 @@ pub fn sweep(
     threads: usize,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Sweep {
-    let total = scenarios.len() as u64 * seeds;
+    // Run k of the sweep is run k - offset[i] of scenario i, where
+    // offset[i] <= k < offset[i + 1].
+    let mut offset = vec![0u64];
+    for sc in scenarios {
+        let n = if scenarios.len() == 1 {
+            seeds
+        } else {
+            sc.sweep_seeds(seeds)
+        };
+        let next = offset[offset.len() - 1] + n;
+        offset.push(next);
+    }
+    let total = offset[scenarios.len()];
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let stats = Mutex::new(vec![Stats::default(); scenarios.len()]);
@@ -71,8 +84,8 @@ pub fn sweep(
                         break;
                     }
                     for k in first..(first + 16).min(total) {
-                        let si = (k / seeds) as usize;
-                        let seed = start + k % seeds;
+                        let si = offset.partition_point(|&f| f <= k) - 1;
+                        let seed = start + (k - offset[si]);
                         let sc = scenarios[si];
                         let t = std::time::Instant::now();
                         let out = sc.run(seed, bug);

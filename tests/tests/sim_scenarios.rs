@@ -2,7 +2,7 @@
 //! break an assumption find the violation it allows), runs replay bit for bit, and every
 //! injectable bug is caught. CI additionally sweeps 2000 seeds per scenario with the binary.
 //!
-//! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40).
+//! Seeds per scenario here: `LUCKY_SIM_SEEDS` (default 40; a costly scenario runs its share).
 
 use lucky_core::etcd::bugs::EtcdBug;
 use lucky_core::lease::bugs::LeaseBug;
@@ -21,8 +21,10 @@ fn seeds() -> u64 {
 
 fn check(name: &str) {
     let sc = registry::scenario(name).expect("scenario exists");
+    // A costly scenario runs its share of the seeds, as in a sweep.
+    let seeds = sc.sweep_seeds(seeds());
     let mut expected = 0;
-    for seed in 0..seeds() {
+    for seed in 0..seeds {
         let out = sc.run(seed, None);
         assert!(
             out.passed(),
@@ -32,7 +34,7 @@ fn check(name: &str) {
         assert!(out.report.events > 100, "{name} seed {seed} barely ran");
         expected += u64::from(out.expected_found());
     }
-    let breaks = (0..seeds()).any(|s| sc.setup(s).must_violate);
+    let breaks = (0..seeds).any(|s| sc.setup(s).must_violate);
     assert_eq!(
         breaks,
         expected > 0,
@@ -114,6 +116,7 @@ scenario_tests! {
     etcd_session_predecessor_crash => "etcd-session-predecessor-crash",
     etcd_session_no_wait_exit => "etcd-session-no-wait-exit",
     etcd_session_random_chaos => "etcd-session-random-chaos",
+    etcd_session_many_names => "etcd-session-many-names",
     mongo_wtimeout => "mongo-wtimeout",
     mongo_upsert_race => "mongo-upsert-race",
     mongo_primary_clock_step => "mongo-primary-clock-step",
@@ -260,4 +263,39 @@ fn every_injected_bug_is_caught() {
             "{name} fails without a bug"
         );
     }
+}
+
+/// The many-names scenario is the size it says: hundreds of processes, each holding several
+/// names at once on its one session, and every name changing hands among its contenders.
+#[test]
+fn many_names_runs_at_scale() {
+    let sc = registry::scenario("etcd-session-many-names").expect("scenario exists");
+    let setup = sc.setup(1);
+    let per = setup.work.per_process;
+    assert!(
+        setup.work.clients / per >= 100 && per >= 4,
+        "{:?}",
+        setup.work
+    );
+    let r = sc.run(1, None).report;
+    let mut holders: std::collections::BTreeMap<usize, std::collections::BTreeSet<usize>> =
+        Default::default();
+    for c in &r.claims {
+        holders.entry(c.name).or_default().insert(c.client / per);
+    }
+    assert!(
+        holders.len() > setup.work.names * 9 / 10,
+        "{} of {} names held",
+        holders.len(),
+        setup.work.names
+    );
+    let shared = holders.values().filter(|p| p.len() >= 2).count();
+    assert!(shared > holders.len() / 2, "{shared} names changed hands");
+    // Two locks of one process held at the same time: the session carries several.
+    let mut claims = r.claims.clone();
+    claims.sort_by_key(|c| (c.client / per, c.start));
+    let together = claims.windows(2).any(|w| {
+        w[0].client / per == w[1].client / per && w[0].name != w[1].name && w[1].start < w[0].end
+    });
+    assert!(together, "no process held two names at once");
 }

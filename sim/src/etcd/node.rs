@@ -16,6 +16,8 @@ use crate::Server;
 struct Lease {
     ttl_ns: u64,
     expiry: u64,
+    /// Keys attached to it (a lease without keys matters to nobody until it is touched).
+    keys: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -63,9 +65,16 @@ impl EtcdNode {
         let id = self.grant(now, ttl_ns);
         self.rev += 1;
         let create = self.rev;
-        self.kv
-            .insert(Bytes::copy_from_slice(key), Kv { create, lease: id });
+        self.insert(Bytes::copy_from_slice(key), Kv { create, lease: id });
         create
+    }
+
+    /// Puts a key (absent before) on its lease.
+    fn insert(&mut self, key: Bytes, kv: Kv) {
+        if let Some(l) = self.leases.get_mut(&kv.lease) {
+            l.keys += 1;
+        }
+        self.kv.insert(key, kv);
     }
 
     /// Forgets the watch kept under `id` (its stream broke); it never fires.
@@ -91,6 +100,7 @@ impl EtcdNode {
             Lease {
                 ttl_ns,
                 expiry: now.saturating_add(ttl_ns),
+                keys: 0,
             },
         );
         id
@@ -121,7 +131,11 @@ impl EtcdNode {
             // Counted per key: a revoked session lease deletes the keys of several locks at
             // one revision, each waking its own successor, which is no herd.
             let mut woken = 0;
-            self.kv.remove(&key);
+            if let Some(kv) = self.kv.remove(&key) {
+                if let Some(l) = self.leases.get_mut(&kv.lease) {
+                    l.keys -= 1;
+                }
+            }
             // The waiter whose own key this was gave up: its watch goes with it.
             self.watches.remove(&key);
             let hit: Vec<Bytes> = self
@@ -238,7 +252,7 @@ impl Server for EtcdNode {
                             return Some(Reply::LeaseNotFound);
                         }
                         let create = self.write();
-                        self.kv.insert(
+                        self.insert(
                             key.clone(),
                             Kv {
                                 create,
@@ -304,7 +318,7 @@ impl Server for EtcdNode {
                 }
                 if !self.kv.contains_key(guard) {
                     let create = self.write();
-                    self.kv.insert(
+                    self.insert(
                         guard.clone(),
                         Kv {
                             create,
@@ -326,9 +340,9 @@ impl Server for EtcdNode {
 
     fn next_timer(&self) -> Option<u64> {
         // Only leases that carry keys matter to anyone before they are next touched.
-        self.kv
+        self.leases
             .values()
-            .filter_map(|v| self.leases.get(&v.lease))
+            .filter(|l| l.keys > 0)
             .map(|l| l.expiry)
             .min()
     }

@@ -329,3 +329,108 @@ on_session! {
     session_no_wait_exit => no_wait_exit,
     session_random_chaos => random_chaos,
 }
+
+/// A scheduler's shape on shared sessions: 100-200 client processes holding 4-10 names each
+/// on their one session lease, four processes contending for every name. Whole processes are
+/// cut off, paused and crashed; the cluster loses its leader and restarts; the network drops
+/// and reorders. Every check (exclusion, fences, stale writes, liveness, cleanup, herd) is
+/// judged per name.
+pub(super) fn session_many_names(rng: &mut Rng) -> Setup {
+    let mut s = base(rng);
+    s.runner = &super::EtcdSessionRunner;
+    // Long enough that a stalled keepalive's answer still counts when it comes.
+    s.op_timeout = Some(Duration::from_millis(150));
+    let processes = rng.range(100, 200) as usize;
+    let per = rng.range(4, 10) as usize;
+    s.work.per_process = per;
+    s.work.clients = processes * per;
+    s.work.names = processes * per / 4;
+    s.work.hold_ns = Some((5 * MS, 120 * MS));
+    s.work.think_ns = (0, 60 * MS);
+    let on = |rng: &mut Rng| rng.range(0, 1) == 1;
+    if on(rng) {
+        s.wait = Wait::Forever;
+    }
+    if on(rng) {
+        s.net.drop_ppm = rng.range(0, 30_000) as u32;
+    }
+    s.net.reorder = on(rng);
+    let processes = processes as u64;
+    for _ in 0..rng.range(1, 4) {
+        let t = s.at(rng);
+        let p = rng.range(0, processes - 1) as usize;
+        let cut = [Cut::Both, Cut::ToNode, Cut::FromNode][rng.range(0, 2) as usize];
+        s.cut_for(t, rng.range(MS, 2 * s.ttl()), Some(p), &[0], cut);
+    }
+    for _ in 0..rng.range(0, 3) {
+        let t = s.at(rng);
+        let client = rng.range(0, processes - 1) as usize;
+        let for_ns = rng.range(MS, s.ttl() / 2 - MS);
+        s.faults.push((t, Fault::Pause { client, for_ns }));
+    }
+    for _ in 0..rng.range(0, 2) {
+        let t = s.at(rng);
+        let client = rng.range(0, processes - 1) as usize;
+        let extra_ns = rng.range(MS, s.ttl() / 4);
+        s.faults.push((t, Fault::SlowReplies { client, extra_ns }));
+        let back = t + rng.range(MS, s.ttl());
+        s.faults.push((
+            back,
+            Fault::SlowReplies {
+                client,
+                extra_ns: 0,
+            },
+        ));
+    }
+    for _ in 0..rng.range(0, 2) {
+        let t = s.at(rng);
+        let client = rng.range(0, processes - 1) as usize;
+        s.faults.push((t, Fault::CrashClient { client }));
+    }
+    if on(rng) {
+        // A process's session keepalive answers stall, then its requests are cut: every
+        // lock it holds runs out at the deadline of the last keepalive that arrived.
+        let t = s.at(rng);
+        let client = rng.range(0, processes - 1) as usize;
+        let slow = s.ttl() / 4;
+        s.faults.push((
+            t,
+            Fault::SlowReplies {
+                client,
+                extra_ns: slow,
+            },
+        ));
+        let cut_at = t + s.ttl() / 2;
+        s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
+        let back = cut_at + s.ttl() * 3 / 2;
+        s.faults.push((
+            back,
+            Fault::SlowReplies {
+                client,
+                extra_ns: 0,
+            },
+        ));
+    }
+    if on(rng) {
+        // One process stalls for two ttl between each check and its write: its stale
+        // writes reach the resource after the next holders began, and only fences stop them.
+        s.work.pause_after_check_ns = Some(2 * s.ttl());
+        s.work.pause_only_client = Some(rng.range(0, processes - 1) as usize);
+    }
+    for _ in 0..rng.range(0, 2) {
+        let t = s.at(rng);
+        let for_ns = rng.range(MS, s.ttl());
+        s.faults.push((t, Fault::Stall { node: 0, for_ns }));
+    }
+    if on(rng) {
+        let t = s.at(rng);
+        let down = Fault::Crash {
+            node: 0,
+            lose_state: false,
+        };
+        s.faults.push((t, down));
+        s.faults
+            .push((t + rng.range(MS, 200 * MS), Fault::Restart { node: 0 }));
+    }
+    s
+}

@@ -2,9 +2,12 @@
 //! [`EtcdLock::in_session`] and [`Session`] driven together as Lucky's adapter drives them
 //! (the session grants when a lock wants a lease, keeps it alive on its own, hears of a lease
 //! a lock found gone; the lock is told every change of the session's lease), against the
-//! same [`EtcdNode`] cluster model as the lock with a lease of its own.
+//! same [`EtcdNode`] cluster model as the lock with a lease of its own. The locks of one
+//! simulated process (several names per client) share its one session, as an adapter's do.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use lucky_core::etcd::{Command, EtcdLock, Reply, Session, SessionView};
 use lucky_core::{Instant, LockMachine, NodeId, OpId, Output, State, UsageError};
@@ -12,15 +15,17 @@ use lucky_core::{Instant, LockMachine, NodeId, OpId, Output, State, UsageError};
 use crate::rng::Rng;
 use crate::scenario::{Injected, Runner, Setup};
 use crate::world::Report;
-use crate::Protocol;
+use crate::{Protocol, Slot};
 
 use super::lock::{protocol, whole_seconds, EtcdSim};
 use super::EtcdNode;
 
-/// A client: its session and one lock on it.
+/// One lock of a client process, on the process's session.
 #[derive(Debug)]
 pub struct SessionClient {
-    session: Session,
+    session: Rc<RefCell<Session>>,
+    /// Whether this lock's timer also runs the session's (the process's first lock does).
+    drives: bool,
     lock: EtcdLock,
     /// The view the lock was last told.
     told: Option<SessionView>,
@@ -30,10 +35,22 @@ pub struct SessionClient {
 impl SessionClient {
     /// Passes what each side has for the other, then collects what both send.
     fn sync(&mut self, now: Instant) {
-        self.session.link(now, &mut self.lock, now, &mut self.told);
-        while let Some(t) = self.session.poll_transmit() {
+        let mut session = self.session.borrow_mut();
+        session.link(now, &mut self.lock, now, &mut self.told);
+        while let Some(t) = session.poll_transmit() {
             self.out.push_back(Output::Transmit(t));
         }
+    }
+
+    /// Catches up with what the process's other locks changed in the session: whether it
+    /// now has outputs or a new view (which may move its timer).
+    fn catch_up(&mut self, now: Instant) -> bool {
+        let told = self.told;
+        self.sync(now);
+        while let Some(o) = self.lock.poll_output() {
+            self.out.push_back(o);
+        }
+        told != self.told || !self.out.is_empty()
     }
 }
 
@@ -46,7 +63,7 @@ impl LockMachine for SessionClient {
     }
 
     fn acquire(&mut self, now: Instant) -> Result<(), UsageError> {
-        self.session.handle_timeout(now);
+        self.session.borrow_mut().handle_timeout(now);
         let r = self.lock.acquire(now);
         self.sync(now);
         r
@@ -70,8 +87,9 @@ impl LockMachine for SessionClient {
     }
 
     fn handle_reply(&mut self, now: Instant, node: NodeId, op: OpId, reply: Reply) -> bool {
-        let used = if self.session.owns(op) {
-            self.session.handle_reply(now, op, reply)
+        let session = self.session.borrow().owns(op);
+        let used = if session {
+            self.session.borrow_mut().handle_reply(now, op, reply)
         } else {
             self.lock.handle_reply(now, node, op, reply)
         };
@@ -80,7 +98,7 @@ impl LockMachine for SessionClient {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.session.handle_timeout(now);
+        self.session.borrow_mut().handle_timeout(now);
         self.sync(now);
         self.lock.handle_timeout(now);
         self.sync(now);
@@ -92,7 +110,8 @@ impl LockMachine for SessionClient {
         }
         let o = self.lock.poll_output();
         if o.is_none() {
-            while let Some(t) = self.session.poll_transmit() {
+            let mut session = self.session.borrow_mut();
+            while let Some(t) = session.poll_transmit() {
                 self.out.push_back(Output::Transmit(t));
             }
             return self.out.pop_front();
@@ -101,7 +120,11 @@ impl LockMachine for SessionClient {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.lock.poll_timeout(), self.session.poll_timeout()) {
+        let session = self
+            .drives
+            .then(|| self.session.borrow().poll_timeout())
+            .flatten();
+        match (self.lock.poll_timeout(), session) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -122,7 +145,12 @@ impl LockMachine for SessionClient {
 
 /// The etcd lock on a shared session lease, with a given configuration.
 #[derive(Clone, Debug)]
-pub struct EtcdSessionSim(pub EtcdSim);
+pub struct EtcdSessionSim {
+    /// The lock's configuration.
+    pub sim: EtcdSim,
+    /// Whether each lock takes its slot's own name (`lock-<n>`) rather than the one `lock`.
+    pub many_names: bool,
+}
 
 impl Protocol for EtcdSessionSim {
     type Server = EtcdNode;
@@ -133,32 +161,66 @@ impl Protocol for EtcdSessionSim {
     }
 
     fn machine(&self, client: usize, rng: &mut Rng) -> SessionClient {
-        let cfg = &self.0.cfg;
-        // The name is valid by construction; a failure is a simulator bug.
-        let lock = EtcdLock::in_session(cfg, b"lock", client as u64 + 1, rng.next_u64())
-            .expect("valid lock name");
-        SessionClient {
-            session: Session::new(cfg, rng.next_u64()),
-            lock,
-            told: None,
-            out: VecDeque::new(),
+        let slot = Slot {
+            client,
+            name: 0,
+            process: client,
+        };
+        let mut one = self.process_machines(&[slot], rng);
+        one.pop().expect("one slot, one machine")
+    }
+
+    fn process_machines(&self, slots: &[Slot], rng: &mut Rng) -> Vec<SessionClient> {
+        let cfg = &self.sim.cfg;
+        let mut session: Option<Rc<RefCell<Session>>> = None;
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let name = if self.many_names {
+                format!("lock-{}", s.name)
+            } else {
+                "lock".to_owned()
+            };
+            // The name is valid by construction; a failure is a simulator bug.
+            let lock =
+                EtcdLock::in_session(cfg, name.as_bytes(), s.client as u64 + 1, rng.next_u64())
+                    .expect("valid lock name");
+            let drives = session.is_none();
+            let session = session
+                .get_or_insert_with(|| Rc::new(RefCell::new(Session::new(cfg, rng.next_u64()))))
+                .clone();
+            out.push(SessionClient {
+                session,
+                drives,
+                lock,
+                told: None,
+                out: VecDeque::new(),
+            });
         }
+        out
+    }
+
+    fn many_names(&self) -> bool {
+        self.many_names
+    }
+
+    fn catch_up(&self, m: &mut SessionClient, now: Instant) -> bool {
+        m.catch_up(now)
     }
 
     fn server(&self, node: usize) -> EtcdNode {
-        self.0.server(node)
+        self.sim.server(node)
     }
 
     fn ttl_ns(&self) -> u64 {
-        self.0.ttl_ns()
+        self.sim.ttl_ns()
     }
 
     fn drift_ppm(&self) -> u32 {
-        self.0.drift_ppm()
+        self.sim.drift_ppm()
     }
 
     fn fence_unchecked(&self) -> bool {
-        self.0.fence_unchecked()
+        self.sim.fence_unchecked()
     }
 }
 
@@ -169,6 +231,10 @@ pub struct EtcdSessionRunner;
 impl Runner for EtcdSessionRunner {
     fn run(&self, setup: &Setup, seed: u64, bug: Option<Injected>) -> Report {
         let setup = whole_seconds(setup);
-        setup.run_world(&EtcdSessionSim(protocol(&setup, false, bug)), seed)
+        let sim = EtcdSessionSim {
+            sim: protocol(&setup, false, bug),
+            many_names: setup.work.names > 1,
+        };
+        setup.run_world(&sim, seed)
     }
 }

@@ -64,9 +64,33 @@ impl<P: Protocol> World<P> {
         self.after_input(client);
     }
 
-    /// Drains a client's machine after an input: sends, events, and its next timer.
+    /// Drains a client's machine after an input (sends, events, its next timer), then lets
+    /// the other machines of its process catch up with the state they share.
     pub(super) fn after_input(&mut self, c: usize) {
+        self.drain(c);
+        if self.work.per_process > 1 {
+            let local = self.local(c);
+            // A catch-up may change the shared state again (a lock reporting its lease gone
+            // moves the session's view): go round until nobody has news.
+            for _ in 0..4 {
+                let mut news = false;
+                for s in self.siblings(c) {
+                    if !self.dead[s] && self.protocol.catch_up(&mut self.clients[s].m, local) {
+                        self.drain(s);
+                        news = true;
+                    }
+                }
+                if !news {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Drains one client's machine: sends, events, and its next timer.
+    fn drain(&mut self, c: usize) {
         let now = self.now;
+        let process = self.process(c);
         let outs: Vec<_> = std::iter::from_fn(|| self.clients[c].m.poll_output()).collect();
         // A process that exits on this batch's final event never sends the batch's commands.
         let exits = self.work.exit_after_try
@@ -79,7 +103,7 @@ impl<P: Protocol> World<P> {
                 Output::Transmit(t) => {
                     let node = t.node.index();
                     let mut at = [0u64; 2];
-                    let k = self.net.send(now, c, node, true, &mut at);
+                    let k = self.net.send(now, process, node, true, &mut at);
                     for &at in &at[..k] {
                         let ev = Ev::Request {
                             client: c,

@@ -49,7 +49,11 @@ impl<P: Protocol> World<P> {
                 self.node_changed(node);
             }
             Fault::SlowReplies { client, extra_ns } => self.net.set_slow(client, extra_ns),
-            Fault::CrashClient { client } => self.exit_client(client),
+            Fault::CrashClient { client } => {
+                for c in self.process_slots(client) {
+                    self.exit_client(c);
+                }
+            }
             Fault::Restart { node } => self.restart(node),
             Fault::ClockJump { node, by_ns } => {
                 self.nodes[node].clock.jump(by_ns);
@@ -59,11 +63,14 @@ impl<P: Protocol> World<P> {
                 self.node_changed(node);
             }
             Fault::Pause { client, for_ns } => {
-                let c = &mut self.clients[client];
-                c.paused_until = c.paused_until.max(now + for_ns);
-                // A pause past the validity of a hold is the stalled-holder hazard.
-                if c.claim.is_some() && for_ns >= self.ttl_ns / 2 {
-                    self.broken.holder_stalled = true;
+                // The pause stops the whole process.
+                for c in self.process_slots(client) {
+                    let c = &mut self.clients[c];
+                    c.paused_until = c.paused_until.max(now + for_ns);
+                    // A pause past the validity of a hold is the stalled-holder hazard.
+                    if c.claim.is_some() && for_ns >= self.ttl_ns / 2 {
+                        self.broken.holder_stalled = true;
+                    }
                 }
             }
             Fault::Member {
@@ -100,7 +107,9 @@ impl<P: Protocol> World<P> {
                         );
                     }
                 }
-                self.expect_progress();
+                for name in 0..self.acquired_by_name.len() {
+                    self.expect_progress(name);
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::net::{Net, NetParams};
 use crate::oracle::{Broken, Oracle, Violation};
 use crate::rng::Rng;
+use crate::Slot;
 use crate::{Protocol, Server};
 
 mod clients;
@@ -52,6 +53,8 @@ pub struct World<P: Protocol> {
     hash: u64,
     events: u64,
     held_past_deadline_reported: u32,
+    /// Acquisitions per name, for the liveness check of each.
+    acquired_by_name: Vec<u64>,
     /// Commands a node keeps to answer later (watches): id -> (client, node, op).
     kept: std::collections::BTreeMap<u64, (usize, usize, lucky_core::OpId)>,
     next_kept: u64,
@@ -89,16 +92,28 @@ impl<P: Protocol> World<P> {
             })
             .collect();
         let (clo, chi) = work.client_ppm.unwrap_or((-ppm, ppm));
-        let clients: Vec<Client<P::Machine>> = (0..work.clients)
-            .map(|c| {
-                let m = protocol.machine(c, &mut machines);
-                let clock = Clock::new(
-                    draw_ppm(&mut clocks, clo, chi),
-                    clocks.range(0, 1 << 40) as i64,
-                );
-                Client::new(m, clock)
-            })
-            .collect();
+        let per = work.per_process.max(1);
+        assert!(
+            work.names <= 1 || protocol.many_names(),
+            "a workload over several names needs a protocol that locks them"
+        );
+        let mut clients: Vec<Client<P::Machine>> = Vec::with_capacity(work.clients);
+        for (p, first) in (0..work.clients).step_by(per).enumerate() {
+            // One clock per process, drawn as one client's was.
+            let clock = Clock::new(
+                draw_ppm(&mut clocks, clo, chi),
+                clocks.range(0, 1 << 40) as i64,
+            );
+            let slots: Vec<Slot> = (first..(first + per).min(work.clients))
+                .map(|client| Slot {
+                    client,
+                    name: client % work.names.max(1),
+                    process: p,
+                })
+                .collect();
+            let built = protocol.process_machines(&slots, &mut machines);
+            clients.extend(built.into_iter().map(|m| Client::new(m, clock)));
+        }
         let bound = i64::from(protocol.drift_ppm());
         let mut broken = Broken::default();
         let all: Vec<i64> = nodes
@@ -119,15 +134,16 @@ impl<P: Protocol> World<P> {
         let mut w = World {
             now: 0,
             queue: Queue::new(),
-            net: Net::new(work.clients, n, net, Rng::stream(seed, "net")),
+            net: Net::new(work.clients.div_ceil(per), n, net, Rng::stream(seed, "net")),
             clients,
             nodes,
             rng: Rng::stream(seed, "workload"),
-            oracle: Oracle::new(work.clients),
+            oracle: Oracle::new((0..work.clients).map(|c| c % work.names.max(1)).collect()),
+            acquired_by_name: vec![0; work.names.max(1)],
             broken,
             protocol: protocol.clone(),
             ttl_ns: protocol.ttl_ns(),
-            resource: Resource::new(protocol.fence_unchecked()),
+            resource: Resource::new(work.names, protocol.fence_unchecked()),
             must_stay_available: protocol.must_stay_available(),
             quiet: false,
             hash: 0xcbf2_9ce4_8422_2325 ^ seed,
@@ -274,9 +290,9 @@ impl<P: Protocol> World<P> {
                 self.mix([now, 8, 0]);
                 self.fault(f);
             }
-            Ev::Progress { acquired } => {
-                self.mix([now, 10, 0]);
-                self.check_progress(acquired);
+            Ev::Progress { name, acquired } => {
+                self.mix([now, 10, name as u64]);
+                self.check_progress(name, acquired);
             }
             Ev::Final => {
                 self.mix([now, 9, 0]);
@@ -285,6 +301,23 @@ impl<P: Protocol> World<P> {
             }
         }
         false
+    }
+
+    /// The process `client` runs in (its index for the network and for faults).
+    fn process(&self, client: usize) -> usize {
+        client / self.work.per_process.max(1)
+    }
+
+    /// The clients of `client`'s process (itself alone when each client is a process).
+    fn siblings(&self, client: usize) -> std::ops::Range<usize> {
+        self.process_slots(self.process(client))
+    }
+
+    /// The clients of process `p`.
+    fn process_slots(&self, p: usize) -> std::ops::Range<usize> {
+        let per = self.work.per_process.max(1);
+        let first = (p * per).min(self.clients.len());
+        first..(first + per).min(self.clients.len())
     }
 
     /// `client`'s clock now.

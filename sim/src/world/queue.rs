@@ -62,6 +62,7 @@ pub(super) enum Ev<C, R> {
         until: u64,
     },
     Progress {
+        name: usize,
         acquired: u64,
     },
     Final,

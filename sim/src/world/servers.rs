@@ -128,7 +128,8 @@ impl<P: Protocol> World<P> {
     /// Sends `reply` to `client` over the network (lost, late or twice, as links go).
     fn transmit_reply(&mut self, client: usize, node: usize, op: OpId, reply: Rep<P>) {
         let mut at = [0u64; 2];
-        let k = self.net.send(self.now, client, node, false, &mut at);
+        let process = self.process(client);
+        let k = self.net.send(self.now, process, node, false, &mut at);
         if k == 2 {
             let copy = reply.clone();
             self.push(

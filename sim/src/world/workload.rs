@@ -14,8 +14,16 @@ use super::World;
 /// The workload and timing of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
-    /// Clients contending for one lock name.
+    /// Clients: one lock each. With `per_process` above 1 these are a process's lock slots.
     pub clients: usize,
+    /// Lock names the clients spread over (1: they all contend for one). Slot `k` of
+    /// process `p` locks name `(p * per_process + k) % names`, so a process holds distinct
+    /// names and each name has `clients / names` contenders from different processes.
+    pub names: usize,
+    /// Clients per process (1: each client is a process of its own). A process's slots share
+    /// one clock and one network link, pause and crash together, and may share state (an
+    /// etcd session); a fault's `client` then names a process.
+    pub per_process: usize,
     /// Hold time: after it, the next acknowledged write is followed by release. `None`: hold
     /// (and keep writing) until the lock is lost.
     pub hold_ns: Option<(u64, u64)>,
@@ -26,9 +34,10 @@ pub struct Workload {
     /// Time from one acknowledged write to the next check and write, while holding (ns).
     pub write_every_ns: (u64, u64),
     /// Pause a holder right after it checked it holds the lock and before its write is sent
-    /// (the garbage-collection pause of Kleppmann's example), for this long (ns).
+    /// (the garbage-collection pause of Kleppmann's example), for this long (ns), until
+    /// faults stop.
     pub pause_after_check_ns: Option<u64>,
-    /// Only this client pauses after its check (None: every client).
+    /// Only this client (process) pauses after its check (None: every client).
     pub pause_only_client: Option<usize>,
     /// Cancel an acquisition in flight: with this probability (ppm), after a delay in the range
     /// (ns) from its start.
@@ -91,9 +100,15 @@ impl<P: Protocol> World<P> {
             self.push(now + d, Ev::Check { client, claim });
         }
         if room && current {
-            let pauses = self.work.pause_only_client.is_none_or(|c| c == client);
+            let process = self.process(client);
+            // A pause is a fault: none once faults stop.
+            let pauses = !self.quiet && self.work.pause_only_client.is_none_or(|c| c == process);
             if let (Some(p), true) = (self.work.pause_after_check_ns, pauses) {
-                self.clients[client].paused_until = now + p;
+                // The pause stops the whole process.
+                for c in self.siblings(client) {
+                    let c = &mut self.clients[c];
+                    c.paused_until = c.paused_until.max(now + p);
+                }
                 if p >= self.ttl_ns / 2 {
                     self.broken.holder_stalled = true;
                 }
@@ -131,14 +146,19 @@ impl<P: Protocol> World<P> {
         }
     }
 
-    /// The liveness bound passed since the lock came free with `acquired` acquisitions made.
-    pub(super) fn check_progress(&mut self, acquired: u64) {
+    /// The liveness bound passed since lock `name` came free with `acquired` acquisitions of
+    /// it made.
+    pub(super) fn check_progress(&mut self, name: usize, acquired: u64) {
         let now = self.now;
-        // Nobody acquired since the lock became free, nobody holds it, and someone
-        // still wants it: the lock is stuck.
-        let wanting = self.clients.iter().any(|c| c.work != Work::Stopped);
-        let held = (0..self.clients.len()).any(|c| self.oracle.open_claim(c).is_some());
-        if self.report.acquired == acquired && !held && wanting {
+        // Nobody acquired it since it became free, nobody holds it, and someone still
+        // wants it: the lock is stuck.
+        let wanting = self
+            .on_name(name)
+            .any(|c| self.clients[c].work != Work::Stopped);
+        let held = self
+            .on_name(name)
+            .any(|c| self.oracle.open_claim(c).is_some());
+        if self.acquired_by_name[name] == acquired && !held && wanting {
             let within = self.work.progress_within.unwrap_or(0);
             let since = now - within;
             self.oracle
@@ -162,6 +182,8 @@ impl<P: Protocol> World<P> {
         match e {
             Event::Acquired { valid_until, fence } => {
                 self.report.acquired += 1;
+                let name = self.name_of(c);
+                self.acquired_by_name[name] += 1;
                 let end = self.clients[c].clock.true_at(valid_until.as_nanos());
                 let claim = self.oracle.acquired(c, now, end, fence.map(|f| f.get()));
                 self.clients[c].claim = Some(claim);
@@ -185,7 +207,7 @@ impl<P: Protocol> World<P> {
                 // lock may be freed from now on, for example when a session lock's holder
                 // ends the session it no longer trusts).
                 self.oracle.ended(c, now, true);
-                self.expect_progress();
+                self.expect_progress(self.name_of(c));
                 self.clients[c].claim = None;
                 self.clients[c].work = Work::Releasing;
             }
@@ -213,14 +235,26 @@ impl<P: Protocol> World<P> {
         }
     }
 
-    /// Once faults stopped, whenever the lock is free, someone must acquire it within the
+    /// Once faults stopped, whenever lock `name` is free, someone must acquire it within the
     /// liveness bound (checked by a `Progress` event).
-    pub(super) fn expect_progress(&mut self) {
-        let held = (0..self.clients.len()).any(|c| self.oracle.open_claim(c).is_some());
+    pub(super) fn expect_progress(&mut self, name: usize) {
+        let held = self
+            .on_name(name)
+            .any(|c| self.oracle.open_claim(c).is_some());
         if let (true, false, Some(within)) = (self.quiet, held, self.work.progress_within) {
-            let acquired = self.report.acquired;
-            self.push(self.now + within, Ev::Progress { acquired });
+            let acquired = self.acquired_by_name[name];
+            self.push(self.now + within, Ev::Progress { name, acquired });
         }
+    }
+
+    /// The lock name client `c` takes.
+    pub(super) fn name_of(&self, c: usize) -> usize {
+        c % self.work.names.max(1)
+    }
+
+    /// The clients that take lock `name`.
+    fn on_name(&self, name: usize) -> impl Iterator<Item = usize> {
+        (name..self.clients.len()).step_by(self.work.names.max(1))
     }
 
     /// Client `c` thinks for a while before its next cycle.
@@ -257,7 +291,7 @@ impl<P: Protocol> World<P> {
             }
             Work::Holding => {
                 self.oracle.ended(c, self.now, true);
-                self.expect_progress();
+                self.expect_progress(self.name_of(c));
                 self.clients[c].claim = None;
                 self.clients[c].work = Work::Releasing;
                 if self.clients[c].m.release(local).is_ok() {
@@ -274,7 +308,7 @@ impl<P: Protocol> World<P> {
             self.dead[client] = true;
             if self.clients[client].claim.take().is_some() {
                 self.oracle.ended(client, self.now, false);
-                self.expect_progress();
+                self.expect_progress(self.name_of(client));
             }
             self.clients[client].work = Work::Stopped;
             self.maybe_final();
