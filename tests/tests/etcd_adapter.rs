@@ -489,3 +489,86 @@ async fn a_lock_taken_after_a_failed_try_on_the_same_name_is_held() {
         guard.release().await.unwrap();
     }
 }
+
+/// One of etcd's own gauges, read from its `/metrics` page on `port`.
+fn etcd_gauge(port: u16, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in etcd's metrics"))
+}
+
+/// Polls `gauge` until `ok` holds (5 s at most); returns its last reading.
+async fn gauge_until(port: u16, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let mut v = etcd_gauge(port, name);
+    for _ in 0..100 {
+        if ok(v) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = etcd_gauge(port, name);
+    }
+    v
+}
+
+/// The waiting locks of a client share one watch stream (etcd's own gauges say how many
+/// streams and watchers it serves); a waiter that gives up cancels its watch on the server,
+/// and so does a waiter woken by the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_one_watch_stream_and_cancel_their_watches() {
+    let Some(server) = EtcdProcess::start(23_798) else {
+        return;
+    };
+    let port = server.port;
+    let holder = Etcd::connect([server.endpoint()]).await.unwrap();
+    let names: Vec<String> = (0..40).map(|i| unique(&format!("shared-watch-{i}"))).collect();
+    let mut held = Vec::new();
+    for n in &names {
+        held.push(holder.lock(n).await.unwrap());
+    }
+    let waiter = std::sync::Arc::new(Etcd::connect([server.endpoint()]).await.unwrap());
+    let mut waiting = Vec::new();
+    for n in &names {
+        let (w, n) = (waiter.clone(), n.clone());
+        waiting.push(tokio::spawn(async move {
+            w.lock(&n).wait(Duration::from_secs(30)).await
+        }));
+    }
+    let watchers = gauge_until(port, "etcd_debugging_mvcc_watcher_total", |v| v >= 40.0).await;
+    assert_eq!(watchers, 40.0, "one watcher per waiting lock");
+    let streams = etcd_gauge(port, "etcd_debugging_mvcc_watch_stream_total");
+    assert_eq!(streams, 1.0, "40 waiters of one client on {streams} watch streams");
+    // Ten give up: their watches go from the server.
+    for w in waiting.drain(30..) {
+        w.abort();
+        assert!(w.await.unwrap_err().is_cancelled());
+    }
+    let watchers = gauge_until(port, "etcd_debugging_mvcc_watcher_total", |v| v <= 30.0).await;
+    assert_eq!(watchers, 30.0, "the abandoned waiters' watches stayed");
+    // The releases wake the rest, each with a higher fence, and their watches go too.
+    let top = held.iter().filter_map(lucky::Guard::fence).max().unwrap();
+    for g in held {
+        g.release().await.unwrap();
+    }
+    let mut got = Vec::new();
+    for w in waiting {
+        let g = w.await.unwrap().unwrap();
+        assert!(g.fence().unwrap() > top);
+        got.push(g);
+    }
+    let watchers = gauge_until(port, "etcd_debugging_mvcc_watcher_total", |v| v == 0.0).await;
+    assert_eq!(watchers, 0.0, "answered watches stayed on the server");
+    for g in got {
+        g.release().await.unwrap();
+    }
+    assert!(waiter.close(Duration::from_secs(5)).await);
+    assert!(holder.close(Duration::from_secs(5)).await);
+}

@@ -40,6 +40,7 @@
 
 mod session;
 mod transport;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -212,6 +213,8 @@ impl Etcd {
                 .await
                 .unwrap_or(false);
         }
+        // The shared watch streams end with their last waiters.
+        self.cluster.hubs.close();
         done && revoked && closed
     }
 
@@ -338,6 +341,7 @@ impl sealed::Client for Etcd {
             health: Mutex::new(Endpoints::new(b.targets.len(), FAILED_COOLDOWN)),
             tasks: Arc::default(),
             gate: driver::Gate::new(b.max_in_flight),
+            hubs: watch::Hubs::new(b.targets.len()),
             opts,
             endpoints,
             clock,

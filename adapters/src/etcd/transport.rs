@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, SortOrder,
-    SortTarget, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget,
+    TxnOp, TxnOpResponse,
 };
 use lucky_core::endpoints::{Endpoints, Resend};
 use lucky_core::etcd::{Command, Reply, SessionView};
@@ -47,6 +47,8 @@ pub(super) struct Cluster {
     pub(super) tasks: Arc<driver::Tasks>,
     /// First attempts in flight on the client's connection, at most.
     pub(super) gate: driver::Gate,
+    /// Per member, the watch stream every waiting lock shares.
+    pub(super) hubs: super::watch::Hubs,
 }
 
 /// One lock's way to the cluster: a request's tries across members fit in the machine's own
@@ -151,7 +153,7 @@ impl Cluster {
             .unwrap_or_else(|| first.clone())
     }
 
-    fn mark_failed(&self, i: usize) {
+    pub(super) fn mark_failed(&self, i: usize) {
         self.health().failed(i, self.clock.now());
         self.members[i].failed.notify_waiters();
     }
@@ -199,12 +201,18 @@ impl Cluster {
         }
     }
 
-    /// Watches `key` from revision `from` on one member until it is deleted. Not resent: a
-    /// watch whose member fails ends "unavailable", and the machine reads the queue again
-    /// (elsewhere) before it watches anew. A silent member is found by progress requests:
-    /// after `probe` without a word, one is sent, and another `probe` without an answer ends
-    /// the watch.
-    async fn watch(&self, key: Bytes, prefix: bool, from: i64, probe: Duration) -> Reply {
+    /// Watches `key` from revision `from` on one member until it is deleted, on the client's
+    /// watch stream to that member (`watch.rs`). Not resent: a watch whose member fails ends
+    /// "unavailable", and the machine reads the queue again (elsewhere) before it watches
+    /// anew. A silent member is found by progress requests: after `probe` without a word,
+    /// one is sent, and another `probe` without an answer ends the stream's watches.
+    async fn watch(
+        self: &Arc<Self>,
+        key: Bytes,
+        prefix: bool,
+        from: i64,
+        probe: Duration,
+    ) -> Reply {
         let now = self.clock.now();
         let picked = {
             let mut health = self.health();
@@ -214,76 +222,7 @@ impl Cluster {
         let Some((i, _)) = picked else {
             return Reply::Unavailable("no member to watch on".into());
         };
-        let member = &self.members[i];
-        let failed = member.failed.notified();
-        tokio::pin!(failed);
-        failed.as_mut().enable();
-        let mut opts = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
-        if prefix {
-            opts = opts.with_prefix();
-        }
-        let open = async {
-            let mut c = member.client(&self.opts).await?;
-            c.watch(key.to_vec(), Some(opts)).await
-        };
-        let mut stream = match tokio::time::timeout(probe, open).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
-            Err(_) => {
-                return self.watch_failed(i, Reply::Unavailable("watch not opened in time".into()))
-            }
-        };
-        let mut asked = false;
-        loop {
-            let message = tokio::select! {
-                biased;
-                () = &mut failed => {
-                    return Reply::Unavailable(format!("{} failed a request", member.endpoint));
-                }
-                m = tokio::time::timeout(probe, stream.message()) => m,
-            };
-            let r = match message {
-                Err(_) if asked => {
-                    let why = format!("{} left a progress request unanswered", member.endpoint);
-                    return self.watch_failed(i, Reply::Unavailable(why));
-                }
-                Err(_) => {
-                    asked = true;
-                    if let Err(e) = stream.request_progress().await {
-                        return self.watch_failed(i, error_reply(e));
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => return self.watch_failed(i, error_reply(e)),
-                Ok(Ok(None)) => {
-                    return self.watch_failed(i, Reply::Unavailable("watch stream closed".into()))
-                }
-                Ok(Ok(Some(r))) => r,
-            };
-            asked = false;
-            if r.compact_revision() > 0 {
-                return Reply::Compacted;
-            }
-            if r.canceled() {
-                let why = format!("watch canceled: {}", r.cancel_reason());
-                return self.watch_failed(i, Reply::Unavailable(why));
-            }
-            if r.events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
-                return Reply::Deleted;
-            }
-        }
-    }
-
-    fn watch_failed(&self, i: usize, reply: Reply) -> Reply {
-        if matches!(reply, Reply::Unavailable(_)) {
-            self.mark_failed(i);
-        }
-        reply
+        self.watch_on(i, key, prefix, from, probe).await
     }
 }
 
@@ -423,7 +362,7 @@ async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client
     })
 }
 
-fn error_reply(e: etcd_client::Error) -> Reply {
+pub(super) fn error_reply(e: etcd_client::Error) -> Reply {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             if s.message().contains("lease not found") {
