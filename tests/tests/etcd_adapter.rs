@@ -529,7 +529,9 @@ async fn waiters_share_one_watch_stream_and_cancel_their_watches() {
     };
     let port = server.port;
     let holder = Etcd::connect([server.endpoint()]).await.unwrap();
-    let names: Vec<String> = (0..40).map(|i| unique(&format!("shared-watch-{i}"))).collect();
+    let names: Vec<String> = (0..40)
+        .map(|i| unique(&format!("shared-watch-{i}")))
+        .collect();
     let mut held = Vec::new();
     for n in &names {
         held.push(holder.lock(n).await.unwrap());
@@ -545,7 +547,10 @@ async fn waiters_share_one_watch_stream_and_cancel_their_watches() {
     let watchers = gauge_until(port, "etcd_debugging_mvcc_watcher_total", |v| v >= 40.0).await;
     assert_eq!(watchers, 40.0, "one watcher per waiting lock");
     let streams = etcd_gauge(port, "etcd_debugging_mvcc_watch_stream_total");
-    assert_eq!(streams, 1.0, "40 waiters of one client on {streams} watch streams");
+    assert_eq!(
+        streams, 1.0,
+        "40 waiters of one client on {streams} watch streams"
+    );
     // Ten give up: their watches go from the server.
     for w in waiting.drain(30..) {
         w.abort();

@@ -335,7 +335,7 @@ impl sealed::Client for Etcd {
                 .map(|e| Member {
                     endpoint: e.clone(),
                     client: tokio::sync::OnceCell::new(),
-                    failed: tokio::sync::Notify::new(),
+                    failed: Arc::default(),
                 })
                 .collect(),
             health: Mutex::new(Endpoints::new(b.targets.len(), FAILED_COOLDOWN)),

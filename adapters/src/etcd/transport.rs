@@ -26,7 +26,7 @@ pub(super) struct Member {
     pub(super) endpoint: String,
     pub(super) client: tokio::sync::OnceCell<Client>,
     /// Woken when a request to this member failed: watches on it end and move elsewhere.
-    pub(super) failed: tokio::sync::Notify,
+    pub(super) failed: Arc<tokio::sync::Notify>,
 }
 
 impl Member {

@@ -7,9 +7,9 @@
 //! the queue again elsewhere, as it does when its own stream fails. With no watch for a while
 //! the task closes the stream and ends; the next watch opens a new one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,9 +22,11 @@ use super::transport::{error_reply, Cluster};
 /// How long a stream with no watch on it stays open for the next one.
 const IDLE_CLOSE: Duration = Duration::from_secs(10);
 
+type Slot = Mutex<Option<Arc<Hub>>>;
+
 /// Per member, the stream task's handle while it runs.
 #[derive(Default)]
-pub(super) struct Hubs(Vec<Mutex<Option<Arc<Hub>>>>);
+pub(super) struct Hubs(Vec<Slot>);
 
 impl Hubs {
     /// No stream yet for each of `members` members.
@@ -32,12 +34,18 @@ impl Hubs {
         Hubs((0..members).map(|_| Mutex::new(None)).collect())
     }
 
-    /// Ends every stream task (the client closes): their watches end "unavailable".
+    /// Ends every stream (the client closes): their watches end "unavailable".
     pub(super) fn close(&self) {
         for slot in &self.0 {
-            slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(hub) = lock(slot).take() {
+                let _ = hub.asks.send(Ask::Close);
+            }
         }
     }
+}
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Hub>>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The handle to one member's stream task.
@@ -55,6 +63,14 @@ enum Ask {
         reply: oneshot::Sender<Reply>,
     },
     Cancel(i64),
+    Close,
+}
+
+/// What the stream's writer sends, in order.
+enum Write {
+    Watch(i64, Bytes, WatchOptions),
+    Cancel(i64),
+    Progress,
 }
 
 /// Cancels a watch whose waiter stopped waiting (its future dropped), so the server drops
@@ -91,33 +107,47 @@ impl Cluster {
         if prefix {
             opts = opts.with_prefix();
         }
-        let hub = self.hub(i, probe);
-        let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        let ask = Ask::Watch {
-            id,
+        let mut ask = Ask::Watch {
+            id: 0,
             key,
             opts,
             reply,
         };
-        if hub.asks.send(ask).is_err() {
-            return Reply::Unavailable("the watch stream ended".into());
+        // A stream that closed for idleness between our finding it and our asking refuses
+        // the ask: the next one opens a new stream.
+        for _ in 0..2 {
+            let hub = self.hub(i, probe);
+            let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Ask::Watch { id: slot, .. } = &mut ask {
+                *slot = id;
+            }
+            match hub.asks.send(ask) {
+                Ok(()) => {
+                    let mut cancel = CancelOnDrop {
+                        hub,
+                        id,
+                        answered: false,
+                    };
+                    let reply = answer.await.unwrap_or_else(|_| {
+                        Reply::Unavailable(format!("{}: watch stream ended", self.endpoint(i)))
+                    });
+                    cancel.answered = true;
+                    return reply;
+                }
+                Err(refused) => ask = refused.0,
+            }
         }
-        let mut cancel = CancelOnDrop {
-            hub,
-            id,
-            answered: false,
-        };
-        let reply = answer
-            .await
-            .unwrap_or_else(|_| Reply::Unavailable("the watch stream ended".into()));
-        cancel.answered = true;
-        reply
+        Reply::Unavailable(format!("{}: no watch stream", self.endpoint(i)))
+    }
+
+    fn endpoint(&self, i: usize) -> &str {
+        &self.members[i].endpoint
     }
 
     /// Member `i`'s stream task, started if none runs.
     fn hub(self: &Arc<Self>, i: usize, probe: Duration) -> Arc<Hub> {
-        let mut slot = self.hubs.0[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.hubs.0[i]);
         if let Some(hub) = slot.as_ref().filter(|h| !h.asks.is_closed()) {
             return hub.clone();
         }
@@ -127,7 +157,13 @@ impl Cluster {
             next_id: AtomicI64::new(1),
         });
         *slot = Some(hub.clone());
-        tokio::spawn(run(self.clone(), i, probe, rx));
+        tokio::spawn(run(
+            Arc::downgrade(self),
+            Arc::downgrade(&hub),
+            i,
+            probe,
+            rx,
+        ));
         hub
     }
 }
@@ -157,7 +193,8 @@ impl Waiters {
 enum End {
     /// No watch for a while, or the client closed.
     Closed,
-    /// The stream failed (`mark`: the member is to be passed over; false when it already is).
+    /// The stream failed (`mark`: the member is to be passed over; false when it already is,
+    /// or when the error says nothing of its availability).
     Failed { why: String, mark: bool },
 }
 
@@ -168,16 +205,29 @@ fn failed(why: impl Into<String>) -> End {
     }
 }
 
+/// The end for an error of the client library.
+fn client_error(endpoint: &str, e: etcd_client::Error) -> End {
+    match error_reply(e) {
+        Reply::Unavailable(why) => failed(format!("{endpoint}: {why}")),
+        other => End::Failed {
+            why: format!("{endpoint}: {other:?}"),
+            mark: false,
+        },
+    }
+}
+
 /// One member's stream task: runs until the member or the stream fails, the stream stays
-/// without a watch for [`IDLE_CLOSE`], or the client closes.
+/// without a watch for [`IDLE_CLOSE`], or the client closes. It holds the client weakly, so
+/// a client dropped without `close` takes its streams with it.
 async fn run(
-    cluster: Arc<Cluster>,
+    cluster: Weak<Cluster>,
+    hub: Weak<Hub>,
     i: usize,
     probe: Duration,
     mut asks: mpsc::UnboundedReceiver<Ask>,
 ) {
     let mut waiters = Waiters(BTreeMap::new());
-    let end = serve(&cluster, i, probe, &mut asks, &mut waiters).await;
+    let end = serve(&cluster, &hub, i, probe, &mut asks, &mut waiters).await;
     asks.close();
     // Asks that came in as the stream ended are failed with the rest.
     while let Ok(ask) = asks.try_recv() {
@@ -189,7 +239,7 @@ async fn run(
         End::Closed => waiters.fail_all("the watch stream closed"),
         End::Failed { why, mark } => {
             tracing::debug!(%why, "watch stream failed");
-            if mark {
+            if let (true, Some(cluster)) = (mark, cluster.upgrade()) {
                 cluster.mark_failed(i);
             }
             waiters.fail_all(&why);
@@ -197,22 +247,21 @@ async fn run(
     }
 }
 
-/// Serves the stream until it ends.
+/// Serves the stream until it ends. A writer task sends the stream's requests from a queue
+/// of its own, so this loop never waits on a send: the server blocks its reads while our
+/// replies sit unread, and a reader waiting to send would deadlock with it.
 async fn serve(
-    cluster: &Cluster,
+    cluster: &Weak<Cluster>,
+    hub: &Weak<Hub>,
     i: usize,
     probe: Duration,
     asks: &mut mpsc::UnboundedReceiver<Ask>,
     waiters: &mut Waiters,
 ) -> End {
-    let member = &cluster.members[i];
-    let failed_request = member.failed.notified();
-    tokio::pin!(failed_request);
-    failed_request.as_mut().enable();
     // The stream opens with the first watch.
     let (id, key, opts) = loop {
         match asks.recv().await {
-            None => return End::Closed,
+            None | Some(Ask::Close) => return End::Closed,
             Some(Ask::Watch {
                 id,
                 key,
@@ -225,16 +274,34 @@ async fn serve(
             Some(Ask::Cancel(_)) => {}
         }
     };
+    let (endpoint, member_failed, connect) = {
+        let Some(c) = cluster.upgrade() else {
+            return End::Closed;
+        };
+        let member = &c.members[i];
+        let failed = member.failed.clone().notified_owned();
+        let connect = {
+            let c = c.clone();
+            async move { c.members[i].client(&c.opts).await }
+        };
+        (member.endpoint.clone(), failed, connect)
+    };
+    tokio::pin!(member_failed);
+    member_failed.as_mut().enable();
     let open = async {
-        let mut c = member.client(&cluster.opts).await?;
+        let mut c = connect.await?;
         c.watch(key.to_vec(), Some(opts.with_watch_id(id))).await
     };
-    let (mut sender, mut stream) = match tokio::time::timeout(probe, open).await {
+    let (sender, mut stream) = match tokio::time::timeout(probe, open).await {
         Ok(Ok(s)) => s.split(),
-        Ok(Err(e)) => return failed(reply_text(error_reply(e))),
-        Err(_) => return failed("watch not opened in time"),
+        Ok(Err(e)) => return client_error(&endpoint, e),
+        Err(_) => return failed(format!("{endpoint}: watch not opened in time")),
     };
-    let endpoint = &member.endpoint;
+    let (writes, write_failed) = writer(sender);
+    tokio::pin!(write_failed);
+    // The creates the server has not answered yet, in the order sent: it answers them in
+    // that order, a refused one under watch id -1.
+    let mut creating = VecDeque::from([id]);
     // Since when the stream has been silent (reset by every message and by a progress
     // request); a waiter that comes to an empty stream starts the count.
     let mut quiet_since = tokio::time::Instant::now();
@@ -246,55 +313,54 @@ async fn serve(
             probe
         };
         tokio::select! {
-            biased;
-            () = &mut failed_request => {
-                return End::Failed { why: format!("{endpoint} failed a request"), mark: false };
+            () = &mut member_failed => {
+                let why = format!("{endpoint} failed a request");
+                return End::Failed { why, mark: false };
+            }
+            e = &mut write_failed => {
+                return match e {
+                    Ok(e) => client_error(&endpoint, e),
+                    Err(_) => failed(format!("{endpoint}: watch stream closed")),
+                };
             }
             ask = asks.recv() => match ask {
-                None => return End::Closed,
+                None | Some(Ask::Close) => return End::Closed,
                 Some(Ask::Watch { id, key, opts, reply }) => {
                     if waiters.0.is_empty() {
                         quiet_since = tokio::time::Instant::now();
                     }
                     waiters.0.insert(id, reply);
-                    if let Err(e) = sender.watch(key.to_vec(), Some(opts.with_watch_id(id))).await {
-                        return failed(reply_text(error_reply(e)));
-                    }
+                    creating.push_back(id);
+                    let _ = writes.send(Write::Watch(id, key, opts));
                 }
                 Some(Ask::Cancel(id)) => {
                     if waiters.0.remove(&id).is_some() {
-                        if let Err(e) = sender.cancel(id).await {
-                            return failed(reply_text(error_reply(e)));
-                        }
+                        let _ = writes.send(Write::Cancel(id));
                     }
                 }
             },
             message = tokio::time::timeout_at(quiet_since + silence, stream.message()) => {
                 match message {
-                    Err(_) if waiters.0.is_empty() => return End::Closed,
+                    Err(_) if waiters.0.is_empty() => {
+                        if idle_close(cluster, hub, i, asks) {
+                            return End::Closed;
+                        }
+                    }
                     Err(_) if asked => {
                         return failed(format!("{endpoint} left a progress request unanswered"));
                     }
                     Err(_) => {
                         asked = true;
                         quiet_since = tokio::time::Instant::now();
-                        if let Err(e) = sender.request_progress().await {
-                            return failed(reply_text(error_reply(e)));
-                        }
+                        let _ = writes.send(Write::Progress);
                     }
-                    Ok(Err(e)) => return failed(reply_text(error_reply(e))),
-                    Ok(Ok(None)) => return failed("watch stream closed"),
+                    Ok(Err(e)) => return client_error(&endpoint, e),
+                    Ok(Ok(None)) => return failed(format!("{endpoint}: watch stream closed")),
                     Ok(Ok(Some(r))) => {
                         asked = false;
                         quiet_since = tokio::time::Instant::now();
-                        match dispatch(&r, waiters) {
-                            Dispatch::Nothing => {}
-                            Dispatch::CancelOnServer(id) => {
-                                if let Err(e) = sender.cancel(id).await {
-                                    return failed(reply_text(error_reply(e)));
-                                }
-                            }
-                            Dispatch::Failed(why) => return failed(why),
+                        if let Some(id) = dispatch(&r, waiters, &mut creating) {
+                            let _ = writes.send(Write::Cancel(id));
                         }
                     }
                 }
@@ -303,42 +369,89 @@ async fn serve(
     }
 }
 
-enum Dispatch {
-    Nothing,
-    /// The watch was answered; the server still has it.
-    CancelOnServer(i64),
-    /// The server cancelled a watch for a reason of its own: the member is suspect.
-    Failed(String),
+/// Ends the stream if nobody asked for a watch meanwhile: under the slot's lock, so an ask
+/// either came before (and is served) or finds the stream closed (and opens a new one).
+fn idle_close(
+    cluster: &Weak<Cluster>,
+    hub: &Weak<Hub>,
+    i: usize,
+    asks: &mut mpsc::UnboundedReceiver<Ask>,
+) -> bool {
+    let Some(c) = cluster.upgrade() else {
+        return true;
+    };
+    let mut slot = lock(&c.hubs.0[i]);
+    if !asks.is_empty() {
+        return false;
+    }
+    if slot
+        .as_ref()
+        .is_some_and(|h| std::ptr::eq(Arc::as_ptr(h), hub.as_ptr()))
+    {
+        *slot = None;
+    }
+    asks.close();
+    true
 }
 
-/// Answers the waiter a response is for.
-fn dispatch(r: &WatchResponse, waiters: &mut Waiters) -> Dispatch {
+/// The stream's writer: sends what it is given, in order, until the stream fails (the error
+/// comes out of the returned receiver) or the queue's sender is dropped.
+fn writer(
+    mut sender: etcd_client::WatchRequestSender,
+) -> (
+    mpsc::UnboundedSender<Write>,
+    oneshot::Receiver<etcd_client::Error>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (fail, failed) = oneshot::channel();
+    tokio::spawn(async move {
+        while let Some(w) = rx.recv().await {
+            let sent = match w {
+                Write::Watch(id, key, opts) => {
+                    sender
+                        .watch(key.to_vec(), Some(opts.with_watch_id(id)))
+                        .await
+                }
+                Write::Cancel(id) => sender.cancel(id).await,
+                Write::Progress => sender.request_progress().await,
+            };
+            if let Err(e) = sent {
+                let _ = fail.send(e);
+                return;
+            }
+        }
+    });
+    (tx, failed)
+}
+
+/// Answers the waiter a response is for; returns a watch to cancel on the server (answered,
+/// or ended by compaction, it is still there).
+fn dispatch(r: &WatchResponse, waiters: &mut Waiters, creating: &mut VecDeque<i64>) -> Option<i64> {
     let id = r.watch_id();
+    if r.created() {
+        let ours = creating.pop_front();
+        if r.canceled() {
+            // Refused (an expired token, say): the server names no id, but answers the
+            // creates in order. The waiter reads the queue again.
+            if let Some(ours) = ours {
+                let why = format!("watch refused: {}", r.cancel_reason());
+                waiters.answer(ours, Reply::Error(why));
+            }
+            return None;
+        }
+    }
     if r.compact_revision() > 0 {
-        // The server cancelled it: the waiter reads the queue again.
+        // The waiter reads the queue again; the server keeps the watcher until cancelled.
         waiters.answer(id, Reply::Compacted);
-        return Dispatch::Nothing;
+        return Some(id);
     }
     if r.canceled() {
-        if waiters.0.contains_key(&id) {
-            return Dispatch::Failed(format!("watch canceled: {}", r.cancel_reason()));
-        }
         // Our own cancel, confirmed.
-        return Dispatch::Nothing;
+        return None;
     }
     let deleted = r
         .events()
         .iter()
         .any(|e| e.event_type() == EventType::Delete);
-    if deleted && waiters.answer(id, Reply::Deleted) {
-        return Dispatch::CancelOnServer(id);
-    }
-    Dispatch::Nothing
-}
-
-fn reply_text(reply: Reply) -> String {
-    match reply {
-        Reply::Unavailable(why) | Reply::Error(why) => why,
-        other => format!("{other:?}"),
-    }
+    (deleted && waiters.answer(id, Reply::Deleted)).then_some(id)
 }

@@ -7,7 +7,8 @@
 //! on the servers after the process released everything and closed its client.
 //! `LUCKY_SCALE_BACKENDS` picks the backends (default `redis,etcd`), `LUCKY_SCALE_TTL_SECS`
 //! the ttl (default 6), `LUCKY_SCALE_ROUNDS` the rounds (default 3; the summary gives the
-//! median times, the total failures and the worst memory and leftovers).
+//! median times, the total failures and the worst memory and leftovers). `LUCKY_SCALE_SIZES=1`
+//! also prints which allocation sizes the held locks' bytes are in.
 //! Run: `cargo run --release -p lucky-tests --bin scale-bench`. The last line is a summary.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // a benchmark reads the clock
 
@@ -43,6 +44,49 @@ struct Counting;
 
 static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
+/// Live allocations by size, in 8-byte classes up to 4 KiB (the last class holds the rest):
+/// where the bytes per held lock go (`LUCKY_SCALE_SIZES=1` prints the largest shares).
+static SIZES: [std::sync::atomic::AtomicI64; 513] =
+    [const { std::sync::atomic::AtomicI64::new(0) }; 513];
+
+fn size_class(size: usize) -> usize {
+    size.div_ceil(8).min(512)
+}
+
+fn count(size: usize, by: i64) {
+    SIZES[size_class(size)].fetch_add(by, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Live allocations per size class now.
+fn sizes() -> Vec<i64> {
+    SIZES
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .collect()
+}
+
+/// Prints the size classes that grew most in bytes between `before` and now, per held lock.
+fn print_size_shares(before: &[i64], held: f64) {
+    let now = sizes();
+    let mut grew: Vec<(usize, i64)> = now
+        .iter()
+        .zip(before)
+        .enumerate()
+        .map(|(class, (a, b))| (class, a - b))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    grew.sort_by_key(|&(class, d)| std::cmp::Reverse(d * class as i64));
+    for (class, d) in grew.into_iter().take(16) {
+        let top = class * 8;
+        println!(
+            "  allocations of {}-{top} bytes: {:.2} per held lock, about {:.0} bytes",
+            top.saturating_sub(7),
+            d as f64 / held,
+            (d * top as i64) as f64 / held
+        );
+    }
+}
+
 // SAFETY: every call goes to `System` unchanged; only a counter is updated beside it. The
 // one unsafe item of the workspace, in a benchmark binary no user links.
 #[allow(unsafe_code)]
@@ -51,12 +95,14 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         let p = unsafe { std::alloc::System.alloc(layout) };
         if !p.is_null() {
             LIVE.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+            count(layout.size(), 1);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         unsafe { std::alloc::System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        count(layout.size(), -1);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
@@ -65,6 +111,8 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
                 new as i64 - layout.size() as i64,
                 std::sync::atomic::Ordering::Relaxed,
             );
+            count(layout.size(), -1);
+            count(new, 1);
         }
         p
     }
@@ -216,7 +264,7 @@ where
     let pid = std::process::id();
     let names: Vec<String> = (0..n).map(|i| format!("scale/{pid}/{i}")).collect();
     let ttl = Duration::from_secs(env_num("LUCKY_SCALE_TTL_SECS", 6));
-    let (before, heap_before) = (rss(), heap());
+    let (before, heap_before, sizes_before) = (rss(), heap(), sizes());
     let (guards, failed, first_error, took) = burst(&names, |name| {
         let l = locks.clone();
         async move { l.acquire(&name, ttl, lucky::WaitFor::No).await }
@@ -224,6 +272,9 @@ where
     .await;
     let held = guards.len().max(1) as f64;
     let bytes_per_lock = (heap() - heap_before).max(0) as f64 / held;
+    if std::env::var("LUCKY_SCALE_SIZES").is_ok_and(|v| v == "1") {
+        print_size_shares(&sizes_before, held);
+    }
     let rss_per_lock = rss().saturating_sub(before) as f64 / held;
     let (cpu_per_lock_sec, lost_while_held) = hold(&guards, hold_secs).await;
     release_all(guards).await;
