@@ -309,9 +309,10 @@ where
             }
             None => return Err(Error::DriverGone),
         };
-        let driver = pending.0.take().ok_or(Error::DriverGone)?;
+        let mut driver = pending.0.take().ok_or(Error::DriverGone)?;
         match outcome {
             Ok(fence) => {
+                driver.trim();
                 // A hold with nothing to send before its deadline (no renewal) needs no
                 // task: the guard keeps the driver and runs it when asked.
                 let key = driver.machine.held_key();
@@ -534,6 +535,18 @@ where
         Poll::Pending
     }
 
+    /// Gives back the buffers of a round that is over while the lock is held: a held lock
+    /// may wait hours for its next round, and thousands of them are held at once.
+    fn trim(&mut self) {
+        if matches!(self.machine.state(), State::Held { .. }) {
+            // What stays in flight while held (an etcd lock's long-poll) keeps its place.
+            self.inflight.shrink_to_fit();
+            self.steps.shrink_to_fit();
+            self.answered.shrink_to_fit();
+            self.machine.shrink();
+        }
+    }
+
     /// Hands out everything the machine emitted: commands to the transport, events to the
     /// guard's state and the step queue.
     fn drain(&mut self) {
@@ -645,7 +658,11 @@ where
         let mut extending: Vec<oneshot::Sender<Extension>> = Vec::new();
         let mut guard_open = true;
         let mut drain_until: Option<tokio::time::Instant> = None;
+        // Boxed, and made only for the grace period: the task's state stays small for the
+        // hours a lock may be held.
+        let mut grace_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            self.trim();
             // Done, nobody waiting, and no guard that could still ask: the task ends once the
             // commands still in flight (cleanup the machine sent without waiting) are out, or
             // after a grace period if a server does not answer them.
@@ -663,6 +680,9 @@ where
                     break;
                 }
                 grace = Some(until);
+            }
+            if let (Some(until), None) = (grace, &grace_sleep) {
+                grace_sleep = Some(Box::pin(tokio::time::sleep_until(until)));
             }
             tokio::select! {
                 biased;
@@ -697,7 +717,7 @@ where
                 c = ctl.recv(), if guard_open => match c {
                     Some(Control::Release(w)) => {
                         waiters.push(w);
-                        self.take_slot().await;
+                        Box::pin(self.take_slot()).await;
                         let _ = self.machine.release(self.clock.now());
                     }
                     Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
@@ -712,11 +732,16 @@ where
                     None => {
                         // The guard was dropped: release in the background.
                         guard_open = false;
-                        self.take_slot().await;
+                        Box::pin(self.take_slot()).await;
                         let _ = self.machine.release(self.clock.now());
                     }
                 },
-                () = sleep_until(grace) => {}
+                () = async {
+                    match grace_sleep.as_mut().filter(|_| grace.is_some()) {
+                        Some(sleep) => sleep.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
         end_hold(&self.shared, End::Released);
@@ -808,14 +833,6 @@ enum Step {
     Released(Vec<NodeOutcome>),
     /// The outcome of an extension: the new deadline, or why not (`None`: no longer held).
     Extension(Result<lucky_core::Instant, Option<LockError>>),
-}
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Ends the hold (once) and wakes whoever waits in `Guard::lost()`.

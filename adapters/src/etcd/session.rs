@@ -308,4 +308,9 @@ impl LockMachine for SharedLock {
     fn held_key(&self) -> Option<Bytes> {
         self.lock.held_key()
     }
+
+    fn shrink(&mut self) {
+        self.lock.shrink();
+        self.out.shrink_to_fit();
+    }
 }

@@ -120,21 +120,32 @@ impl Transport for Route {
             (Some(s), Command::KeepAlive { lease: LONG_POLL }) => Some(s.clone()),
             _ => None,
         };
-        async move {
-            if let Some((watch, told)) = long_poll {
-                // Every held lock keeps one of these in flight: kept small, apart from the
-                // request futures (boxed below only when sent), which are many times larger.
-                changed(watch, &told).await;
-                return Reply::Done;
-            }
-            let request: std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> =
-                match command {
+        // Every held lock keeps its long-poll in flight: it carries neither the command nor a
+        // request's state, which are many times larger (a request is boxed on its own).
+        let request: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>> =
+            match (&long_poll, command) {
+                (Some(_), _) => None,
+                (
+                    None,
                     Command::WaitDelete {
                         key, prefix, from, ..
-                    } => Box::pin(async move { cluster.watch(key, prefix, from, budget).await }),
-                    command => Box::pin(async move { cluster.request(command, budget).await }),
-                };
-            request.await
+                    },
+                ) => Some(Box::pin(async move {
+                    cluster.watch(key, prefix, from, budget).await
+                })),
+                (None, command) => Some(Box::pin(
+                    async move { cluster.request(command, budget).await },
+                )),
+            };
+        async move {
+            match (long_poll, request) {
+                (Some((watch, told)), _) => {
+                    changed(watch, &told).await;
+                    Reply::Done
+                }
+                (None, Some(request)) => request.await,
+                (None, None) => Reply::Error("nothing to send".into()),
+            }
         }
     }
 }

@@ -1265,6 +1265,10 @@ impl LockMachine for EtcdLock {
         self.out.pop_front()
     }
 
+    fn shrink(&mut self) {
+        self.out.shrink_to_fit();
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         let mut at = match self.phase {
             Phase::Idle | Phase::Done => return None,

@@ -406,8 +406,7 @@ impl RedLock {
             let op = self.arm(i);
             let node = NodeId(i as u16);
             let command = command(self);
-            self.out
-                .push_back(Output::Transmit(Transmit { node, op, command }));
+            self.queue(Output::Transmit(Transmit { node, op, command }));
         }
     }
 
@@ -441,7 +440,7 @@ impl RedLock {
             op: OpId(self.next_op),
             command,
         };
-        self.out.push_back(Output::Transmit(t));
+        self.queue(Output::Transmit(t));
         OpId(self.next_op)
     }
 
@@ -602,7 +601,7 @@ impl RedLock {
                 op,
                 command,
             };
-            self.out.push_back(Output::Transmit(t));
+            self.queue(Output::Transmit(t));
             sent += 1;
         }
         let round = Round {
@@ -778,7 +777,15 @@ impl RedLock {
     }
 
     fn emit(&mut self, event: Event) {
-        self.out.push_back(Output::Event(event));
+        self.queue(Output::Event(event));
+    }
+
+    /// Queues an output; an empty queue gets room for a whole round at once.
+    fn queue(&mut self, o: Output<Command>) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(self.slots.len() + 2);
+        }
+        self.out.push_back(o);
     }
 
     /// Orphan `i` (a SET no attempt waits for) was answered. If it took the key while its
@@ -1021,6 +1028,12 @@ impl LockMachine for RedLock {
 
     fn poll_output(&mut self) -> Option<Output<Command>> {
         self.out.pop_front()
+    }
+
+    fn shrink(&mut self) {
+        // A round's buffer holds five commands of about 128 bytes each.
+        self.out.shrink_to_fit();
+        self.orphans.shrink_to_fit();
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
