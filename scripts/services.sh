@@ -3,11 +3,13 @@
 #   five redis-server nodes on 127.0.0.1:7001-7005, no persistence;
 #   one etcd member on 127.0.0.1:2379 (peer 2380), data in a temporary folder;
 #   a three-member etcd cluster on 127.0.0.1:22791-22793 (peers 22801-22803; the tests' own
-#   single members use 23790-23797), data under $DIR/cluster/m1..m3, for the fail-over tests
+#   single members use 23790-23799), data under $DIR/cluster/m1..m3, for the fail-over tests
 #   (LUCKY_ETCD_CLUSTER);
 #   ZooKeeper (Debian's 3.8 on the installed JRE): a standalone server on 127.0.0.1:2181 and a
 #   three-member ensemble on 127.0.0.1:2281-2283 (quorum ports 22881-22883, elections
-#   23881-23883), tickTime 200 ms, syncLimit 5, sessions of 0.4-60 s, data under $DIR/zk;
+#   23881-23883), tickTime 200 ms, syncLimit 5, sessions of 0.4-60 s, data under $DIR/zk
+#   (`zk-nosync` adds a standalone server on 127.0.0.1:2191 that does not sync its
+#   transaction log to disk, for zk-bench's comparison of the client without the disk);
 #   the machine's PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306 (database
 #   `test`), if they are installed but stopped.
 # Installs redis-server, etcd-server, etcd-client, zookeeper and protobuf-compiler (protoc,
@@ -147,11 +149,21 @@ zk_ok() {
     | grep -Eq '^Mode: (standalone|leader|follower)'
 }
 
-# Writes the configuration of ZooKeeper server $1 (standalone: s; ensemble member: 1..3).
+# The client port of ZooKeeper server $1.
+zk_port() {
+  case "$1" in
+    s) echo 2181 ;;
+    n) echo 2191 ;;
+    *) echo $((2280 + $1)) ;;
+  esac
+}
+
+# Writes the configuration of ZooKeeper server $1 (standalone: s; without disk syncs: n;
+# ensemble member: 1..3).
 zk_conf() {
   local id=$1 d="$DIR/zk/$1" port
   mkdir -p "$d/data"
-  if [ "$id" = s ]; then port=2181; else port=$((2280 + id)); fi
+  port=$(zk_port "$id")
   {
     echo "tickTime=200"
     echo "initLimit=20"
@@ -164,7 +176,8 @@ zk_conf() {
     echo "admin.enableServer=false"
     echo "4lw.commands.whitelist=ruok,srvr,mntr"
     echo "zookeeper.snapshot.trust.empty=true"
-    if [ "$id" != s ]; then
+    if [ "$id" = n ]; then echo "forceSync=no"; fi
+    if [ "$id" != s ] && [ "$id" != n ]; then
       for m in 1 2 3; do
         echo "server.$m=127.0.0.1:$((22880 + m)):$((23880 + m))"
       done
@@ -176,7 +189,7 @@ zk_conf() {
 # Starts ZooKeeper server $1 (s or 1..3) unless it runs.
 zk_start() {
   local id=$1 d="$DIR/zk/$1" port
-  if [ "$id" = s ]; then port=2181; else port=$((2280 + id)); fi
+  port=$(zk_port "$id")
   if [ -f "$d/pid" ] && alive "$(cat "$d/pid")"; then return 0; fi
   zk_ok "$port" && return 0   # started by someone else
   zk_conf "$id"
@@ -207,7 +220,7 @@ start_zookeeper() {
 }
 
 stop_zookeeper() {
-  for id in s 1 2 3; do
+  for id in s n 1 2 3; do
     local pidf="$DIR/zk/$id/pid"
     if [ -f "$pidf" ]; then
       kill -CONT "$(cat "$pidf")" 2>/dev/null || true
@@ -251,6 +264,12 @@ case "${1:-}" in
   stop-cluster) stop_cluster ;;
   # Only ZooKeeper (tests restart servers they killed with it).
   start-zookeeper) start_zookeeper ;;
+  zk-nosync)
+    start_zookeeper
+    zk_start n
+    for _ in $(seq 100); do zk_ok 2191 && break; sleep 0.2; done
+    zk_ok 2191 || { echo "ZooKeeper without disk syncs did not start" >&2; exit 1; }
+    echo "ZooKeeper without disk syncs up on 127.0.0.1:2191" ;;
   # What the chaos harness needs beyond the servers: nft (nftables) for partitions and loss,
   # iproute2 for the namespaces, a C compiler for its clock shim; the peer node-redlock needs
   # Node.js and its packages (npm ci, from the lock file).
