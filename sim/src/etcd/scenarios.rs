@@ -64,24 +64,7 @@ pub(super) fn keepalive_stall(rng: &mut Rng) -> Setup {
         // Answers to one client stall (its keepalives still reach the cluster), then its
         // requests are cut too: the lease runs out from the last keepalive that arrived.
         let client = rng.range(0, 1) as usize;
-        let slow = s.ttl() / 4;
-        s.faults.push((
-            t,
-            Fault::SlowReplies {
-                client,
-                extra_ns: slow,
-            },
-        ));
-        let cut_at = t + s.ttl() / 2;
-        s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
-        s.faults.push((
-            cut_at + s.ttl() * 3 / 2,
-            Fault::SlowReplies {
-                client,
-                extra_ns: 0,
-            },
-        ));
-        t = cut_at + s.ttl() * 3 / 2 + rng.range(10 * MS, 100 * MS);
+        t = stall_then_cut(&mut s, t, client) + rng.range(10 * MS, 100 * MS);
     }
     // Leader losses: requests wait, leases get a fresh ttl afterwards.
     for _ in 0..rng.range(0, 2) {
@@ -90,6 +73,30 @@ pub(super) fn keepalive_stall(rng: &mut Rng) -> Setup {
         s.faults.push((at, Fault::Stall { node: 0, for_ns }));
     }
     s
+}
+
+/// From `t`, answers to `client` stall for ttl/4 (its requests still reach the cluster), then
+/// its requests are cut too for 1.5 ttl; returns when both end.
+fn stall_then_cut(s: &mut Setup, t: u64, client: usize) -> u64 {
+    let slow = s.ttl() / 4;
+    s.faults.push((
+        t,
+        Fault::SlowReplies {
+            client,
+            extra_ns: slow,
+        },
+    ));
+    let cut_at = t + s.ttl() / 2;
+    let back = cut_at + s.ttl() * 3 / 2;
+    s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
+    s.faults.push((
+        back,
+        Fault::SlowReplies {
+            client,
+            extra_ns: 0,
+        },
+    ));
+    back
 }
 
 pub(super) fn watch_compacted(rng: &mut Rng) -> Setup {
@@ -391,25 +398,7 @@ pub(super) fn session_many_names(rng: &mut Rng) -> Setup {
         // A process's session keepalive answers stall, then its requests are cut: every
         // lock it holds runs out at the deadline of the last keepalive that arrived.
         let t = s.at(rng);
-        let client = rng.range(0, processes - 1) as usize;
-        let slow = s.ttl() / 4;
-        s.faults.push((
-            t,
-            Fault::SlowReplies {
-                client,
-                extra_ns: slow,
-            },
-        ));
-        let cut_at = t + s.ttl() / 2;
-        s.cut_for(cut_at, s.ttl() * 3 / 2, Some(client), &[0], Cut::ToNode);
-        let back = cut_at + s.ttl() * 3 / 2;
-        s.faults.push((
-            back,
-            Fault::SlowReplies {
-                client,
-                extra_ns: 0,
-            },
-        ));
+        stall_then_cut(&mut s, t, rng.range(0, processes - 1) as usize);
     }
     if on(rng) {
         // One process stalls for two ttl between each check and its write: its stale
