@@ -17,6 +17,8 @@ use lucky_core::etcd::{Command, Reply, SessionView};
 use crate::clock::Clock;
 use crate::driver::{self, Transport};
 
+use super::watch::{Hubs, Line};
+
 /// How long a member that failed a request is passed over while other members are untried.
 pub(super) const FAILED_COOLDOWN: Duration = Duration::from_secs(5);
 
@@ -48,7 +50,7 @@ pub(super) struct Cluster {
     /// First attempts in flight on the client's connection, at most.
     pub(super) gate: driver::Gate,
     /// Per member, the watch stream every waiting lock shares.
-    pub(super) hubs: super::watch::Hubs,
+    pub(super) hubs: Hubs,
 }
 
 /// One lock's way to the cluster: a request's tries across members fit in the machine's own
@@ -164,7 +166,7 @@ impl Cluster {
             .unwrap_or_else(|| first.clone())
     }
 
-    pub(super) fn mark_failed(&self, i: usize) {
+    fn mark_failed(&self, i: usize) {
         self.health().failed(i, self.clock.now());
         self.members[i].failed.notify_waiters();
     }
@@ -233,7 +235,35 @@ impl Cluster {
         let Some((i, _)) = picked else {
             return Reply::Unavailable("no member to watch on".into());
         };
-        self.watch_on(i, key, prefix, from, probe).await
+        let endpoint = &self.members[i].endpoint;
+        let line = || self.line(i);
+        self.hubs
+            .watch(i, line, endpoint, key, prefix, from, probe)
+            .await
+    }
+
+    /// What member `i`'s watch stream needs of it, holding this client weakly.
+    fn line(self: &Arc<Self>, i: usize) -> Line {
+        let (connect_to, fail) = (Arc::downgrade(self), Arc::downgrade(self));
+        Line {
+            endpoint: self.members[i].endpoint.clone(),
+            failed: self.members[i].failed.clone(),
+            connect: Box::new(move || {
+                let cluster = connect_to.clone();
+                Box::pin(async move {
+                    let Some(c) = cluster.upgrade() else {
+                        return Err(etcd_client::Error::WatchError("client closed".into()));
+                    };
+                    c.members[i].client(&c.opts).await
+                })
+            }),
+            mark_failed: Box::new(move || {
+                if let Some(c) = fail.upgrade() {
+                    c.mark_failed(i);
+                }
+            }),
+            reply_of: error_reply,
+        }
     }
 }
 
@@ -373,7 +403,7 @@ async fn run(client: &mut Client, command: Command) -> Result<Reply, etcd_client
     })
 }
 
-pub(super) fn error_reply(e: etcd_client::Error) -> Reply {
+fn error_reply(e: etcd_client::Error) -> Reply {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             if s.message().contains("lease not found") {

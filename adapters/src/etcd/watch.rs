@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse};
 use lucky_core::etcd::Reply;
 use tokio::sync::{mpsc, oneshot};
 
-use super::transport::{error_reply, Cluster};
+use crate::driver::BoxFuture;
 
 /// How long a stream with no watch on it stays open for the next one.
 const IDLE_CLOSE: Duration = Duration::from_secs(10);
@@ -26,12 +26,27 @@ type Slot = Mutex<Option<Arc<Hub>>>;
 
 /// Per member, the stream task's handle while it runs.
 #[derive(Default)]
-pub(super) struct Hubs(Vec<Slot>);
+pub(super) struct Hubs(Vec<Arc<Slot>>);
+
+/// What a stream task needs of its member, from the transport (which holds the client only
+/// weakly in it, so a client dropped without `close` takes its streams with it).
+pub(super) struct Line {
+    pub(super) endpoint: String,
+    /// Woken when a request to the member failed: the stream's watches end.
+    pub(super) failed: Arc<tokio::sync::Notify>,
+    /// The member's connection.
+    pub(super) connect:
+        Box<dyn Fn() -> BoxFuture<Result<Client, etcd_client::Error>> + Send + Sync>,
+    /// Passes the member over for a while.
+    pub(super) mark_failed: Box<dyn Fn() + Send + Sync>,
+    /// A client library error as the machine's reply.
+    pub(super) reply_of: fn(etcd_client::Error) -> Reply,
+}
 
 impl Hubs {
     /// No stream yet for each of `members` members.
     pub(super) fn new(members: usize) -> Hubs {
-        Hubs((0..members).map(|_| Mutex::new(None)).collect())
+        Hubs((0..members).map(|_| Arc::default()).collect())
     }
 
     /// Ends every stream (the client closes): their watches end "unavailable".
@@ -89,13 +104,17 @@ impl Drop for CancelOnDrop {
     }
 }
 
-impl Cluster {
+impl Hubs {
     /// Watches `key` (or every key under it, with `prefix`) from revision `from` on member
     /// `i`'s shared stream until it is deleted: `Deleted`, `Compacted`, or `Unavailable` when
-    /// the member or the stream fails (the stream is probed after `probe` of silence).
-    pub(super) async fn watch_on(
-        self: &Arc<Self>,
+    /// the member or the stream fails (the stream is probed after `probe` of silence). `line`
+    /// gives what a new stream task needs of the member.
+    #[allow(clippy::too_many_arguments)] // one watch's whole address
+    pub(super) async fn watch(
+        &self,
         i: usize,
+        line: impl Fn() -> Line,
+        endpoint: &str,
         key: Bytes,
         prefix: bool,
         from: i64,
@@ -117,7 +136,7 @@ impl Cluster {
         // A stream that closed for idleness between our finding it and our asking refuses
         // the ask: the next one opens a new stream.
         for _ in 0..2 {
-            let hub = self.hub(i, probe);
+            let hub = self.hub(i, probe, &line);
             let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
             if let Ask::Watch { id: slot, .. } = &mut ask {
                 *slot = id;
@@ -130,7 +149,7 @@ impl Cluster {
                         answered: false,
                     };
                     let reply = answer.await.unwrap_or_else(|_| {
-                        Reply::Unavailable(format!("{}: watch stream ended", self.endpoint(i)))
+                        Reply::Unavailable(format!("{endpoint}: watch stream ended"))
                     });
                     cancel.answered = true;
                     return reply;
@@ -138,16 +157,12 @@ impl Cluster {
                 Err(refused) => ask = refused.0,
             }
         }
-        Reply::Unavailable(format!("{}: no watch stream", self.endpoint(i)))
-    }
-
-    fn endpoint(&self, i: usize) -> &str {
-        &self.members[i].endpoint
+        Reply::Unavailable(format!("{endpoint}: no watch stream"))
     }
 
     /// Member `i`'s stream task, started if none runs.
-    fn hub(self: &Arc<Self>, i: usize, probe: Duration) -> Arc<Hub> {
-        let mut slot = lock(&self.hubs.0[i]);
+    fn hub(&self, i: usize, probe: Duration, line: &impl Fn() -> Line) -> Arc<Hub> {
+        let mut slot = lock(&self.0[i]);
         if let Some(hub) = slot.as_ref().filter(|h| !h.asks.is_closed()) {
             return hub.clone();
         }
@@ -157,15 +172,23 @@ impl Cluster {
             next_id: AtomicI64::new(1),
         });
         *slot = Some(hub.clone());
-        tokio::spawn(run(
-            Arc::downgrade(self),
-            Arc::downgrade(&hub),
-            i,
+        let task = Task {
+            line: line(),
+            slot: self.0[i].clone(),
+            hub: Arc::downgrade(&hub),
             probe,
-            rx,
-        ));
+        };
+        tokio::spawn(task.run(rx));
         hub
     }
+}
+
+/// One member's stream task: its member, its slot in [`Hubs`], and the probe interval.
+struct Task {
+    line: Line,
+    slot: Arc<Slot>,
+    hub: Weak<Hub>,
+    probe: Duration,
 }
 
 /// The waiters of one stream, by watch id.
@@ -205,193 +228,166 @@ fn failed(why: impl Into<String>) -> End {
     }
 }
 
-/// The end for an error of the client library.
-fn client_error(endpoint: &str, e: etcd_client::Error) -> End {
-    match error_reply(e) {
-        Reply::Unavailable(why) => failed(format!("{endpoint}: {why}")),
-        other => End::Failed {
-            why: format!("{endpoint}: {other:?}"),
-            mark: false,
-        },
-    }
-}
-
-/// One member's stream task: runs until the member or the stream fails, the stream stays
-/// without a watch for [`IDLE_CLOSE`], or the client closes. It holds the client weakly, so
-/// a client dropped without `close` takes its streams with it.
-async fn run(
-    cluster: Weak<Cluster>,
-    hub: Weak<Hub>,
-    i: usize,
-    probe: Duration,
-    mut asks: mpsc::UnboundedReceiver<Ask>,
-) {
-    let mut waiters = Waiters(BTreeMap::new());
-    let end = serve(&cluster, &hub, i, probe, &mut asks, &mut waiters).await;
-    asks.close();
-    // Asks that came in as the stream ended are failed with the rest.
-    while let Ok(ask) = asks.try_recv() {
-        if let Ask::Watch { id, reply, .. } = ask {
-            waiters.0.insert(id, reply);
-        }
-    }
-    match end {
-        End::Closed => waiters.fail_all("the watch stream closed"),
-        End::Failed { why, mark } => {
-            tracing::debug!(%why, "watch stream failed");
-            if let (true, Some(cluster)) = (mark, cluster.upgrade()) {
-                cluster.mark_failed(i);
-            }
-            waiters.fail_all(&why);
-        }
-    }
-}
-
-/// Serves the stream until it ends. A writer task sends the stream's requests from a queue
-/// of its own, so this loop never waits on a send: the server blocks its reads while our
-/// replies sit unread, and a reader waiting to send would deadlock with it.
-async fn serve(
-    cluster: &Weak<Cluster>,
-    hub: &Weak<Hub>,
-    i: usize,
-    probe: Duration,
-    asks: &mut mpsc::UnboundedReceiver<Ask>,
-    waiters: &mut Waiters,
-) -> End {
-    // The stream opens with the first watch.
-    let (id, key, opts) = loop {
-        match asks.recv().await {
-            None | Some(Ask::Close) => return End::Closed,
-            Some(Ask::Watch {
-                id,
-                key,
-                opts,
-                reply,
-            }) => {
+impl Task {
+    /// Runs until the member or the stream fails, the stream stays without a watch for
+    /// [`IDLE_CLOSE`], or the client closes.
+    async fn run(self, mut asks: mpsc::UnboundedReceiver<Ask>) {
+        let mut waiters = Waiters(BTreeMap::new());
+        let end = self.serve(&mut asks, &mut waiters).await;
+        asks.close();
+        // Asks that came in as the stream ended are failed with the rest.
+        while let Ok(ask) = asks.try_recv() {
+            if let Ask::Watch { id, reply, .. } = ask {
                 waiters.0.insert(id, reply);
-                break (id, key, opts);
             }
-            Some(Ask::Cancel(_)) => {}
         }
-    };
-    let (endpoint, member_failed, connect) = {
-        let Some(c) = cluster.upgrade() else {
-            return End::Closed;
-        };
-        let member = &c.members[i];
-        let failed = member.failed.clone().notified_owned();
-        let connect = {
-            let c = c.clone();
-            async move { c.members[i].client(&c.opts).await }
-        };
-        (member.endpoint.clone(), failed, connect)
-    };
-    tokio::pin!(member_failed);
-    member_failed.as_mut().enable();
-    let open = async {
-        let mut c = connect.await?;
-        c.watch(key.to_vec(), Some(opts.with_watch_id(id))).await
-    };
-    let (sender, mut stream) = match tokio::time::timeout(probe, open).await {
-        Ok(Ok(s)) => s.split(),
-        Ok(Err(e)) => return client_error(&endpoint, e),
-        Err(_) => return failed(format!("{endpoint}: watch not opened in time")),
-    };
-    let (writes, write_failed) = writer(sender);
-    tokio::pin!(write_failed);
-    // The creates the server has not answered yet, in the order sent: it answers them in
-    // that order, a refused one under watch id -1.
-    let mut creating = VecDeque::from([id]);
-    // Since when the stream has been silent (reset by every message and by a progress
-    // request); a waiter that comes to an empty stream starts the count.
-    let mut quiet_since = tokio::time::Instant::now();
-    let mut asked = false;
-    loop {
-        let silence = if waiters.0.is_empty() {
-            IDLE_CLOSE
-        } else {
-            probe
-        };
-        tokio::select! {
-            () = &mut member_failed => {
-                let why = format!("{endpoint} failed a request");
-                return End::Failed { why, mark: false };
-            }
-            e = &mut write_failed => {
-                return match e {
-                    Ok(e) => client_error(&endpoint, e),
-                    Err(_) => failed(format!("{endpoint}: watch stream closed")),
-                };
-            }
-            ask = asks.recv() => match ask {
-                None | Some(Ask::Close) => return End::Closed,
-                Some(Ask::Watch { id, key, opts, reply }) => {
-                    if waiters.0.is_empty() {
-                        quiet_since = tokio::time::Instant::now();
-                    }
-                    waiters.0.insert(id, reply);
-                    creating.push_back(id);
-                    let _ = writes.send(Write::Watch(id, key, opts));
+        match end {
+            End::Closed => waiters.fail_all("the watch stream closed"),
+            End::Failed { why, mark } => {
+                tracing::debug!(%why, "watch stream failed");
+                if mark {
+                    (self.line.mark_failed)();
                 }
-                Some(Ask::Cancel(id)) => {
-                    if waiters.0.remove(&id).is_some() {
-                        let _ = writes.send(Write::Cancel(id));
-                    }
-                }
+                waiters.fail_all(&why);
+            }
+        }
+    }
+
+    /// The end for an error of the client library.
+    fn client_error(&self, e: etcd_client::Error) -> End {
+        let endpoint = &self.line.endpoint;
+        match (self.line.reply_of)(e) {
+            Reply::Unavailable(why) => failed(format!("{endpoint}: {why}")),
+            other => End::Failed {
+                why: format!("{endpoint}: {other:?}"),
+                mark: false,
             },
-            message = tokio::time::timeout_at(quiet_since + silence, stream.message()) => {
-                match message {
-                    Err(_) if waiters.0.is_empty() => {
-                        if idle_close(cluster, hub, i, asks) {
-                            return End::Closed;
+        }
+    }
+
+    /// Serves the stream until it ends. A writer task sends the stream's requests from a
+    /// queue of its own, so this loop never waits on a send: the server blocks its reads
+    /// while our replies sit unread, and a reader waiting to send would deadlock with it.
+    async fn serve(&self, asks: &mut mpsc::UnboundedReceiver<Ask>, waiters: &mut Waiters) -> End {
+        let member_failed = self.line.failed.clone().notified_owned();
+        tokio::pin!(member_failed);
+        member_failed.as_mut().enable();
+        // The stream opens with the first watch.
+        let (id, key, opts) = loop {
+            match asks.recv().await {
+                None | Some(Ask::Close) => return End::Closed,
+                Some(Ask::Watch {
+                    id,
+                    key,
+                    opts,
+                    reply,
+                }) => {
+                    waiters.0.insert(id, reply);
+                    break (id, key, opts);
+                }
+                Some(Ask::Cancel(_)) => {}
+            }
+        };
+        let endpoint = &self.line.endpoint;
+        let open = async {
+            let mut c = (self.line.connect)().await?;
+            c.watch(key.to_vec(), Some(opts.with_watch_id(id))).await
+        };
+        let (sender, mut stream) = match tokio::time::timeout(self.probe, open).await {
+            Ok(Ok(s)) => s.split(),
+            Ok(Err(e)) => return self.client_error(e),
+            Err(_) => return failed(format!("{endpoint}: watch not opened in time")),
+        };
+        let (writes, write_failed) = writer(sender);
+        tokio::pin!(write_failed);
+        // The creates the server has not answered yet, in the order sent: it answers them in
+        // that order, a refused one under watch id -1.
+        let mut creating = VecDeque::from([id]);
+        // Since when the stream has been silent (reset by every message and by a progress
+        // request); a waiter that comes to an empty stream starts the count.
+        let mut quiet_since = tokio::time::Instant::now();
+        let mut asked = false;
+        loop {
+            let silence = if waiters.0.is_empty() {
+                IDLE_CLOSE
+            } else {
+                self.probe
+            };
+            tokio::select! {
+                () = &mut member_failed => {
+                    let why = format!("{endpoint} failed a request");
+                    return End::Failed { why, mark: false };
+                }
+                e = &mut write_failed => {
+                    return match e {
+                        Ok(e) => self.client_error(e),
+                        Err(_) => failed(format!("{endpoint}: watch stream closed")),
+                    };
+                }
+                ask = asks.recv() => match ask {
+                    None | Some(Ask::Close) => return End::Closed,
+                    Some(Ask::Watch { id, key, opts, reply }) => {
+                        if waiters.0.is_empty() {
+                            quiet_since = tokio::time::Instant::now();
                         }
+                        waiters.0.insert(id, reply);
+                        creating.push_back(id);
+                        let _ = writes.send(Write::Watch(id, key, opts));
                     }
-                    Err(_) if asked => {
-                        return failed(format!("{endpoint} left a progress request unanswered"));
-                    }
-                    Err(_) => {
-                        asked = true;
-                        quiet_since = tokio::time::Instant::now();
-                        let _ = writes.send(Write::Progress);
-                    }
-                    Ok(Err(e)) => return client_error(&endpoint, e),
-                    Ok(Ok(None)) => return failed(format!("{endpoint}: watch stream closed")),
-                    Ok(Ok(Some(r))) => {
-                        asked = false;
-                        quiet_since = tokio::time::Instant::now();
-                        if let Some(id) = dispatch(&r, waiters, &mut creating) {
+                    Some(Ask::Cancel(id)) => {
+                        if waiters.0.remove(&id).is_some() {
                             let _ = writes.send(Write::Cancel(id));
                         }
                     }
+                },
+                message = tokio::time::timeout_at(quiet_since + silence, stream.message()) => {
+                    match message {
+                        Err(_) if waiters.0.is_empty() => {
+                            if self.idle_close(asks) {
+                                return End::Closed;
+                            }
+                        }
+                        Err(_) if asked => {
+                            let why = format!("{endpoint} left a progress request unanswered");
+                            return failed(why);
+                        }
+                        Err(_) => {
+                            asked = true;
+                            quiet_since = tokio::time::Instant::now();
+                            let _ = writes.send(Write::Progress);
+                        }
+                        Ok(Err(e)) => return self.client_error(e),
+                        Ok(Ok(None)) => return failed(format!("{endpoint}: watch stream closed")),
+                        Ok(Ok(Some(r))) => {
+                            asked = false;
+                            quiet_since = tokio::time::Instant::now();
+                            if let Some(id) = dispatch(&r, waiters, &mut creating) {
+                                let _ = writes.send(Write::Cancel(id));
+                            }
+                        }
+                    }
                 }
             }
         }
     }
-}
 
-/// Ends the stream if nobody asked for a watch meanwhile: under the slot's lock, so an ask
-/// either came before (and is served) or finds the stream closed (and opens a new one).
-fn idle_close(
-    cluster: &Weak<Cluster>,
-    hub: &Weak<Hub>,
-    i: usize,
-    asks: &mut mpsc::UnboundedReceiver<Ask>,
-) -> bool {
-    let Some(c) = cluster.upgrade() else {
-        return true;
-    };
-    let mut slot = lock(&c.hubs.0[i]);
-    if !asks.is_empty() {
-        return false;
+    /// Ends the stream if nobody asked for a watch meanwhile: under the slot's lock, so an
+    /// ask either came before (and is served) or finds the stream closed (and opens a new
+    /// one).
+    fn idle_close(&self, asks: &mut mpsc::UnboundedReceiver<Ask>) -> bool {
+        let mut slot = lock(&self.slot);
+        if !asks.is_empty() {
+            return false;
+        }
+        if slot
+            .as_ref()
+            .is_some_and(|h| std::ptr::eq(Arc::as_ptr(h), self.hub.as_ptr()))
+        {
+            *slot = None;
+        }
+        asks.close();
+        true
     }
-    if slot
-        .as_ref()
-        .is_some_and(|h| std::ptr::eq(Arc::as_ptr(h), hub.as_ptr()))
-    {
-        *slot = None;
-    }
-    asks.close();
-    true
 }
 
 /// The stream's writer: sends what it is given, in order, until the stream fails (the error
