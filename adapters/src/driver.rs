@@ -538,8 +538,10 @@ where
     /// Gives back the buffers of a round that is over while the lock is held: a held lock
     /// may wait hours for its next round, and thousands of them are held at once.
     fn trim(&mut self) {
-        if matches!(self.machine.state(), State::Held { .. }) {
-            // What stays in flight while held (an etcd lock's long-poll) keeps its place.
+        // Over: held, and nothing in flight but what stays there while held (an etcd lock's
+        // long-poll, which keeps its place). Mid-round, buffers would only shrink to grow.
+        let over = self.inflight.iter().all(|f| Some(f.op) == self.local_op);
+        if over && matches!(self.machine.state(), State::Held { .. }) {
             self.inflight.shrink_to_fit();
             self.steps.shrink_to_fit();
             self.answered.shrink_to_fit();

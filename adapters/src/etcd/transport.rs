@@ -118,38 +118,44 @@ impl Transport for Route {
         command: Command,
     ) -> impl std::future::Future<Output = Reply> + Send + 'static {
         let (cluster, budget) = (self.cluster.clone(), self.op_timeout);
-        let long_poll = match (&self.session, &command) {
-            (Some(s), Command::KeepAlive { lease: LONG_POLL }) => Some(s.clone()),
-            _ => None,
-        };
         // Every held lock keeps its long-poll in flight: it carries neither the command nor a
         // request's state, which are many times larger (a request is boxed on its own).
-        let request: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>> =
-            match (&long_poll, command) {
-                (Some(_), _) => None,
-                (
-                    None,
-                    Command::WaitDelete {
-                        key, prefix, from, ..
-                    },
-                ) => Some(Box::pin(async move {
-                    cluster.watch(key, prefix, from, budget).await
-                })),
-                (None, command) => Some(Box::pin(
+        let work = match (&self.session, command) {
+            (Some((watch, told)), Command::KeepAlive { lease: LONG_POLL }) => {
+                Work::LongPoll(watch.clone(), told.clone())
+            }
+            (
+                _,
+                Command::WaitDelete {
+                    key, prefix, from, ..
+                },
+            ) => Work::Request(Box::pin(async move {
+                cluster.watch(key, prefix, from, budget).await
+            })),
+            (_, command) => {
+                Work::Request(Box::pin(
                     async move { cluster.request(command, budget).await },
-                )),
-            };
+                ))
+            }
+        };
         async move {
-            match (long_poll, request) {
-                (Some((watch, told)), _) => {
+            match work {
+                Work::LongPoll(watch, told) => {
                     changed(watch, &told).await;
                     Reply::Done
                 }
-                (None, Some(request)) => request.await,
-                (None, None) => Reply::Error("nothing to send".into()),
+                Work::Request(request) => request.await,
             }
         }
     }
+}
+
+/// What a lock's command becomes in [`Route::send`].
+enum Work {
+    /// A long-poll for the session's changes, answered inside the process.
+    LongPoll(SessionWatch, Arc<Told>),
+    /// A request to the cluster.
+    Request(driver::BoxFuture<Reply>),
 }
 
 impl Cluster {
@@ -235,11 +241,8 @@ impl Cluster {
         let Some((i, _)) = picked else {
             return Reply::Unavailable("no member to watch on".into());
         };
-        let endpoint = &self.members[i].endpoint;
         let line = || self.line(i);
-        self.hubs
-            .watch(i, line, endpoint, key, prefix, from, probe)
-            .await
+        self.hubs.watch(i, line, key, prefix, from, probe).await
     }
 
     /// What member `i`'s watch stream needs of it, holding this client weakly.

@@ -66,6 +66,8 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Arc<Hub>>> {
 /// The handle to one member's stream task.
 pub(super) struct Hub {
     asks: mpsc::UnboundedSender<Ask>,
+    /// The member's endpoint, for error texts.
+    endpoint: String,
     /// Our watch ids on the stream (etcd lets a client choose them, since 3.4).
     next_id: AtomicI64,
 }
@@ -109,12 +111,10 @@ impl Hubs {
     /// `i`'s shared stream until it is deleted: `Deleted`, `Compacted`, or `Unavailable` when
     /// the member or the stream fails (the stream is probed after `probe` of silence). `line`
     /// gives what a new stream task needs of the member.
-    #[allow(clippy::too_many_arguments)] // one watch's whole address
     pub(super) async fn watch(
         &self,
         i: usize,
         line: impl Fn() -> Line,
-        endpoint: &str,
         key: Bytes,
         prefix: bool,
         from: i64,
@@ -135,8 +135,10 @@ impl Hubs {
         };
         // A stream that closed for idleness between our finding it and our asking refuses
         // the ask: the next one opens a new stream.
+        let mut endpoint = String::new();
         for _ in 0..2 {
             let hub = self.hub(i, probe, &line);
+            endpoint.clone_from(&hub.endpoint);
             let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
             if let Ask::Watch { id: slot, .. } = &mut ask {
                 *slot = id;
@@ -167,13 +169,15 @@ impl Hubs {
             return hub.clone();
         }
         let (asks, rx) = mpsc::unbounded_channel();
+        let line = line();
         let hub = Arc::new(Hub {
             asks,
+            endpoint: line.endpoint.clone(),
             next_id: AtomicI64::new(1),
         });
         *slot = Some(hub.clone());
         let task = Task {
-            line: line(),
+            line,
             slot: self.0[i].clone(),
             hub: Arc::downgrade(&hub),
             probe,
