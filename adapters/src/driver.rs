@@ -3,7 +3,7 @@
 //! until the machine's deadline, and turns events into guard state.
 //!
 //! One driver (machine, commands in flight, timer) lives in one box for the whole life of a
-//! lock: the acquisition runs it inside the caller's future; then either a task keeps it (the
+//! lock: the acquisition runs it inside the caller's future; then either a keeper drives it (the
 //! machine has something to do before the deadline: renewal) or the guard does, and runs it
 //! inline on `release` (no task, no channel hop for a lock that is only taken and released).
 
@@ -21,6 +21,7 @@ use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::hold::{End, Hold};
+use crate::keeper::{Keepers, Kept};
 use crate::Error;
 
 /// How long a finished lock's cleanup commands may take to go out before they are dropped (a
@@ -70,6 +71,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
 pub struct Tasks {
     live: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    /// The tasks that drive the client's held locks.
+    keepers: Keepers,
 }
 
 /// One live background task; dropping it ends the task's count.
@@ -181,22 +184,24 @@ pub(crate) struct Subscription {
 enum Control {
     Release(oneshot::Sender<Vec<NodeOutcome>>),
     Extend(oneshot::Sender<Extension>),
+    /// Answered (a placeholder while an answer is taken out of the queue).
+    Done,
 }
 
-/// What a guard asks of its hold task: a queue the task reads and a flag for "the guard is
-/// gone" (then the task releases). A hundred bytes per held lock where a bounded channel
+/// What a guard asks of its kept driver: a queue the driver reads and a flag for "the guard
+/// is gone" (then the driver releases). A hundred bytes per held lock where a bounded channel
 /// costs a kilobyte; requests are rare (an explicit extend or release), one reader.
 #[derive(Default)]
 struct Ctl {
     state: std::sync::Mutex<CtlState>,
-    /// Wakes the task; a wake-up given while it is not waiting is kept for its next wait.
-    notify: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct CtlState {
     queue: std::collections::VecDeque<Control>,
     closed: bool,
+    /// Wakes the driver once something is queued or the guard is gone.
+    waker: Option<std::task::Waker>,
 }
 
 impl Ctl {
@@ -204,42 +209,50 @@ impl Ctl {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `c` for the task; false if the guard side was closed.
+    /// Queues `c` for the driver; false if the guard side was closed.
     fn send(&self, c: Control) -> bool {
         let mut s = self.state();
         if s.closed {
             return false;
         }
         s.queue.push_back(c);
+        let waker = s.waker.take();
         drop(s);
-        self.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
         true
     }
 
     /// The next request, or `None` once the guard is gone and nothing is queued.
-    async fn recv(&self) -> Option<Control> {
-        loop {
-            {
-                let mut s = self.state();
-                if let Some(c) = s.queue.pop_front() {
-                    return Some(c);
-                }
-                if s.closed {
-                    return None;
-                }
-            }
-            self.notify.notified().await;
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Control>> {
+        let mut s = self.state();
+        if let Some(c) = s.queue.pop_front() {
+            return Poll::Ready(Some(c));
         }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
-/// The guard's end of its hold task's [`Ctl`]: dropping it tells the task the guard is gone.
+/// The guard's end of its driver's [`Ctl`]: dropping it tells the driver the guard is gone.
 struct CtlSender(Arc<Ctl>);
 
 impl Drop for CtlSender {
     fn drop(&mut self) {
-        self.0.state().closed = true;
-        self.0.notify.notify_one();
+        let waker = {
+            let mut s = self.0.state();
+            s.closed = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -274,9 +287,7 @@ where
         clock,
         shared: shared.clone(),
         listened: false,
-        subscribing: None,
-        subscription: None,
-        wakeup: None,
+        hints: None,
         answered: std::collections::VecDeque::new(),
         steps: std::collections::VecDeque::new(),
         inflight: Vec::new(),
@@ -288,6 +299,7 @@ where
         heard: false,
         local_op: None,
         entering: None,
+        keep: None,
     });
     async move {
         let mut driver = driver;
@@ -317,7 +329,7 @@ where
                 // task: the guard keeps the driver and runs it when asked.
                 let key = driver.machine.held_key();
                 let link = if driver.machine.renews_while_held() {
-                    spawn_task(driver).map_or(Link::Gone, Link::Task)
+                    keep(driver).map_or(Link::Gone, Link::Task)
                 } else {
                     Link::Parked(driver)
                 };
@@ -332,7 +344,7 @@ where
             }
             Err(e) => {
                 // Let the cleanup releases of the failed attempt go out.
-                drop(spawn_task(driver));
+                drop(keep(driver));
                 Err(Error::Lock(e))
             }
         }
@@ -340,7 +352,7 @@ where
 }
 
 /// An acquisition in progress inside the caller's future; dropped midway, it hands the
-/// driver to a task that releases whatever was taken.
+/// driver to a keeper that releases whatever was taken.
 struct Pending<M, T>(Option<Box<Driver<M, T>>>)
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
@@ -355,40 +367,41 @@ where
         if let Some(mut driver) = self.0.take() {
             tracing::debug!(parent: &driver.span, "acquisition cancelled");
             let _ = driver.machine.release(driver.clock.now());
-            drop(spawn_task(driver));
+            drop(keep(driver));
         }
     }
 }
 
-/// Moves a driver to a background task and returns its control channel; dropping the
-/// channel makes the task release and end (what cleanup after a failed or cancelled
+/// Moves a driver to one of the client's keepers and returns its control channel; dropping
+/// the channel makes the driver release and end (what cleanup after a failed or cancelled
 /// acquisition does). Without a runtime nothing can run (None): the lock then runs out at its
 /// ttl.
-fn spawn_task<M, T>(driver: Box<Driver<M, T>>) -> Option<CtlSender>
+fn keep<M, T>(mut driver: Box<Driver<M, T>>) -> Option<CtlSender>
 where
     M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
     T: Transport,
 {
     let rt = tokio::runtime::Handle::try_current().ok()?;
-    let ctl_rx = Arc::new(Ctl::default());
-    let ctl_tx = CtlSender(ctl_rx.clone());
-    let span = driver.span.clone();
-    let token = driver.transport.tasks().enter();
-    rt.spawn(
-        async move {
-            driver.run(ctl_rx).await;
-            drop(token);
-        }
-        .instrument(span),
-    );
-    Some(ctl_tx)
+    let ctl = Arc::new(Ctl::default());
+    let tasks = driver.transport.tasks().clone();
+    driver.keep = Some(Box::new(Keep {
+        ctl: ctl.clone(),
+        guard_open: true,
+        asked: Vec::new(),
+        want_release: false,
+        grace: None,
+        finish_nodes: None,
+        _token: tasks.enter(),
+    }));
+    tasks.keepers.keep(&rt, driver);
+    Some(CtlSender(ctl))
 }
 
 /// How a guard reaches its driver.
 enum Link {
     /// The guard holds the driver; nothing runs until the guard asks.
     Parked(Box<dyn Parked>),
-    /// A background task drives the hold (renewal, loss, release).
+    /// A keeper drives the hold (renewal, loss, release).
     Task(CtlSender),
     /// Released, or the driver moved on.
     Gone,
@@ -401,8 +414,8 @@ trait Parked: Send {
     /// After the release: leftover commands finish in the background, the machine goes back
     /// for reuse.
     fn finish(self: Box<Self>);
-    /// Moves the driver to a background task (none without a runtime: the lock then runs
-    /// out at its ttl). Dropping the returned sender makes the task release.
+    /// Moves the driver to a keeper (none without a runtime: the lock then runs out at its
+    /// ttl). Dropping the returned sender makes the driver release.
     fn into_task(self: Box<Self>) -> Option<CtlSender>;
 }
 
@@ -415,15 +428,7 @@ where
         let span = self.span.clone();
         let _entered = span.enter();
         if !self.releasing {
-            // A slot of the client's gate first: a burst of releases goes out at the pace
-            // answers come back, like acquisitions, instead of timing out in the queue.
-            if self.slot.is_none() {
-                if let Some(gate) = self.transport.gate() {
-                    let entering = self.entering.get_or_insert_with(|| Box::pin(gate.slot()));
-                    self.slot = std::task::ready!(entering.as_mut().poll(cx));
-                    self.entering = None;
-                }
-            }
+            std::task::ready!(self.poll_slot(cx));
             // First what arrived while nobody drove the machine, then the release.
             if let Poll::Ready(Some(first)) = poll_ready_reply(&mut self.inflight, cx) {
                 self.feed(first, cx);
@@ -444,17 +449,106 @@ where
     }
 
     fn into_task(self: Box<Self>) -> Option<CtlSender> {
-        spawn_task(self)
+        keep(self)
     }
 }
 
-/// A parked release in progress; dropped midway, the release finishes in a task.
+/// A parked release in progress; dropped midway, the release finishes in a keeper.
 struct Releasing(Option<Box<dyn Parked>>);
 
 impl Drop for Releasing {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
             drop(p.into_task());
+        }
+    }
+}
+
+/// Release hints of a waiting acquisition: the subscription, while it is set up, then the
+/// next hint.
+struct Hints {
+    subscribing: Option<BoxFuture<Option<Subscription>>>,
+    subscription: Option<Subscription>,
+    wakeup: Option<BoxFuture<()>>,
+}
+
+/// What a driver needs once a keeper drives it: the guard's requests, and who waits for
+/// their answers. Boxed apart from the driver: an acquisition that is only taken and released
+/// inline never needs it.
+struct Keep {
+    ctl: Arc<Ctl>,
+    /// The guard can still ask (it was not dropped).
+    guard_open: bool,
+    /// Releases and extensions asked for, not yet answered.
+    asked: Vec<Control>,
+    /// A release was asked for and waits for a slot of the gate.
+    want_release: bool,
+    /// Bounds the time cleanup commands may take once the lock is done with.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Released with the machine to hand back: the answer `finish` gives the release waiters.
+    finish_nodes: Option<Vec<NodeOutcome>>,
+    /// Counts the kept lock among the client's tasks, so `close()` waits for it.
+    _token: TaskToken,
+}
+
+impl Keep {
+    /// Answers everyone waiting for an extension's outcome.
+    fn answer_extensions(&mut self, outcome: impl Fn() -> Extension) {
+        self.asked.retain_mut(|c| {
+            if !matches!(c, Control::Extend(_)) {
+                return true;
+            }
+            if let Control::Extend(w) = std::mem::replace(c, Control::Done) {
+                let _ = w.send(outcome());
+            }
+            false
+        });
+    }
+
+    /// Answers everyone waiting for the release.
+    fn answer_releases(&mut self, nodes: &[NodeOutcome]) {
+        self.asked.retain_mut(|c| {
+            if !matches!(c, Control::Release(_)) {
+                return true;
+            }
+            if let Control::Release(w) = std::mem::replace(c, Control::Done) {
+                let _ = w.send(nodes.to_vec());
+            }
+            false
+        });
+    }
+}
+
+impl<M, T> Kept for Driver<M, T>
+where
+    M: LockMachine<Command = T::Command, Reply = T::Reply> + Send + 'static,
+    T: Transport,
+{
+    fn poll_keep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        let Some(mut keep) = self.keep.take() else {
+            return Poll::Ready(());
+        };
+        let done = self.poll_kept(&mut keep, cx);
+        self.keep = Some(keep);
+        done
+    }
+
+    fn finish(mut self: Box<Self>) {
+        let Some(mut keep) = self.keep.take() else {
+            return;
+        };
+        if let Some(nodes) = keep.finish_nodes.take() {
+            // Released and nobody can ask more: the machine goes back before the answer.
+            self.wind_up();
+            keep.answer_releases(&nodes);
+            return;
+        }
+        end_hold(&self.shared, End::Released);
+        // Nothing is in flight that the machine still waits for: it may serve again.
+        if self.inflight.is_empty() {
+            self.wind_up();
         }
     }
 }
@@ -466,11 +560,9 @@ struct Driver<M, T: Transport> {
     shared: Arc<Hold>,
     /// Release hints were asked for (once, when the lock was first found busy).
     listened: bool,
-    /// The subscription to release hints, while it is being set up.
-    subscribing: Option<BoxFuture<Option<Subscription>>>,
-    subscription: Option<Subscription>,
-    /// The next release hint of `subscription`.
-    wakeup: Option<BoxFuture<()>>,
+    /// Release hints, while the acquisition waits for a busy lock (boxed: a held lock has
+    /// none).
+    hints: Option<Box<Hints>>,
     /// Replies the transport gave at once, fed to the machine as the next input.
     answered: std::collections::VecDeque<(NodeId, OpId, T::Reply)>,
     /// What the machine reported that the caller of the drive loop has not looked at yet.
@@ -489,8 +581,10 @@ struct Driver<M, T: Transport> {
     heard: bool,
     /// The command in flight that the transport answers itself ([`Transport::is_local`]).
     local_op: Option<OpId>,
-    /// Waiting for a slot of the gate before an inline release.
+    /// Waiting for a slot of the gate before a release.
     entering: Option<BoxFuture<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// Set once a keeper drives the lock.
+    keep: Option<Box<Keep>>,
 }
 
 impl<M, T> Driver<M, T>
@@ -499,7 +593,7 @@ where
     T: Transport,
 {
     /// The drive loop, one step at a time, shared by the acquisition, the guard's inline
-    /// release and the hold task: hands out what the machine emitted, reports the first
+    /// release and the keeper: hands out what the machine emitted, reports the first
     /// thing it said that the caller waits for, else applies one input (a reply, a release
     /// hint, the deadline) and reports `Moved`. Everything lives in the driver, so a step
     /// dropped midway loses nothing.
@@ -567,37 +661,48 @@ where
         if !self.listened {
             self.listened = true;
             if let Some(channel) = self.machine.release_channel() {
-                self.subscribing = Some(self.transport.subscribe(channel.to_vec()));
+                self.hints = Some(Box::new(Hints {
+                    subscribing: Some(self.transport.subscribe(channel.to_vec())),
+                    subscription: None,
+                    wakeup: None,
+                }));
             }
         }
-        if let Some(setting_up) = self.subscribing.as_mut() {
+        let Some(hints) = self.hints.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Some(setting_up) = hints.subscribing.as_mut() {
             let subscription = std::task::ready!(setting_up.as_mut().poll(cx));
-            self.subscribing = None;
-            self.subscription = subscription;
-            if self.subscription.is_some() {
+            hints.subscribing = None;
+            hints.subscription = subscription;
+            if hints.subscription.is_some() {
                 return Poll::Ready(());
             }
         }
-        let Some(subscription) = &self.subscription else {
+        let Some(subscription) = &hints.subscription else {
             return Poll::Pending;
         };
         let notify = subscription.notify.clone();
-        let wakeup = self
+        let wakeup = hints
             .wakeup
             .get_or_insert_with(|| Box::pin(async move { notify.notified().await }));
         std::task::ready!(wakeup.as_mut().poll(cx));
-        self.wakeup = None;
+        hints.wakeup = None;
         Poll::Ready(())
     }
 
-    /// Waits for a slot of the client's gate (if it has one) before a release: a burst of
-    /// releases goes out at the pace answers come back.
-    async fn take_slot(&mut self) {
+    /// Ready once the driver has a slot of the client's gate (at once if the client has
+    /// none): a burst of releases goes out at the pace answers come back, like acquisitions,
+    /// instead of timing out in the queue.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.slot.is_none() {
             if let Some(gate) = self.transport.gate() {
-                self.slot = gate.slot().await;
+                let entering = self.entering.get_or_insert_with(|| Box::pin(gate.slot()));
+                self.slot = std::task::ready!(entering.as_mut().poll(cx));
+                self.entering = None;
             }
         }
+        Poll::Ready(())
     }
 
     /// Drives the machine until it holds the lock (its fence) or gives up.
@@ -613,9 +718,7 @@ where
             match step {
                 Step::Acquired(fence) => {
                     // Hints serve only the acquisition.
-                    self.subscribing = None;
-                    self.wakeup = None;
-                    self.subscription = None;
+                    self.hints = None;
                     return Ok(fence);
                 }
                 Step::Failed(error) => return Err(error),
@@ -654,102 +757,104 @@ where
         }
     }
 
-    /// Keeps a held lock (renewal, loss, release), or, with a closed `ctl`, releases and ends.
-    async fn run(mut self: Box<Self>, ctl: Arc<Ctl>) {
-        let mut waiters: Vec<oneshot::Sender<Vec<NodeOutcome>>> = Vec::new();
-        let mut extending: Vec<oneshot::Sender<Extension>> = Vec::new();
-        let mut guard_open = true;
-        let mut drain_until: Option<tokio::time::Instant> = None;
-        // Boxed, and made only for the grace period: the task's state stays small for the
-        // hours a lock may be held.
-        let mut grace_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    /// Keeps a held lock (renewal, loss, release), or, once the guard is gone, releases it;
+    /// ready when there is nothing left to do (then [`Kept::finish`]).
+    fn poll_kept(&mut self, keep: &mut Keep, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             self.trim();
-            // Done, nobody waiting, and no guard that could still ask: the task ends once the
-            // commands still in flight (cleanup the machine sent without waiting) are out, or
-            // after a grace period if a server does not answer them.
+            if keep.want_release {
+                std::task::ready!(self.poll_slot(cx));
+                keep.want_release = false;
+                let _ = self.machine.release(self.clock.now());
+            }
+            // Done, nobody waiting, and no guard that could still ask: the driver ends once
+            // the commands still in flight (cleanup the machine sent without waiting) are out,
+            // or after a grace period if a server does not answer them.
             let idle = matches!(self.machine.state(), State::Done | State::Idle);
-            let mut grace = None;
+            let mut in_grace = false;
             if idle
-                && waiters.is_empty()
-                && !guard_open
+                && keep.asked.is_empty()
+                && !keep.guard_open
                 && self.steps.is_empty()
                 && self.answered.is_empty()
             {
-                let until =
-                    *drain_until.get_or_insert_with(|| tokio::time::Instant::now() + CLEANUP_GRACE);
-                if self.inflight.is_empty() || tokio::time::Instant::now() >= until {
-                    break;
+                let now = tokio::time::Instant::now();
+                let until = keep
+                    .grace
+                    .as_ref()
+                    .map_or(now + CLEANUP_GRACE, |s| s.deadline());
+                if self.inflight.is_empty() || now >= until {
+                    return Poll::Ready(());
                 }
-                grace = Some(until);
+                // Boxed, and made only for the grace period: a held lock's state stays small
+                // for the hours it may be held.
+                if keep.grace.is_none() {
+                    keep.grace = Some(Box::pin(tokio::time::sleep_until(until)));
+                }
+                in_grace = true;
             }
-            if let (Some(until), None) = (grace, &grace_sleep) {
-                grace_sleep = Some(Box::pin(tokio::time::sleep_until(until)));
-            }
-            tokio::select! {
-                biased;
-                step = std::future::poll_fn(|cx| self.poll_step(cx)) => match step {
+            if let Poll::Ready(step) = self.poll_step(cx) {
+                match step {
                     Step::Released(nodes) => {
                         self.slot = None;
-                        answer(&mut extending, || Err(Error::Lost));
-                        // Released and nobody can ask anything more: hand the machine back
-                        // before answering, so the caller's next acquisition finds it;
-                        // commands still in flight (cleanup the machine does not wait for)
-                        // finish in the background.
-                        let closing = !waiters.is_empty() || !guard_open;
-                        if closing && self.machine.state() == State::Done && self.recycle.is_some() {
-                            let waiters = std::mem::take(&mut waiters);
-                            self.wind_up();
-                            for w in waiters {
-                                let _ = w.send(nodes.clone());
-                            }
-                            return;
+                        keep.answer_extensions(|| Err(Error::Lost));
+                        // Released and nobody can ask anything more: the machine goes back
+                        // (in `finish`) before the answer, so the caller's next acquisition
+                        // finds it; commands still in flight (cleanup the machine does not
+                        // wait for) finish in the background.
+                        let closing = !keep.asked.is_empty() || !keep.guard_open;
+                        if closing && self.machine.state() == State::Done && self.recycle.is_some()
+                        {
+                            keep.finish_nodes = Some(nodes);
+                            return Poll::Ready(());
                         }
-                        for w in waiters.drain(..) {
-                            let _ = w.send(nodes.clone());
-                        }
+                        keep.answer_releases(&nodes);
                     }
                     // The answer to `extend()` goes out after the guard's state has the new
                     // deadline (or the end), so the caller reads what it was told.
-                    Step::Extension(outcome) => answer(&mut extending, || {
-                        outcome.clone().map_err(|e| e.map_or(Error::Lost, Error::Lock))
+                    Step::Extension(outcome) => keep.answer_extensions(|| {
+                        outcome
+                            .clone()
+                            .map_err(|e| e.map_or(Error::Lost, Error::Lock))
                     }),
                     Step::Moved | Step::Acquired(_) | Step::Failed(_) => {}
-                },
-                c = ctl.recv(), if guard_open => match c {
-                    Some(Control::Release(w)) => {
-                        waiters.push(w);
-                        Box::pin(self.take_slot()).await;
-                        let _ = self.machine.release(self.clock.now());
-                    }
-                    Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
-                        Ok(()) => extending.push(w),
-                        Err(UsageError::NotHeld) => {
-                            let _ = w.send(Err(Error::Lost));
-                        }
-                        Err(e) => {
-                            let _ = w.send(Err(Error::Usage(e)));
-                        }
-                    },
-                    None => {
-                        // The guard was dropped: release in the background.
-                        guard_open = false;
-                        Box::pin(self.take_slot()).await;
-                        let _ = self.machine.release(self.clock.now());
-                    }
-                },
-                () = async {
-                    match grace_sleep.as_mut().filter(|_| grace.is_some()) {
-                        Some(sleep) => sleep.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
+                }
+                continue;
             }
-        }
-        end_hold(&self.shared, End::Released);
-        // Nothing is in flight that the machine still waits for: it may serve again.
-        if self.inflight.is_empty() {
-            self.wind_up();
+            if keep.guard_open {
+                if let Poll::Ready(c) = keep.ctl.poll_recv(cx) {
+                    match c {
+                        Some(Control::Release(w)) => {
+                            keep.asked.push(Control::Release(w));
+                            keep.want_release = true;
+                        }
+                        Some(Control::Extend(w)) => match self.machine.extend(self.clock.now()) {
+                            Ok(()) => keep.asked.push(Control::Extend(w)),
+                            Err(UsageError::NotHeld) => {
+                                let _ = w.send(Err(Error::Lost));
+                            }
+                            Err(e) => {
+                                let _ = w.send(Err(Error::Usage(e)));
+                            }
+                        },
+                        None => {
+                            // The guard was dropped: release in the background.
+                            keep.guard_open = false;
+                            keep.want_release = true;
+                        }
+                        Some(Control::Done) => {}
+                    }
+                    continue;
+                }
+            }
+            if in_grace {
+                if let Some(sleep) = keep.grace.as_mut() {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+            }
+            return Poll::Pending;
         }
     }
 
@@ -757,7 +862,7 @@ where
     /// background, and a finished machine goes back for reuse.
     #[allow(clippy::boxed_local)] // the driver lives in this box; unboxing would copy it
     fn wind_up(mut self: Box<Self>) {
-        // What the machine said last (a release answered after the task decided to end) is
+        // What the machine said last (a release answered after the driver decided to end) is
         // read here: a machine goes back for reuse with nothing left to say, or its next
         // acquisition would read that answer as its own (a `Released` ending a fresh hold).
         self.drain();
@@ -850,13 +955,6 @@ struct Waiting<'a>(&'a Hold);
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.unregister();
-    }
-}
-
-/// Answers everyone waiting for an extension's outcome.
-fn answer(waiting: &mut Vec<oneshot::Sender<Extension>>, outcome: impl Fn() -> Extension) {
-    for w in waiting.drain(..) {
-        let _ = w.send(outcome());
     }
 }
 
@@ -969,8 +1067,8 @@ impl Timer {
 /// A held lock. Keeps the lease alive in the background (when auto-extension is on) and
 /// releases on [`release`](Guard::release) or, in the background, on drop.
 ///
-/// A lock without auto-extension runs no task while held: its guard keeps the driver and
-/// runs it in the caller's task on `release` (the first manual `extend` moves it to a task).
+/// A lock without auto-extension needs no keeper while held: its guard keeps the driver and
+/// runs it in the caller's task on `release` (the first manual `extend` moves it to a keeper).
 /// `lost()` and `is_held()` read the clock, so they need no task.
 pub struct Guard {
     name: String,
@@ -994,7 +1092,8 @@ impl std::fmt::Debug for Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // A parked driver goes to a task that releases; a task's closed channel tells it so.
+        // A parked driver goes to a keeper that releases; a kept driver's closed channel
+        // tells it so.
         if let Link::Parked(p) = std::mem::replace(self.link_mut(), Link::Gone) {
             drop(p.into_task());
         }
@@ -1006,6 +1105,7 @@ impl std::fmt::Debug for Control {
         f.write_str(match self {
             Control::Release(_) => "Release",
             Control::Extend(_) => "Extend",
+            Control::Done => "Done",
         })
     }
 }
@@ -1043,7 +1143,7 @@ impl Guard {
     }
 
     /// Resolves when the lock is lost: when renewal did not succeed, at the local deadline at
-    /// the latest (even if the driver task is late), or once released.
+    /// the latest (even if the driver is late), or once released.
     pub async fn lost(&self) {
         loop {
             // Ready to be woken before registering: an end after `register` wakes this.

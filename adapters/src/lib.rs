@@ -42,6 +42,9 @@ pub mod file;
 mod hints;
 #[cfg(feature = "client")]
 mod hold;
+
+#[cfg(feature = "client")]
+mod keeper;
 #[cfg(feature = "lease-family")]
 mod lease_family;
 #[cfg(feature = "memory")]

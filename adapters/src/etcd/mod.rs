@@ -433,7 +433,7 @@ impl sealed::Client for Etcd {
             let transport = Arc::new(Route {
                 cluster: self.cluster.clone(),
                 op_timeout: cfg.op_timeout(),
-                session: Some((host.subscribe(), told)),
+                session: Some((host.clone(), told)),
             });
             return Ok(Box::pin(driver::acquire(
                 machine,

@@ -18,13 +18,14 @@ use bytes::Bytes;
 use lucky_core::etcd::{Command, EtcdConfig, EtcdLock, Reply, Session, SessionView};
 use lucky_core::{Instant, LockMachine, NodeId, OpId, Output, State, Transmit, UsageError};
 
-use super::transport::{Cluster, Told, LONG_POLL};
+use super::transport::{Changes, Cluster, Told, LONG_POLL};
 use crate::clock::Clock;
 
 /// The session of one lease configuration, run by a task of its own.
 pub(super) struct SessionHost {
     session: Mutex<Session>,
-    view: tokio::sync::watch::Sender<Option<SessionView>>,
+    /// The session's lease as published, and the locks' long-polls waiting for a change.
+    published: Mutex<Published>,
     /// Wakes the session's task (a lock needs a lease, a clean-up to send, a reply).
     wake: Arc<tokio::sync::Notify>,
     cluster: Arc<Cluster>,
@@ -34,10 +35,24 @@ pub(super) struct SessionHost {
     next_lock: AtomicU64,
 }
 
+/// The session's lease as last published: one waker per waiting long-poll instead of a
+/// watch channel's pending future in each (a held lock keeps its long-poll for hours).
+#[derive(Default)]
+struct Published {
+    view: Option<SessionView>,
+    /// Changes published so far.
+    epoch: u64,
+    /// The long-polls to wake at the next change.
+    waiting: Vec<std::task::Waker>,
+    /// Places in `waiting` whose long-poll ended before the change: reused, so that locks
+    /// taken and released between two changes do not grow the list.
+    free: Vec<usize>,
+}
+
 impl std::fmt::Debug for SessionHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionHost")
-            .field("view", &*self.view.borrow())
+            .field("view", &self.published().view)
             .finish_non_exhaustive()
     }
 }
@@ -49,7 +64,7 @@ impl SessionHost {
             // The session's answers come back to it alone (its own task sends its requests),
             // never to a lock: any op-id range will do.
             session: Mutex::new(Session::new(cfg, 0)),
-            view: tokio::sync::watch::channel(None).0,
+            published: Mutex::default(),
             wake: Arc::default(),
             cluster,
             clock,
@@ -93,18 +108,71 @@ impl SessionHost {
     /// in the order the session produced them (a stale one never overwrites a newer one).
     fn publish(&self, s: &Session) {
         let v = s.view();
-        self.view.send_if_modified(|old| {
-            let changed = *old != v;
-            *old = v;
-            changed
-        });
+        let waiting = {
+            let mut p = self.published();
+            if p.view == v {
+                return;
+            }
+            p.view = v;
+            p.epoch += 1;
+            p.free.clear();
+            std::mem::take(&mut p.waiting)
+        };
+        for w in waiting {
+            w.wake();
+        }
     }
 
-    /// The session's lease as published, for a lock's transport to long-poll on.
-    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<SessionView>> {
-        self.view.subscribe()
+    fn published(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Changes for SessionHost {
+    fn poll_changed(
+        &self,
+        seen: &Option<SessionView>,
+        at: &mut Option<(u64, usize)>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut p = self.published();
+        if p.view != *seen {
+            return std::task::Poll::Ready(());
+        }
+        match *at {
+            Some((epoch, i)) if epoch == p.epoch && i < p.waiting.len() => {
+                if !p.waiting[i].will_wake(cx.waker()) {
+                    p.waiting[i] = cx.waker().clone();
+                }
+            }
+            _ => {
+                let i = match p.free.pop() {
+                    Some(i) => {
+                        p.waiting[i] = cx.waker().clone();
+                        i
+                    }
+                    None => {
+                        p.waiting.push(cx.waker().clone());
+                        p.waiting.len() - 1
+                    }
+                };
+                *at = Some((p.epoch, i));
+            }
+        }
+        std::task::Poll::Pending
     }
 
+    fn forget(&self, at: (u64, usize)) {
+        let mut p = self.published();
+        let (epoch, i) = at;
+        if epoch == p.epoch && i < p.waiting.len() {
+            p.waiting[i] = std::task::Waker::noop().clone();
+            p.free.push(i);
+        }
+    }
+}
+
+impl SessionHost {
     /// Ends the session: revokes its lease (every key on it goes). Waits for the answer.
     pub(super) async fn close(&self) -> bool {
         let revoke = {
@@ -219,7 +287,15 @@ impl SharedLock {
         let active = !matches!(self.lock.state(), State::Idle | State::Done);
         if !active {
             self.told.finished.store(true, Ordering::Release);
-            self.told.done.notify_waiters();
+            let waker = self
+                .told
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(w) = waker {
+                w.wake();
+            }
         } else if self.asking.is_none() {
             self.told.finished.store(false, Ordering::Release);
             self.next_op = self.next_op.wrapping_add(1);

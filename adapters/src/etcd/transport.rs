@@ -60,39 +60,80 @@ pub(super) struct Route {
     pub(super) op_timeout: Duration,
     /// On a shared session: the session's lease as published and what the lock was told of
     /// it (the lock's `KeepAlive { lease: LONG_POLL }` is the long-poll for a change).
-    pub(super) session: Option<(SessionWatch, Arc<Told>)>,
+    pub(super) session: Option<(Arc<dyn Changes>, Arc<Told>)>,
 }
 
 /// The lease id of a lock's long-poll for its session's changes (etcd never grants lease 0).
 pub(super) const LONG_POLL: i64 = 0;
-
-/// The session's lease as its task publishes it.
-pub(super) type SessionWatch = tokio::sync::watch::Receiver<Option<SessionView>>;
 
 /// What a lock on a shared session shares with its transport: the session's lease as the lock
 /// was last told, and a signal that the lock is done (its long-poll ends).
 #[derive(Debug, Default)]
 pub(super) struct Told {
     pub(super) view: Mutex<Option<SessionView>>,
-    pub(super) done: tokio::sync::Notify,
+    /// The lock is done: its long-poll ends.
     pub(super) finished: std::sync::atomic::AtomicBool,
+    /// Wakes the long-poll when the lock is done.
+    pub(super) waker: Mutex<Option<std::task::Waker>>,
 }
 
-/// Waits until the session's lease differs from what `told` holds, or the lock is done.
-async fn changed(mut rx: SessionWatch, told: &Told) {
-    let done = told.done.notified();
-    tokio::pin!(done);
-    done.as_mut().enable();
-    let seen = *told.view.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let finished = told.finished.load(std::sync::atomic::Ordering::Acquire);
-        if finished || *rx.borrow_and_update() != seen {
-            return;
+/// The session's lease as published, as a lock's long-poll sees it.
+pub(super) trait Changes: Send + Sync {
+    /// Ready once the published lease differs from `seen` (what the lock was told), else
+    /// wakes `cx` at the next change. `at` is where this long-poll's waker waits (the change
+    /// it waits for and its place in a list): a waker is listed once per change, and replaced
+    /// in place when the long-poll moved to another task.
+    fn poll_changed(
+        &self,
+        seen: &Option<SessionView>,
+        at: &mut Option<(u64, usize)>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()>;
+    /// The long-poll listed at `at` ended: its place may serve another.
+    fn forget(&self, at: (u64, usize));
+}
+
+/// A lock's long-poll: ready when the session's lease differs from what the lock was told, or
+/// the lock is done. Forty bytes; a held lock keeps one in flight for as long as it is held.
+struct LongPoll {
+    host: Arc<dyn Changes>,
+    told: Arc<Told>,
+    /// Where its waker waits in the host's list (see [`Changes::poll_changed`]).
+    at: Option<(u64, usize)>,
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        if let Some(at) = self.at {
+            self.host.forget(at);
         }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = &mut done => return,
+    }
+}
+
+impl std::future::Future for LongPoll {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = &mut *self;
+        {
+            // Listed before the check: a finish after it wakes this.
+            let mut w = this.told.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
         }
+        if this
+            .told
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return std::task::Poll::Ready(());
+        }
+        let seen = *this.told.view.lock().unwrap_or_else(|e| e.into_inner());
+        this.host.poll_changed(&seen, &mut this.at, cx)
     }
 }
 
@@ -121,8 +162,12 @@ impl Transport for Route {
         // Every held lock keeps its long-poll in flight: it carries neither the command nor a
         // request's state, which are many times larger (a request is boxed on its own).
         let work = match (&self.session, command) {
-            (Some((watch, told)), Command::KeepAlive { lease: LONG_POLL }) => {
-                Work::LongPoll(watch.clone(), told.clone())
+            (Some((host, told)), Command::KeepAlive { lease: LONG_POLL }) => {
+                Work::LongPoll(LongPoll {
+                    host: host.clone(),
+                    told: told.clone(),
+                    at: None,
+                })
             }
             (
                 _,
@@ -140,8 +185,8 @@ impl Transport for Route {
         };
         async move {
             match work {
-                Work::LongPoll(watch, told) => {
-                    changed(watch, &told).await;
+                Work::LongPoll(poll) => {
+                    poll.await;
                     Reply::Done
                 }
                 Work::Request(request) => request.await,
@@ -153,7 +198,7 @@ impl Transport for Route {
 /// What a lock's command becomes in [`Route::send`].
 enum Work {
     /// A long-poll for the session's changes, answered inside the process.
-    LongPoll(SessionWatch, Arc<Told>),
+    LongPoll(LongPoll),
     /// A request to the cluster.
     Request(driver::BoxFuture<Reply>),
 }

@@ -40,6 +40,7 @@ mod command;
 mod config;
 pub mod session;
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -81,11 +82,11 @@ pub struct EtcdLock {
     /// A validity confirmed by a keepalive, waiting for the ownership re-read.
     pending_until: Option<Instant>,
     attempts: Attempts,
-    last_error: Option<LockError>,
+    last_error: Option<Box<LockError>>,
     /// The lease was granted during the current acquisition.
     fresh_lease: bool,
     /// The error a failing acquisition reports once its lease revoke is answered.
-    failure: Option<LockError>,
+    failure: Option<Box<LockError>>,
     /// In a client's shared session: what this lock knows of the session's lease.
     shared: Option<Shared>,
 }
@@ -594,7 +595,7 @@ impl EtcdLock {
             let rev = self.rev;
             self.drop_chain();
             if !self.bug(Bug::FailBeforeCleanup) && self.send_abandon(Some(Kind::Abandon), rev) {
-                self.failure = Some(error);
+                self.failure = Some(Box::new(error));
                 self.phase = Phase::Failing;
             } else {
                 self.phase = Phase::Done;
@@ -606,7 +607,7 @@ impl EtcdLock {
             Some(l) if !self.bug(Bug::FailBeforeCleanup) => {
                 self.drop_chain();
                 self.lease = None;
-                self.failure = Some(error);
+                self.failure = Some(Box::new(error));
                 self.phase = Phase::Failing;
                 self.send_main(Kind::Revoke, Command::Revoke { lease: l.id });
             }
@@ -622,7 +623,7 @@ impl EtcdLock {
     fn failed(&mut self) {
         self.key = Bytes::new();
         self.phase = Phase::Done;
-        if let Some(error) = self.failure.take() {
+        if let Some(error) = self.failure.take().map(|e| *e) {
             self.emit(Event::Failed(error));
         }
     }
@@ -746,7 +747,7 @@ impl EtcdLock {
     }
 
     fn lose(&mut self, error: Option<LockError>) {
-        let reason = match error.or_else(|| self.last_error.take()) {
+        let reason = match error.or_else(|| self.last_error.take().map(|e| *e)) {
             Some(e) => LostReason::ExtendFailed(e),
             None => LostReason::Expired,
         };
@@ -917,7 +918,7 @@ impl EtcdLock {
     fn keepalive_failed(&mut self, outcome: NodeOutcome) {
         self.suspect = true;
         let error = self.error(outcome, false);
-        self.last_error = Some(error.clone());
+        self.last_error = Some(Box::new(error.clone()));
         // Try again soon, well inside the remaining validity.
         let every = self.lease.map_or(self.cfg.keepalive_every, |l| l.every);
         self.next_keepalive = self.now + every / 4;

@@ -25,6 +25,7 @@ mod bugs;
 mod command;
 mod config;
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -72,10 +73,10 @@ pub struct RedLock {
     /// is granted late while its value does not hold the lock, that node is released again.
     orphans: Vec<Orphan>,
     /// The error a failing acquisition reports once its clean-up is done.
-    failure: Option<LockError>,
+    failure: Option<Box<LockError>>,
     attempts: Attempts,
     extensions: u32,
-    last_extend_error: Option<LockError>,
+    last_extend_error: Option<Box<LockError>>,
     /// A quick retry after a split vote may be taken (once per wake-up; see `fail_attempt`).
     quick_retry: bool,
 }
@@ -571,7 +572,7 @@ impl RedLock {
             None => {
                 // Give up only once the releases were answered (or timed out), so a caller
                 // that exits right after `Failed` leaves no key behind.
-                self.failure = Some(error);
+                self.failure = Some(Box::new(error));
                 let deadline = self.broadcast_release(false);
                 self.phase = Phase::Failing { deadline };
             }
@@ -720,7 +721,7 @@ impl RedLock {
                     .auto_extend
                     .map(|_| self.now + self.cfg.retry.delay)
                     .filter(|at| *at < valid_until);
-                self.last_extend_error = Some(error.clone());
+                self.last_extend_error = Some(Box::new(error.clone()));
                 self.phase = Phase::Held {
                     valid_until,
                     next_extend,
@@ -732,7 +733,7 @@ impl RedLock {
     }
 
     fn lose(&mut self) {
-        let reason = match self.last_extend_error.take() {
+        let reason = match self.last_extend_error.take().map(|e| *e) {
             Some(e) => LostReason::ExtendFailed(e),
             None => LostReason::Expired,
         };
@@ -767,7 +768,7 @@ impl RedLock {
         }
         let failing = matches!(self.phase, Phase::Failing { .. });
         self.phase = Phase::Done;
-        match self.failure.take() {
+        match self.failure.take().map(|e| *e) {
             Some(error) if failing => self.emit(Event::Failed(error)),
             _ => {
                 let nodes = self.slots.iter().map(|s| s.outcome.clone()).collect();

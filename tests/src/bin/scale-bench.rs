@@ -2,7 +2,8 @@
 //! distinct names, all started at once with `no_wait`, on the five Redis nodes and on the etcd
 //! member of `scripts/services.sh start`; against the floor, the raw commands of the same burst
 //! sent concurrently over one connection per server. Reports failures, burst time, memory per
-//! held lock (resident set growth while they are held), CPU per held lock per second while
+//! held lock (heap growth once the held locks settled, a second after the burst; also at the
+//! burst's end, and the resident set's growth), CPU per held lock per second while
 //! auto-extension keeps them (`LUCKY_SCALE_HOLD_SECS`, default 0: skipped), and what is left
 //! on the servers after the process released everything and closed its client.
 //! `LUCKY_SCALE_BACKENDS` picks the backends (default `redis,etcd`), `LUCKY_SCALE_TTL_SECS`
@@ -144,6 +145,9 @@ struct Burst {
     failed: usize,
     first_error: Option<String>,
     bytes_per_lock: f64,
+    /// The same, read the moment the burst's last acquisition resolved (commands of the
+    /// burst still in flight).
+    bytes_at_end: f64,
     /// Resident set growth per held lock (the first round's is the honest one).
     rss_per_lock: f64,
     /// took / floor, of this round (of the rounds: their median).
@@ -172,6 +176,7 @@ impl Burst {
             failed: rounds.iter().map(|b| b.failed).sum(),
             first_error,
             bytes_per_lock: rounds.iter().map(|b| b.bytes_per_lock).fold(0.0, f64::max),
+            bytes_at_end: rounds.iter().map(|b| b.bytes_at_end).fold(0.0, f64::max),
             rss_per_lock: rounds[0].rss_per_lock,
             ratio: {
                 let mut r: Vec<f64> = rounds.iter().map(|b| b.ratio).collect();
@@ -186,7 +191,7 @@ impl Burst {
 
     fn line(&self, backend: &str, n: usize) -> String {
         format!(
-            "{backend}: {n} no_wait acquisitions at once: {} failed{}, {:?} ({:.2}x the floor's {:?}); {:.0} heap bytes per held lock ({:.0} resident){}; lock keys and leases left on the server after release and close: {}",
+            "{backend}: {n} no_wait acquisitions at once: {} failed{}, {:?} ({:.2}x the floor's {:?}); {:.0} heap bytes per held lock ({:.0} at the burst's end, {:.0} resident){}; lock keys and leases left on the server after release and close: {}",
             self.failed,
             self.first_error
                 .as_ref()
@@ -195,6 +200,7 @@ impl Burst {
             self.ratio,
             self.floor,
             self.bytes_per_lock,
+            self.bytes_at_end,
             self.rss_per_lock,
             self.cpu_per_lock_sec.map_or(String::new(), |c| format!(
                 ", CPU {c:?} per held lock per second of auto-extension, {} lost while held",
@@ -204,6 +210,9 @@ impl Burst {
         )
     }
 }
+
+/// How long held locks settle after a burst before their memory is read.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// Starts every acquisition of `names` at once on `lock`; returns the guards, the failures
 /// (with the first error) and the time until all had resolved.
@@ -271,6 +280,10 @@ where
     })
     .await;
     let held = guards.len().max(1) as f64;
+    let bytes_at_end = (heap() - heap_before).max(0) as f64 / held;
+    // Held, once the burst's stragglers (answers of nodes past the quorum, their buffers)
+    // are in: well before the first renewal round (at a third of the ttl).
+    tokio::time::sleep(SETTLE.min(ttl / 4)).await;
     let bytes_per_lock = (heap() - heap_before).max(0) as f64 / held;
     if std::env::var("LUCKY_SCALE_SIZES").is_ok_and(|v| v == "1") {
         print_size_shares(&sizes_before, held);
@@ -284,6 +297,7 @@ where
         failed,
         first_error,
         bytes_per_lock,
+        bytes_at_end,
         rss_per_lock,
         cpu_per_lock_sec,
         lost_while_held,
