@@ -1,12 +1,14 @@
 //! Many locks in one process: a burst of `LUCKY_SCALE_LOCKS` (default 10 000) acquisitions on
-//! distinct names, all started at once with `no_wait`, on the five Redis nodes and on the etcd
-//! member of `scripts/services.sh start`; against the floor, the raw commands of the same burst
-//! sent concurrently over one connection per server. Reports failures, burst time, memory per
+//! distinct names, all started at once with `no_wait`, on the five Redis nodes (fenced, the
+//! default, and unfenced) and on the etcd member of `scripts/services.sh start`; against the
+//! floor, the raw commands of the same acquisitions (Redis fenced: the take script on every
+//! node, then the fence write-back; unfenced: `SET NX PX`) sent concurrently over one
+//! connection per server, one task per name. Reports failures, burst time, memory per
 //! held lock (heap growth once the held locks settled, a second after the burst; also at the
 //! burst's end, and the resident set's growth), CPU per held lock per second while
 //! auto-extension keeps them (`LUCKY_SCALE_HOLD_SECS`, default 0: skipped), and what is left
 //! on the servers after the process released everything and closed its client.
-//! `LUCKY_SCALE_BACKENDS` picks the backends (default `redis,etcd`), `LUCKY_SCALE_TTL_SECS`
+//! `LUCKY_SCALE_BACKENDS` picks the backends (default `redis,redis-unfenced,etcd`), `LUCKY_SCALE_TTL_SECS`
 //! the ttl (default 6), `LUCKY_SCALE_ROUNDS` the rounds (default 3; the summary gives the
 //! median times, the total failures and the worst memory and leftovers). `LUCKY_SCALE_SIZES=1`
 //! also prints which allocation sizes the held locks' bytes are in.
@@ -211,6 +213,9 @@ impl Burst {
     }
 }
 
+const REDIS: &str = "redis (5 nodes, fenced, vs the fenced scripts' floor)";
+const REDIS_UNFENCED: &str = "redis (5 nodes, unfenced, vs the SET NX PX floor)";
+
 /// How long held locks settle after a burst before their memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -305,7 +310,92 @@ where
     }
 }
 
-async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> Burst {
+/// A name's fenced acquisition as raw commands, the floor of Lucky's default (fenced)
+/// acquisition: the fenced take script on every node at once, then the fence write-back on
+/// the nodes that granted, as RedLock sends them; one task per name, as Lucky's.
+async fn raw_fenced(
+    conns: Vec<redis::aio::MultiplexedConnection>,
+    windows: Vec<std::sync::Arc<tokio::sync::Semaphore>>,
+    name: String,
+    ttl: Duration,
+) {
+    let fence_key = format!("{name}{}", lucky_core::redlock::FENCE_KEY_SUFFIX);
+    let takes = conns.iter().zip(&windows).map(|(c, w)| {
+        let (mut c, w) = (c.clone(), w.clone());
+        let (name, fence_key) = (&name, &fence_key);
+        async move {
+            let _slot = w.acquire_owned().await.unwrap();
+            let counter: i64 = redis::cmd("EVALSHA")
+                .arg(lucky_core::redlock::ACQUIRE_FENCED_SHA1)
+                .arg(2)
+                .arg(name)
+                .arg(fence_key)
+                .arg("t")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            counter
+        }
+    });
+    let counters = join_all(takes).await;
+    let fence = counters.iter().copied().max().unwrap_or(0) + 1;
+    let writes = conns
+        .iter()
+        .zip(&windows)
+        .zip(&counters)
+        .filter(|(_, c)| **c >= 0)
+        .map(|((c, w), _)| {
+            let (mut c, w) = (c.clone(), w.clone());
+            let (name, fence_key) = (&name, &fence_key);
+            async move {
+                let _slot = w.acquire_owned().await.unwrap();
+                let _: redis::Value = redis::cmd("EVALSHA")
+                    .arg(lucky_core::redlock::FENCE_SHA1)
+                    .arg(2)
+                    .arg(name)
+                    .arg(fence_key)
+                    .arg("t")
+                    .arg(fence)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        });
+    join_all(writes).await;
+}
+
+/// Runs `futures` concurrently in the caller's task (no task per command, as Lucky's driver
+/// polls a round's replies) and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, done) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *done = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// Redis, fenced (Lucky's default) or not, against the raw commands of the same
+/// acquisitions: the two fenced scripts, or `SET NX PX`.
+async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize, fenced: bool) -> Burst {
     let urls = redis_urls();
     let pid = std::process::id();
     let mut conns = Vec::new();
@@ -313,13 +403,27 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> B
         let c = redis::Client::open(u.as_str()).unwrap();
         conns.push(c.get_multiplexed_async_connection().await.unwrap());
     }
-    // The floor: SET NX PX of every name on every node, all at once, one connection per node.
+    // The floor: each name's raw commands on every node, all at once, one connection per node.
     let names: Vec<String> = (0..n)
         .map(|i| format!("scale-floor/{pid}/{round}/{i}"))
         .collect();
-    // Past 20 000 names, unpaced SETs time out inside the redis crate: then at most
-    // `LUCKY_SCALE_FLOOR_WINDOW` (default 256, as etcd's floor) per connection are in flight.
-    let window = if n > 20_000 {
+    for c in &mut conns {
+        for script in [
+            lucky_core::redlock::ACQUIRE_FENCED_SCRIPT,
+            lucky_core::redlock::FENCE_SCRIPT,
+        ] {
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script)
+                .query_async(c)
+                .await
+                .unwrap();
+        }
+    }
+    // Past 20 000 names, unpaced SETs time out inside the redis crate (scripts past a few
+    // thousand): then at most `LUCKY_SCALE_FLOOR_WINDOW` (default 256, as etcd's floor) per
+    // connection are in flight.
+    let window = if n > 20_000 || fenced {
         env_num("LUCKY_SCALE_FLOOR_WINDOW", 256) as usize
     } else {
         tokio::sync::Semaphore::MAX_PERMITS
@@ -329,23 +433,43 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> B
         .map(|_| std::sync::Arc::new(tokio::sync::Semaphore::new(window)))
         .collect();
     let start = Instant::now();
+    let fenced_floor: Vec<_> = names
+        .iter()
+        .filter(|_| fenced)
+        .map(|name| {
+            tokio::spawn(raw_fenced(
+                conns.clone(),
+                windows.clone(),
+                name.clone(),
+                ttl,
+            ))
+        })
+        .collect();
+    for f in fenced_floor {
+        f.await.unwrap();
+    }
     let sets: Vec<_> = names
         .iter()
-        .flat_map(|name| {
-            conns.iter().zip(&windows).map(move |(c, w)| {
-                let (mut c, name, w) = (c.clone(), name.clone(), w.clone());
-                tokio::spawn(async move {
-                    let _slot = w.acquire_owned().await.unwrap();
-                    let _: redis::Value = redis::cmd("SET")
-                        .arg(&name)
-                        .arg("t")
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl.as_millis() as u64)
-                        .query_async(&mut c)
-                        .await
-                        .unwrap();
-                })
+        .filter(|_| !fenced)
+        .map(|name| {
+            let (conns, windows, name) = (conns.clone(), windows.clone(), name.clone());
+            tokio::spawn(async move {
+                let sets = conns.into_iter().zip(windows).map(|(mut c, w)| {
+                    let name = name.clone();
+                    async move {
+                        let _slot = w.acquire_owned().await.unwrap();
+                        let _: redis::Value = redis::cmd("SET")
+                            .arg(&name)
+                            .arg("t")
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(ttl.as_millis() as u64)
+                            .query_async(&mut c)
+                            .await
+                            .unwrap();
+                    }
+                });
+                join_all(sets).await;
             })
         })
         .collect();
@@ -356,6 +480,7 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> B
 
     let locks = Redis::builder(&urls)
         .ttl(ttl)
+        .fencing(fenced)
         .max_in_flight(max_in_flight())
         .connect()
         .await
@@ -370,6 +495,15 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize) -> B
             .unwrap();
         // Fence counters stay by design (fences never restart); lock keys must not.
         left += keys.iter().filter(|k| !k.ends_with(":lucky-fence")).count();
+        // The floor's own fence counters go.
+        let floor_keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("scale-floor/{pid}/{round}/*"))
+            .query_async(c)
+            .await
+            .unwrap();
+        for chunk in floor_keys.chunks(1000) {
+            let _: i64 = redis::cmd("DEL").arg(chunk).query_async(c).await.unwrap();
+        }
     }
     Burst {
         floor,
@@ -480,39 +614,56 @@ async fn run() {
         "many locks in one process: {n} names, ttl {ttl:?}, max_in_flight {}",
         max_in_flight()
     );
-    // LUCKY_SCALE_BACKENDS: which to run (default both).
-    let backends = std::env::var("LUCKY_SCALE_BACKENDS").unwrap_or_else(|_| "redis,etcd".into());
+    // LUCKY_SCALE_BACKENDS: which to run (default all three): `redis` (fenced, Lucky's
+    // default), `redis-unfenced`, `etcd`.
+    let list = std::env::var("LUCKY_SCALE_BACKENDS")
+        .unwrap_or_else(|_| "redis,redis-unfenced,etcd".into());
+    let backends: Vec<&str> = list.split(',').map(str::trim).collect();
+    let on = |b: &str| backends.contains(&b);
     // Rounds of floor then Lucky, one backend after the other: the servers' own pauses
     // (fsync, compaction) swing single bursts by 3x, so the medians are reported.
     let rounds = env_num("LUCKY_SCALE_ROUNDS", 3).max(1) as usize;
-    let (mut rs, mut es) = (Vec::new(), Vec::new());
+    let (mut rs, mut us, mut es) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        if backends.contains("redis") {
-            let b = redis_burst(n, hold_secs, ttl, round).await;
-            println!("round {round}: {}", b.line("redis (5 nodes)", n));
+        if on("redis") {
+            let b = redis_burst(n, hold_secs, ttl, round, true).await;
+            println!("round {round}: {}", b.line(REDIS, n));
             rs.push(b);
         }
-        if backends.contains("etcd") {
+        if on("redis-unfenced") {
+            let b = redis_burst(n, hold_secs, ttl, round, false).await;
+            println!("round {round}: {}", b.line(REDIS_UNFENCED, n));
+            us.push(b);
+        }
+        if on("etcd") {
             let b = etcd_burst(n, hold_secs, ttl, round).await;
             println!("round {round}: {}", b.line("etcd (1 member)", n));
             es.push(b);
         }
     }
-    let (r, e) = (Burst::median(rs), Burst::median(es));
-    if backends.contains("redis") {
-        println!("median of {rounds}: {}", r.line("redis (5 nodes)", n));
+    let (r, u, e) = (Burst::median(rs), Burst::median(us), Burst::median(es));
+    if on("redis") {
+        println!("median of {rounds}: {}", r.line(REDIS, n));
     }
-    if backends.contains("etcd") {
+    if on("redis-unfenced") {
+        println!("median of {rounds}: {}", u.line(REDIS_UNFENCED, n));
+    }
+    if on("etcd") {
         println!("median of {rounds}: {}", e.line("etcd (1 member)", n));
     }
     println!(
-        "summary locks={n} redis_failed={} redis_burst_ms={:.0} redis_floor_ms={:.0} redis_vs_floor={:.2} redis_bytes_per_lock={:.0} redis_left={} etcd_failed={} etcd_burst_ms={:.0} etcd_floor_ms={:.0} etcd_vs_floor={:.2} etcd_bytes_per_lock={:.0} etcd_left={}",
+        "summary locks={n} redis_failed={} redis_burst_ms={:.0} redis_floor_ms={:.0} redis_vs_floor={:.2} redis_bytes_per_lock={:.0} redis_left={} redis_unfenced_failed={} redis_unfenced_burst_ms={:.0} redis_unfenced_floor_ms={:.0} redis_unfenced_vs_floor={:.2} redis_unfenced_bytes_per_lock={:.0} etcd_failed={} etcd_burst_ms={:.0} etcd_floor_ms={:.0} etcd_vs_floor={:.2} etcd_bytes_per_lock={:.0} etcd_left={}",
         r.failed,
         r.took.as_secs_f64() * 1e3,
         r.floor.as_secs_f64() * 1e3,
         r.ratio,
         r.bytes_per_lock,
         r.left,
+        u.failed,
+        u.took.as_secs_f64() * 1e3,
+        u.floor.as_secs_f64() * 1e3,
+        u.ratio,
+        u.bytes_per_lock,
         e.failed,
         e.took.as_secs_f64() * 1e3,
         e.floor.as_secs_f64() * 1e3,
