@@ -491,7 +491,25 @@ struct Keep {
     _token: TaskToken,
 }
 
+impl Drop for Keep {
+    fn drop(&mut self) {
+        // The driver ends without answering (its keeper was dropped with a runtime that shut
+        // down, or it panicked): the guard's requests fail at once instead of waiting forever.
+        let queued = {
+            let mut s = self.ctl.state();
+            s.closed = true;
+            std::mem::take(&mut s.queue)
+        };
+        drop(queued);
+    }
+}
+
 impl Keep {
+    /// Whether someone waits for the release's outcome.
+    fn release_asked(&self) -> bool {
+        self.asked.iter().any(|c| matches!(c, Control::Release(_)))
+    }
+
     /// Answers everyone waiting for an extension's outcome.
     fn answer_extensions(&mut self, outcome: impl Fn() -> Extension) {
         self.asked.retain_mut(|c| {
@@ -536,6 +554,8 @@ where
     }
 
     fn finish(mut self: Box<Self>) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let Some(mut keep) = self.keep.take() else {
             return;
         };
@@ -773,7 +793,7 @@ where
             let idle = matches!(self.machine.state(), State::Done | State::Idle);
             let mut in_grace = false;
             if idle
-                && keep.asked.is_empty()
+                && !keep.release_asked()
                 && !keep.guard_open
                 && self.steps.is_empty()
                 && self.answered.is_empty()
@@ -802,7 +822,7 @@ where
                         // (in `finish`) before the answer, so the caller's next acquisition
                         // finds it; commands still in flight (cleanup the machine does not
                         // wait for) finish in the background.
-                        let closing = !keep.asked.is_empty() || !keep.guard_open;
+                        let closing = keep.release_asked() || !keep.guard_open;
                         if closing && self.machine.state() == State::Done && self.recycle.is_some()
                         {
                             keep.finish_nodes = Some(nodes);

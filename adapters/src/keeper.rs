@@ -30,10 +30,13 @@ pub(crate) trait Kept: Send {
     fn finish(self: Box<Self>);
 }
 
-/// The keepers of one client; new locks go to the newest keeper until it is full.
+/// The keepers of one client, per runtime: a lock goes to a keeper of the runtime it was
+/// acquired on (its timer and connections belong to that runtime), the first with room.
 #[derive(Default)]
 pub(crate) struct Keepers {
-    current: Mutex<Option<Arc<Shared>>>,
+    open: Mutex<Vec<(tokio::runtime::Id, Arc<Shared>)>>,
+    /// Keepers started so far.
+    started: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Keepers {
@@ -43,27 +46,40 @@ impl std::fmt::Debug for Keepers {
 }
 
 impl Keepers {
-    /// Hands `kept` to a keeper on `rt`, starting one if none has room.
+    /// Hands `kept` to a keeper on `rt` with room, starting one if none has.
     pub(crate) fn keep(&self, rt: &tokio::runtime::Handle, kept: Box<dyn Kept>) {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = match current.as_ref() {
-            Some(k) => match k.push(kept) {
-                Ok(()) => return,
-                Err(kept) => kept,
-            },
-            None => kept,
+        let id = rt.id();
+        let keeper = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            // Ended keepers go; a keeper with room takes the lock (so that a few long-lived
+            // locks do not each keep a keeper of their own).
+            open.retain(|(_, k)| !k.state().closed);
+            let mut kept = Some(kept);
+            for (_, k) in open.iter().filter(|(on, _)| *on == id) {
+                match kept.take().map(|l| k.push(l)) {
+                    Some(Ok(())) => return,
+                    Some(Err(l)) => kept = Some(l),
+                    None => return,
+                }
+            }
+            let Some(kept) = kept else { return };
+            let shared = Arc::new(Shared::default());
+            // A fresh keeper is open and empty: the push cannot be refused.
+            let _ = shared.push(kept);
+            open.push((id, shared.clone()));
+            Keeper {
+                shared,
+                slots: Vec::new(),
+                free: Vec::new(),
+                ready: Vec::new(),
+            }
         };
-        let shared = Arc::new(Shared::default());
-        // A fresh keeper is open and empty: the push cannot be refused.
-        let _ = shared.push(kept);
-        let mut keeper = Keeper {
-            shared: shared.clone(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            ready: Vec::new(),
-        };
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Spawned outside the lock: on a runtime that is shutting down, the keeper (and the
+        // lock in it) is dropped at once.
+        let mut keeper = keeper;
         rt.spawn(std::future::poll_fn(move |cx| keeper.poll(cx)));
-        *current = Some(shared);
     }
 }
 
@@ -175,6 +191,18 @@ struct Keeper {
 }
 
 impl Keeper {
+    /// Nothing to poll: the keeper ends once it has no lock, else waits for a wake.
+    fn rest(s: &mut State, cx: &mut Context<'_>) -> Poll<()> {
+        if s.count == 0 {
+            s.closed = true;
+            return Poll::Ready(());
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.ready.is_empty() {
             let mut s = self.shared.state();
@@ -200,14 +228,7 @@ impl Keeper {
             }
             self.ready.append(&mut s.ready);
             if self.ready.is_empty() {
-                if s.count == 0 {
-                    s.closed = true;
-                    return Poll::Ready(());
-                }
-                if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    s.waker = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
+                return Self::rest(s, cx);
             }
         }
         let take = self.ready.len().min(BATCH);
@@ -217,16 +238,51 @@ impl Keeper {
                 continue;
             };
             let mut slot_cx = Context::from_waker(&slot.waker);
-            if slot.kept.poll_keep(&mut slot_cx).is_ready() {
-                if let Some(done) = self.slots[index as usize].take() {
-                    done.kept.finish();
+            // A lock that panics ends alone, not with the locks that share its keeper.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                slot.kept.poll_keep(&mut slot_cx)
+            }));
+            let done = match polled {
+                Ok(Poll::Pending) => continue,
+                Ok(Poll::Ready(())) => true,
+                Err(_) => {
+                    tracing::error!("a held lock's driver panicked; the lock is dropped");
+                    false
                 }
-                self.free.push(index);
-                ended += 1;
+            };
+            if let Some(slot) = self.slots[index as usize].take() {
+                if done {
+                    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        slot.kept.finish()
+                    }));
+                    if finished.is_err() {
+                        tracing::error!("a held lock's driver panicked while finishing");
+                    }
+                }
             }
+            self.free.push(index);
+            ended += 1;
         }
         if ended > 0 {
             self.shared.state().count -= ended;
+            // Give back the slab's free tail, so a keeper that once held many locks and
+            // keeps a few does not keep their room.
+            while matches!(self.slots.last(), Some(None)) {
+                self.slots.pop();
+            }
+            let len = self.slots.len();
+            self.free.retain(|&i| (i as usize) < len);
+            if self.slots.capacity() > 4 * len.max(16) {
+                self.slots.shrink_to(2 * len);
+                self.free.shrink_to(len);
+            }
+        }
+        if self.ready.is_empty() {
+            let mut s = self.shared.state();
+            if s.ready.is_empty() && s.incoming.is_empty() {
+                // Nothing woken meanwhile: the next wake (or hand-over) polls again.
+                return Self::rest(&mut s, cx);
+            }
         }
         // More to do: come back after the runtime's other tasks had their turn.
         cx.waker().wake_by_ref();
@@ -239,9 +295,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Pending until woken `wakes` times; counts its finish.
+    /// Pending until woken `wakes` times (panics instead, if `panics`); counts its finish.
     struct Item {
         wakes: usize,
+        panics: bool,
         board: Arc<Mutex<Vec<Waker>>>,
         finished: Arc<AtomicUsize>,
     }
@@ -249,6 +306,7 @@ mod tests {
     impl Kept for Item {
         fn poll_keep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
             if self.wakes == 0 {
+                assert!(!self.panics, "a driver's bug");
                 return Poll::Ready(());
             }
             self.wakes -= 1;
@@ -261,20 +319,28 @@ mod tests {
         }
     }
 
-    async fn run_items(keepers: &Keepers, n: usize, wakes: usize) -> usize {
+    /// Hands `n` items to `keepers` (every `panic_every`-th one panics at its end), wakes
+    /// them until all that do not panic finished; returns how many finished.
+    async fn run_items(keepers: &Keepers, n: usize, wakes: usize, panic_every: usize) -> usize {
         let board = Arc::new(Mutex::new(Vec::new()));
         let finished = Arc::new(AtomicUsize::new(0));
         let rt = tokio::runtime::Handle::current();
-        for _ in 0..n {
+        for i in 0..n {
             let item = Item {
                 wakes,
+                panics: panic_every > 0 && i % panic_every == 0,
                 board: board.clone(),
                 finished: finished.clone(),
             };
             keepers.keep(&rt, Box::new(item));
         }
+        let want = n - if panic_every > 0 {
+            n.div_ceil(panic_every)
+        } else {
+            0
+        };
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        while finished.load(Ordering::SeqCst) < n && tokio::time::Instant::now() < deadline {
+        while finished.load(Ordering::SeqCst) < want && tokio::time::Instant::now() < deadline {
             let woken: Vec<Waker> = std::mem::take(&mut *board.lock().expect("board"));
             for w in woken {
                 // Twice: a lock woken while queued is queued once; a finished lock's slot
@@ -287,23 +353,72 @@ mod tests {
         finished.load(Ordering::SeqCst)
     }
 
+    fn started(keepers: &Keepers) -> usize {
+        keepers.started.load(Ordering::SeqCst)
+    }
+
     #[tokio::test]
-    async fn every_lock_is_driven_to_its_end_across_several_keepers() {
+    async fn every_lock_is_driven_to_its_end_by_keepers_of_bounded_size() {
         let keepers = Keepers::default();
         let n = 3 * KEEPER_SIZE + 7;
-        assert_eq!(run_items(&keepers, n, 3).await, n);
-        // The last keeper ran out of locks and ended: a new lock starts a new one.
-        let current = keepers
-            .current
-            .lock()
-            .expect("keepers")
-            .clone()
-            .expect("a keeper");
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !current.state().closed && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        assert!(current.state().closed, "an empty keeper ends");
-        assert_eq!(run_items(&keepers, 10, 1).await, 10);
+        assert_eq!(run_items(&keepers, n, 3, 0).await, n);
+        assert_eq!(
+            started(&keepers),
+            4,
+            "{n} locks on keepers of {KEEPER_SIZE}"
+        );
+        // The keepers ran out of locks and ended: new locks start a new one.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(run_items(&keepers, 10, 1, 0).await, 10);
+        assert_eq!(started(&keepers), 5);
+    }
+
+    #[tokio::test]
+    async fn a_keeper_with_room_takes_new_locks() {
+        let keepers = Keepers::default();
+        let board = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let rt = tokio::runtime::Handle::current();
+        // One lock that never ends keeps its keeper open with room to spare.
+        let long = Item {
+            wakes: usize::MAX,
+            panics: false,
+            board: board.clone(),
+            finished: finished.clone(),
+        };
+        keepers.keep(&rt, Box::new(long));
+        tokio::task::yield_now().await;
+        assert_eq!(run_items(&keepers, 100, 2, 0).await, 100);
+        assert_eq!(started(&keepers), 1, "later locks join the open keeper");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_lock_ends_alone() {
+        let keepers = Keepers::default();
+        // One lock in ten panics at its end; the others, in the same keepers, finish.
+        assert_eq!(run_items(&keepers, 200, 2, 10).await, 180);
+    }
+
+    #[test]
+    fn locks_stay_on_the_runtime_they_were_taken_on() {
+        let keepers = Keepers::default();
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime")
+        };
+        // A lock that never ends keeps a keeper open on the first runtime, which then sits
+        // idle (nothing drives it) while the second runtime's locks run.
+        let (first, second) = (runtime(), runtime());
+        let long = Item {
+            wakes: usize::MAX,
+            panics: false,
+            board: Arc::default(),
+            finished: Arc::default(),
+        };
+        keepers.keep(first.handle(), Box::new(long));
+        assert_eq!(second.block_on(run_items(&keepers, 5, 1, 0)), 5);
+        assert_eq!(started(&keepers), 2, "one keeper per runtime");
     }
 }

@@ -94,7 +94,7 @@ pub(super) trait Changes: Send + Sync {
 }
 
 /// A lock's long-poll: ready when the session's lease differs from what the lock was told, or
-/// the lock is done. Forty bytes; a held lock keeps one in flight for as long as it is held.
+/// the lock is done. 48 bytes; a held lock keeps one in flight for as long as it is held.
 struct LongPoll {
     host: Arc<dyn Changes>,
     told: Arc<Told>,

@@ -401,7 +401,11 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize, fenc
     let mut conns = Vec::new();
     for u in &urls {
         let c = redis::Client::open(u.as_str()).unwrap();
-        conns.push(c.get_multiplexed_async_connection().await.unwrap());
+        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+        // The floor waits for its answers: a server's pause must not fail it (the redis
+        // crate's default gives up after 500 ms).
+        conn.set_response_timeout(Duration::from_secs(60));
+        conns.push(conn);
     }
     // The floor: each name's raw commands on every node, all at once, one connection per node.
     let names: Vec<String> = (0..n)
