@@ -46,11 +46,17 @@ impl SessionClient {
     /// now has outputs or a new view (which may move its timer).
     fn catch_up(&mut self, now: Instant) -> bool {
         let told = self.told;
+        // The time first, as any input brings it: a lock of a process that resumes from a
+        // pause must see its deadline passed before anyone reads its state (its own timer
+        // may come later at the same instant, behind a sibling's input).
+        let was = self.lock.state();
+        self.lock.handle_timeout(now);
         self.sync(now);
+        let moved = self.lock.state() != was;
         while let Some(o) = self.lock.poll_output() {
             self.out.push_back(o);
         }
-        told != self.told || !self.out.is_empty()
+        moved || told != self.told || !self.out.is_empty()
     }
 }
 
