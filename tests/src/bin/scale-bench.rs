@@ -216,6 +216,45 @@ impl Burst {
 const REDIS: &str = "redis (5 nodes, fenced, vs the fenced scripts' floor)";
 const REDIS_UNFENCED: &str = "redis (5 nodes, unfenced, vs the SET NX PX floor)";
 
+/// A pause of the etcd member while the locks are held (`LUCKY_SCALE_ETCD_STALL_MS`; the
+/// member's pid from `LUCKY_SCALE_ETCD_PID`, else `scripts/services.sh`'s pid file): the
+/// session misses keepalives, and every held lock reads its ownership again once the member
+/// is back. The hold that follows (`LUCKY_SCALE_HOLD_SECS`) counts the locks lost.
+struct Stall {
+    pid: String,
+    for_ms: u64,
+}
+
+impl Stall {
+    fn from_env() -> Option<Stall> {
+        let for_ms = env_num("LUCKY_SCALE_ETCD_STALL_MS", 0);
+        if for_ms == 0 {
+            return None;
+        }
+        let pid = std::env::var("LUCKY_SCALE_ETCD_PID").unwrap_or_else(|_| {
+            std::fs::read_to_string("/tmp/lucky-services/etcd.pid")
+                .expect("the etcd member's pid (LUCKY_SCALE_ETCD_PID)")
+                .trim()
+                .to_owned()
+        });
+        Some(Stall { pid, for_ms })
+    }
+
+    async fn run(self) {
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &self.pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {}", self.pid);
+        };
+        signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(self.for_ms)).await;
+        signal("-CONT");
+        println!("etcd member {} stopped for {} ms", self.pid, self.for_ms);
+    }
+}
+
 /// How long held locks settle after a burst before their memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -264,14 +303,30 @@ async fn release_all(guards: Vec<Guard>) {
         .into_iter()
         .map(|g| tokio::spawn(async move { g.release().await }))
         .collect();
+    let n = handles.len();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let d = done.load(std::sync::atomic::Ordering::Relaxed);
+                if d < n {
+                    eprintln!("release_all: {d} of {n} releases answered after another 30 s");
+                }
+            }
+        })
+    };
     for h in handles {
         let _ = h.await;
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    watch.abort();
 }
 
 /// Lucky's side of a burst on `locks`: every name at once with `no_wait`, held `hold_secs`,
 /// released, the client closed. Fills everything of a [`Burst`] but the floor and `left`.
-async fn lucky_phase<L>(locks: L, n: usize, hold_secs: u64) -> Burst
+async fn lucky_phase<L>(locks: L, n: usize, hold_secs: u64, stall: Option<Stall>) -> Burst
 where
     L: lucky::Locker + Clone + 'static,
 {
@@ -294,6 +349,9 @@ where
         print_size_shares(&sizes_before, held);
     }
     let rss_per_lock = rss().saturating_sub(before) as f64 / held;
+    if let Some(stall) = stall {
+        stall.run().await;
+    }
     let (cpu_per_lock_sec, lost_while_held) = hold(&guards, hold_secs).await;
     release_all(guards).await;
     locks.close(Duration::from_secs(30)).await;
@@ -489,7 +547,7 @@ async fn redis_burst(n: usize, hold_secs: u64, ttl: Duration, round: usize, fenc
         .connect()
         .await
         .unwrap();
-    let lucky = lucky_phase(locks, n, hold_secs).await;
+    let lucky = lucky_phase(locks, n, hold_secs, None).await;
     let mut left = 0;
     for c in &mut conns {
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -581,7 +639,7 @@ async fn etcd_burst(n: usize, hold_secs: u64, ttl: Duration, _round: usize) -> B
         .connect()
         .await
         .unwrap();
-    let lucky = lucky_phase(locks, n, hold_secs).await;
+    let lucky = lucky_phase(locks, n, hold_secs, Stall::from_env()).await;
     let keys = raw
         .get(
             format!("scale/{pid}/"),
