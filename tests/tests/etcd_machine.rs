@@ -259,40 +259,6 @@ fn a_waiter_watches_its_predecessor_only_and_takes_over_on_release() {
 }
 
 #[test]
-fn a_long_wait_keeps_one_watch_through_its_rechecks() {
-    // Rechecks every 100 ms for 3 s: the queue is read again each time, and while the
-    // predecessor is the same the watch in flight goes on (one watcher on the server, not
-    // one per recheck).
-    let cfg = EtcdConfig::builder()
-        .ttl(Duration::from_millis(2_000))
-        .recheck(Duration::from_millis(100))
-        .wait(Wait::Forever)
-        .build()
-        .unwrap();
-    let mut b = Bench::new(&cfg, 2);
-    b.acquire(0);
-    b.run_to(5 * MS);
-    b.acquire(1);
-    b.run_to(3_000 * MS);
-    assert!(matches!(b.m[0].state(), State::Held { .. }));
-    assert_eq!(b.m[1].state(), State::Acquiring);
-    let count = |b: &Bench, f: fn(&Command) -> bool| b.sent[1].iter().filter(|(_, c)| f(c)).count();
-    let reads = count(&b, |c| matches!(c, Command::Queue { .. }));
-    let watches = count(&b, |c| matches!(c, Command::WaitDelete { .. }));
-    assert!(
-        reads >= 20,
-        "{reads} queue reads in 3 s of rechecks every 100 ms"
-    );
-    assert_eq!(watches, 1, "one watch for one predecessor");
-    // The watch that went on still answers the release at once.
-    let t = b.now;
-    b.release(0);
-    b.run_to(t + 10 * MS);
-    let (at, _, _) = b.acquired(1)[0];
-    assert!(at - t <= 3 * MS, "hand-off took {} ns", at - t);
-}
-
-#[test]
 fn a_foreign_holder_under_the_prefix_excludes_us() {
     // `etcdctl lock jobs` and Go's concurrency.Mutex put `jobs/<lease hex>`.
     let mut b = Bench::new(&cfg(10_000), 1);

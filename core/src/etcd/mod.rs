@@ -89,17 +89,6 @@ pub struct EtcdLock {
     failure: Option<Box<LockError>>,
     /// In a client's shared session: what this lock knows of the session's lease.
     shared: Option<Shared>,
-    /// The watch on our predecessor, still in flight while a recheck reads the queue again:
-    /// if the predecessor is the same, the wait goes on on this watch instead of a new one
-    /// (a wait of hours would otherwise leave a watcher per recheck on the server).
-    watch: Option<Box<Watch>>,
-}
-
-/// A watch for the deletion of our predecessor.
-#[derive(Clone, Debug)]
-struct Watch {
-    op: OpId,
-    key: Bytes,
 }
 
 /// A lock on its client's shared session lease ([`Session`]): it never grants, renews or
@@ -233,7 +222,6 @@ impl EtcdLock {
             fresh_lease: false,
             failure: None,
             shared: None,
-            watch: None,
         })
     }
 
@@ -497,7 +485,6 @@ impl EtcdLock {
     }
 
     fn start_attempt(&mut self) {
-        self.watch = None;
         self.attempts.start();
         self.phase = Phase::Acquiring;
         self.owner_ready = false;
@@ -672,7 +659,6 @@ impl EtcdLock {
     /// The chain read that we own the lock.
     fn owned(&mut self) {
         self.main = None;
-        self.watch = None;
         if self.keepalive.is_some() {
             self.owner_ready = true;
             return;
@@ -1026,43 +1012,22 @@ impl EtcdLock {
                     } else {
                         (pred, false)
                     };
-                    match self.watch.take() {
-                        // The same predecessor: its watch, still in flight, goes on.
-                        Some(w) if w.key == key => {
-                            self.main = Some(Pending {
-                                op: w.op,
-                                kind: Kind::Watch,
-                                sent: self.now,
-                                deadline: self.now + self.cfg.recheck,
-                            });
-                            self.watch = Some(w);
-                        }
-                        // A new predecessor (the last one went: its watch answers soon).
-                        _ => {
-                            self.send_main(
-                                Kind::Watch,
-                                Command::WaitDelete {
-                                    key: key.clone(),
-                                    prefix,
-                                    from: revision.saturating_add(1),
-                                    watcher: self.key.clone(),
-                                },
-                            );
-                            if let Some(p) = self.main {
-                                self.watch = Some(Box::new(Watch { op: p.op, key }));
-                            }
-                        }
-                    }
+                    self.send_main(
+                        Kind::Watch,
+                        Command::WaitDelete {
+                            key,
+                            prefix,
+                            from: revision.saturating_add(1),
+                            watcher: self.key.clone(),
+                        },
+                    );
                 } else {
                     self.owned();
                 }
             }
             (Kind::Watch, Reply::Deleted) if self.bug(Bug::SkipRecheck) => self.owned(),
             // Whatever the watch said, read the queue again.
-            (Kind::Watch, _) => {
-                self.watch = None;
-                self.send_queue(Kind::Queue);
-            }
+            (Kind::Watch, _) => self.send_queue(Kind::Queue),
             (
                 Kind::Check,
                 Reply::Queue {
@@ -1285,11 +1250,6 @@ impl LockMachine for EtcdLock {
         } else if let Some(p) = self.main.filter(|p| p.op == op) {
             self.main = None;
             self.on_main(p, reply);
-            true
-        } else if self.watch.as_ref().is_some_and(|w| w.op == op) {
-            // The watch answered while a recheck reads the queue: that read (or the watch a
-            // new predecessor gets) decides; a fresh watch starts after it.
-            self.watch = None;
             true
         } else {
             false
