@@ -54,15 +54,13 @@ impl Keepers {
             // Ended keepers go; a keeper with room takes the lock (so that a few long-lived
             // locks do not each keep a keeper of their own).
             open.retain(|(_, k)| !k.state().closed);
-            let mut kept = Some(kept);
+            let mut kept = kept;
             for (_, k) in open.iter().filter(|(on, _)| *on == id) {
-                match kept.take().map(|l| k.push(l)) {
-                    Some(Ok(())) => return,
-                    Some(Err(l)) => kept = Some(l),
-                    None => return,
+                match k.push(kept) {
+                    Ok(()) => return,
+                    Err(l) => kept = l,
                 }
             }
-            let Some(kept) = kept else { return };
             let shared = Arc::new(Shared::default());
             // A fresh keeper is open and empty: the push cannot be refused.
             let _ = shared.push(kept);
